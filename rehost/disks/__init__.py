@@ -1,0 +1,1 @@
+"""Everything that reads or writes a disk: extents, image formats, qemu-nbd and NBD."""

@@ -1,0 +1,271 @@
+"""One replication cycle: a machine's disks in, one recovery point out (design §3, §5).
+
+The cycle compares 4 KiB block digests with the previous point and stores only runs of
+changed blocks, so the first cycle (compared with an all-zero disk) and every later one are
+the same code. Hashing and sealing run in worker threads; the C libraries release the GIL.
+"""
+
+from __future__ import annotations
+
+import time
+from bisect import bisect_right
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from rehost.disks.extent import Extent
+from rehost.replication.digests import (
+    DIGEST_SIZE,
+    ZERO_DIGEST,
+    DigestCache,
+    block_count,
+    digest_blocks,
+    zero_digests,
+)
+from rehost.repository.manifest import (
+    FULL_EVERY,
+    Consistency,
+    DiskMap,
+    MapEntry,
+    RecoveryPoint,
+    overlay,
+)
+from rehost.repository.repository import BLOCK_SIZE, CHUNK_SIZE, Repository, WriteStats
+from rehost.repository.restore import iter_chunks
+
+#: Chunks in flight between the reader and the hashing/sealing workers.
+PIPELINE_DEPTH = 6
+WORKERS = 2
+
+Progress = Callable[[int], None]
+
+
+class ReadableDisk(Protocol):
+    """What a cycle needs from a source disk (``rehost.disks.NbdDisk`` is one)."""
+
+    @property
+    def size(self) -> int: ...
+
+    def extents(self, start: int = 0, length: int | None = None) -> Iterator[Extent]: ...
+
+    def readinto(self, offset: int, buf: bytearray | memoryview) -> None: ...
+
+
+@dataclass
+class CycleResult:
+    point: RecoveryPoint
+    stats: WriteStats
+    bytes_read: int = 0
+    changed_bytes: int = 0
+    seconds: float = 0.0
+    digest_source: dict[int, str] = field(default_factory=dict)  # per disk: cache|rebuilt|initial
+
+
+@dataclass
+class _ChunkResult:
+    digests: bytes
+    entries: list[MapEntry]
+    sealed: list[tuple[str, bytes | None, int]]
+    changed: int
+
+
+def _diff_chunk(
+    repo: Repository, offset: int, data: bytes | None, length: int, old: bytes
+) -> _ChunkResult:
+    """Digest a chunk, find changed blocks, cut them into runs and seal data runs."""
+    if data is None:
+        nblocks = block_count(length)
+        new = ZERO_DIGEST * nblocks
+        if length % BLOCK_SIZE:  # a short last block has its own digest
+            new = new[:-DIGEST_SIZE] + digest_blocks(bytes(length % BLOCK_SIZE))
+    else:
+        new = digest_blocks(data)
+    if new == old:
+        return _ChunkResult(new, [], [], 0)
+    entries: list[MapEntry] = []
+    sealed: list[tuple[str, bytes | None, int]] = []
+    changed = 0
+    n = len(new) // DIGEST_SIZE
+    i = 0
+    while i < n:
+        d = new[i * DIGEST_SIZE : (i + 1) * DIGEST_SIZE]
+        if d == old[i * DIGEST_SIZE : (i + 1) * DIGEST_SIZE]:
+            i += 1
+            continue
+        zero = data is None or d == ZERO_DIGEST
+        j = i + 1
+        while j < n:
+            dj = new[j * DIGEST_SIZE : (j + 1) * DIGEST_SIZE]
+            if dj == old[j * DIGEST_SIZE : (j + 1) * DIGEST_SIZE]:
+                break
+            if (data is None or dj == ZERO_DIGEST) != zero:
+                break
+            j += 1
+        start, end = i * BLOCK_SIZE, min(j * BLOCK_SIZE, length)
+        changed += end - start
+        if zero:
+            entries.append(MapEntry(offset + start, end - start, None, 0))
+        else:
+            assert data is not None
+            piece = data[start:end]
+            bid, blob = repo.seal_blob(piece)
+            sealed.append((bid, blob, len(piece)))
+            entries.append(MapEntry(offset + start, end - start, bid, 0))
+        i = j
+    return _ChunkResult(new, entries, sealed, changed)
+
+
+class _ExtentMap:
+    """Sorted extents with O(log n) lookup of those touching a range."""
+
+    def __init__(self, extents: Iterator[Extent]) -> None:
+        self.extents = sorted(extents, key=lambda e: e.start)
+        self.ends = [e.end for e in self.extents]
+
+    def data_in(self, start: int, end: int) -> list[Extent]:
+        out = []
+        i = bisect_right(self.ends, start)
+        while i < len(self.extents) and self.extents[i].start < end:
+            if not self.extents[i].zero:
+                out.append(self.extents[i])
+            i += 1
+        return out
+
+
+def _read_chunk(
+    disk: ReadableDisk, extents: _ExtentMap, start: int, length: int
+) -> tuple[bytes | None, int]:
+    """The chunk's bytes (None if it is all holes/zeros) and how many bytes were read."""
+    parts = extents.data_in(start, start + length)
+    if not parts:
+        return None, 0
+    buf = bytearray(length)
+    read = 0
+    for e in parts:
+        a, b = max(e.start, start), min(e.end, start + length)
+        disk.readinto(a, memoryview(buf)[a - start : b - start])
+        read += b - a
+    return bytes(buf), read
+
+
+def _old_digests(
+    repo: Repository, cache: DigestCache, machine: str, index: int, size: int, parent: RecoveryPoint | None
+) -> tuple[bytearray, str]:
+    nblocks = block_count(size)
+    if parent is None or not any(d.index == index and d.size == size for d in parent.disks):
+        return zero_digests(nblocks), "initial"
+    cached = cache.load(machine, index, parent.id, nblocks)
+    if cached is not None:
+        return cached, "cache"
+    digests = bytearray()
+    for off, data in iter_chunks(repo, parent, index):
+        length = min(CHUNK_SIZE, size - off)
+        if data is not None:
+            digests += digest_blocks(data)
+        else:
+            digests += _diff_chunk(repo, off, None, length, b"").digests
+    return digests, "rebuilt"
+
+
+@dataclass
+class _DiskScan:
+    digests: bytearray
+    entries: list[MapEntry] = field(default_factory=list)
+    bytes_read: int = 0
+    changed: int = 0
+
+
+def _scan_disk(
+    repo: Repository, pool: ThreadPoolExecutor, disk: ReadableDisk, old: bytearray, progress: Progress | None
+) -> _DiskScan:
+    """Read a disk chunk by chunk; workers diff and seal while the next chunk is read."""
+    size = disk.size
+    scan = _DiskScan(bytearray(len(old)))
+    extents = _ExtentMap(disk.extents())
+    inflight: deque[tuple[int, Future[_ChunkResult]]] = deque()
+
+    def drain(limit: int) -> None:
+        while len(inflight) > limit:
+            off, fut = inflight.popleft()
+            r = fut.result()
+            b0 = off // BLOCK_SIZE * DIGEST_SIZE
+            scan.digests[b0 : b0 + len(r.digests)] = r.digests
+            for bid, blob, raw in r.sealed:
+                repo.add_sealed(bid, blob, raw)
+            scan.entries.extend(r.entries)
+            scan.changed += r.changed
+            if progress:
+                progress(min(CHUNK_SIZE, size - off))
+
+    for off in range(0, size, CHUNK_SIZE):
+        length = min(CHUNK_SIZE, size - off)
+        data, nread = _read_chunk(disk, extents, off, length)
+        scan.bytes_read += nread
+        b0 = off // BLOCK_SIZE * DIGEST_SIZE
+        old_slice = bytes(old[b0 : b0 + block_count(length) * DIGEST_SIZE])
+        inflight.append((off, pool.submit(_diff_chunk, repo, off, data, length, old_slice)))
+        drain(PIPELINE_DEPTH)
+    drain(0)
+    return scan
+
+
+def run_cycle(
+    repo: Repository,
+    cache: DigestCache,
+    machine: str,
+    disks: Sequence[tuple[int, ReadableDisk]],
+    *,
+    parent: RecoveryPoint | None,
+    consistency: Consistency = Consistency.CRASH,
+    source: dict[str, Any] | None = None,
+    progress: Progress | None = None,
+) -> CycleResult:
+    """Read every disk, store what changed since ``parent``, commit one recovery point."""
+    t0 = time.monotonic()
+    before = WriteStats(*repo.stats.astuple())
+    repo.load_index()
+    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    sequence = parent.sequence + 1 if parent else 0
+    full = parent is None or sequence % FULL_EVERY == 0
+    maps: list[DiskMap] = []
+    new_digests: dict[int, bytearray] = {}
+    result_read = result_changed = 0
+    digest_source: dict[int, str] = {}
+
+    with ThreadPoolExecutor(WORKERS, thread_name_prefix="rehost-cycle") as pool:
+        for index, disk in disks:
+            size = disk.size
+            old, digest_source[index] = _old_digests(repo, cache, machine, index, size, parent)
+            scan = _scan_disk(repo, pool, disk, old, progress)
+            result_read += scan.bytes_read
+            result_changed += scan.changed
+            new_digests[index] = scan.digests
+            entries = scan.entries
+            disk_full = full or digest_source[index] == "initial"
+            if disk_full and parent is not None and digest_source[index] != "initial":
+                entries = overlay(repo.resolve_map(parent, index), entries)
+            if disk_full:
+                entries = [e for e in entries if e.blob is not None]
+            maps.append(DiskMap(index, size, disk_full, entries))
+
+    point = repo.save_point(
+        RecoveryPoint(
+            machine=machine, time=stamp, consistency=consistency,
+            parent=parent.id if parent else None, sequence=sequence, disks=maps,
+            source=source or {},
+        )
+    )
+    for index, digests in new_digests.items():
+        cache.save(machine, index, point.id, digests)
+    after = repo.stats
+    return CycleResult(
+        point=point,
+        stats=WriteStats(*(a - b for a, b in zip(after.astuple(), before.astuple(), strict=True))),
+        bytes_read=result_read,
+        changed_bytes=result_changed,
+        seconds=time.monotonic() - t0,
+        digest_source=digest_source,
+    )

@@ -1,0 +1,119 @@
+"""Keys, sealing and blob ids (docs/design.md §2: keys, sealing, blobs).
+
+Every payload goes through ``Sealer`` so compression and encryption are decided in one
+place; the rest of the repository handles opaque sealed bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+from dataclasses import dataclass
+
+import blake3
+import zstandard
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+from rehost.errors import IntegrityError, WrongPassword
+
+NONCE_SIZE = 12
+ZSTD_LEVEL = 3
+# scrypt cost: ~0.1 s and 32 MiB per unlock; enough against offline guessing of the key file.
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**15, 8, 1
+
+
+@dataclass(frozen=True, slots=True)
+class KeyMaterial:
+    """The repository's secrets: ``data_key`` encrypts (None = unencrypted), ``hash_key`` ids."""
+
+    hash_key: bytes
+    data_key: bytes | None = None
+
+    @classmethod
+    def generate(cls, *, encrypted: bool) -> KeyMaterial:
+        return cls(
+            hash_key=secrets.token_bytes(32),
+            data_key=secrets.token_bytes(32) if encrypted else None,
+        )
+
+
+def blob_id(hash_key: bytes, data: bytes | memoryview) -> str:
+    """Content address of a blob: keyed BLAKE3, so ids leak nothing about known content."""
+    return blake3.blake3(data, key=hash_key).hexdigest()  # type: ignore[no-any-return]
+
+
+class Sealer:
+    """zstd compression, then AES-256-GCM when the repository is encrypted.
+
+    Each thread needs its own zstd contexts, so sealers are cheap and made per thread.
+    ``aad`` binds a sealed payload to its role (e.g. the blob id) so a valid ciphertext
+    cannot be swapped in for another one.
+    """
+
+    def __init__(self, keys: KeyMaterial) -> None:
+        self.keys = keys
+        self._aead = AESGCM(keys.data_key) if keys.data_key else None
+        self._cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+        self._dctx = zstandard.ZstdDecompressor()
+
+    def seal(self, data: bytes | memoryview, aad: bytes = b"") -> bytes:
+        packed: bytes = self._cctx.compress(data)
+        if self._aead is None:
+            return packed
+        nonce = os.urandom(NONCE_SIZE)
+        return nonce + self._aead.encrypt(nonce, packed, aad)
+
+    def open(self, sealed: bytes, aad: bytes = b"", what: str = "object") -> bytes:
+        if self._aead is not None:
+            if len(sealed) < NONCE_SIZE + 16:
+                raise IntegrityError(f"{what} is truncated")
+            try:
+                sealed = self._aead.decrypt(sealed[:NONCE_SIZE], sealed[NONCE_SIZE:], aad)
+            except InvalidTag:
+                raise IntegrityError(f"{what} failed authentication (damaged or tampered)") from None
+        try:
+            return self._dctx.decompress(sealed)  # type: ignore[no-any-return]
+        except zstandard.ZstdError as e:
+            raise IntegrityError(f"{what} does not decompress: {e}") from None
+
+
+def _kdf(password: str, salt: bytes, n: int, r: int, p: int) -> bytes:
+    return Scrypt(salt=salt, length=32, n=n, r=r, p=p).derive(password.encode())
+
+
+def wrap_keys(keys: KeyMaterial, password: str) -> bytes:
+    """A key file: the master secrets sealed under a password-derived key."""
+    assert keys.data_key is not None
+    salt = os.urandom(16)
+    wrapping = AESGCM(_kdf(password, salt, SCRYPT_N, SCRYPT_R, SCRYPT_P))
+    nonce = os.urandom(NONCE_SIZE)
+    secret = keys.data_key + keys.hash_key
+    doc = {
+        "kdf": "scrypt",
+        "n": SCRYPT_N,
+        "r": SCRYPT_R,
+        "p": SCRYPT_P,
+        "salt": base64.b64encode(salt).decode(),
+        "data": base64.b64encode(nonce + wrapping.encrypt(nonce, secret, b"rehost-key")).decode(),
+    }
+    return json.dumps(doc).encode()
+
+
+def unwrap_keys(keyfile: bytes, password: str) -> KeyMaterial:
+    try:
+        doc = json.loads(keyfile)
+        salt = base64.b64decode(doc["salt"])
+        blob = base64.b64decode(doc["data"])
+        n, r, p = int(doc["n"]), int(doc["r"]), int(doc["p"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise IntegrityError(f"key file is damaged: {e}") from None
+    wrapping = AESGCM(_kdf(password, salt, n, r, p))
+    try:
+        secret = wrapping.decrypt(blob[:NONCE_SIZE], blob[NONCE_SIZE:], b"rehost-key")
+    except InvalidTag:
+        raise WrongPassword() from None
+    return KeyMaterial(data_key=secret[:32], hash_key=secret[32:])

@@ -1,0 +1,74 @@
+"""Packs: many sealed blobs in one object, with a sealed trailer listing them (design §2)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from dataclasses import dataclass
+
+from rehost.errors import IntegrityError
+from rehost.repository.crypto import Sealer
+
+#: Close a pack at about this size: object stores prefer tens of MiB to millions of objects.
+PACK_TARGET = 16 * 1024 * 1024
+TRAILER_AAD = b"rehost-pack-trailer"
+_LEN = struct.Struct("<I")
+
+
+@dataclass(frozen=True, slots=True)
+class BlobEntry:
+    """Where a blob lives inside its pack, and its plaintext size."""
+
+    id: str
+    offset: int
+    length: int
+    raw_length: int
+
+    def to_json(self) -> dict[str, object]:
+        return {"id": self.id, "offset": self.offset, "length": self.length,
+                "raw_length": self.raw_length}
+
+    @classmethod
+    def from_json(cls, d: dict[str, object]) -> BlobEntry:
+        return cls(str(d["id"]), int(d["offset"]), int(d["length"]),  # type: ignore[call-overload]
+                   int(d["raw_length"]))  # type: ignore[call-overload]
+
+
+class PackWriter:
+    """Accumulates sealed blobs in memory until the pack is big enough to store."""
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+        self.entries: list[BlobEntry] = []
+        self.size = 0
+
+    def add(self, blob_id: str, sealed: bytes, raw_length: int) -> None:
+        self.entries.append(BlobEntry(blob_id, self.size, len(sealed), raw_length))
+        self._parts.append(sealed)
+        self.size += len(sealed)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def finish(self, sealer: Sealer) -> tuple[str, bytes]:
+        """The pack's bytes and its id (SHA-256 of the bytes, verifiable without a key)."""
+        trailer = sealer.seal(
+            json.dumps([e.to_json() for e in self.entries]).encode(), TRAILER_AAD
+        )
+        data = b"".join([*self._parts, trailer, _LEN.pack(len(trailer))])
+        return hashlib.sha256(data).hexdigest(), data
+
+
+def read_trailer(pack: bytes, sealer: Sealer, pack_id: str) -> list[BlobEntry]:
+    """The blob list of a whole pack; used by check and by index rebuilds."""
+    if len(pack) < _LEN.size:
+        raise IntegrityError(f"pack {pack_id} is truncated")
+    (tlen,) = _LEN.unpack_from(pack, len(pack) - _LEN.size)
+    if tlen > len(pack) - _LEN.size:
+        raise IntegrityError(f"pack {pack_id} is truncated (trailer length {tlen})")
+    raw = sealer.open(pack[-_LEN.size - tlen : -_LEN.size], TRAILER_AAD, f"trailer of pack {pack_id}")
+    try:
+        return [BlobEntry.from_json(d) for d in json.loads(raw)]
+    except (ValueError, KeyError, TypeError) as e:
+        raise IntegrityError(f"trailer of pack {pack_id} is malformed: {e}") from None

@@ -1,0 +1,1 @@
+"""Storage backends for the repository behind one small protocol, plus wrappers."""
