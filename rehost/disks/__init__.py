@@ -1,1 +1,63 @@
-"""Everything that reads or writes a disk: extents, image formats, qemu-nbd and NBD."""
+"""Everything that reads or writes a disk: extents, image formats, qemu-nbd and NBD.
+
+Every disk is read as an NBD export: an image file through ``qemu-nbd`` (``open_disk``),
+anything else through an NBD server that already runs (``open_nbd``: QEMU's own server,
+the agent). Readers ask for extents first and never read holes or zeros.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+from rehost.disks.extent import Extent
+from rehost.disks.formats import DiskImage, probe, qemu_image_opts
+from rehost.disks.nbd_disk import BASE_ALLOCATION, NbdDisk
+from rehost.disks.nbd_server import QemuNbdServer
+from rehost.disks.ovf import OvfMachine
+
+__all__ = [
+    "BASE_ALLOCATION",
+    "DiskImage",
+    "Extent",
+    "NbdDisk",
+    "OvfMachine",
+    "QemuNbdServer",
+    "open_disk",
+    "open_nbd",
+    "probe",
+    "qemu_image_opts",
+]
+
+
+@contextmanager
+def open_disk(image: DiskImage, *, writable: bool = False) -> Iterator[NbdDisk]:
+    """Serve ``image`` with qemu-nbd and yield one connection to it; stop both after.
+
+    For several parallel connections use ``QemuNbdServer`` and ``open_nbd`` on its
+    ``socket_path`` instead.
+    """
+    with QemuNbdServer(image, writable=writable) as server:
+        disk = NbdDisk.connect(server.socket_path)
+        disk.name = image.describe()
+        try:
+            yield disk
+            if writable:
+                disk.flush()
+        finally:
+            disk.close()
+
+
+def open_nbd(
+    uri_or_socket: str | os.PathLike[str],
+    export_name: str = "",
+    meta_contexts: Sequence[str] = (BASE_ALLOCATION,),
+) -> NbdDisk:
+    """Connect to a running NBD server (a URI or a unix socket path).
+
+    ``meta_contexts`` are negotiated at connect time, e.g. ``qemu:dirty-bitmap:NAME``
+    next to ``base:allocation``; read them with ``NbdDisk.block_status``. The result is a
+    context manager that disconnects.
+    """
+    return NbdDisk.connect(uri_or_socket, export_name, meta_contexts)

@@ -51,7 +51,7 @@ class ReadableDisk(Protocol):
 
     def extents(self, start: int = 0, length: int | None = None) -> Iterator[Extent]: ...
 
-    def readinto(self, offset: int, buf: bytearray | memoryview) -> None: ...
+    def readinto(self, offset: int, buf: bytearray | memoryview) -> int: ...
 
 
 @dataclass
@@ -212,6 +212,31 @@ def _scan_disk(
     return scan
 
 
+def _prev_map(parent: RecoveryPoint | None, index: int, size: int) -> DiskMap | None:
+    if parent is None:
+        return None
+    return next((d for d in parent.disks if d.index == index and d.size == size), None)
+
+
+def _next_map(
+    repo: Repository,
+    parent: RecoveryPoint | None,
+    prev: DiskMap | None,
+    index: int,
+    size: int,
+    sequence: int,
+    changes: list[MapEntry],
+) -> DiskMap:
+    """A full map every FULL_EVERY points (or when there is nothing to be a delta of),
+    otherwise the previous delta merged with this cycle's changes, against the same base."""
+    if parent is None or prev is None or sequence % FULL_EVERY == 0:
+        resolved = repo.resolve_map(parent, index) if parent is not None and prev is not None else []
+        return DiskMap(index, size, None, [e for e in overlay(resolved, changes) if e.blob])
+    if prev.base is None:
+        return DiskMap(index, size, parent.id, changes)
+    return DiskMap(index, size, prev.base, overlay(prev.entries, changes, keep_zero=True))
+
+
 def run_cycle(
     repo: Repository,
     cache: DigestCache,
@@ -229,7 +254,6 @@ def run_cycle(
     repo.load_index()
     stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     sequence = parent.sequence + 1 if parent else 0
-    full = parent is None or sequence % FULL_EVERY == 0
     maps: list[DiskMap] = []
     new_digests: dict[int, bytearray] = {}
     result_read = result_changed = 0
@@ -243,13 +267,8 @@ def run_cycle(
             result_read += scan.bytes_read
             result_changed += scan.changed
             new_digests[index] = scan.digests
-            entries = scan.entries
-            disk_full = full or digest_source[index] == "initial"
-            if disk_full and parent is not None and digest_source[index] != "initial":
-                entries = overlay(repo.resolve_map(parent, index), entries)
-            if disk_full:
-                entries = [e for e in entries if e.blob is not None]
-            maps.append(DiskMap(index, size, disk_full, entries))
+            prev = _prev_map(parent, index, size) if digest_source[index] != "initial" else None
+            maps.append(_next_map(repo, parent, prev, index, size, sequence, scan.entries))
 
     point = repo.save_point(
         RecoveryPoint(

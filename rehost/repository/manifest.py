@@ -17,7 +17,8 @@ from rehost.errors import IntegrityError
 from rehost.repository.crypto import Sealer
 
 POINT_AAD = b"rehost-point"
-#: Every this many points in a chain a full map is written, bounding the deltas to walk.
+#: Every this many points a full map is written; deltas in between are against that full map
+#: (differential), so no point depends on more than one other point.
 FULL_EVERY = 16
 
 
@@ -42,10 +43,16 @@ class MapEntry(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class DiskMap:
+    """A full map (``base`` None) or a delta against the full map of point ``base``."""
+
     index: int
     size: int
-    full: bool
+    base: str | None
     entries: list[MapEntry]
+
+    @property
+    def full(self) -> bool:
+        return self.base is None
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +66,7 @@ class RecoveryPoint:
     sequence: int
     disks: list[DiskMap]
     source: dict[str, Any] = field(default_factory=dict)
+    replaces: str | None = None
     id: str = ""
 
     @property
@@ -72,8 +80,8 @@ def _cut(e: MapEntry, start: int, end: int) -> MapEntry:
     return MapEntry(start, end - start, e.blob, e.blob_offset + shift if e.blob else 0)
 
 
-def overlay(base: list[MapEntry], delta: Iterable[MapEntry]) -> list[MapEntry]:
-    """Apply a delta map to a resolved map; zero entries punch holes. O(n + m)."""
+def overlay(base: list[MapEntry], delta: Iterable[MapEntry], *, keep_zero: bool = False) -> list[MapEntry]:
+    """Apply a delta map to a map; zero entries punch holes (or are kept, to merge deltas). O(n + m)."""
     out: list[MapEntry] = []
     i, n = 0, len(base)
     pending: MapEntry | None = None  # right remainder of a base entry cut by the last delta
@@ -95,7 +103,7 @@ def overlay(base: list[MapEntry], delta: Iterable[MapEntry]) -> list[MapEntry]:
             if cur.end > d.end:
                 pending = _cut(cur, d.end, cur.end)
                 break
-        if d.blob is not None:
+        if d.blob is not None or keep_zero:
             out.append(d)
     if pending is not None:
         out.append(pending)
@@ -111,9 +119,10 @@ def encode_point(p: RecoveryPoint, sealer: Sealer) -> tuple[str, bytes]:
         "consistency": p.consistency.value,
         "parent": p.parent,
         "sequence": p.sequence,
+        "replaces": p.replaces,
         "source": p.source,
         "disks": [
-            {"index": d.index, "size": d.size, "kind": "full" if d.full else "delta",
+            {"index": d.index, "size": d.size, "base": d.base,
              "extents": [list(e) for e in d.entries]}
             for d in p.disks
         ],
@@ -127,7 +136,7 @@ def decode_point(data: bytes, sealer: Sealer, point_id: str) -> RecoveryPoint:
     try:
         doc = json.loads(raw)
         disks = [
-            DiskMap(int(d["index"]), int(d["size"]), d["kind"] == "full",
+            DiskMap(int(d["index"]), int(d["size"]), d["base"],
                     [MapEntry(int(o), int(n), b, int(bo)) for o, n, b, bo in d["extents"]])
             for d in doc["disks"]
         ]
@@ -135,7 +144,7 @@ def decode_point(data: bytes, sealer: Sealer, point_id: str) -> RecoveryPoint:
             machine=str(doc["machine"]), time=str(doc["time"]),
             consistency=Consistency(doc["consistency"]), parent=doc["parent"],
             sequence=int(doc["sequence"]), disks=disks, source=dict(doc.get("source", {})),
-            id=point_id,
+            replaces=doc.get("replaces"), id=point_id,
         )
     except (ValueError, KeyError, TypeError) as e:
         raise IntegrityError(f"recovery point {point_id[:12]} is malformed: {e}") from None

@@ -201,10 +201,12 @@ class Repository:
     # -- reading ---------------------------------------------------------------------------
 
     def list_points(self, machine: str | None = None) -> list[RecoveryPoint]:
+        """Points oldest first; a point rewritten by prune hides the one it replaces."""
         points = [self.load_point_exact(o.name) for o in self.storage.list(Kind.POINTS)]
         if machine is not None:
             points = [p for p in points if p.machine == machine]
-        return sorted(points, key=lambda p: (p.time, p.sequence))
+        replaced = {p.replaces for p in points if p.replaces}
+        return sorted((p for p in points if p.id not in replaced), key=lambda p: (p.time, p.sequence))
 
     def load_point_exact(self, point_id: str) -> RecoveryPoint:
         try:
@@ -214,30 +216,25 @@ class Repository:
         return decode_point(data, self.sealer, point_id)
 
     def resolve_map(self, point: RecoveryPoint, disk: int) -> list[MapEntry]:
-        """The full map of one disk of a point, walking its delta chain."""
+        """The full map of one disk of a point: its own, or its base's overlaid by its delta."""
         key = (point.id, disk)
-        if key in self._maps:
-            return self._maps[key]
-        chain = [point]
-        while not _disk(chain[-1], disk).full:
-            parent_id = chain[-1].parent
-            if parent_id is None:
-                raise IntegrityError(f"recovery point {chain[-1].short_id} is a delta without parent")
-            cached = self._maps.get((parent_id, disk))
-            if cached is not None:
-                break
+        cached = self._maps.get(key)
+        if cached is not None:
+            return cached
+        dmap = _disk(point, disk)
+        if dmap.base is None:
+            resolved = dmap.entries
+        else:
             try:
-                chain.append(self.load_point_exact(parent_id))
+                base = self.load_point_exact(dmap.base)
             except NotFound:
                 raise IntegrityError(
-                    f"recovery point {point.short_id} needs parent {parent_id[:12]}, which is missing"
+                    f"recovery point {point.short_id} needs base point {dmap.base[:12]}, which is missing"
                 ) from None
-        if _disk(chain[-1], disk).full:
-            resolved = list(_disk(chain.pop(), disk).entries)
-        else:
-            resolved = self._maps[(chain[-1].parent or "", disk)]
-        for p in reversed(chain):
-            resolved = overlay(resolved, _disk(p, disk).entries)
+            bmap = _disk(base, disk)
+            if bmap.base is not None or bmap.size != dmap.size:
+                raise IntegrityError(f"base point {base.short_id} of {point.short_id} has no full map")
+            resolved = overlay(bmap.entries, dmap.entries)
         self._maps[key] = resolved
         return resolved
 

@@ -1,0 +1,97 @@
+"""What every command shares: which vault, how to unlock it, how to print."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from rehost.errors import UsageError
+from rehost.vault.vault import Vault
+
+err = Console(stderr=True)
+out = Console()
+
+
+@dataclass
+class Options:
+    vault_path: Path
+
+
+def options(ctx: typer.Context) -> Options:
+    obj = ctx.find_root().obj
+    assert isinstance(obj, Options)
+    return obj
+
+
+def password_from_env_or_prompt(*, confirm: bool = False) -> str:
+    """``$REHOST_PASSWORD`` first (never logged), then an interactive prompt."""
+    pw = os.environ.get("REHOST_PASSWORD")
+    if pw is not None:
+        if not pw:
+            raise UsageError("REHOST_PASSWORD is set but empty")
+        return pw
+    if not sys.stdin.isatty():
+        raise UsageError("the vault is encrypted: set REHOST_PASSWORD or run in a terminal")
+    pw = getpass.getpass("vault password: ")
+    if confirm and getpass.getpass("again: ") != pw:
+        raise UsageError("the passwords do not match")
+    if not pw:
+        raise UsageError("an empty password is not allowed")
+    return pw
+
+
+@contextmanager
+def open_vault(ctx: typer.Context) -> Iterator[Vault]:
+    vault = Vault.open(options(ctx).vault_path, password_from_env_or_prompt)
+    try:
+        yield vault
+    finally:
+        vault.close()
+
+
+def emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+@contextmanager
+def byte_progress(description: str, *, enabled: bool = True) -> Iterator[Callable[[int, int], None]]:
+    """A rich progress bar for byte counts; a no-op callback when disabled."""
+    if not enabled:
+        yield lambda done, total: None
+        return
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), DownloadColumn(binary_units=True),
+        TransferSpeedColumn(), TimeRemainingColumn(), console=err, transient=True,
+    ) as progress:
+        task = progress.add_task(description, total=None)
+
+        def update(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        yield update
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n} B"

@@ -1,0 +1,110 @@
+"""rehost source add-image | machines | replicate | points | export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from rehost.cli.context import byte_progress, emit_json, human, open_vault, out
+from rehost.vault import inventory, protection
+from rehost.vault.export import export_disk
+
+source_app = typer.Typer(help="Register the machines to protect or migrate.", no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(source_app, name="source")
+    app.command("machines")(machines)
+    app.command("replicate")(replicate)
+    app.command("points")(points)
+    app.command("export")(export)
+
+
+@source_app.command("add-image")
+def add_image(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="Machine name (for an OVA, '-' takes the name inside it)."),
+    disks: list[Path] = typer.Argument(..., help="Disk images (raw, qcow2, vmdk, vhd, vhdx) or one OVA/OVF."),
+) -> None:
+    """Register a machine made of disk image files (a VMware or Hyper-V export)."""
+    with open_vault(ctx) as vault:
+        m = inventory.add_image_source(vault, None if name == "-" else name, disks)
+    out.print(f"registered {m.name}: {len(m.disks)} disk(s), "
+              + ", ".join(f"{d.format} {human(d.size)}" for d in m.disks))
+
+
+def machines(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> None:
+    """List machines with their source, state and latest recovery point."""
+    with open_vault(ctx) as vault:
+        rows = inventory.list_machines(vault)
+        points = vault.repo.list_points()
+    latest = {p.machine: p for p in points}
+    data: list[dict[str, Any]] = [{
+        "name": m.name, "source": m.source.kind, "state": m.state, "state_reason": m.state_reason,
+        "disks": [{"index": d.index, "format": d.format, "size": d.size, "path": d.path} for d in m.disks],
+        "points": sum(1 for p in points if p.machine == m.id),
+        "latest_point": latest[m.id].id if m.id in latest else None,
+        "latest_time": latest[m.id].time if m.id in latest else None,
+    } for m in rows]
+    if as_json:
+        emit_json(data)
+        return
+    if not data:
+        out.print("no machines yet: rehost source add-image NAME DISK...")
+    for d in data:
+        lt = d["latest_time"] or "never"
+        out.print(f"{d['name']:20} {d['source']:6} {d['state']:20} points={d['points']:<4} latest={lt}")
+
+
+def replicate(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="Machine to replicate."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Run one replication cycle: a full copy first, then only changed blocks. Prints the point id."""
+    with open_vault(ctx) as vault, byte_progress(f"replicating {name}", enabled=not as_json) as bar:
+        r = protection.replicate(vault, name, bar)
+    s = r.stats
+    if as_json:
+        emit_json({"point": r.point.id, "time": r.point.time, "consistency": r.point.consistency.value,
+                   "bytes_read": r.bytes_read, "changed_bytes": r.changed_bytes,
+                   "new_blobs": s.blobs_new, "stored_bytes": s.stored_bytes, "seconds": round(r.seconds, 3),
+                   "digests": r.digest_source})
+        return
+    out.print(r.point.id)
+    typer.echo(f"read {human(r.bytes_read)}, changed {human(r.changed_bytes)}, "
+               f"stored {human(s.stored_bytes)} in {r.seconds:.1f}s", err=True)
+
+
+def points(ctx: typer.Context, name: str, as_json: bool = typer.Option(False, "--json")) -> None:
+    """List a machine's recovery points, oldest first."""
+    with open_vault(ctx) as vault:
+        pts = protection.list_points(vault, name)
+    data: list[dict[str, Any]] = [
+        {"id": p.id, "time": p.time, "consistency": p.consistency.value, "sequence": p.sequence,
+         "disks": [{"index": d.index, "size": d.size, "full": d.full} for d in p.disks]}
+        for p in pts
+    ]
+    if as_json:
+        emit_json(data)
+        return
+    if not data:
+        out.print(f"{name} has no recovery points yet")
+    for d in data:
+        out.print(f"{d['id'][:12]}  {d['time']}  {d['consistency']}")
+
+
+def export(
+    ctx: typer.Context,
+    name: str,
+    point: str = typer.Option("latest", help="latest, latest-app-consistent or a point id."),
+    disk: int = typer.Option(0, help="Disk index (see: rehost machines)."),
+    output: Path = typer.Option(..., help="File to create (never overwritten)."),
+    fmt: str = typer.Option("raw", "--format", help="raw or qcow2."),
+) -> None:
+    """Write one disk of a recovery point to an image file."""
+    with open_vault(ctx) as vault, byte_progress(f"exporting {name} disk {disk}") as bar:
+        path = export_disk(vault, name, point, disk, output, fmt, bar)
+    out.print(f"wrote {path}")

@@ -1,0 +1,94 @@
+"""rehost init | check | prune: the vault and its repository as a whole."""
+
+from __future__ import annotations
+
+import typer
+
+from rehost.cli.context import (
+    byte_progress,
+    emit_json,
+    err,
+    human,
+    open_vault,
+    options,
+    out,
+    password_from_env_or_prompt,
+)
+from rehost.errors import IntegrityError
+from rehost.replication.retention import RetentionPolicy, parse_duration
+from rehost.repository.check import check
+from rehost.vault.protection import prune_vault
+from rehost.vault.vault import Vault
+
+
+def register(app: typer.Typer) -> None:
+    app.command("init")(init)
+    app.command("check")(check_cmd)
+    app.command("prune")(prune_cmd)
+
+
+def init(
+    ctx: typer.Context,
+    encrypt: bool = typer.Option(False, "--encrypt", help="Encrypt the repository (AES-256-GCM); "
+                                 "the password comes from $REHOST_PASSWORD or a prompt."),
+) -> None:
+    """Create a vault: state database and replica repository in one folder."""
+    path = options(ctx).vault_path
+    password = password_from_env_or_prompt(confirm=True) if encrypt else None
+    Vault.init(path, password=password).close()
+    out.print(f"created vault {path}" + (" (encrypted)" if encrypt else ""))
+
+
+def check_cmd(
+    ctx: typer.Context,
+    read_data: bool = typer.Option(False, "--read-data", help="Also read and verify every stored byte."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Verify the repository: every reference, and with --read-data every byte."""
+    with (
+        open_vault(ctx) as vault,
+        vault.lock(exclusive=False),
+        byte_progress("reading packs", enabled=read_data and not as_json) as bar,
+    ):
+        total = 0
+
+        def step(n: int) -> None:
+            nonlocal total
+            total += n
+            bar(total, total)
+
+        report = check(vault.repo, read_data=read_data, progress=step)
+    if as_json:
+        emit_json({"ok": report.ok, "errors": report.errors, "warnings": report.warnings,
+                   "points": report.points, "packs": report.packs, "blobs": report.blobs,
+                   "bytes_read": report.bytes_read})
+    else:
+        for w in report.warnings:
+            err.print(f"[yellow]warning:[/] {w}")
+        for e in report.errors:
+            err.print(f"[red]error:[/] {e}", highlight=False)
+        out.print(f"{report.points} points, {report.packs} packs, {report.blobs} blobs"
+                  + (f", {human(report.bytes_read)} read" if read_data else "")
+                  + (": no errors" if report.ok else f": {len(report.errors)} error(s)"))
+    if not report.ok:
+        raise typer.Exit(IntegrityError.exit_code)
+
+
+def prune_cmd(
+    ctx: typer.Context,
+    retention: str = typer.Option("72h", help="Keep points this long (e.g. 24h, 7d)."),
+    all_for: str = typer.Option("2h", help="Keep every point this young."),
+    hourly_for: str = typer.Option("24h", help="Then one point per hour up to this age."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Thin recovery points per retention, then delete data no point needs (the only delete)."""
+    policy = RetentionPolicy(window=parse_duration(retention), all_for=parse_duration(all_for),
+                             hourly_for=parse_duration(hourly_for))
+    with open_vault(ctx) as vault:
+        r = prune_vault(vault, policy)
+    if as_json:
+        emit_json(vars(r))
+    else:
+        out.print(f"removed {r.points_removed} point(s), rewrote {r.points_rewritten}, "
+                  f"removed {r.packs_removed} pack(s), repacked {r.packs_repacked}, "
+                  f"freed {human(r.bytes_freed)}")

@@ -1,0 +1,93 @@
+"""``prune``: the only code that deletes (design §3). Each step is safe to interrupt."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+
+from rehost.repository.index import encode_index
+from rehost.repository.manifest import DiskMap, RecoveryPoint
+from rehost.repository.repository import Repository
+from rehost.repository.storage.base import Kind
+
+#: Repack a pack when more than this share of its bytes is no longer referenced.
+REPACK_DEAD_SHARE = 0.2
+
+
+@dataclass
+class PruneReport:
+    points_removed: int = 0
+    points_rewritten: int = 0
+    packs_removed: int = 0
+    packs_repacked: int = 0
+    bytes_freed: int = 0
+    temp_files_removed: int = 0
+
+
+def prune(repo: Repository, forget: Iterable[str] = ()) -> PruneReport:
+    """Forget the given points, then delete every pack no remaining point needs."""
+    report = PruneReport()
+    repo.load_index()
+    forget = set(forget)
+    raw = {o.name: repo.load_point_exact(o.name) for o in repo.storage.list(Kind.POINTS)}
+    replaced = {p.replaces for p in raw.values() if p.replaces and p.replaces in raw}
+    # 1. rewrite kept points whose base is going away as full maps
+    for p in list(raw.values()):
+        if p.id in forget or p.id in replaced:
+            continue
+        if any(d.base in forget for d in p.disks):
+            full = [DiskMap(d.index, d.size, None, repo.resolve_map(p, d.index)) for d in p.disks]
+            new = repo.save_point(replace(p, disks=full, replaces=p.id, id=""))
+            raw[new.id] = new
+            replaced.add(p.id)
+            report.points_rewritten += 1
+    # 2. remove forgotten and replaced manifests
+    for pid in (forget | replaced) & raw.keys():
+        repo.storage.remove(Kind.POINTS, pid)
+        del raw[pid]
+        report.points_removed += 1
+    # 3. sweep packs
+    used = _used_blobs(raw.values())
+    stored = {o.name: o.size for o in repo.storage.list(Kind.DATA)}
+    keep_packs: dict[str, list] = {}  # type: ignore[type-arg]
+    drop_packs: list[str] = []
+    for pack_id, entries in repo.index.packs.items():
+        live = [e for e in entries if e.id in used]
+        dead_bytes = sum(e.length for e in entries if e.id not in used)
+        total = sum(e.length for e in entries) or 1
+        if not live:
+            drop_packs.append(pack_id)
+        elif dead_bytes / total > REPACK_DEAD_SHARE:
+            for e in live:  # sealed bytes are position-independent: copy without re-sealing
+                sealed = repo.storage.load(Kind.DATA, pack_id, e.offset, e.length)
+                repo.index.blobs.pop(e.id, None)
+                repo.add_sealed(e.id, sealed, e.raw_length)
+            drop_packs.append(pack_id)
+            report.packs_repacked += 1
+        else:
+            keep_packs[pack_id] = entries
+    repo.flush()
+    keep_packs.update({pid: repo.index.packs[pid] for pid in repo.index.packs
+                       if pid not in keep_packs and pid not in drop_packs})
+    # one consolidated index first, then old index files, then the packs themselves
+    old_files = list(repo.index.files)
+    index_id, data = encode_index(sorted(keep_packs.items()), repo.sealer)
+    if index_id not in repo.index.files:
+        repo.storage.save(Kind.INDEX, index_id, data)
+    for name in old_files:
+        if name != index_id:
+            repo.storage.remove(Kind.INDEX, name)
+    for pack_id in [*drop_packs, *(stored.keys() - repo.index.packs.keys())]:
+        if pack_id in stored:
+            repo.storage.remove(Kind.DATA, pack_id)
+            report.bytes_freed += stored[pack_id]
+            report.packs_removed += 1
+    cleaner = getattr(repo.storage, "remove_stale_temp_files", None)
+    if cleaner is not None:
+        report.temp_files_removed = int(cleaner(0))
+    repo.load_index()
+    return report
+
+
+def _used_blobs(points: Iterable[RecoveryPoint]) -> set[str]:
+    return {e.blob for p in points for d in p.disks for e in d.entries if e.blob}

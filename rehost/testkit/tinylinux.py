@@ -1,0 +1,670 @@
+"""Build a tiny bootable Linux disk image offline, from the host's Debian packages.
+
+Why: replication, failover and boot verification must be tested against a disk that really
+boots, and whose boot proves the replicated *data* arrived intact — not just that some bytes
+were copied. The image is small (64 MiB by default, ~10 MB used) so a replication cycle takes
+seconds, and it boots under TCG in about ten seconds.
+
+Layout (raw image):
+  MBR: syslinux ``mbr.bin`` + msdos partition table, partition 1 (bootable) = ext4.
+  ext4 root: ``/boot/vmlinuz`` (Debian's kernel), ``/boot/initrd.img`` (busybox + the few
+  modules we need), ``/boot/extlinux/`` (extlinux), ``/rehost-marker`` (the text the guest
+  prints), ``/rehost-mode`` (``poweroff`` or ``stay``), ``/rehost-payload`` (1 MiB of
+  pseudo-random data) with ``/rehost-sums`` (its sha256, checked at boot).
+
+At boot the initramfs' ``/init`` loads virtio/ext4 modules, mounts partition 1 read-only,
+checks ``/rehost-sums``, and prints ``REHOST-BOOT-OK marker=<marker>`` on the serial console —
+only after the mount and checks succeeded, so the line proves the disk's data is intact.
+Then it powers off (default) or, in *stay* mode, remounts read-write, prints
+``REHOST-READY`` and runs a shell on the console (ACPI power button => clean poweroff).
+The mode comes from the kernel command line (``rehost.stay=1``/``0``, see the extlinux labels
+``rehost-stay``/``rehost-poweroff``) or else from ``/rehost-mode`` — the file is the easy knob,
+since nobody types at the extlinux prompt in a test.
+
+Traps this module handles (verified on Debian 12):
+  * extlinux cannot boot ext4 with ``64bit``, ``metadata_csum_seed`` or ``orphan_file``;
+    it needs 4 KiB blocks. The kernel is copied in after mounting, not via ``mke2fs -d``.
+  * ``virtio_ring`` must be loaded before ``virtio``; ext4/jbd2 need ``crc32c`` (a module
+    softdep, so ``modules.dep`` alone misses it) before mounting a ``metadata_csum`` fs.
+  * The initramfs needs ``/dev/console`` inside it or /init runs without stdout.
+  * Loop partition nodes can appear late (or never in a container with a static /dev):
+    wait, then ``partx -a``, then ``mknod`` from sysfs.
+
+Building needs root (losetup, mount). ``set_marker``/``read_marker``/``write_files`` work
+on raw images only (use ``qemu-img convert`` for others).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gzip
+import hashlib
+import os
+import random
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from rehost.errors import RehostError
+
+BOOT_OK_PREFIX = "REHOST-BOOT-OK"
+BOOT_FAIL_PREFIX = "REHOST-BOOT-FAIL"
+READY_LINE = "REHOST-READY"
+POWERDOWN_LINE = "REHOST-POWERDOWN"
+
+MARKER_PATH = "rehost-marker"
+MODE_PATH = "rehost-mode"
+PAYLOAD_PATH = "rehost-payload"
+SUMS_PATH = "rehost-sums"
+
+Mode = Literal["poweroff", "stay"]
+
+#: Modules the guest needs; their hard and soft dependencies are added automatically.
+#: ``button``+``evdev`` let busybox acpid see the ACPI power button (graceful QMP powerdown).
+BASE_MODULES: tuple[str, ...] = (
+    "virtio_pci",
+    "virtio_blk",
+    "crc32c_generic",
+    "ext4",
+    "button",
+    "evdev",
+)
+
+_MARKER_RE = re.compile(r"[!-~]{1,200}")
+_MIB = 1024 * 1024
+_PART_START = _MIB  # partition 1 starts at 1 MiB (sector 2048), as parted aligns it
+
+_BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
+_MBR_CANDIDATES = ("/usr/lib/syslinux/mbr/mbr.bin", "/usr/lib/EXTLINUX/mbr.bin")
+
+
+class TinyLinuxError(RehostError):
+    """Building or editing the tiny Linux image failed (missing tool, loop/mount trouble)."""
+
+    user_error = False
+
+
+# --------------------------------------------------------------------------------------------
+# small helpers
+
+
+def _run(cmd: Sequence[str | Path], *, input_: bytes | None = None) -> str:
+    """Run a tool, return its stdout; raise with its stderr so failures explain themselves."""
+    args = [str(c) for c in cmd]
+    try:
+        proc = subprocess.run(args, input=input_, capture_output=True, check=False)
+    except FileNotFoundError as exc:
+        raise TinyLinuxError(f"{args[0]} not found: install the Debian package providing it") from exc
+    if proc.returncode != 0:
+        err = proc.stderr.decode(errors="replace").strip()
+        raise TinyLinuxError(f"{' '.join(args)} failed (exit {proc.returncode}): {err}")
+    return proc.stdout.decode(errors="replace")
+
+
+def _first_existing(candidates: Iterable[str], what: str) -> Path:
+    for c in candidates:
+        if os.path.exists(c):
+            return Path(c)
+    raise TinyLinuxError(f"{what} not found (looked in {', '.join(candidates)})")
+
+
+def _check_marker(marker: str) -> None:
+    # The guest prints it in one line and tests match it with \S+: no spaces, plain ASCII.
+    if not _MARKER_RE.fullmatch(marker):
+        raise TinyLinuxError(
+            f"marker {marker!r} must be 1-200 printable ASCII characters without spaces"
+        )
+
+
+def _require_root() -> None:
+    if os.geteuid() != 0:
+        raise TinyLinuxError("building/editing the tiny Linux image needs root (losetup, mount)")
+
+
+# --------------------------------------------------------------------------------------------
+# kernel and modules
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """A kernel image and its module tree (``/lib/modules/VERSION``)."""
+
+    version: str
+    image: Path
+    modules_dir: Path
+
+
+def find_kernel(version: str | None = None) -> Kernel:
+    """The newest installed kernel with modules (or ``version``): the one we ship in the image."""
+    if version is None:
+        versions = sorted(
+            (p.name.removeprefix("vmlinuz-") for p in Path("/boot").glob("vmlinuz-*")),
+            key=_version_key,
+        )
+        versions = [v for v in versions if Path("/lib/modules", v, "modules.dep").exists()]
+        if not versions:
+            raise TinyLinuxError("no kernel found: install linux-image-amd64")
+        version = versions[-1]
+    kernel = Kernel(version, Path("/boot", f"vmlinuz-{version}"), Path("/lib/modules", version))
+    if not kernel.image.exists() or not (kernel.modules_dir / "modules.dep").exists():
+        raise TinyLinuxError(f"kernel {version} or its modules are missing")
+    return kernel
+
+
+def _version_key(v: str) -> list[int | str]:
+    return [int(p) if p.isdigit() else p for p in re.split(r"[.-]", v)]
+
+
+def _modname(path: str) -> str:
+    name = path.rsplit("/", 1)[-1]
+    name = re.sub(r"\.ko(\.(xz|gz|zst))?$", "", name)
+    return name.replace("-", "_")
+
+
+def resolve_modules(modules_dir: Path, wanted: Iterable[str]) -> list[Path]:
+    """Module files for ``wanted`` plus all dependencies, in a valid load order.
+
+    Why not just ``modules.dep``: ext4 and jbd2 need ``crc32c`` only through a *softdep*
+    (``modules.softdep``, naming an alias), so we also follow softdeps, resolving aliases
+    via ``modules.alias`` and preferring the ``*_generic`` implementation (works on any CPU,
+    including TCG's). Builtin modules (``modules.builtin``) are skipped.
+    """
+    paths: dict[str, str] = {}
+    deps: dict[str, list[str]] = {}
+    for line in (modules_dir / "modules.dep").read_text().splitlines():
+        if ":" not in line:
+            continue
+        mod, rest = line.split(":", 1)
+        name = _modname(mod)
+        paths[name] = mod
+        deps[name] = [_modname(d) for d in rest.split()]
+
+    aliases: dict[str, list[str]] = {}
+    alias_file = modules_dir / "modules.alias"
+    if alias_file.exists():
+        for line in alias_file.read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 3 and parts[0] == "alias":
+                aliases.setdefault(parts[1], []).append(parts[2].replace("-", "_"))
+
+    def resolve_alias(name: str) -> str | None:
+        n = name.replace("-", "_")
+        if n in paths:
+            return n
+        cands = [c for c in aliases.get(name, []) if c in paths]
+        if not cands:
+            return None
+        generic = [c for c in cands if c.endswith("_generic")]
+        return (generic or cands)[0]
+
+    softpre: dict[str, list[str]] = {}
+    soft_file = modules_dir / "modules.softdep"
+    if soft_file.exists():
+        for line in soft_file.read_text().splitlines():
+            parts = line.split()
+            if len(parts) < 3 or parts[0] != "softdep":
+                continue
+            name, section = _modname(parts[1]), ""
+            for tok in parts[2:]:
+                if tok.endswith(":"):
+                    section = tok[:-1]
+                elif section == "pre":
+                    softpre.setdefault(name, []).append(tok)
+
+    builtin: set[str] = set()
+    builtin_file = modules_dir / "modules.builtin"
+    if builtin_file.exists():
+        builtin = {_modname(line) for line in builtin_file.read_text().split()}
+
+    order: list[str] = []
+    state: dict[str, int] = {}  # 1 = visiting, 2 = done
+
+    def visit(name: str, required: bool) -> None:
+        resolved = resolve_alias(name)
+        if resolved is None:
+            if name.replace("-", "_") in builtin or not required:
+                return
+            raise TinyLinuxError(f"kernel module {name} not found in {modules_dir}")
+        if state.get(resolved) == 2:
+            return
+        if state.get(resolved) == 1:
+            raise TinyLinuxError(f"module dependency cycle at {resolved}")
+        state[resolved] = 1
+        for pre in softpre.get(resolved, []):
+            visit(pre, required=False)
+        for dep in deps.get(resolved, []):
+            visit(dep, required=True)
+        state[resolved] = 2
+        order.append(resolved)
+
+    for w in wanted:
+        visit(w, required=True)
+    return [modules_dir / paths[m] for m in order]
+
+
+# --------------------------------------------------------------------------------------------
+# initramfs (newc cpio written here: deterministic, and /dev/console needs no mknod)
+
+
+class _Cpio:
+    """Minimal ``newc`` cpio writer — all the kernel's initramfs unpacker needs."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._ino = 1
+
+    def _entry(self, name: str, mode: int, data: bytes = b"", rdev: tuple[int, int] = (0, 0)) -> None:
+        name_b = name.encode() + b"\0"
+        fields = [
+            self._ino, mode, 0, 0, 2 if stat.S_ISDIR(mode) else 1, 0, len(data),
+            0, 0, rdev[0], rdev[1], len(name_b), 0,
+        ]  # fmt: skip
+        self._ino += 1
+        self._buf += b"070701" + b"".join(b"%08X" % f for f in fields) + name_b
+        self._pad()
+        self._buf += data
+        self._pad()
+
+    def _pad(self) -> None:
+        self._buf += b"\0" * (-len(self._buf) % 4)
+
+    def dir(self, name: str) -> None:
+        self._entry(name, stat.S_IFDIR | 0o755)
+
+    def file(self, name: str, data: bytes, mode: int = 0o644) -> None:
+        self._entry(name, stat.S_IFREG | mode, data)
+
+    def symlink(self, name: str, target: str) -> None:
+        self._entry(name, stat.S_IFLNK | 0o777, target.encode())
+
+    def chardev(self, name: str, major: int, minor: int) -> None:
+        self._entry(name, stat.S_IFCHR | 0o600, rdev=(major, minor))
+
+    def finish(self) -> bytes:
+        self._entry("TRAILER!!!", 0)
+        self._buf += b"\0" * (-len(self._buf) % 512)
+        return bytes(self._buf)
+
+
+INIT_SCRIPT = r"""#!/bin/sh
+# rehost tiny Linux /init (PID 1). Prints the boot marker only after the root disk mounted
+# and its checksums verified, so the marker proves the disk's data is intact.
+export PATH=/bin HOME=/ PS1='rehost# '
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+
+fail() {
+    echo "REHOST-BOOT-FAIL $*"
+    sync
+    poweroff -f
+    sleep 3600
+}
+
+for m in $(cat /lib/modules/load-order); do
+    insmod "/lib/modules/$m.ko" || echo "rehost-init: insmod $m failed"
+done
+
+root=/dev/vda1
+stay=""
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in
+        rehost.root=*) root="${arg#rehost.root=}" ;;
+        rehost.stay=*) stay="${arg#rehost.stay=}" ;;
+    esac
+done
+
+i=0
+while [ ! -b "$root" ] && [ $i -lt 200 ]; do usleep 50000; i=$((i + 1)); done
+[ -b "$root" ] || fail "root device $root did not appear"
+
+mount -t ext4 -o ro "$root" /mnt || fail "cannot mount $root"
+if [ -z "$stay" ]; then
+    case "$(cat /mnt/rehost-mode 2>/dev/null)" in
+        stay*) stay=1 ;;
+        *) stay=0 ;;
+    esac
+fi
+if [ -f /mnt/rehost-sums ]; then
+    (cd /mnt && sha256sum -c -s rehost-sums) || fail "checksum mismatch in /rehost-sums"
+fi
+[ -f /mnt/rehost-marker ] || fail "no /rehost-marker on $root"
+marker="$(cat /mnt/rehost-marker)"
+dmesg -n 1
+echo "REHOST-BOOT-OK marker=$marker"
+
+if [ "$stay" != 1 ]; then
+    umount /mnt
+    poweroff -f
+    sleep 3600
+fi
+
+mount -o remount,rw /mnt || fail "cannot remount $root read-write"
+acpid -c /etc/acpi -l /var/log/acpid.log
+echo "REHOST-READY root=$root"
+while true; do
+    setsid cttyhack sh
+    sleep 1
+done
+"""
+
+POWERDOWN_SCRIPT = r"""#!/bin/sh
+# ACPI power button (QMP system_powerdown): flush and unmount the root disk, then power off.
+echo "REHOST-POWERDOWN" > /dev/console
+sync
+cd /
+umount /mnt 2>/dev/null || mount -o remount,ro /mnt
+poweroff -f
+"""
+
+
+def build_initramfs(kernel: Kernel, *, extra_modules: Sequence[str] = ()) -> bytes:
+    """A gzip'ed busybox initramfs carrying ``/init`` and only the modules it needs.
+
+    Why tiny: the whole image should fit in 64 MiB (24 MiB works) so replication cycles are
+    quick. Modules are stored flat (``/lib/modules/NAME.ko``) with an explicit load order,
+    because PID 1 loads them with plain ``insmod`` (no modprobe/depmod state to get wrong).
+    """
+    busybox = _first_existing(_BUSYBOX_CANDIDATES, "busybox (install busybox-static)")
+    applets = _run([busybox, "--list"]).split()
+    modules = resolve_modules(kernel.modules_dir, (*BASE_MODULES, *extra_modules))
+
+    cpio = _Cpio()
+    for d in ("bin", "dev", "proc", "sys", "mnt", "tmp", "etc", "etc/acpi", "etc/acpi/PWRF",
+              "lib", "lib/modules", "var", "var/log", "var/run", "root"):  # fmt: skip
+        cpio.dir(d)
+    cpio.chardev("dev/console", 5, 1)
+    cpio.chardev("dev/null", 1, 3)
+    cpio.file("bin/busybox", busybox.read_bytes(), 0o755)
+    for applet in applets:
+        if applet != "busybox":
+            cpio.symlink(f"bin/{applet}", "busybox")
+    cpio.symlink("sbin", "bin")
+    cpio.file("init", INIT_SCRIPT.encode(), 0o755)
+    cpio.file("etc/acpi/PWRF/00000080", POWERDOWN_SCRIPT.encode(), 0o755)
+    names = []
+    for mod in modules:
+        name = _modname(str(mod))
+        data = mod.read_bytes()
+        if mod.suffix != ".ko":  # compressed module: busybox insmod wants it plain
+            data = _decompress_module(mod)
+        cpio.file(f"lib/modules/{name}.ko", data)
+        names.append(name)
+    cpio.file("lib/modules/load-order", ("\n".join(names) + "\n").encode())
+    return gzip.compress(cpio.finish(), compresslevel=6, mtime=0)
+
+
+def _decompress_module(path: Path) -> bytes:
+    if path.suffix == ".xz":
+        import lzma
+
+        return lzma.decompress(path.read_bytes())
+    if path.suffix == ".gz":
+        return gzip.decompress(path.read_bytes())
+    return subprocess.run(["zstd", "-dc", str(path)], capture_output=True, check=True).stdout
+
+
+def extlinux_conf(root_device: str = "/dev/vda1") -> str:
+    """Three labels: default (mode from ``/rehost-mode``), and forced stay / poweroff."""
+    base = f"console=ttyS0,115200 panic=1 rehost.root={root_device}"
+    labels = [("rehost", base), ("rehost-stay", f"{base} rehost.stay=1"),
+              ("rehost-poweroff", f"{base} rehost.stay=0")]  # fmt: skip
+    out = ["# rehost tiny Linux", "SERIAL 0 115200", "PROMPT 0", "TIMEOUT 0", "DEFAULT rehost"]
+    for label, append in labels:
+        out += [f"LABEL {label}", "  LINUX /boot/vmlinuz", "  INITRD /boot/initrd.img",
+                f"  APPEND {append}"]  # fmt: skip
+    return "\n".join(out) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# loop devices and mounts (always cleaned up)
+
+
+def _wait_partition(loopdev: str, timeout: float = 10.0) -> str:
+    """The partition-1 node of a ``losetup -P`` device; nodes may appear late or never.
+
+    Seen on this project's CI host: ``losetup -P`` sets ``partscan`` but the kernel never
+    adds the partition until ``partx -a`` asks; in containers with a static /dev the node
+    may also be missing while sysfs knows the partition, so we ``mknod`` it.
+    """
+    name = Path(loopdev).name
+    part = f"{loopdev}p1"
+    sys_part = Path("/sys/block", name, f"{name}p1")
+
+    def ready() -> bool:
+        return os.path.exists(part) and stat.S_ISBLK(os.stat(part).st_mode)
+
+    start = time.monotonic()
+    asked = False
+    while time.monotonic() - start < timeout:
+        if ready():
+            return part
+        waited = time.monotonic() - start
+        if not sys_part.exists() and not asked and waited > 0.3:
+            subprocess.run(["partx", "-a", loopdev], capture_output=True, check=False)
+            asked = True
+        elif sys_part.exists() and waited > 1.0:
+            major, minor = (sys_part / "dev").read_text().strip().split(":")
+            with contextlib.suppress(FileExistsError):
+                os.mknod(part, 0o600 | stat.S_IFBLK, os.makedev(int(major), int(minor)))
+        time.sleep(0.02)
+    raise TinyLinuxError(f"partition node {part} did not appear within {timeout:.0f}s")
+
+
+@contextlib.contextmanager
+def _loop(image: Path, *args: str) -> Iterator[str]:
+    dev = _run(["losetup", "--find", "--show", *args, str(image)]).strip()
+    try:
+        yield dev
+    finally:
+        # A just-unmounted fs can keep the device busy for a moment: retry detach.
+        for attempt in range(20):
+            r = subprocess.run(["losetup", "-d", dev], capture_output=True, check=False)
+            if r.returncode == 0:
+                break
+            time.sleep(0.1 * (attempt + 1))
+
+
+@contextlib.contextmanager
+def _mounted(device: str, *, options: str = "") -> Iterator[Path]:
+    mnt = Path(tempfile.mkdtemp(prefix="rehost-mnt-"))
+    try:
+        _run(["mount", "-t", "ext4", *(["-o", options] if options else []), device, mnt])
+        try:
+            yield mnt
+        finally:
+            os.sync()
+            for attempt in range(20):
+                r = subprocess.run(["umount", str(mnt)], capture_output=True, check=False)
+                if r.returncode == 0:
+                    break
+                time.sleep(0.1 * (attempt + 1))
+            else:
+                subprocess.run(["umount", "-l", str(mnt)], capture_output=True, check=False)
+    finally:
+        with contextlib.suppress(OSError):
+            mnt.rmdir()
+
+
+def partition_extent(image: Path) -> tuple[int, int]:
+    """Byte offset and size of partition 1, read from the image's MBR."""
+    with image.open("rb") as f:
+        mbr = f.read(512)
+    if len(mbr) < 512 or mbr[510:512] != b"\x55\xaa":
+        raise TinyLinuxError(f"{image} has no msdos partition table (is it a raw image?)")
+    entry = mbr[446:462]
+    start = int.from_bytes(entry[8:12], "little") * 512
+    size = int.from_bytes(entry[12:16], "little") * 512
+    if entry[4] == 0 or size == 0:
+        raise TinyLinuxError(f"{image}: partition 1 is empty")
+    return start, size
+
+
+@contextlib.contextmanager
+def mounted_root(image: Path, *, readonly: bool = False) -> Iterator[Path]:
+    """Mount the image's ext4 root (partition 1) and yield the mount point.
+
+    Uses a loop device with an offset rather than ``-P``: no partition node to wait for.
+    Read-only mounts use a read-only loop device, so the image file is never touched (a fs
+    needing journal recovery then fails to mount instead of being silently replayed).
+    """
+    _require_root()
+    image = Path(image)
+    if not image.exists():
+        raise TinyLinuxError(f"{image} does not exist")
+    start, size = partition_extent(image)
+    args = ["--offset", str(start), "--sizelimit", str(size)]
+    if readonly:
+        args.append("--read-only")
+    with _loop(image, *args) as dev, _mounted(dev, options="ro" if readonly else "") as mnt:
+        yield mnt
+
+
+# --------------------------------------------------------------------------------------------
+# public API
+
+
+def build_tiny_linux(
+    dest: Path,
+    *,
+    size_mib: int = 64,
+    marker: str = "initial",
+    mode: Mode = "poweroff",
+    payload_mib: int = 1,
+    kernel_version: str | None = None,
+    extra_modules: Sequence[str] = (),
+) -> Path:
+    """Build the bootable raw image at ``dest`` (overwritten) and return ``dest``.
+
+    ``mode`` is written to ``/rehost-mode``: ``poweroff`` (default; print the marker, power
+    off) or ``stay`` (print the marker, keep running with the root mounted read-write).
+    ``payload_mib`` of seeded pseudo-random data are checksummed at every boot.
+    ``extra_modules`` are kernel modules to add (e.g. ``virtio_net``, ``virtio_console``).
+    """
+    _require_root()
+    _check_marker(marker)
+    if mode not in ("poweroff", "stay"):
+        raise TinyLinuxError(f"mode must be 'poweroff' or 'stay', not {mode!r}")
+    dest = Path(dest)
+    kernel = find_kernel(kernel_version)
+    initrd = build_initramfs(kernel, extra_modules=extra_modules)
+    mbr_bin = _first_existing(_MBR_CANDIDATES, "syslinux mbr.bin (install syslinux-common)")
+    payload = random.Random(0x7E4057).randbytes(payload_mib * _MIB)
+
+    needed = kernel.image.stat().st_size + len(initrd) + len(payload) + 8 * _MIB
+    if size_mib * _MIB < needed + _PART_START:
+        raise TinyLinuxError(f"{size_mib} MiB is too small: need about {needed // _MIB + 2} MiB")
+
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        with tmp.open("wb") as f:
+            f.truncate(size_mib * _MIB)
+        _run(["parted", "-s", "-a", "optimal", tmp, "--", "mklabel", "msdos",
+              "mkpart", "primary", "ext4", "1MiB", "100%", "set", "1", "boot", "on"])  # fmt: skip
+
+        with _loop(tmp, "--partscan") as loopdev:
+            part = _wait_partition(loopdev)
+            _run(["mkfs.ext4", "-q", "-F", "-b", "4096", "-N", "2048", "-m", "0",
+                  "-L", "rehost-root",
+                  "-O", "^64bit,^metadata_csum_seed,^orphan_file",
+                  "-E", "lazy_itable_init=0,lazy_journal_init=0", part])  # fmt: skip
+            with _mounted(part) as root:
+                boot = root / "boot"
+                (boot / "extlinux").mkdir(parents=True)
+                shutil.copyfile(kernel.image, boot / "vmlinuz")
+                (boot / "initrd.img").write_bytes(initrd)
+                (boot / "extlinux" / "extlinux.conf").write_text(extlinux_conf())
+                (root / PAYLOAD_PATH).write_bytes(payload)
+                digest = hashlib.sha256(payload).hexdigest()
+                (root / SUMS_PATH).write_text(f"{digest}  {PAYLOAD_PATH}\n")
+                (root / MARKER_PATH).write_text(marker + "\n")
+                (root / MODE_PATH).write_text(mode + "\n")
+                _run(["extlinux", "--install", boot / "extlinux"])
+
+        with tmp.open("r+b") as f:
+            f.write(mbr_bin.read_bytes()[:440])  # boot code only: keep the partition table
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dest
+
+
+def write_files(image: Path, files: Mapping[str, bytes | str]) -> None:
+    """Write files (paths relative to the ext4 root) into a raw image, then sync and unmount.
+
+    Tests use it to change the disk between replication cycles.
+    """
+    with mounted_root(image) as root:
+        for rel, data in files.items():
+            target = root / rel.lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data.encode() if isinstance(data, str) else data)
+
+
+def read_file(image: Path, path: str) -> bytes:
+    """Read one file from the image's ext4 root, without modifying the image."""
+    with mounted_root(image, readonly=True) as root:
+        target = root / path.lstrip("/")
+        if not target.exists():
+            raise TinyLinuxError(f"{path} does not exist in {image}")
+        return target.read_bytes()
+
+
+def set_marker(image: Path, marker: str) -> None:
+    """Rewrite ``/rehost-marker`` inside a raw image: the next boot prints the new marker."""
+    _check_marker(marker)
+    write_files(image, {MARKER_PATH: marker + "\n"})
+
+
+def read_marker(image: Path) -> str:
+    """The marker the image would print at boot (read offline, image untouched)."""
+    return read_file(image, MARKER_PATH).decode().strip()
+
+
+def set_mode(image: Path, mode: Mode) -> None:
+    """Choose whether the image powers off after the marker or stays up (``/rehost-mode``)."""
+    if mode not in ("poweroff", "stay"):
+        raise TinyLinuxError(f"mode must be 'poweroff' or 'stay', not {mode!r}")
+    write_files(image, {MODE_PATH: mode + "\n"})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI: ``build-tiny-linux OUT.img [--size-mib 64] [--marker-file-content TEXT]``."""
+    p = argparse.ArgumentParser(prog="build-tiny-linux", description=__doc__.split("\n")[0])
+    p.add_argument("out", type=Path, help="raw image to write (overwritten)")
+    p.add_argument("--size-mib", type=int, default=64)
+    p.add_argument("--marker-file-content", default="initial", metavar="TEXT",
+                   help="content of /rehost-marker, printed at boot")  # fmt: skip
+    p.add_argument("--mode", choices=("poweroff", "stay"), default="poweroff")
+    p.add_argument("--payload-mib", type=int, default=1)
+    p.add_argument("--kernel-version", default=None)
+    p.add_argument("--extra-module", action="append", default=[], metavar="NAME")
+    a = p.parse_args(argv)
+    started = time.monotonic()
+    try:
+        out = build_tiny_linux(
+            a.out, size_mib=a.size_mib, marker=a.marker_file_content, mode=a.mode,
+            payload_mib=a.payload_mib, kernel_version=a.kernel_version,
+            extra_modules=a.extra_module,
+        )  # fmt: skip
+    except RehostError as exc:
+        print(f"build-tiny-linux: {exc}", file=sys.stderr)
+        return 1
+    print(f"{out} built in {time.monotonic() - started:.1f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

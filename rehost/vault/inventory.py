@@ -1,0 +1,92 @@
+"""Sources and machines: registering them and looking them up by name."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
+
+from rehost.errors import AlreadyExists, NotFound, UsageError
+from rehost.sources import image
+from rehost.sources.base import SourceProvider
+from rehost.vault.models import DiskRow, MachineRow, SourceRow
+from rehost.vault.vault import Vault
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def check_name(name: str, what: str = "machine") -> str:
+    if not _NAME.match(name):
+        raise UsageError(
+            f"{what} name {name!r} is not valid: use 1-64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def add_image_source(vault: Vault, name: str | None, paths: Sequence[Path]) -> MachineRow:
+    """Register a machine made of image files (or an OVA/OVF) as a source of its own.
+
+    Everything is validated before anything is written, so a bad input leaves the vault as
+    it was.
+    """
+    ovf_name, images = image.discover(paths)
+    name = check_name(name or ovf_name or "")
+    with vault.session() as s, s.begin():
+        if s.scalar(select(MachineRow).where(MachineRow.name == name)) is not None:
+            raise AlreadyExists(f"a machine named {name!r} is already registered")
+        if s.scalar(select(SourceRow).where(SourceRow.name == name)) is not None:
+            raise AlreadyExists(f"a source named {name!r} is already registered")
+        src = SourceRow(name=name, kind="image", settings={"paths": [str(p) for p in paths]})
+        m = MachineRow(name=name, source=src, state="registered")
+        m.disks = [
+            DiskRow(index=i, path=str(img.path.absolute()), format=img.format, offset=img.offset,
+                    length=img.length, size=img.virtual_size)
+            for i, img in enumerate(images)
+        ]
+        s.add_all([src, m])
+    return get_machine(vault, name)
+
+
+def get_machine(vault: Vault, name: str, session: Session | None = None) -> MachineRow:
+    def load(s: Session) -> MachineRow:
+        m = s.scalar(
+            select(MachineRow).where(MachineRow.name == name)
+            .options(selectinload(MachineRow.disks), selectinload(MachineRow.source))
+        )
+        if m is None:
+            known = ", ".join(s.scalars(select(MachineRow.name).order_by(MachineRow.name))) or "none"
+            raise NotFound(f"no machine named {name!r} (registered: {known})")
+        return m
+
+    if session is not None:
+        return load(session)
+    with vault.session() as s:
+        return load(s)
+
+
+def list_machines(vault: Vault) -> list[MachineRow]:
+    with vault.session() as s:
+        return list(
+            s.scalars(
+                select(MachineRow).order_by(MachineRow.name)
+                .options(selectinload(MachineRow.disks), selectinload(MachineRow.source))
+            )
+        )
+
+
+def set_state(vault: Vault, machine: MachineRow, state: str, reason: str = "") -> None:
+    with vault.session() as s, s.begin():
+        row = s.get(MachineRow, machine.id)
+        assert row is not None
+        row.state, row.state_reason = state, reason
+    machine.state, machine.state_reason = state, reason
+
+
+def provider_for(machine: MachineRow) -> SourceProvider:
+    if machine.source.kind == "image":
+        return image.ImageSource()
+    raise UsageError(f"source kind {machine.source.kind!r} is not supported by this version")

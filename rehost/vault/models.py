@@ -1,0 +1,61 @@
+"""Persistent state of a vault (SQLAlchemy 2). Recovery points are not here: the repository
+is their single source of truth; the vault holds what the repository must not know about
+(sources, machines, their disks and states)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, ForeignKey, Integer, String
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def _id() -> str:
+    return uuid.uuid4().hex
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class SourceRow(Base):
+    __tablename__ = "sources"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=_id)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    kind: Mapped[str] = mapped_column(String(32))  # image | qemu | agent | vmware | hyperv
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=_now)
+    machines: Mapped[list[MachineRow]] = relationship(back_populates="source")
+
+
+class MachineRow(Base):
+    __tablename__ = "machines"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=_id)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    source_id: Mapped[str] = mapped_column(ForeignKey("sources.id"))
+    state: Mapped[str] = mapped_column(String(32), default="registered")
+    state_reason: Mapped[str] = mapped_column(String(500), default="")
+    created_at: Mapped[datetime] = mapped_column(default=_now)
+    source: Mapped[SourceRow] = relationship(back_populates="machines")
+    disks: Mapped[list[DiskRow]] = relationship(
+        back_populates="machine", order_by="DiskRow.index", cascade="all, delete-orphan"
+    )
+
+
+class DiskRow(Base):
+    __tablename__ = "disks"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=_id)
+    machine_id: Mapped[str] = mapped_column(ForeignKey("machines.id"))
+    index: Mapped[int] = mapped_column(Integer)
+    path: Mapped[str] = mapped_column(String(4096))
+    format: Mapped[str] = mapped_column(String(16))
+    offset: Mapped[int] = mapped_column(Integer, default=0)
+    length: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    size: Mapped[int] = mapped_column(Integer)
+    machine: Mapped[MachineRow] = relationship(back_populates="disks")

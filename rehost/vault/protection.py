@@ -1,0 +1,92 @@
+"""Replicating machines into recovery points and finding points again."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from rehost.errors import NotFound, UsageError
+from rehost.replication.cycle import CycleResult, run_cycle
+from rehost.replication.retention import PointTime, RetentionPolicy, points_to_keep
+from rehost.repository.manifest import Consistency, RecoveryPoint
+from rehost.repository.prune import PruneReport, prune
+from rehost.vault.inventory import get_machine, provider_for, set_state
+from rehost.vault.vault import Vault
+
+
+def replicate(vault: Vault, name: str, progress: Callable[[int, int], None] | None = None) -> CycleResult:
+    """One cycle: the first copies everything, later ones only what changed."""
+    machine = get_machine(vault, name)
+    provider = provider_for(machine)
+    with vault.lock():
+        points = vault.repo.list_points(machine.id)
+        parent = points[-1] if points else None
+        total = sum(d.size for d in machine.disks)
+        done = 0
+
+        def step(n: int) -> None:
+            nonlocal done
+            done += n
+            if progress:
+                progress(done, total)
+
+        if parent is None:
+            set_state(vault, machine, "initial_replication", "first full copy in progress")
+        with provider.open_disks(machine) as disks:
+            result = run_cycle(
+                vault.repo, vault.cache, machine.id, disks, parent=parent,
+                consistency=provider.consistency(machine), source=provider.describe(machine),
+                progress=step,
+            )
+        set_state(vault, machine, "protected", "")
+        return result
+
+
+def list_points(vault: Vault, name: str) -> list[RecoveryPoint]:
+    return vault.repo.list_points(get_machine(vault, name).id)
+
+
+def find_point(vault: Vault, name: str, spec: str) -> RecoveryPoint:
+    """``latest``, ``latest-app-consistent``, ``latest-processed``, or an id (prefix)."""
+    points = list_points(vault, name)
+    if not points:
+        raise NotFound(f"{name} has no recovery points yet (run: rehost replicate {name})")
+    if spec in ("latest", "latest-processed"):
+        return points[-1]
+    if spec == "latest-app-consistent":
+        app = [p for p in points if p.consistency == Consistency.APP]
+        if not app:
+            raise NotFound(f"{name} has no app-consistent recovery point")
+        return app[-1]
+    if len(spec) < 4 or any(c not in "0123456789abcdef" for c in spec):
+        raise UsageError(
+            f"{spec!r} is not a point: use latest, latest-processed, latest-app-consistent or an id"
+        )
+    matches = [p for p in points if p.id.startswith(spec)]
+    if not matches:
+        raise NotFound(f"{name} has no recovery point {spec!r} (see: rehost points {name})")
+    if len(matches) > 1:
+        raise UsageError(f"point id {spec!r} is ambiguous; give more characters")
+    return matches[0]
+
+
+def prune_vault(
+    vault: Vault, policy: RetentionPolicy | None = None, now: datetime | None = None
+) -> PruneReport:
+    """Apply retention to every machine, then delete what no point needs."""
+    policy = policy or RetentionPolicy()
+    now = now or datetime.now(UTC)
+    with vault.lock():
+        forget: set[str] = set()
+        by_machine: dict[str, list[RecoveryPoint]] = {}
+        for p in vault.repo.list_points():
+            by_machine.setdefault(p.machine, []).append(p)
+        for points in by_machine.values():
+            times = [PointTime(p.id, _when(p), p.consistency == Consistency.APP) for p in points]
+            keep = points_to_keep(times, policy, now)
+            forget |= {p.id for p in points} - keep
+        return prune(vault.repo, forget)
+
+
+def _when(p: RecoveryPoint) -> datetime:
+    return datetime.strptime(p.time, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)

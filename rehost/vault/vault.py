@@ -1,0 +1,137 @@
+"""A vault: one folder holding state (SQLite) and the replica repository (design §2).
+
+The embedded default needs no server: ``vault.json`` names the state database and the
+repository by URL, so a vault at scale is the same code with other URLs.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from rehost.errors import AlreadyExists, NotFound, UsageError
+from rehost.replication.digests import DigestCache
+from rehost.repository.repository import Repository
+from rehost.repository.storage import Storage, open_storage
+from rehost.vault.models import Base
+
+CONFIG = "vault.json"
+VERSION = 1
+
+
+class Vault:
+    def __init__(self, root: Path, config: dict[str, object], password: Callable[[], str] | None) -> None:
+        self.root = root
+        self.config = config
+        self._password = password
+        self._repo: Repository | None = None
+        self.engine: Engine = create_engine(self._url(str(config["state"])))
+        event.listen(self.engine, "connect", _sqlite_pragmas)
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.cache = DigestCache(root / "cache")
+
+    def _url(self, url: str) -> str:
+        return url.replace("sqlite:///./", f"sqlite:///{self.root}/")
+
+    @classmethod
+    def init(cls, root: Path, *, password: str | None = None) -> Vault:
+        """Create a vault; refuses a folder that is already a vault or is not empty."""
+        root = Path(root)
+        if (root / CONFIG).exists():
+            raise AlreadyExists(f"{root} is already a vault")
+        if root.exists() and (not root.is_dir() or any(root.iterdir())):
+            raise UsageError(f"{root} exists and is not an empty folder; choose a new path")
+        config: dict[str, object] = {
+            "version": VERSION,
+            "state": "sqlite:///./vault.db",
+            "repository": "local:./repo",
+        }
+        root.mkdir(parents=True, exist_ok=True)
+        try:
+            vault = cls(root, config, (lambda: password) if password is not None else None)
+            Base.metadata.create_all(vault.engine)
+            Repository.create(vault._storage(create=True), password=password)
+            tmp = root / (CONFIG + ".tmp")
+            tmp.write_text(json.dumps(config, indent=2) + "\n")
+            os.replace(tmp, root / CONFIG)  # the vault exists once this file does
+        except BaseException:
+            _remove_partial(root)
+            raise
+        return vault
+
+    @classmethod
+    def open(cls, root: Path, password: Callable[[], str] | None = None) -> Vault:
+        root = Path(root)
+        try:
+            config = json.loads((root / CONFIG).read_text())
+        except FileNotFoundError:
+            raise NotFound(f"no vault at {root} (create one with: rehost --vault {root} init)") from None
+        except ValueError as e:
+            raise UsageError(f"{root / CONFIG} is damaged: {e}") from None
+        if config.get("version") != VERSION:
+            raise UsageError(f"vault format {config.get('version')} is not supported")
+        vault = cls(root, config, password)
+        Base.metadata.create_all(vault.engine)
+        return vault
+
+    def _storage(self, *, create: bool = False) -> Storage:
+        url = str(self.config["repository"])
+        if url.startswith("local:./"):
+            url = "local:" + str(self.root / url[len("local:./") :])
+        return open_storage(url, create=True) if create else open_storage(url)
+
+    @property
+    def repo(self) -> Repository:
+        """The repository, opened (and its key unlocked) on first use."""
+        if self._repo is None:
+            self._repo = Repository.open(self._storage(), self._password)
+        return self._repo
+
+    def session(self) -> Session:
+        return self.sessions()
+
+    @contextmanager
+    def lock(self, *, exclusive: bool = True) -> Iterator[None]:
+        """Serialize writers of this vault (one replicate/prune at a time, design §3)."""
+        with open(self.root / "lock", "a") as f:
+            try:
+                fcntl.flock(f, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise UsageError(f"vault {self.root} is busy: another rehost command is writing") from None
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        if self._repo is not None:
+            self._repo.close()
+        self.engine.dispose()
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=5000")
+    cur.close()
+
+
+def _remove_partial(root: Path) -> None:
+    """Undo a failed init so a retry starts clean (only what init itself created)."""
+    import shutil
+
+    for name in ("repo", "vault.db", "vault.db-wal", "vault.db-shm", CONFIG + ".tmp"):
+        p = root / name
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        elif p.exists():
+            p.unlink()
