@@ -203,7 +203,8 @@ def _qemu_img_info(image: DiskImage, *, forced: bool) -> dict[str, Any]:
         target = "json:" + json.dumps({"file": member}, separators=(",", ":"))
     else:
         target = str(Path(image.path).absolute())
-    cmd = ["qemu-img", "info", "--output=json", "-U", target]
+    # --backing-chain opens the whole chain, so a missing backing file fails here.
+    cmd = ["qemu-img", "info", "--output=json", "--backing-chain", "-U", target]
     try:
         proc = subprocess.run(
             cmd, capture_output=True, text=True, timeout=_QEMU_IMG_TIMEOUT, check=False
@@ -213,27 +214,32 @@ def _qemu_img_info(image: DiskImage, *, forced: bool) -> dict[str, Any]:
     except subprocess.TimeoutExpired:
         raise UsageError(f"{image.describe()}: qemu-img info did not answer in time") from None
     if proc.returncode != 0:
-        reason = _qemu_reason(proc.stderr)
-        what = f"a {FORMAT_NAMES.get(image.format, image.format)} image" if forced else "readable"
-        raise UsageError(f"{image.describe()}: not {what} ({reason})")
+        reason = _qemu_reason(proc.stderr, target)
+        if "Could not open '" in reason:
+            raise UsageError(f"{image.describe()}: cannot open a file it refers to ({reason})")
+        what = f"a {FORMAT_NAMES.get(image.format, image.format)}" if forced else "a disk"
+        raise UsageError(f"{image.describe()}: not {what} image ({reason})")
     try:
-        info = json.loads(proc.stdout)
+        chain = json.loads(proc.stdout)
     except ValueError:
-        raise UsageError(f"{image.describe()}: qemu-img info gave no answer") from None
-    if not isinstance(info, dict):
+        chain = None
+    if not isinstance(chain, list) or not chain or not isinstance(chain[0], dict):
         raise UsageError(f"{image.describe()}: qemu-img info gave no answer")
-    return info
+    return dict(chain[0])
 
 
-def _qemu_reason(stderr: str) -> str:
-    """The useful part of a qemu error line, without the repeated json: filename."""
+def _qemu_reason(stderr: str, target: str) -> str:
+    """The useful part of a qemu error: without our own (json:) file name, no repeats."""
     lines = [line for line in stderr.strip().splitlines() if line.strip()]
     if not lines:
         return "qemu-img failed"
-    line = lines[-1]
-    if "': " in line:
-        line = line.rsplit("': ", 1)[1]
-    return line.removeprefix("qemu-img: ").strip()
+    line = lines[-1].removeprefix("qemu-img: ")
+    line = line.replace(f"Could not open '{target}': ", "").replace(f"{target}: ", "")
+    parts: list[str] = []
+    for part in line.split(": "):
+        if not parts or parts[-1] != part:
+            parts.append(part)
+    return ": ".join(parts).strip()
 
 
 def _has_vhd_footer(path: Path, offset: int, size: int) -> bool:

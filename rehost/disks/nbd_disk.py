@@ -116,7 +116,9 @@ class NbdDisk:
         entries: list[int] = []
 
         def collect(meta: str, _off: int, got: list[int], err: Any) -> int:
-            if meta == context:  # a server may send other contexts, or this one twice
+            # Other negotiated contexts come too; a buggy server may repeat one: keep the
+            # first answer for ours.
+            if meta == context and not entries:
                 entries.extend(got)
             return 0
 
@@ -151,9 +153,8 @@ class NbdDisk:
         self, context: str, start: int = 0, length: int | None = None
     ) -> Iterator[Extent]:
         """Only the dirty ranges (``flags & 1``) of a ``qemu:dirty-bitmap:NAME`` context."""
-        for ext in _coalesce(
-            (off, n, bool(flags & DIRTY)) for off, n, flags in self.block_status(context, start, length)
-        ):
+        entries = self.block_status(context, start, length)
+        for ext in _coalesce((off, n, bool(flags & DIRTY)) for off, n, flags in entries):
             if ext.zero:  # here "zero" carries "dirty"
                 yield Extent(ext.start, ext.length)
 

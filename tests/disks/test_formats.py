@@ -21,12 +21,12 @@ from .images import MASTER_SIZE, VARIANTS, make_variant, run
 @pytest.mark.parametrize(
     ("variant", "fmt"), [(v, f) for v, (f, _) in VARIANTS.items() if v != "qcow2-backing"]
 )
-def test_probe_finds_format_and_size(variant: str, fmt: str, master: Path, tmp_path: Path):
+def test_probe_finds_format_and_size(variant: str, fmt: str, master: Path, tmp_path: Path) -> None:
     image = make_variant(master, variant, tmp_path)
     assert image == DiskImage(image.path, fmt, MASTER_SIZE)
 
 
-def test_fixed_vhd_is_vpc_not_raw(master: Path, tmp_path: Path):
+def test_fixed_vhd_is_vpc_not_raw(master: Path, tmp_path: Path) -> None:
     # qemu-img itself calls a fixed VHD "raw" (the footer is at the end); probe does not.
     image = make_variant(master, "vpc-fixed", tmp_path)
     assert image.format == "vpc"
@@ -40,12 +40,12 @@ def test_fixed_vhd_is_vpc_not_raw(master: Path, tmp_path: Path):
     assert probe(renamed, "vpc").virtual_size == MASTER_SIZE
 
 
-def test_backing_chain_uses_overlay_size(master: Path, tmp_path: Path):
+def test_backing_chain_uses_overlay_size(master: Path, tmp_path: Path) -> None:
     image = make_variant(master, "qcow2-backing", tmp_path)
     assert (image.format, image.virtual_size) == ("qcow2", MASTER_SIZE)
 
 
-def test_forced_format_must_match(master: Path, tmp_path: Path):
+def test_forced_format_must_match(master: Path, tmp_path: Path) -> None:
     image = make_variant(master, "qcow2", tmp_path)
     assert probe(image.path, "qcow2") == image
     with pytest.raises(UsageError, match=r"qcow2\.qcow2: not a VMDK image"):
@@ -54,17 +54,17 @@ def test_forced_format_must_match(master: Path, tmp_path: Path):
         probe(image.path, "iso")
 
 
-def test_missing_file(tmp_path: Path):
+def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match=r"nope\.qcow2: no such file$"):
         probe(tmp_path / "nope.qcow2")
 
 
-def test_directory(tmp_path: Path):
+def test_directory(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="is a directory, not a disk image"):
         probe(tmp_path)
 
 
-def test_text_file_is_not_a_disk(tmp_path: Path):
+def test_text_file_is_not_a_disk(tmp_path: Path) -> None:
     text = tmp_path / "notes.txt"
     text.write_text("hello, this is not a disk\n")
     with pytest.raises(UsageError) as err:
@@ -74,14 +74,14 @@ def test_text_file_is_not_a_disk(tmp_path: Path):
     )
 
 
-def test_empty_file(tmp_path: Path):
+def test_empty_file(tmp_path: Path) -> None:
     empty = tmp_path / "empty.img"
     empty.touch()
     with pytest.raises(UsageError, match="is empty, not a disk image"):
         probe(empty)
 
 
-def test_unreadable_file(master: Path, tmp_path: Path):
+def test_unreadable_file(master: Path, tmp_path: Path) -> None:
     folder = Path(tempfile.mkdtemp(prefix="rehost-test-"))  # outside root's 0700 tmp
     try:
         folder.chmod(0o755)
@@ -110,7 +110,7 @@ def test_unreadable_file(master: Path, tmp_path: Path):
         shutil.rmtree(folder)
 
 
-def test_extension_must_match_content(master: Path, tmp_path: Path):
+def test_extension_must_match_content(master: Path, tmp_path: Path) -> None:
     image = make_variant(master, "qcow2", tmp_path)
     lying = tmp_path / "disk.vmdk"
     image.path.rename(lying)
@@ -128,14 +128,14 @@ def test_extension_must_match_content(master: Path, tmp_path: Path):
         probe(raw_named_qcow2)
 
 
-def test_unsupported_format(master: Path, tmp_path: Path):
+def test_unsupported_format(master: Path, tmp_path: Path) -> None:
     vdi = tmp_path / "disk.vdi"
     run("qemu-img", "convert", "-q", "-O", "vdi", master, vdi)
     with pytest.raises(UsageError, match="is a vdi image; rehost reads raw, qcow2, VMDK"):
         probe(vdi)
 
 
-def test_qemu_image_opts():
+def test_qemu_image_opts() -> None:
     plain = DiskImage(Path("/d/a:b.qcow2"), "qcow2", 1 << 30)
     assert json.loads(qemu_image_opts(plain).removeprefix("json:")) == {
         "driver": "qcow2",
@@ -156,3 +156,25 @@ def test_qemu_image_opts():
             "file": {"driver": "file", "filename": "/d/x.ova"},
         },
     }
+
+
+def test_missing_backing_file(tmp_path: Path) -> None:
+    overlay = tmp_path / "top.qcow2"
+    run("qemu-img", "create", "-q", "-u", "-f", "qcow2", "-b", "gone.qcow2", "-F", "qcow2",
+        overlay, "64M")
+    with pytest.raises(UsageError) as err:
+        probe(overlay)
+    assert str(err.value) == (
+        f"{overlay}: cannot open a file it refers to "
+        f"(Could not open '{tmp_path}/gone.qcow2': No such file or directory)"
+    )
+
+
+def test_vmdk_descriptor_may_not_leave_its_folder(master: Path, tmp_path: Path) -> None:
+    run("qemu-img", "create", "-q", "-f", "vmdk", "-o", "subformat=monolithicFlat",
+        tmp_path / "d.vmdk", "1M")
+    assert probe(tmp_path / "d.vmdk").format == "vmdk"  # d-flat.vmdk next to it: fine
+    evil = tmp_path / "evil.vmdk"
+    evil.write_text((tmp_path / "d.vmdk").read_text().replace('"d-flat.vmdk"', f'"{master}"'))
+    with pytest.raises(UsageError, match=f"refers to '{master}' outside its folder"):
+        probe(evil)

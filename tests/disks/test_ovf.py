@@ -145,7 +145,7 @@ def stream_vmdk(master: Path, tmp_path: Path) -> Path:
     return path
 
 
-def test_ova_reads_its_disk_in_place(stream_vmdk: Path, master_bytes: bytes, tmp_path: Path):
+def test_ova_reads_its_disk_in_place(stream_vmdk: Path, master_bytes: bytes, tmp_path: Path) -> None:
     size = stream_vmdk.stat().st_size
     ova = build_ova(
         tmp_path / "web01.ova",
@@ -164,7 +164,7 @@ def test_ova_reads_its_disk_in_place(stream_vmdk: Path, master_bytes: bytes, tmp
     assert read < MASTER_SIZE // 4
 
 
-def test_disk_order_follows_the_hardware(master: Path, stream_vmdk: Path, tmp_path: Path):
+def test_disk_order_follows_the_hardware(master: Path, stream_vmdk: Path, tmp_path: Path) -> None:
     second = tmp_path / "src" / "web01-disk2.vmdk"
     make_image(master, "vmdk", second, subformat="streamOptimized")
     ova = build_ova(
@@ -178,7 +178,7 @@ def test_disk_order_follows_the_hardware(master: Path, stream_vmdk: Path, tmp_pa
     assert offsets[0] > offsets[1]
 
 
-def test_bare_ovf_with_disk_next_to_it(stream_vmdk: Path, master_bytes: bytes):
+def test_bare_ovf_with_disk_next_to_it(stream_vmdk: Path, master_bytes: bytes) -> None:
     folder = stream_vmdk.parent
     ovf = folder / "web01.ovf"
     ovf.write_text(vmware_ovf("web01", [("web01-disk1.vmdk", stream_vmdk.stat().st_size)]))
@@ -190,7 +190,7 @@ def test_bare_ovf_with_disk_next_to_it(stream_vmdk: Path, master_bytes: bytes):
         assert read_through_extents(nbd_disk)[0] == master_bytes
 
 
-def test_name_falls_back_to_name_element(stream_vmdk: Path):
+def test_name_falls_back_to_name_element(stream_vmdk: Path) -> None:
     ovf = stream_vmdk.parent / "x.ovf"
     text = vmware_ovf("db02", [("web01-disk1.vmdk", 1)]).replace('<VirtualSystem ovf:id="db02">',
                                                                   "<VirtualSystem>")
@@ -200,7 +200,7 @@ def test_name_falls_back_to_name_element(stream_vmdk: Path):
 
 @pytest.mark.parametrize("href", ["../evil.vmdk", "/etc/passwd", "disks/../../evil.vmdk",
                                   "http://example.com/d.vmdk", "file:///etc/passwd"])
-def test_ova_refuses_paths_outside(href: str, stream_vmdk: Path, tmp_path: Path):
+def test_ova_refuses_paths_outside(href: str, stream_vmdk: Path, tmp_path: Path) -> None:
     ova = build_ova(tmp_path / "evil.ova", vmware_ovf("evil", [(href, 1)]),
                     {"web01-disk1.vmdk": stream_vmdk})
     with pytest.raises(UsageError) as err:
@@ -210,14 +210,14 @@ def test_ova_refuses_paths_outside(href: str, stream_vmdk: Path, tmp_path: Path)
     )
 
 
-def test_bare_ovf_refuses_paths_outside(stream_vmdk: Path):
+def test_bare_ovf_refuses_paths_outside(stream_vmdk: Path) -> None:
     ovf = stream_vmdk.parent / "evil.ovf"
     ovf.write_text(vmware_ovf("evil", [("../src/web01-disk1.vmdk", 1)]))
-    with pytest.raises(UsageError, match="refusing disk file reference '../src/web01"):
+    with pytest.raises(UsageError, match=r"refusing disk file reference '\.\./src/web01"):
         parse(ovf)
 
 
-def test_ova_missing_disk_member(tmp_path: Path):
+def test_ova_missing_disk_member(tmp_path: Path) -> None:
     ova = build_ova(tmp_path / "web01.ova", vmware_ovf("web01", [("web01-disk1.vmdk", 1)]), {})
     with pytest.raises(UsageError) as err:
         parse(ova)
@@ -226,21 +226,21 @@ def test_ova_missing_disk_member(tmp_path: Path):
     )
 
 
-def test_bare_ovf_missing_disk(tmp_path: Path):
+def test_bare_ovf_missing_disk(tmp_path: Path) -> None:
     ovf = tmp_path / "web01.ovf"
     ovf.write_text(vmware_ovf("web01", [("web01-disk1.vmdk", 1)]))
-    with pytest.raises(UsageError, match="disk file 'web01-disk1.vmdk' is missing next to"):
+    with pytest.raises(UsageError, match=r"disk file 'web01-disk1\.vmdk' is missing next to"):
         parse(ovf)
 
 
-def test_ova_member_that_is_not_a_disk(tmp_path: Path):
+def test_ova_member_that_is_not_a_disk(tmp_path: Path) -> None:
     ova = build_ova(tmp_path / "web01.ova", vmware_ovf("web01", [("web01-disk1.vmdk", 1)]),
                     {"web01-disk1.vmdk": b"not a vmdk at all\n" * 100})
-    with pytest.raises(UsageError, match=r"web01\.ova \(bytes 1536\+2048\): not a VMDK image \("):
+    with pytest.raises(UsageError, match=r"web01\.ova \(bytes \d+\+2048\): not a VMDK image \(invalid VMDK"):
         parse(ova)
 
 
-def test_refuses_entities_and_garbage(tmp_path: Path):
+def test_refuses_entities_and_garbage(tmp_path: Path) -> None:
     bomb = tmp_path / "bomb.ovf"
     bomb.write_text('<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "aaaa">]><Envelope>&a;</Envelope>')
     with pytest.raises(UsageError, match="may not contain DTDs or entities"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from .images import MASTER_SIZE, VARIANTS, make_variant, read_through_extents
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_read_matches_master(variant: str, master: Path, master_bytes: bytes, tmp_path: Path):
+def test_read_matches_master(variant: str, master: Path, master_bytes: bytes, tmp_path: Path) -> None:
     image = make_variant(master, variant, tmp_path)
     assert image.virtual_size == MASTER_SIZE
     with open_disk(image) as disk:
@@ -36,12 +37,12 @@ def _assert_tiles(extents: list[Extent], size: int) -> None:
     """Extents cover the disk in order, without gaps, and adjacent ones differ in kind."""
     assert extents[0].start == 0
     assert extents[-1].end == size
-    for a, b in zip(extents, extents[1:], strict=False):
+    for a, b in itertools.pairwise(extents):
         assert a.end == b.start
         assert a.zero != b.zero
 
 
-def test_extents_of_a_window(master: Path, master_bytes: bytes, tmp_path: Path):
+def test_extents_of_a_window(master: Path, master_bytes: bytes, tmp_path: Path) -> None:
     image = make_variant(master, "qcow2", tmp_path)
     start, length = 17 * (1 << 20) - 5000, 3 * (1 << 20)
     with open_disk(image) as disk:
@@ -54,7 +55,7 @@ def test_extents_of_a_window(master: Path, master_bytes: bytes, tmp_path: Path):
     assert sum(n for _, n, _ in raw) == length
 
 
-def test_readinto_unaligned_and_large(master: Path, master_bytes: bytes, tmp_path: Path):
+def test_readinto_unaligned_and_large(master: Path, master_bytes: bytes, tmp_path: Path) -> None:
     image = make_variant(master, "vmdk-stream", tmp_path)
     with open_disk(image) as disk:
         buf = bytearray(5 * (1 << 20) + 777)  # several pipelined requests, odd tail
