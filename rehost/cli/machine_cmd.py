@@ -70,7 +70,8 @@ def replicate(
     if as_json:
         emit_json({"point": r.point.id, "time": r.point.time, "consistency": r.point.consistency.value,
                    "bytes_read": r.bytes_read, "changed_bytes": r.changed_bytes,
-                   "new_blobs": s.blobs_new, "stored_bytes": s.stored_bytes, "seconds": round(r.seconds, 3),
+                   "new_blobs": s.blobs_new, "new_bytes": s.raw_bytes_new,
+                   "stored_bytes": s.stored_bytes, "seconds": round(r.seconds, 3),
                    "digests": r.digest_source})
         return
     out.print(r.point.id)

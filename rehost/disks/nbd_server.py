@@ -78,6 +78,10 @@ class QemuNbdServer:
     def command(self, socket: Path, pid_file: Path) -> list[str]:
         """The qemu-nbd command line (the format is named inside the json: filename)."""
         cmd = [
+            # If rehost dies (kill -9), the kernel kills qemu-nbd too: no orphaned servers.
+            # The death signal follows the *thread* that started it, so start servers from
+            # a thread that outlives them (the caller's, never a short-lived worker).
+            *_PDEATHSIG,
             "qemu-nbd",
             "--persistent",
             f"--shared={self.shared}",
@@ -177,6 +181,9 @@ class QemuNbdServer:
     def __repr__(self) -> str:
         mode = "rw" if self.writable else "ro"
         return f"<QemuNbdServer {self.image.describe()} {mode} pid={self.pid}>"
+
+
+_PDEATHSIG: list[str] = ["setpriv", "--pdeathsig", "KILL"] if shutil.which("setpriv") else []
 
 
 def _nonempty(path: Path) -> bool:

@@ -160,8 +160,8 @@ def find_kernel(version: str | None = None) -> Kernel:
     return kernel
 
 
-def _version_key(v: str) -> list[int | str]:
-    return [int(p) if p.isdigit() else p for p in re.split(r"[.-]", v)]
+def _version_key(v: str) -> list[tuple[int, int, str]]:
+    return [(1, int(p), "") if p.isdigit() else (0, 0, p) for p in re.split(r"[.-]", v)]
 
 
 def _modname(path: str) -> str:
@@ -323,9 +323,20 @@ for arg in $(cat /proc/cmdline); do
     esac
 done
 
+# Wait for the root partition; fall back to other bus names (sd/nvme/xen) when the disk
+# is attached differently than virtio (their drivers must be in the initramfs, see
+# build_tiny_linux(extra_modules=...)).
 i=0
-while [ ! -b "$root" ] && [ $i -lt 200 ]; do usleep 50000; i=$((i + 1)); done
-[ -b "$root" ] || fail "root device $root did not appear"
+found=""
+while [ -z "$found" ] && [ $i -lt 200 ]; do
+    for dev in "$root" /dev/vda1 /dev/sda1 /dev/nvme0n1p1 /dev/xvda1; do
+        if [ -b "$dev" ]; then found="$dev"; break; fi
+    done
+    [ -n "$found" ] || usleep 50000
+    i=$((i + 1))
+done
+[ -n "$found" ] || fail "root device $root did not appear"
+root="$found"
 
 mount -t ext4 -o ro "$root" /mnt || fail "cannot mount $root"
 if [ -z "$stay" ]; then
@@ -413,12 +424,16 @@ def _decompress_module(path: Path) -> bytes:
     return subprocess.run(["zstd", "-dc", str(path)], capture_output=True, check=True).stdout
 
 
-def extlinux_conf(root_device: str = "/dev/vda1") -> str:
-    """Three labels: default (mode from ``/rehost-mode``), and forced stay / poweroff."""
+def extlinux_conf(root_device: str = "/dev/vda1", *, default_label: str = "rehost") -> str:
+    """Three labels: ``rehost`` (mode from ``/rehost-mode``), ``rehost-stay``/``-poweroff``.
+
+    Nobody types at the boot prompt in a test, so the default label decides; callers that
+    want the kernel command line to force a mode rewrite this file with another default.
+    """
     base = f"console=ttyS0,115200 panic=1 rehost.root={root_device}"
     labels = [("rehost", base), ("rehost-stay", f"{base} rehost.stay=1"),
               ("rehost-poweroff", f"{base} rehost.stay=0")]  # fmt: skip
-    out = ["# rehost tiny Linux", "SERIAL 0 115200", "PROMPT 0", "TIMEOUT 0", "DEFAULT rehost"]
+    out = ["# rehost tiny Linux", "SERIAL 0 115200", "PROMPT 0", "TIMEOUT 0", f"DEFAULT {default_label}"]
     for label, append in labels:
         out += [f"LABEL {label}", "  LINUX /boot/vmlinuz", "  INITRD /boot/initrd.img",
                 f"  APPEND {append}"]  # fmt: skip
@@ -467,11 +482,16 @@ def _loop(image: Path, *args: str) -> Iterator[str]:
         yield dev
     finally:
         # A just-unmounted fs can keep the device busy for a moment: retry detach.
-        for attempt in range(20):
+        err = ""
+        for attempt in range(10):
             r = subprocess.run(["losetup", "-d", dev], capture_output=True, check=False)
             if r.returncode == 0:
                 break
+            err = r.stderr.decode(errors="replace").strip()
             time.sleep(0.1 * (attempt + 1))
+        else:
+            if sys.exc_info()[0] is None:  # do not hide the error that brought us here
+                raise TinyLinuxError(f"cannot detach {dev} (of {image}): {err}")
 
 
 @contextlib.contextmanager
@@ -483,7 +503,7 @@ def _mounted(device: str, *, options: str = "") -> Iterator[Path]:
             yield mnt
         finally:
             os.sync()
-            for attempt in range(20):
+            for attempt in range(10):
                 r = subprocess.run(["umount", str(mnt)], capture_output=True, check=False)
                 if r.returncode == 0:
                     break
@@ -601,11 +621,24 @@ def build_tiny_linux(
     return dest
 
 
+def _ensure_not_in_use(image: Path) -> None:
+    """Fail if a QEMU holds the image's write lock (loop devices ignore QEMU's locks)."""
+    if shutil.which("qemu-img") is None or not Path(image).exists():
+        return
+    r = subprocess.run(
+        ["qemu-img", "info", "-f", "raw", str(image)], capture_output=True, check=False
+    )
+    if r.returncode != 0 and b"lock" in r.stderr:
+        raise TinyLinuxError(f"{image} is in use by a running QEMU: stop it first")
+
+
 def write_files(image: Path, files: Mapping[str, bytes | str]) -> None:
     """Write files (paths relative to the ext4 root) into a raw image, then sync and unmount.
 
-    Tests use it to change the disk between replication cycles.
+    Tests use it to change the disk between replication cycles. Refuses an image that a
+    running QEMU has open for writing (two writers would corrupt the file system).
     """
+    _ensure_not_in_use(image)
     with mounted_root(image) as root:
         for rel, data in files.items():
             target = root / rel.lstrip("/")

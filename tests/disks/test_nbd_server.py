@@ -70,6 +70,8 @@ def test_connect_failure_is_a_disk_error(tmp_path: Path) -> None:
 def test_command_line(master: Path, tmp_path: Path) -> None:
     image = make_variant(master, "qcow2", tmp_path)
     ro = QemuNbdServer(image, cache="writeback").command(Path("/s"), Path("/p"))
+    assert ro[:3] == ["setpriv", "--pdeathsig", "KILL"]  # no orphan when rehost is killed
+    ro = ro[3:]
     assert ro[:7] == [
         "qemu-nbd", "--persistent", "--shared=4", "--socket=/s", "--pid-file=/p",
         "--cache=writeback", "--aio=threads",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -51,7 +52,7 @@ def test_overlay_matches_byte_model(seed: int) -> None:
                 expected[e.offset + k] = None if e.blob is None else (e.blob, e.blob_offset + k)
         got = overlay(base, delta)
         assert _model(got) == expected
-        assert all(a.end <= b.offset for a, b in zip(got, got[1:], strict=False))
+        assert all(a.end <= b.offset for a, b in itertools.pairwise(got))
         assert all(e.blob is not None and e.length > 0 for e in got)
 
 

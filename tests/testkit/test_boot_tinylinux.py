@@ -12,7 +12,15 @@ import pytest
 
 from rehost.testkit.boot import BootFailed, BootTimeout, boot_and_wait
 from rehost.testkit.qemu import Drive, QemuVM
-from rehost.testkit.tinylinux import READY_LINE, read_file, set_marker, set_mode, write_files
+from rehost.testkit.tinylinux import (
+    READY_LINE,
+    TinyLinuxError,
+    extlinux_conf,
+    read_file,
+    set_marker,
+    set_mode,
+    write_files,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("need_qemu")]
 
@@ -62,10 +70,19 @@ def test_corrupted_data_fails_the_boot_fast(tiny_image: Path) -> None:
 
 
 def test_timeout_reports_console_tail_and_kills_qemu(tiny_image: Path) -> None:
+    set_mode(tiny_image, "stay")  # the guest stays up: only the timeout can end the wait
+    started = time.monotonic()
     with pytest.raises(BootTimeout) as info:
-        boot_and_wait(tiny_image, marker_regex=r"NEVER-PRINTED", timeout=15)
-    assert "console tail" in str(info.value) and "SYSLINUX" in str(info.value)
+        boot_and_wait(tiny_image, marker_regex=r"NEVER-PRINTED", timeout=8)
+    assert time.monotonic() - started < 20
+    tail = str(info.value).split("--- console tail ---", 1)[1]
+    assert "Linux" in tail or "SYSLINUX" in tail
     assert not _qemu_pids_using(tiny_image)
+
+
+def test_guest_exit_before_marker_is_reported_at_once(tiny_image: Path) -> None:
+    with pytest.raises(BootFailed, match="QEMU exited"):
+        boot_and_wait(tiny_image, marker_regex=r"NEVER-PRINTED", timeout=120)
 
 
 def test_stay_mode_console_writes_and_graceful_powerdown(tiny_image: Path) -> None:
@@ -80,8 +97,26 @@ def test_stay_mode_console_writes_and_graceful_powerdown(tiny_image: Path) -> No
     assert read_file(tiny_image, "guest.txt") == b"from-guest\n"
 
 
-def test_kernel_cmdline_label_overrides_mode_file(tiny_image: Path) -> None:
-    # The default label reads /rehost-mode; "stay" there keeps the guest up after the marker.
+def test_mode_file_keeps_the_guest_up(tiny_image: Path) -> None:
     set_mode(tiny_image, "stay")
     result = boot_and_wait(tiny_image, marker_regex=READY_LINE + r" root=(\S+)")
     assert result.marker == "/dev/vda1"
+    assert "REHOST-POWERDOWN" in result.console  # boot_and_wait stopped it via ACPI
+
+
+def test_kernel_cmdline_overrides_mode_file(tiny_image: Path) -> None:
+    set_mode(tiny_image, "stay")
+    conf = extlinux_conf(default_label="rehost-poweroff")
+    write_files(tiny_image, {"boot/extlinux/extlinux.conf": conf})
+    with QemuVM([Drive(tiny_image)], name="cmdline") as vm:
+        vm.wait_for(r"REHOST-BOOT-OK marker=initial", 120)
+        assert vm.wait_exit(30) == 0  # powered itself off despite /rehost-mode = stay
+    assert READY_LINE not in vm.console_text()
+
+
+def test_writing_into_a_running_vms_disk_is_refused(tiny_image: Path) -> None:
+    set_mode(tiny_image, "stay")
+    with QemuVM([Drive(tiny_image)], name="locked") as vm:
+        vm.wait_for(READY_LINE, 120)
+        with pytest.raises(TinyLinuxError, match="in use"):
+            set_marker(tiny_image, "clobber")

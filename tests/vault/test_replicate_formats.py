@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.cli_helpers import qemu_img_compare, rehost
-from tests.disks.images import MiB, VARIANTS, make_master, make_variant
+from tests.disks.images import VARIANTS, MiB, make_master, make_variant
 
 
 def mutate(raw: Path, seed: int) -> None:

@@ -1,0 +1,341 @@
+#!/usr/bin/env python3
+"""Benchmark (not a test): rehost replication against qemu-img, restic and rsync.
+
+One ext4 image full of real files (/usr/lib, /usr/share) is copied once by every tool, then
+changed by scattered 4 KiB writes (1 %, then 10 % of the image) and copied again. The run
+prints the machine, the tool versions and a markdown table with ratios, writes the same to
+``bench/out/replication-<date>.md`` and ends by checking that rehost's data is right.
+
+    .venv/bin/python bench/replication.py [--size-gib 2] [--workdir DIR] [--repeat 3]
+
+The method (warm page cache, how bytes read are counted) is in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+
+MiB = 1 << 20
+GiB = 1 << 30
+BLOCK = 4096
+FILL = 0.75  # share of the image filled with file data
+SOURCES = (Path("/usr/lib"), Path("/usr/share"))
+OUT_DIR = Path(__file__).resolve().parent / "out"
+VENV_BIN = Path(sys.executable).parent  # `rehost` is installed next to the venv's python
+MACHINE = "bench"
+RESTIC_ENV = {"RESTIC_PASSWORD": "rehost-bench"}
+QCOW2_CMD = ["qemu-img", "convert", "-f", "raw", "-O", "qcow2"]
+RSYNC_CMD = ["rsync", "--inplace", "--no-whole-file", "--stats"]
+
+
+# -- running and measuring commands ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One command run under GNU time.
+
+    ``rchar`` and ``disk_read`` are the growth of /proc/self/io, which adds the counters of
+    every reaped descendant: bytes returned by read syscalls (files, pipes, sockets) and
+    bytes the block layer read from the device (0 when the page cache serves everything).
+    """
+
+    wall: float
+    rss: int  # peak RSS of the largest process of the tree (GNU time %M), bytes
+    rchar: int
+    disk_read: int
+    stdout: str
+
+
+def _proc_io() -> dict[str, int]:
+    lines = Path("/proc/self/io").read_text().splitlines()
+    return {key: int(value) for key, value in (line.split(": ") for line in lines)}
+
+
+def _env(extra: dict[str, str] | None) -> dict[str, str]:
+    return {**os.environ, **(extra or {})}
+
+
+def run(cmd: Sequence[str | Path], env: dict[str, str] | None = None) -> str:
+    """Run an untimed helper command; fail the benchmark loudly if it fails."""
+    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, env=_env(env))
+    if proc.returncode != 0:
+        raise SystemExit(f"failed ({proc.returncode}): {' '.join(map(str, cmd))}\n{proc.stderr}")
+    return proc.stdout + proc.stderr
+
+
+def measure(cmd: Sequence[str | Path], env: dict[str, str] | None = None) -> Measured:
+    with tempfile.NamedTemporaryFile("r", prefix="rehost-bench-time-") as rss_file:
+        timed = ["/usr/bin/time", "-f", "%M", "-o", rss_file.name, *map(str, cmd)]
+        before = _proc_io()
+        t0 = time.monotonic()
+        proc = subprocess.run(timed, capture_output=True, text=True, env=_env(env))
+        wall = time.monotonic() - t0
+        after = _proc_io()
+        rss_kib = int(rss_file.read().split()[-1])
+    if proc.returncode != 0:
+        raise SystemExit(f"failed ({proc.returncode}): {' '.join(timed)}\n{proc.stderr}")
+    return Measured(wall, rss_kib * 1024, after["rchar"] - before["rchar"],
+                    after["read_bytes"] - before["read_bytes"], proc.stdout)
+
+
+def du(path: Path) -> int:
+    """``du -sb``: apparent bytes of a file or a tree."""
+    return int(run(["du", "-sb", path]).split()[0])
+
+
+@dataclass(frozen=True)
+class Run:
+    phase: str
+    tool: str
+    m: Measured
+    stored: int | None  # bytes the tool's store grew by (du -sb after - before); None: no history
+    read: int  # image bytes read: the tool's own count when it has one, else rchar
+    changed: int | None = None  # rehost: bytes it found changed
+    note: str = ""
+
+
+# -- the data ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Dataset:
+    image: Path
+    size: int
+    files: int
+    file_bytes: int
+
+    def describe(self) -> str:
+        alloc = self.image.stat().st_blocks * 512
+        return (f"{self.size / GiB:.2f} GiB raw ext4 image ({self.image.name}) holding {self.files} files, "
+                f"{self.file_bytes / MiB:.0f} MiB of file data copied from "
+                f"{' and '.join(map(str, SOURCES))}; {alloc / MiB:.0f} MiB allocated after mkfs.ext4 -d")
+
+
+def _regular_files(roots: Sequence[Path]) -> Iterator[tuple[Path, int]]:
+    """Regular files under ``roots`` in a stable order (no symlinks, devices or sockets)."""
+    for root in roots:
+        for folder, dirs, names in os.walk(root):
+            dirs.sort()
+            for name in sorted(names):
+                path = Path(folder, name)
+                try:
+                    st = path.lstat()
+                except OSError:
+                    continue
+                if path.is_file() and not path.is_symlink():
+                    yield path, st.st_size
+
+
+def stage_files(dest: Path, budget: int, max_files: int) -> tuple[int, int]:
+    """Copy files into ``dest`` until ``budget`` bytes (counted in 4 KiB blocks) are used."""
+    files = data = used = 0
+    for path, size in _regular_files(SOURCES):
+        cost = -(-size // BLOCK) * BLOCK
+        if used + cost > budget:
+            continue  # too big for what is left; a smaller file may still fit
+        target = dest / path.relative_to("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            shutil.copyfile(path, target)
+        except OSError:
+            continue
+        files, data, used = files + 1, data + size, used + cost
+        if budget - used < 64 * 1024 or files >= max_files:
+            break
+    return files, data
+
+
+def make_image(work: Path, size: int) -> Dataset:
+    staging, image = work / "staging", work / "disk.raw"
+    # ext4 makes one inode per 16 KiB by default: leave a fifth of them spare.
+    files, data = stage_files(staging, int(size * FILL), max_files=size // 16384 * 4 // 5)
+    run(["mkfs.ext4", "-q", "-d", staging, image, f"{size // 1024}k"])
+    shutil.rmtree(staging)
+    return Dataset(image, size, files, data)
+
+
+def read_through(path: Path) -> None:
+    """Read a file once so that it sits in the page cache (warm-cache runs)."""
+    with path.open("rb", buffering=0) as f:
+        buf = bytearray(4 * MiB)
+        while f.readinto(buf):
+            pass
+
+
+def scatter_writes(image: Path, fraction: float, seed: int) -> int:
+    """Overwrite ``fraction`` of the image's 4 KiB blocks, chosen at random, with random
+    bytes; return the bytes written. Seeded: every run writes the same blocks."""
+    size = image.stat().st_size
+    rng = random.Random(seed)
+    blocks = sorted(rng.sample(range(size // BLOCK), int(size * fraction) // BLOCK))
+    fd = os.open(image, os.O_WRONLY)
+    try:
+        for b in blocks:
+            os.pwrite(fd, rng.randbytes(BLOCK), b * BLOCK)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return len(blocks) * BLOCK
+
+
+# -- the tools --------------------------------------------------------------------------
+
+
+class Rehost:
+    name = "rehost"
+
+    def __init__(self, work: Path, image: Path) -> None:
+        self.image, self.vault = image, work / "rehost-vault"
+
+    def cli(self, *args: str | Path) -> list[str | Path]:
+        return [VENV_BIN / "rehost", "--vault", self.vault, *args]
+
+    def fresh(self) -> None:
+        shutil.rmtree(self.vault, ignore_errors=True)
+        run(self.cli("init"))
+        run(self.cli("source", "add-image", MACHINE, self.image))
+
+    def copy(self, phase: str) -> Run:
+        before = du(self.vault) if self.vault.exists() else 0
+        m = measure(self.cli("replicate", MACHINE, "--json"))
+        r = json.loads(m.stdout)
+        note = (f"own cycle time {r['seconds']:.1f} s, changed {r['changed_bytes'] / MiB:.1f} MiB, "
+                f"digests: {r['digests']['0']}")
+        return Run(phase, self.name, m, du(self.vault) - before, r["bytes_read"], r["changed_bytes"], note)
+
+
+class QemuImg:
+    name = "qemu-img convert"
+
+    def __init__(self, work: Path, image: Path) -> None:
+        self.image, self.out = image, work / "copy.qcow2"
+
+    def fresh(self) -> None:
+        self.out.unlink(missing_ok=True)
+
+    def copy(self, phase: str) -> Run:
+        m = measure([*QCOW2_CMD, self.image, self.out])
+        return Run(phase, self.name, m, du(self.out), m.rchar)
+
+
+class Restic:
+    name = "restic backup"
+
+    def __init__(self, work: Path, image: Path) -> None:
+        self.image, self.repo = image, work / "restic-repo"
+
+    def fresh(self) -> None:
+        shutil.rmtree(self.repo, ignore_errors=True)
+        run(["restic", "--repo", self.repo, "init"], RESTIC_ENV)
+
+    def copy(self, phase: str) -> Run:
+        before = du(self.repo)
+        m = measure(["restic", "--repo", self.repo, "--no-cache", "backup", "--json", self.image], RESTIC_ENV)
+        summary = next(json.loads(line) for line in reversed(m.stdout.splitlines())
+                       if '"summary"' in line)
+        note = f"data_added {summary['data_added'] / MiB:.1f} MiB (restic's count, before compression)"
+        return Run(phase, self.name, m, du(self.repo) - before, m.rchar, note=note)
+
+
+class Rsync:
+    name = "rsync --inplace"
+
+    def __init__(self, work: Path, image: Path) -> None:
+        self.image, self.mirror = image, work / "rsync-copy.raw"
+
+    def fresh(self) -> None:
+        self.mirror.unlink(missing_ok=True)
+        run([*RSYNC_CMD, self.image, self.mirror])  # the pre-change copy, not timed
+
+    def copy(self, phase: str) -> Run:
+        m = measure([*RSYNC_CMD, self.image, self.mirror])
+        literal = _rsync_stat(m.stdout, "Literal data")
+        matched = _rsync_stat(m.stdout, "Matched data")
+        note = f"literal {literal / MiB:.1f} MiB, matched {matched / MiB:.1f} MiB; overwrites in place, no history"
+        return Run(phase, self.name, m, None, m.rchar, note=note)
+
+
+def _rsync_stat(stats: str, label: str) -> int:
+    found = re.search(rf"^{label}: ([\d,]+) bytes", stats, re.MULTILINE)
+    return int(found.group(1).replace(",", "")) if found else 0
+
+
+class Tool(Protocol):
+    name: str
+
+    def fresh(self) -> None: ...
+
+    def copy(self, phase: str) -> Run: ...
+
+
+# -- the scenario -----------------------------------------------------------------------
+
+
+@dataclass
+class Results:
+    runs: list[Run] = field(default_factory=list)
+    written: dict[str, int] = field(default_factory=dict)  # phase -> bytes the scattered writes changed
+    checks: list[tuple[str, bool]] = field(default_factory=list)
+
+
+def initial_phase(tools: Sequence[Tool], repeat: int) -> list[Run]:
+    """Every tool copies the whole image ``repeat`` times into a fresh store, the tools taking
+    turns; the run with the median wall time is kept (the last store stays for the deltas)."""
+    tries: dict[str, list[Run]] = {tool.name: [] for tool in tools}
+    for _ in range(repeat):
+        for tool in tools:
+            tool.fresh()
+            tries[tool.name].append(tool.copy("initial"))
+    return [sorted(runs, key=lambda r: r.m.wall)[(len(runs) - 1) // 2] for runs in tries.values()]
+
+
+def compare(label: str, image: Path, copy: Path, fmt: str) -> tuple[str, bool]:
+    proc = subprocess.run(["qemu-img", "compare", "-q", "-f", "raw", "-F", fmt, image, copy],
+                          capture_output=True, text=True)
+    return label, proc.returncode == 0
+
+
+def verify_rehost(rehost: Rehost, image: Path, work: Path) -> list[tuple[str, bool]]:
+    """Export the latest point and compare it with the image; read and verify every pack."""
+    exported = work / "rehost-export.raw"
+    exported.unlink(missing_ok=True)
+    run(rehost.cli("export", MACHINE, "--point", "latest", "--output", exported))
+    checks = [compare("rehost export of the latest point = image", image, exported, "raw")]
+    exported.unlink()
+    proc = subprocess.run(rehost.cli("check", "--read-data"), capture_output=True, text=True)
+    checks.append(("rehost check --read-data", proc.returncode == 0))
+    return checks
+
+
+def scenario(work: Path, size: int, repeat: int, seed: int) -> tuple[Dataset, Results]:
+    data = make_image(work, size)
+    read_through(data.image)  # warm cache: every later read of the image comes from RAM
+    rehost, qemu = Rehost(work, data.image), QemuImg(work, data.image)
+    restic, rsync = Restic(work, data.image), Rsync(work, data.image)
+    run(rehost.cli("--help"))  # warm rehost's Python imports too
+    res = Results(runs=initial_phase([rehost, qemu, restic], repeat))
+    res.checks.append(compare("qemu-img copy = image", data.image, qemu.out, "qcow2"))
+    rsync.fresh()
+    for phase, fraction, phase_seed in (("delta 1%", 0.01, seed), ("delta 10%", 0.10, seed + 1)):
+        res.written[phase] = scatter_writes(data.image, fraction, phase_seed)
+        res.runs += [tool.copy(phase) for tool in (rehost, rsync, restic)]
+        res.checks.append(compare(f"rsync copy = image ({phase})", data.image, rsync.mirror, "raw"))
+    res.checks += verify_rehost(rehost, data.image, work)
+    return data, res
