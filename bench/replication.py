@@ -20,16 +20,16 @@ import platform
 import random
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
+from typing import Protocol
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -41,7 +41,9 @@ VENV_BIN = Path(sys.executable).parent  # `rehost` is installed next to the venv
 MACHINE = "bench"
 RESTIC_ENV = {"RESTIC_PASSWORD": "rehost-bench"}
 QCOW2_CMD = ["qemu-img", "convert", "-f", "raw", "-O", "qcow2"]
-RSYNC_CMD = ["rsync", "--inplace", "--no-whole-file", "--stats"]
+# --ignore-times: the quick check (same size and mtime second) would skip a file changed
+# within the second of the last copy; rehost and restic never skip a changed image.
+RSYNC_CMD = ["rsync", "--inplace", "--no-whole-file", "--ignore-times", "--stats"]
 
 
 # -- running and measuring commands ---------------------------------------------------
@@ -106,7 +108,6 @@ class Run:
     tool: str
     m: Measured
     stored: int | None  # bytes the tool's store grew by (du -sb after - before); None: no history
-    read: int  # image bytes read: the tool's own count when it has one, else rchar
     changed: int | None = None  # rehost: bytes it found changed
     note: str = ""
 
@@ -216,9 +217,9 @@ class Rehost:
         before = du(self.vault) if self.vault.exists() else 0
         m = measure(self.cli("replicate", MACHINE, "--json"))
         r = json.loads(m.stdout)
-        note = (f"own cycle time {r['seconds']:.1f} s, changed {r['changed_bytes'] / MiB:.1f} MiB, "
-                f"digests: {r['digests']['0']}")
-        return Run(phase, self.name, m, du(self.vault) - before, r["bytes_read"], r["changed_bytes"], note)
+        note = (f"own count: cycle {r['seconds']:.1f} s, read {r['bytes_read'] / MiB:.1f} MiB, "
+                f"changed {r['changed_bytes'] / MiB:.1f} MiB, digests from {r['digests']['0']}")
+        return Run(phase, self.name, m, du(self.vault) - before, r["changed_bytes"], note)
 
 
 class QemuImg:
@@ -232,7 +233,7 @@ class QemuImg:
 
     def copy(self, phase: str) -> Run:
         m = measure([*QCOW2_CMD, self.image, self.out])
-        return Run(phase, self.name, m, du(self.out), m.rchar)
+        return Run(phase, self.name, m, du(self.out))
 
 
 class Restic:
@@ -250,8 +251,9 @@ class Restic:
         m = measure(["restic", "--repo", self.repo, "--no-cache", "backup", "--json", self.image], RESTIC_ENV)
         summary = next(json.loads(line) for line in reversed(m.stdout.splitlines())
                        if '"summary"' in line)
-        note = f"data_added {summary['data_added'] / MiB:.1f} MiB (restic's count, before compression)"
-        return Run(phase, self.name, m, du(self.repo) - before, m.rchar, note=note)
+        note = (f"own count: read {summary['total_bytes_processed'] / MiB:.1f} MiB, "
+                f"new chunks {summary['data_added'] / MiB:.1f} MiB before compression")
+        return Run(phase, self.name, m, du(self.repo) - before, note=note)
 
 
 class Rsync:
@@ -268,8 +270,9 @@ class Rsync:
         m = measure([*RSYNC_CMD, self.image, self.mirror])
         literal = _rsync_stat(m.stdout, "Literal data")
         matched = _rsync_stat(m.stdout, "Matched data")
-        note = f"literal {literal / MiB:.1f} MiB, matched {matched / MiB:.1f} MiB; overwrites in place, no history"
-        return Run(phase, self.name, m, None, m.rchar, note=note)
+        note = (f"own count: literal {literal / MiB:.1f} MiB, matched {matched / MiB:.1f} MiB; "
+                "overwrites the copy, keeps no history")
+        return Run(phase, self.name, m, None, note=note)
 
 
 def _rsync_stat(stats: str, label: str) -> int:
@@ -339,3 +342,144 @@ def scenario(work: Path, size: int, repeat: int, seed: int) -> tuple[Dataset, Re
         res.checks.append(compare(f"rsync copy = image ({phase})", data.image, rsync.mirror, "raw"))
     res.checks += verify_rehost(rehost, data.image, work)
     return data, res
+
+
+# -- the report -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ratio:
+    label: str
+    value: float
+    target: str = ""
+    met: bool | None = None
+
+    def row(self) -> str:
+        verdict = {True: "met", False: "**missed**", None: ""}[self.met]
+        return f"| {self.label} | {self.value:.2f} | {self.target} | {verdict} |"
+
+
+def ratios(runs: Sequence[Run]) -> list[Ratio]:
+    wall = {(r.phase, r.tool): r.m.wall for r in runs}
+    mine = {r.phase: r for r in runs if r.tool == Rehost.name}
+    out = [
+        Ratio("initial: rehost / qemu-img time", wall["initial", Rehost.name] / wall["initial", QemuImg.name],
+              "≤ 2", wall["initial", Rehost.name] <= 2 * wall["initial", QemuImg.name]),
+        Ratio("initial: restic / rehost time", wall["initial", Restic.name] / wall["initial", Rehost.name],
+              "≥ 5", wall["initial", Restic.name] >= 5 * wall["initial", Rehost.name]),
+    ]
+    for phase in (p for p in mine if p != "initial"):
+        r = mine[phase]
+        out += [
+            Ratio(f"{phase}: rsync / rehost time", wall[phase, Rsync.name] / r.m.wall,
+                  "≥ 8", wall[phase, Rsync.name] >= 8 * r.m.wall),
+            Ratio(f"{phase}: restic / rehost time", wall[phase, Restic.name] / r.m.wall),
+            Ratio(f"{phase}: rehost stored / changed bytes", (r.stored or 0) / (r.changed or 1)),
+        ]
+    return out
+
+
+def _mib(n: int | None) -> str:
+    return "n/a" if n is None else f"{n / MiB:,.1f}"
+
+
+def run_table(runs: Sequence[Run]) -> list[str]:
+    base = {r.phase: r.m.wall for r in runs if r.tool == Rehost.name}
+    lines = ["| phase | tool | wall s | × rehost | read() MiB | from device MiB | stored +MiB "
+             "| peak RSS MiB | notes |", "|---|---|--:|--:|--:|--:|--:|--:|---|"]
+    for r in runs:
+        lines.append(f"| {r.phase} | {r.tool} | {r.m.wall:.2f} | {r.m.wall / base[r.phase]:.2f} "
+                     f"| {_mib(r.m.rchar)} | {_mib(r.m.disk_read)} | {_mib(r.stored)} | {r.m.rss / MiB:.0f} "
+                     f"| {r.note} |")
+    return lines
+
+
+def machine(work: Path) -> dict[str, str]:
+    cpu = re.search(r"^model name\s*: (.*)$", Path("/proc/cpuinfo").read_text(), re.MULTILINE)
+    mem = re.search(r"^MemTotal:\s*(\d+) kB", Path("/proc/meminfo").read_text(), re.MULTILINE)
+    virt = re.search(r"^Hypervisor vendor:\s*(.*)$", run(["lscpu"]), re.MULTILINE)
+    source, fstype = run(["df", "--output=source,fstype", work]).splitlines()[-1].split()
+    return {
+        "cpus (nproc)": str(len(os.sched_getaffinity(0))),
+        "cpu": (cpu.group(1) if cpu else platform.processor())
+        + (f" ({virt.group(1)} guest)" if virt else ""),
+        "memory": f"{int(mem.group(1)) / 1024**2:.1f} GiB" if mem else "?",
+        "kernel": platform.release(),
+        "workdir": f"{work} ({fstype} on {source})",
+    }
+
+
+def versions() -> dict[str, str]:
+    libs = ", ".join(f"{lib} {version(lib)}" for lib in ("blake3", "xxhash", "zstandard"))
+    return {
+        "rehost": f"{version('rehost')} (Python {platform.python_version()}, {libs})",
+        "qemu-img": run(["qemu-img", "--version"]).splitlines()[0],
+        "restic": run(["restic", "version"]).splitlines()[0],
+        "rsync": run(["rsync", "--version"]).splitlines()[0],
+        "mke2fs": run(["mke2fs", "-V"]).splitlines()[0],
+    }
+
+
+def report(command: str, info: dict[str, str], vers: dict[str, str], data: Dataset, res: Results) -> str:
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [f"## rehost replication benchmark, {when}", "", f"Command: `{command}`", ""]
+    lines += [f"- {k}: {v}" for k, v in info.items()] + [""]
+    lines += [f"- {k}: {v}" for k, v in vers.items()] + [""]
+    lines += [f"Data: {data.describe()}.", ""]
+    lines += [f"Delta phases overwrite random 4 KiB blocks: {phase} = {n / MiB:.1f} MiB changed "
+              f"({n // BLOCK} blocks)." for phase, n in res.written.items()] + [""]
+    lines += [*run_table(res.runs), "", "| ratio | value | target | |", "|---|--:|---|---|"]
+    lines += [r.row() for r in ratios(res.runs)] + [""]
+    lines += [f"- {label}: {'OK' if ok else 'FAIL'}" for label, ok in res.checks]
+    return "\n".join(lines) + "\n"
+
+
+# -- the command ------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--size-gib", type=float, default=2.0, help="image size (default 2)")
+    p.add_argument("--workdir", type=Path, help="empty folder to work in (default: a temp dir in /var/tmp, "
+                   "removed at the end); needs about 6x the image size free")
+    p.add_argument("--repeat", type=int, default=3, help="runs of the initial copy per tool, median kept")
+    p.add_argument("--seed", type=int, default=1, help="seed of the scattered writes")
+    p.add_argument("--keep", action="store_true", help="keep the temp workdir")
+    return p.parse_args(argv)
+
+
+def workdir(given: Path | None, size: int) -> Path:
+    if given is None:
+        work = Path(tempfile.mkdtemp(prefix="rehost-bench-", dir="/var/tmp"))
+    else:
+        work = given.absolute()
+        work.mkdir(parents=True, exist_ok=True)
+        if any(work.iterdir()):
+            raise SystemExit(f"{work} is not empty")
+    if shutil.disk_usage(work).free < 6 * size:
+        raise SystemExit(f"{work}: need {6 * size / GiB:.1f} GiB free")
+    return work
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    size = int(args.size_gib * GiB) // MiB * MiB
+    work = workdir(args.workdir, size)
+    command = " ".join([".venv/bin/python bench/replication.py", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        info, vers = machine(work), versions()
+        data, res = scenario(work, size, args.repeat, args.seed)
+    finally:
+        if args.workdir is None and not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    text = report(command, info, vers, data, res)
+    print(text)
+    OUT_DIR.mkdir(exist_ok=True)
+    out = OUT_DIR / f"replication-{datetime.now(UTC):%Y-%m-%d}.md"
+    out.write_text(text)
+    print(f"written to {out}")
+    return 0 if all(ok for _, ok in res.checks) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

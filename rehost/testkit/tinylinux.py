@@ -622,14 +622,22 @@ def build_tiny_linux(
 
 
 def _ensure_not_in_use(image: Path) -> None:
-    """Fail if a QEMU holds the image's write lock (loop devices ignore QEMU's locks)."""
-    if shutil.which("qemu-img") is None or not Path(image).exists():
+    """Fail if a QEMU process (VM, qemu-nbd, ...) holds the image open against writers.
+
+    Loop devices ignore QEMU's image locks, so without this check a test could write into
+    the file system of a running guest and corrupt it. ``qemu-io`` opening the image
+    read-write (and doing nothing) asks for exactly the lock a writer needs;
+    ``qemu-img info`` is no use here, it only wants a shared read lock.
+    """
+    if shutil.which("qemu-io") is None or not Path(image).exists():
         return
     r = subprocess.run(
-        ["qemu-img", "info", "-f", "raw", str(image)], capture_output=True, check=False
+        ["qemu-io", "-f", "raw", "-c", "quit", str(image)], capture_output=True, check=False
     )
     if r.returncode != 0 and b"lock" in r.stderr:
-        raise TinyLinuxError(f"{image} is in use by a running QEMU: stop it first")
+        raise TinyLinuxError(
+            f"{image} is in use by a QEMU process (VM or qemu-nbd): stop it first"
+        )
 
 
 def write_files(image: Path, files: Mapping[str, bytes | str]) -> None:

