@@ -385,7 +385,7 @@ def _mib(n: int | None) -> str:
 
 def run_table(runs: Sequence[Run]) -> list[str]:
     base = {r.phase: r.m.wall for r in runs if r.tool == Rehost.name}
-    lines = ["| phase | tool | wall s | × rehost | read() MiB | from device MiB | stored +MiB "
+    lines = ["| phase | tool | wall s | × rehost | read() syscalls MiB | device reads MiB | stored +MiB "
              "| peak RSS MiB | notes |", "|---|---|--:|--:|--:|--:|--:|--:|---|"]
     for r in runs:
         lines.append(f"| {r.phase} | {r.tool} | {r.m.wall:.2f} | {r.m.wall / base[r.phase]:.2f} "

@@ -47,7 +47,7 @@ def check_cmd(
     """Verify the repository: every reference, and with --read-data every byte."""
     with (
         open_vault(ctx) as vault,
-        vault.lock(exclusive=False),
+        vault.lock("data", exclusive=False),
         byte_progress("reading packs", enabled=read_data and not as_json) as bar,
     ):
         total = 0

@@ -43,7 +43,7 @@ def export_disk(
     tmp = output.with_name(f".{output.name}.rehost-partial")
     tmp.unlink(missing_ok=True)
     try:
-        with vault.lock(exclusive=False):
+        with vault.lock("data", exclusive=False):
             if fmt == "raw":
                 _write_raw(vault, point, disk, tmp, size, progress)
             else:

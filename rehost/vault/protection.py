@@ -11,14 +11,17 @@ from rehost.replication.retention import PointTime, RetentionPolicy, points_to_k
 from rehost.repository.manifest import Consistency, RecoveryPoint
 from rehost.repository.prune import PruneReport, prune
 from rehost.vault.inventory import get_machine, provider_for, set_state
+from rehost.vault.states import ItemState as S
+from rehost.vault.states import require
 from rehost.vault.vault import Vault
 
 
 def replicate(vault: Vault, name: str, progress: Callable[[int, int], None] | None = None) -> CycleResult:
     """One cycle: the first copies everything, later ones only what changed."""
     machine = get_machine(vault, name)
+    require("replicate", machine.state, name, machine.state_reason)
     provider = provider_for(machine)
-    with vault.lock():
+    with vault.lock("write"):
         points = vault.repo.list_points(machine.id)
         parent = points[-1] if points else None
         total = sum(d.size for d in machine.disks)
@@ -31,14 +34,15 @@ def replicate(vault: Vault, name: str, progress: Callable[[int, int], None] | No
                 progress(done, total)
 
         if parent is None:
-            set_state(vault, machine, "initial_replication", "first full copy in progress")
+            set_state(vault, machine, S.INITIAL_REPLICATION, "first full copy in progress")
         with provider.open_disks(machine) as disks:
             result = run_cycle(
                 vault.repo, vault.cache, machine.id, disks, parent=parent,
                 consistency=provider.consistency(machine), source=provider.describe(machine),
                 progress=step,
             )
-        set_state(vault, machine, "protected", "")
+        if machine.state != S.TEST_FAILOVER:  # a test failover goes on while we replicate
+            set_state(vault, machine, S.PROTECTED, "")
         return result
 
 
@@ -76,7 +80,7 @@ def prune_vault(
     """Apply retention to every machine, then delete what no point needs."""
     policy = policy or RetentionPolicy()
     now = now or datetime.now(UTC)
-    with vault.lock():
+    with vault.lock("write"), vault.lock("data"):
         forget: set[str] = set()
         by_machine: dict[str, list[RecoveryPoint]] = {}
         for p in vault.repo.list_points():

@@ -18,6 +18,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from rehost.errors import AlreadyExists, NotFound, UsageError
+from rehost.jobs import models as _job_tables  # noqa: F401  (registers the job tables)
 from rehost.replication.digests import DigestCache
 from rehost.repository.repository import Repository
 from rehost.repository.storage import Storage, open_storage
@@ -99,13 +100,20 @@ class Vault:
         return self.sessions()
 
     @contextmanager
-    def lock(self, *, exclusive: bool = True) -> Iterator[None]:
-        """Serialize writers of this vault (one replicate/prune at a time, design §3)."""
-        with open(self.root / "lock", "a") as f:
+    def lock(self, name: str = "write", *, exclusive: bool = True) -> Iterator[None]:
+        """Advisory locks between rehost processes on this vault (design §3).
+
+        ``write``: one repository writer at a time (replicate, prune). ``data``: held
+        shared by every reader of stored data (export, check, a served point) and
+        exclusive by prune, so prune never deletes what someone is reading. The kernel
+        drops a lock when its process dies, so a kill -9 never leaves the vault locked.
+        """
+        with open(self.root / f"{name}.lock", "a") as f:
             try:
                 fcntl.flock(f, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise UsageError(f"vault {self.root} is busy: another rehost command is writing") from None
+                what = "writing to" if name == "write" else "reading"
+                raise UsageError(f"vault {self.root} is busy: another rehost process is {what} it") from None
             try:
                 yield
             finally:

@@ -1,0 +1,240 @@
+"""Running jobs step by step, persisting every transition so a crash can be resumed.
+
+A job kind registers a *plan*: a function that lists the job's steps from its parameters.
+Because the plan is rebuilt from the persisted parameters, ``resume`` after a kill -9 runs
+the same steps again, starting with the one that was cut short. Steps are written to be
+safe to run twice (they check what already exists before acting).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from sqlalchemy import select
+from sqlalchemy.orm import selectinload
+
+from rehost.errors import InvalidState, NotFound, RehostError
+from rehost.jobs.models import JobRow, StepRow
+from rehost.vault.vault import Vault
+
+DONE_STATES = ("succeeded", "skipped", "warning")
+PROGRESS_EVERY_S = 0.5
+
+
+class SkipStep(Exception):
+    """Raised by a step that has nothing to do; the message says why."""
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    title: str
+    run: Callable[[StepContext], str | None]
+    #: False: a failure is recorded as a warning and the job goes on (e.g. source shutdown).
+    must_succeed: bool = True
+    #: From this step on the job cannot be cancelled (e.g. replication has been stopped).
+    point_of_no_return: bool = False
+
+
+class Observer(Protocol):
+    def step_started(self, job: JobRow, step: StepRow) -> None: ...
+    def step_progress(self, job: JobRow, step: StepRow) -> None: ...
+    def step_ended(self, job: JobRow, step: StepRow) -> None: ...
+
+
+Plan = Callable[[Vault, JobRow], list[Step]]
+_PLANS: dict[str, Plan] = {}
+
+
+def plan(kind: str) -> Callable[[Plan], Plan]:
+    """Register the step list of a job kind."""
+
+    def register(fn: Plan) -> Plan:
+        _PLANS[kind] = fn
+        return fn
+
+    return register
+
+
+class StepContext:
+    """What a running step sees: the job's parameters, outputs to hand on, and progress."""
+
+    def __init__(self, vault: Vault, job: JobRow, step: StepRow, observer: Observer | None) -> None:
+        self.vault = vault
+        self.job = job
+        self.step = step
+        self.params: dict[str, Any] = dict(job.params)
+        self.outputs: dict[str, Any] = dict(job.outputs)
+        self._observer = observer
+        self._last = 0.0
+
+    def progress(self, done: int, total: int) -> None:
+        self.step.done, self.step.total = done, total
+        now = time.monotonic()
+        if now - self._last >= PROGRESS_EVERY_S or done >= total:
+            self._last = now
+            _save_step(self.vault, self.step)
+        if self._observer:
+            self._observer.step_progress(self.job, self.step)
+
+    def save_outputs(self, **values: Any) -> None:
+        """Persist values at once, so a resumed job finds what this step already made."""
+        self.outputs.update(values)
+        with self.vault.session() as s, s.begin():
+            row = s.get(JobRow, self.job.id)
+            assert row is not None
+            row.outputs = dict(self.outputs)
+        self.job.outputs = dict(self.outputs)
+
+
+def create_job(vault: Vault, kind: str, machine_id: str | None, machine_name: str,
+               params: dict[str, Any]) -> JobRow:
+    if kind not in _PLANS:
+        raise NotFound(f"unknown job kind {kind!r}")
+    job = JobRow(kind=kind, machine_id=machine_id, machine_name=machine_name, params=params)
+    steps = _PLANS[kind](vault, job)
+    job.steps = [StepRow(index=i, name=st.name, title=st.title) for i, st in enumerate(steps)]
+    with vault.session() as s, s.begin():
+        s.add(job)
+    return get_job(vault, job.id)
+
+
+def get_job(vault: Vault, job_id: str) -> JobRow:
+    with vault.session() as s:
+        job = s.scalar(select(JobRow).where(JobRow.id == job_id).options(selectinload(JobRow.steps)))
+        if job is None:
+            matches = list(s.scalars(select(JobRow).where(JobRow.id.startswith(job_id))
+                                     .options(selectinload(JobRow.steps))))
+            if len(matches) != 1:
+                raise NotFound(f"no job {job_id!r} (see: rehost jobs)")
+            job = matches[0]
+        return job
+
+
+def list_jobs(vault: Vault, machine_id: str | None = None, limit: int = 50) -> list[JobRow]:
+    with vault.session() as s:
+        q = select(JobRow).options(selectinload(JobRow.steps)).order_by(JobRow.created_at.desc())
+        if machine_id:
+            q = q.where(JobRow.machine_id == machine_id)
+        return list(s.scalars(q.limit(limit)))
+
+
+def effective_state(job: JobRow) -> str:
+    """``interrupted`` when the database says running but the process that ran it is gone."""
+    if job.state == "running" and (job.pid is None or not _alive(job.pid)):
+        return "interrupted"
+    return job.state
+
+
+def running_jobs(vault: Vault, machine_id: str) -> list[JobRow]:
+    return [j for j in list_jobs(vault, machine_id) if effective_state(j) in ("running", "queued")]
+
+
+def run_job(vault: Vault, job_id: str, observer: Observer | None = None) -> JobRow:
+    """Run (or continue) a job's steps in order; returns the job in its final state."""
+    job = get_job(vault, job_id)
+    state = effective_state(job)
+    if state == "running":
+        raise InvalidState(f"job {job.id} is running in process {job.pid}")
+    if state in ("succeeded", "cancelled"):
+        raise InvalidState(f"job {job.id} has already {state}")
+    steps = _PLANS[job.kind](vault, job)
+    _update_job(vault, job, state="running", pid=os.getpid(), error="",
+                started_at=job.started_at or _now(), ended_at=None)
+    for spec, row in zip(steps, job.steps, strict=True):
+        if row.state in DONE_STATES:
+            continue
+        ctx = StepContext(vault, job, row, observer)
+        row.state, row.started_at, row.ended_at, row.detail = "running", _now(), None, ""
+        _save_step(vault, row)
+        if observer:
+            observer.step_started(job, row)
+        try:
+            detail = spec.run(ctx)
+            row.state, row.detail = "succeeded", detail or ""
+        except SkipStep as e:
+            row.state, row.detail = "skipped", str(e)
+        except Exception as e:  # every failure is recorded on the step, then judged
+            row.detail = _describe(e)
+            if spec.must_succeed:
+                row.state, row.ended_at = "failed", _now()
+                _save_step(vault, row)
+                if observer:
+                    observer.step_ended(job, row)
+                _update_job(vault, job, state="failed", error=f"{row.title}: {row.detail}", ended_at=_now())
+                return get_job(vault, job.id)
+            row.state = "warning"
+        row.ended_at = _now()
+        _save_step(vault, row)
+        job.outputs = ctx.outputs
+        if observer:
+            observer.step_ended(job, row)
+    _update_job(vault, job, state="succeeded", ended_at=_now())
+    return get_job(vault, job.id)
+
+
+def can_cancel(vault: Vault, job: JobRow) -> bool:
+    steps = _PLANS[job.kind](vault, job)
+    return not any(spec.point_of_no_return and row.state != "pending"
+                   for spec, row in zip(steps, job.steps, strict=True))
+
+
+def cancel_job(vault: Vault, job_id: str) -> JobRow:
+    job = get_job(vault, job_id)
+    state = effective_state(job)
+    if state in ("succeeded", "cancelled"):
+        raise InvalidState(f"job {job.id} has already {state}")
+    if state == "running":
+        raise InvalidState(f"job {job.id} is running; stop its process first, then cancel")
+    if not can_cancel(vault, job):
+        raise InvalidState(f"job {job.id} is past its point of no return and cannot be cancelled; "
+                           f"resume it with: rehost job resume {job.id}")
+    _update_job(vault, job, state="cancelled", ended_at=_now())
+    return get_job(vault, job.id)
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, RehostError) and e.user_error:
+        return str(e)
+    return f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=6)}"
+
+
+def _save_step(vault: Vault, step: StepRow) -> None:
+    with vault.session() as s, s.begin():
+        row = s.get(StepRow, step.id)
+        assert row is not None
+        for field in ("state", "done", "total", "detail", "started_at", "ended_at"):
+            setattr(row, field, getattr(step, field))
+
+
+def _update_job(vault: Vault, job: JobRow, **values: Any) -> None:
+    with vault.session() as s, s.begin():
+        row = s.get(JobRow, job.id)
+        assert row is not None
+        for k, v in values.items():
+            setattr(row, k, v)
+            setattr(job, k, v)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is not alive
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
