@@ -14,6 +14,7 @@ The method (warm page cache, how bytes read are counted) is in docs/benchmarks.m
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -37,7 +38,6 @@ BLOCK = 4096
 FILL = 0.75  # share of the image filled with file data
 SOURCES = (Path("/usr/lib"), Path("/usr/share"))
 OUT_DIR = Path(__file__).resolve().parent / "out"
-VENV_BIN = Path(sys.executable).parent  # `rehost` is installed next to the venv's python
 MACHINE = "bench"
 RESTIC_ENV = {"RESTIC_PASSWORD": "rehost-bench"}
 QCOW2_CMD = ["qemu-img", "convert", "-f", "raw", "-O", "qcow2"]
@@ -199,23 +199,40 @@ def scatter_writes(image: Path, fraction: float, seed: int) -> int:
 # -- the tools --------------------------------------------------------------------------
 
 
+def snapshot_rehost(work: Path) -> tuple[Path, str]:
+    """Copy the rehost package into the workdir, so that edits made to the tree while the
+    benchmark runs cannot mix two versions; return the copy and a digest of its sources."""
+    import rehost
+
+    src = Path(rehost.__file__).parent
+    dest = work / "rehost-src"
+    shutil.copytree(src, dest / "rehost", ignore=shutil.ignore_patterns("__pycache__"))
+    digest = hashlib.sha256()
+    for path in sorted((dest / "rehost").rglob("*.py")):
+        digest.update(str(path.relative_to(dest)).encode() + b"\0" + path.read_bytes())
+    return dest, digest.hexdigest()[:16]
+
+
 class Rehost:
     name = "rehost"
 
-    def __init__(self, work: Path, image: Path) -> None:
-        self.image, self.vault = image, work / "rehost-vault"
+    def __init__(self, work: Path, image: Path, src: Path) -> None:
+        self.image, self.vault, self.src = image, work / "rehost-vault", src
 
     def cli(self, *args: str | Path) -> list[str | Path]:
-        return [VENV_BIN / "rehost", "--vault", self.vault, *args]
+        return [sys.executable, "-m", "rehost.cli.main", "--vault", self.vault, *args]
+
+    def env(self) -> dict[str, str]:
+        return {"PYTHONPATH": str(self.src)}
 
     def fresh(self) -> None:
         shutil.rmtree(self.vault, ignore_errors=True)
-        run(self.cli("init"))
-        run(self.cli("source", "add-image", MACHINE, self.image))
+        run(self.cli("init"), self.env())
+        run(self.cli("source", "add-image", MACHINE, self.image), self.env())
 
     def copy(self, phase: str) -> Run:
         before = du(self.vault) if self.vault.exists() else 0
-        m = measure(self.cli("replicate", MACHINE, "--json"))
+        m = measure(self.cli("replicate", MACHINE, "--json"), self.env())
         r = json.loads(m.stdout)
         note = (f"own count: cycle {r['seconds']:.1f} s, read {r['bytes_read'] / MiB:.1f} MiB, "
                 f"changed {r['changed_bytes'] / MiB:.1f} MiB, digests from {r['digests']['0']}")
@@ -319,20 +336,20 @@ def verify_rehost(rehost: Rehost, image: Path, work: Path) -> list[tuple[str, bo
     """Export the latest point and compare it with the image; read and verify every pack."""
     exported = work / "rehost-export.raw"
     exported.unlink(missing_ok=True)
-    run(rehost.cli("export", MACHINE, "--point", "latest", "--output", exported))
+    run(rehost.cli("export", MACHINE, "--point", "latest", "--output", exported), rehost.env())
     checks = [compare("rehost export of the latest point = image", image, exported, "raw")]
     exported.unlink()
-    proc = subprocess.run(rehost.cli("check", "--read-data"), capture_output=True, text=True)
+    proc = subprocess.run(rehost.cli("check", "--read-data"), capture_output=True, env=_env(rehost.env()))
     checks.append(("rehost check --read-data", proc.returncode == 0))
     return checks
 
 
-def scenario(work: Path, size: int, repeat: int, seed: int) -> tuple[Dataset, Results]:
+def scenario(work: Path, src: Path, size: int, repeat: int, seed: int) -> tuple[Dataset, Results]:
     data = make_image(work, size)
     read_through(data.image)  # warm cache: every later read of the image comes from RAM
-    rehost, qemu = Rehost(work, data.image), QemuImg(work, data.image)
+    rehost, qemu = Rehost(work, data.image, src), QemuImg(work, data.image)
     restic, rsync = Restic(work, data.image), Rsync(work, data.image)
-    run(rehost.cli("--help"))  # warm rehost's Python imports too
+    run(rehost.cli("--help"), rehost.env())  # warm rehost's Python imports too
     res = Results(runs=initial_phase([rehost, qemu, restic], repeat))
     res.checks.append(compare("qemu-img copy = image", data.image, qemu.out, "qcow2"))
     rsync.fresh()
@@ -409,10 +426,11 @@ def machine(work: Path) -> dict[str, str]:
     }
 
 
-def versions() -> dict[str, str]:
+def versions(rehost_digest: str) -> dict[str, str]:
     libs = ", ".join(f"{lib} {version(lib)}" for lib in ("blake3", "xxhash", "zstandard"))
     return {
-        "rehost": f"{version('rehost')} (Python {platform.python_version()}, {libs})",
+        "rehost": f"{version('rehost')}, sources sha256 {rehost_digest}… "
+                  f"(Python {platform.python_version()}, {libs})",
         "qemu-img": run(["qemu-img", "--version"]).splitlines()[0],
         "restic": run(["restic", "version"]).splitlines()[0],
         "rsync": run(["rsync", "--version"]).splitlines()[0],
@@ -467,8 +485,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     work = workdir(args.workdir, size)
     command = " ".join([".venv/bin/python bench/replication.py", *(sys.argv[1:] if argv is None else argv)])
     try:
-        info, vers = machine(work), versions()
-        data, res = scenario(work, size, args.repeat, args.seed)
+        src, digest = snapshot_rehost(work)
+        info, vers = machine(work), versions(digest)
+        data, res = scenario(work, src, size, args.repeat, args.seed)
     finally:
         if args.workdir is None and not args.keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -21,6 +21,7 @@ from sqlalchemy.orm import selectinload
 
 from rehost.errors import InvalidState, NotFound, RehostError
 from rehost.jobs.models import JobRow, StepRow
+from rehost.process import alive
 from rehost.vault.vault import Vault
 
 DONE_STATES = ("succeeded", "skipped", "warning")
@@ -127,7 +128,7 @@ def list_jobs(vault: Vault, machine_id: str | None = None, limit: int = 50) -> l
 
 def effective_state(job: JobRow) -> str:
     """``interrupted`` when the database says running but the process that ran it is gone."""
-    if job.state == "running" and (job.pid is None or not _alive(job.pid)):
+    if job.state == "running" and (job.pid is None or not alive(job.pid)):
         return "interrupted"
     return job.state
 
@@ -222,18 +223,6 @@ def _update_job(vault: Vault, job: JobRow, **values: Any) -> None:
             setattr(job, k, v)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is not alive
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][0] != "Z"
-    except OSError:
-        return False
 
 
 def _now() -> datetime:

@@ -28,3 +28,11 @@ class SourceProvider(Protocol):
     def describe(self, machine: MachineRow) -> dict[str, Any]:
         """Source metadata stored with each point."""
         ...
+
+    def can_shutdown(self, machine: MachineRow) -> str | None:
+        """None if the source machine can be shut down, else why not (capability query)."""
+        ...
+
+    def shutdown(self, machine: MachineRow, timeout: float) -> str:
+        """Shut the source machine down before a failover; returns what happened."""
+        ...

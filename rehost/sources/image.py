@@ -65,3 +65,9 @@ class ImageSource:
 
     def describe(self, machine: MachineRow) -> dict[str, Any]:
         return {"kind": self.kind, "disks": [d.path for d in machine.disks]}
+
+    def can_shutdown(self, machine: MachineRow) -> str | None:
+        return "image files have no running machine to shut down"
+
+    def shutdown(self, machine: MachineRow, timeout: float) -> str:
+        raise UsageError(self.can_shutdown(machine) or "")

@@ -20,23 +20,22 @@ import atexit
 import codecs
 import contextlib
 import ctypes
-import json
 import re
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
-import threading
 import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 from rehost.errors import RehostError
+from rehost.targets.qmp import QmpClient, QmpError
 
 Network = Literal["none", "user-restrict", "user"]
 
@@ -57,10 +56,6 @@ class VMExited(VMError):
     """QEMU exited while we were waiting for the guest (the message has the console tail)."""
 
 
-class QmpError(VMError):
-    """A QMP command failed or the monitor could not be reached."""
-
-
 def _tail(text: str, n: int = _TAIL_CHARS) -> str:
     return text if len(text) <= n else "..." + text[-n:]
 
@@ -68,97 +63,6 @@ def _tail(text: str, n: int = _TAIL_CHARS) -> str:
 def _qemu_opt(value: str | Path) -> str:
     """Escape a value for QEMU's ``key=value,...`` option syntax (commas are doubled)."""
     return str(value).replace(",", ",,")
-
-
-# --------------------------------------------------------------------------------------------
-# QMP
-
-
-class QmpClient:
-    """Minimal synchronous QMP client (JSON lines over a UNIX socket).
-
-    Events arriving between replies are kept in ``events``; callers that need them (block
-    job completion, for instance) can inspect or clear the list.
-    """
-
-    def __init__(self, path: Path, *, timeout: float = 30.0) -> None:
-        self.path = Path(path)
-        self.timeout = timeout
-        self.events: list[dict[str, Any]] = []
-        self._sock: socket.socket | None = None
-        self._buf = b""
-        self._lock = threading.Lock()
-
-    def connect(self, *, deadline: float | None = None, alive: Any = None) -> None:
-        """Connect and negotiate capabilities; retry until ``deadline`` (socket appears late).
-
-        ``alive`` is an optional callable returning False once QEMU is gone (stop retrying).
-        """
-        deadline = deadline if deadline is not None else time.monotonic() + self.timeout
-        last: OSError | None = None
-        while True:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(self.timeout)
-            try:
-                sock.connect(str(self.path))
-                break
-            except OSError as exc:
-                sock.close()
-                last = exc
-                if time.monotonic() > deadline or (alive is not None and not alive()):
-                    raise QmpError(f"cannot connect to QMP socket {self.path}: {last}") from exc
-                time.sleep(0.05)
-        self._sock = sock
-        greeting = self._read_message()
-        if "QMP" not in greeting:
-            raise QmpError(f"unexpected QMP greeting: {greeting}")
-        self.execute("qmp_capabilities")
-
-    def _read_message(self) -> dict[str, Any]:
-        assert self._sock is not None
-        while b"\n" not in self._buf:
-            try:
-                chunk = self._sock.recv(65536)
-            except TimeoutError as exc:
-                raise QmpError("QMP reply timed out") from exc
-            except OSError as exc:
-                raise QmpError(f"QMP connection failed: {exc}") from exc
-            if not chunk:
-                raise QmpError("QMP connection closed (QEMU exited?)")
-            self._buf += chunk
-        line, self._buf = self._buf.split(b"\n", 1)
-        msg: dict[str, Any] = json.loads(line)
-        return msg
-
-    def execute(self, command: str, arguments: Mapping[str, Any] | None = None) -> Any:
-        """Run one QMP command and return its ``return`` value; raise ``QmpError`` on error."""
-        if self._sock is None:
-            raise QmpError("QMP client is not connected")
-        req: dict[str, Any] = {"execute": command}
-        if arguments:
-            req["arguments"] = dict(arguments)
-        with self._lock:
-            try:
-                self._sock.sendall(json.dumps(req).encode() + b"\n")
-            except OSError as exc:
-                raise QmpError(f"QMP send failed: {exc}") from exc
-            while True:
-                msg = self._read_message()
-                if "event" in msg:
-                    self.events.append(msg)
-                    continue
-                if "error" in msg:
-                    err = msg["error"]
-                    raise QmpError(f"QMP {command} failed: {err.get('class')}: {err.get('desc')}")
-                if "return" in msg:
-                    return msg["return"]
-
-    def close(self) -> None:
-        if self._sock is not None:
-            with contextlib.suppress(OSError):
-                self._sock.close()
-            self._sock = None
-            self._buf = b""
 
 
 # --------------------------------------------------------------------------------------------
@@ -249,7 +153,7 @@ class QemuVM:
         self._workdir: Path | None = None
         self._console_log: Path | None = None
         self._stderr_log: Path | None = None
-        self._console_fh: Any = None
+        self._console_fh: BinaryIO | None = None
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._console = ""
         self._console_done = False  # set by stop(): the text is final

@@ -42,7 +42,12 @@ class MachineRow(Base):
     state: Mapped[str] = mapped_column(String(32), default="registered")
     state_reason: Mapped[str] = mapped_column(String(500), default="")
     created_at: Mapped[datetime] = mapped_column(default=_now)
+    target_id: Mapped[str | None] = mapped_column(ForeignKey("targets.id"), nullable=True)
+    network_map: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    #: where the machine runs after failover (target, VM name, folder), shown by `machines`
+    placement: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     source: Mapped[SourceRow] = relationship(back_populates="machines")
+    target: Mapped[TargetRow | None] = relationship()
     disks: Mapped[list[DiskRow]] = relationship(
         back_populates="machine", order_by="DiskRow.index", cascade="all, delete-orphan"
     )
@@ -59,3 +64,15 @@ class DiskRow(Base):
     length: Mapped[int | None] = mapped_column(Integer, nullable=True)
     size: Mapped[int] = mapped_column(Integer)
     machine: Mapped[MachineRow] = relationship(back_populates="disks")
+
+
+class TargetRow(Base):
+    __tablename__ = "targets"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=_id)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    kind: Mapped[str] = mapped_column(String(32))  # local | azure
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    verified_ok: Mapped[bool | None] = mapped_column(nullable=True)  # None: never verified
+    verify_report: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    verified_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    created_at: Mapped[datetime] = mapped_column(default=_now)

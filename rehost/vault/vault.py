@@ -34,6 +34,8 @@ class Vault:
         self.config = config
         self._password = password
         self._repo: Repository | None = None
+        #: the password that unlocked the repository, for daemons this process starts
+        self.unlocked_password: str | None = None
         self.engine: Engine = create_engine(self._url(str(config["state"])))
         event.listen(self.engine, "connect", _sqlite_pragmas)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
@@ -93,8 +95,13 @@ class Vault:
     def repo(self) -> Repository:
         """The repository, opened (and its key unlocked) on first use."""
         if self._repo is None:
-            self._repo = Repository.open(self._storage(), self._password)
+            self._repo = Repository.open(self._storage(), self._password and self._remember_password)
         return self._repo
+
+    def _remember_password(self) -> str:
+        assert self._password is not None
+        self.unlocked_password = self._password()
+        return self.unlocked_password
 
     def session(self) -> Session:
         return self.sessions()

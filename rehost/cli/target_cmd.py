@@ -1,0 +1,65 @@
+"""rehost target add-local | verify | list."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from rehost.cli.context import emit_json, err, open_vault, out
+from rehost.errors import InvalidState
+from rehost.vault import targets
+
+target_app = typer.Typer(help="Where machines fail over to (a local KVM/QEMU host).", no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(target_app, name="target")
+
+
+@target_app.command("add-local")
+def add_local(
+    ctx: typer.Context,
+    name: str,
+    path: Path = typer.Option(..., help="Folder where failed-over machines and their disks live."),
+    accel: str = typer.Option("tcg", help="tcg (software emulation) or kvm (where /dev/kvm works)."),
+    memory_mib: int = typer.Option(256, help="Memory of each machine, MiB."),
+) -> None:
+    """Register this host's QEMU as a failover target."""
+    with open_vault(ctx) as vault:
+        targets.add_local_target(vault, name, path, accel=accel, memory_mib=memory_mib)
+    out.print(f"added target {name} at {path.absolute()}; check it with: rehost target verify {name}")
+
+
+@target_app.command("verify")
+def verify(ctx: typer.Context, name: str, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Check compute, storage and networks before anything fails over to the target."""
+    with open_vault(ctx) as vault:
+        report = targets.verify_target(vault, name)
+    if as_json:
+        emit_json({"ok": report.ok, "checks": [vars(c) for c in report.checks]})
+    else:
+        for c in report.checks:
+            out.print(f"{'ok  ' if c.ok else 'FAIL'} {c.name:10} {c.detail}", highlight=False)
+    if not report.ok:
+        err.print(f"rehost: error: target {name} failed verification: {report.failures()}", markup=False)
+        raise typer.Exit(InvalidState.exit_code)
+
+
+@target_app.command("list")
+def list_cmd(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> None:
+    """List targets and their last verification."""
+    with open_vault(ctx) as vault:
+        rows = targets.list_targets(vault)
+    data: list[dict[str, Any]] = [
+        {"name": t.name, "kind": t.kind, "settings": t.settings, "verified_ok": t.verified_ok,
+         "verified_at": t.verified_at}
+        for t in rows
+    ]
+    if as_json:
+        emit_json(data)
+        return
+    for d in data:
+        v = {None: "never verified", True: "verified", False: "FAILED verification"}[d["verified_ok"]]
+        out.print(f"{d['name']:16} {d['kind']:6} {d['settings'].get('path', '')}  {v}")

@@ -1,0 +1,318 @@
+"""Target ``local``: a KVM/QEMU host (this machine), the embedded default.
+
+Each failed-over machine gets a folder ``<path>/<vm>/`` with its qcow2 disks, its serial
+console log and ``vm.json``. QEMU runs daemonized (``-daemonize``), so a machine keeps
+running when the rehost command that started it ends or is killed; everything needed to
+find it again (pid file, QMP socket) is in the folder.
+
+Disks are qcow2 overlays whose backing file is an NBD export of the recovery point: the
+machine starts at once whatever the disk size (instant recovery), and ``hydrate`` copies
+the data into the overlay while it runs (QMP ``block-stream``), after which the machine no
+longer needs the repository.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rehost.errors import DiskError, InvalidState, UsageError
+from rehost.process import alive
+from rehost.targets.base import DiskSpec, Network, VerifyCheck, VerifyReport
+from rehost.targets.qmp import QmpClient, QmpError
+
+GiB = 1 << 30
+_NETWORKS: dict[str, list[str]] = {
+    "production": ["-nic", "user,model=virtio-net-pci"],
+    # test failover: QEMU user networking with restrict=on: the guest reaches nothing outside
+    "isolated": ["-nic", "user,restrict=on,model=virtio-net-pci"],
+    "none": ["-nic", "none"],
+}
+
+
+@dataclass(frozen=True)
+class LocalSettings:
+    path: Path
+    accel: str = "tcg"  # kvm where the host has a usable /dev/kvm
+    memory_mib: int = 256
+    qemu_binary: str = "qemu-system-x86_64"
+    min_free_bytes: int = 1 * GiB
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> LocalSettings:
+        return cls(Path(d["path"]), d.get("accel", "tcg"), int(d.get("memory_mib", 256)),
+                   d.get("qemu_binary", "qemu-system-x86_64"), int(d.get("min_free_bytes", GiB)))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": str(self.path), "accel": self.accel, "memory_mib": self.memory_mib,
+                "qemu_binary": self.qemu_binary, "min_free_bytes": self.min_free_bytes}
+
+
+class LocalTarget:
+    kind = "local"
+
+    def __init__(self, settings: LocalSettings) -> None:
+        self.settings = settings
+
+    # -- verification ------------------------------------------------------------------------
+
+    def verify(self, needed_bytes: int = 0) -> VerifyReport:
+        """Check compute, storage and network prerequisites before anything depends on them."""
+        s = self.settings
+        checks: list[VerifyCheck] = []
+        qemu = shutil.which(s.qemu_binary)
+        version = ""
+        if qemu:
+            r = subprocess.run([qemu, "--version"], capture_output=True, text=True, timeout=30)
+            version = r.stdout.splitlines()[0] if r.returncode == 0 and r.stdout else ""
+        checks.append(VerifyCheck("qemu", bool(version), version or f"{s.qemu_binary} not found "
+                                  "(install qemu-system-x86)"))
+        for tool in ("qemu-img",):
+            checks.append(VerifyCheck(tool, shutil.which(tool) is not None,
+                                      "found" if shutil.which(tool) else f"{tool} not found"))
+        checks.append(self._check_accel())
+        checks.append(self._check_storage(needed_bytes))
+        if version:
+            r = subprocess.run([s.qemu_binary, "-netdev", "help"], capture_output=True, text=True, timeout=30)
+            has_user = "user" in r.stdout.split()
+            checks.append(VerifyCheck("networks", has_user,
+                                      "production: user (NAT), test: user restrict=on (isolated)"
+                                      if has_user else "QEMU lacks user networking (slirp)"))
+        return VerifyReport(checks)
+
+    def _check_accel(self) -> VerifyCheck:
+        if self.settings.accel == "tcg":
+            kvm = "present" if os.path.exists("/dev/kvm") else "absent"
+            return VerifyCheck("compute", True, f"software emulation (TCG); /dev/kvm {kvm}")
+        if self.settings.accel == "kvm":
+            ok = os.access("/dev/kvm", os.R_OK | os.W_OK)
+            return VerifyCheck("compute", ok, "KVM" if ok else "/dev/kvm is not usable: use --accel tcg")
+        return VerifyCheck("compute", False, f"unknown accelerator {self.settings.accel!r}")
+
+    def _check_storage(self, needed: int) -> VerifyCheck:
+        p = self.settings.path
+        if not p.is_dir():
+            return VerifyCheck("storage", False, f"{p} is not a folder")
+        if not os.access(p, os.W_OK | os.X_OK):
+            return VerifyCheck("storage", False, f"{p} is not writable")
+        st = os.statvfs(p)
+        free = st.f_bavail * st.f_frsize
+        need = max(needed, self.settings.min_free_bytes)
+        ok = free >= need
+        return VerifyCheck("storage", ok, f"{free / GiB:.1f} GiB free in {p}"
+                           + ("" if ok else f", {need / GiB:.1f} GiB needed"))
+
+    # -- machine folders -----------------------------------------------------------------------
+
+    def vm_dir(self, vm: str) -> Path:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,80}", vm):
+            raise UsageError(f"invalid machine name {vm!r}")
+        return self.settings.path / vm
+
+    def _runtime(self, vm: str) -> Path:
+        """Sockets live under /run-like short paths: UNIX socket paths max out at 107 bytes."""
+        digest = hashlib.sha256(str(self.vm_dir(vm).resolve()).encode()).hexdigest()[:16]
+        d = Path("/tmp") / f"rehost-vm-{digest}"
+        d.mkdir(mode=0o700, exist_ok=True)
+        return d
+
+    def exists(self, vm: str) -> bool:
+        return self.vm_dir(vm).is_dir()
+
+    def create_disks(self, vm: str, disks: list[DiskSpec]) -> list[Path]:
+        """qcow2 overlays on the NBD exports; kept if they exist (a resumed job reuses them)."""
+        d = self.vm_dir(vm)
+        d.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for disk in disks:
+            path = d / f"disk{disk.index}.qcow2"
+            if not path.exists():
+                tmp = path.with_suffix(".tmp")
+                r = subprocess.run(
+                    ["qemu-img", "create", "-q", "-u", "-f", "qcow2", "-b", disk.backing_uri, "-F", "raw",
+                     str(tmp), str(disk.size)], capture_output=True, text=True)
+                if r.returncode != 0:
+                    raise DiskError(f"cannot create disk {disk.index} of {vm}: {r.stderr.strip()}")
+                os.replace(tmp, path)
+            paths.append(path)
+        self._write_meta(vm, {"disks": [str(p) for p in paths]})
+        return paths
+
+    def _meta(self, vm: str) -> dict[str, Any]:
+        try:
+            return dict(json.loads((self.vm_dir(vm) / "vm.json").read_text()))
+        except (OSError, ValueError):
+            return {}
+
+    def _write_meta(self, vm: str, values: dict[str, Any]) -> None:
+        meta = {**self._meta(vm), **values}
+        tmp = self.vm_dir(vm) / "vm.json.tmp"
+        tmp.write_text(json.dumps(meta, indent=2))
+        os.replace(tmp, self.vm_dir(vm) / "vm.json")
+
+    # -- running ----------------------------------------------------------------------------
+
+    def pid(self, vm: str) -> int | None:
+        try:
+            pid = int((self.vm_dir(vm) / "qemu.pid").read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if alive(pid) else None
+
+    def is_running(self, vm: str) -> bool:
+        return self.pid(vm) is not None
+
+    def console_log(self, vm: str) -> Path:
+        return self.vm_dir(vm) / "console.log"
+
+    def start(self, vm: str, network: Network) -> dict[str, Any]:
+        """Start the machine (a no-op if it runs); returns where it runs."""
+        if self.is_running(vm):
+            return self.describe(vm)
+        s = self.settings
+        d = self.vm_dir(vm)
+        disks = [Path(p) for p in self._meta(vm).get("disks", [])]
+        if not disks:
+            raise InvalidState(f"{vm} has no disks on target {s.path}")
+        rt = self._runtime(vm)
+        for sock in ("qmp.sock", "serial.sock"):
+            with contextlib.suppress(FileNotFoundError):
+                (rt / sock).unlink()
+        cmd = [
+            s.qemu_binary, "-name", vm, "-accel", s.accel, "-machine", "pc", "-m", str(s.memory_mib),
+            "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+            "-daemonize", "-pidfile", str(d / "qemu.pid"),
+            "-chardev", f"socket,id=serial0,path={rt / 'serial.sock'},server=on,wait=off,"
+            f"logfile={_opt(d / 'console.log')},logappend=on",
+            "-serial", "chardev:serial0",
+            "-qmp", f"unix:{rt / 'qmp.sock'},server=on,wait=off",
+        ]  # fmt: skip
+        for i, path in enumerate(disks):
+            cmd += ["-blockdev", f"driver=qcow2,node-name=disk{i},file.driver=file,"
+                    f"file.filename={_opt(path)}",
+                    "-device", f"virtio-blk-pci,drive=disk{i}" + (",bootindex=0" if i == 0 else "")]
+        cmd += _NETWORKS[network]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+        if r.returncode != 0:
+            raise DiskError(f"QEMU could not start {vm}: {r.stderr.strip() or r.stdout.strip()}")
+        self._write_meta(vm, {"network": network, "accel": s.accel, "qmp": str(rt / "qmp.sock"),
+                              "started": time.time()})
+        return self.describe(vm)
+
+    def describe(self, vm: str) -> dict[str, Any]:
+        return {"target": "local", "vm": vm, "dir": str(self.vm_dir(vm)), "pid": self.pid(vm),
+                "console": str(self.console_log(vm)), "network": self._meta(vm).get("network")}
+
+    def qmp(self, vm: str) -> QmpClient:
+        client = QmpClient(self._runtime(vm) / "qmp.sock", timeout=30)
+        client.connect(deadline=time.monotonic() + 20, alive=lambda: self.is_running(vm))
+        return client
+
+    def wait_for_console(self, vm: str, pattern: str, timeout: float) -> str:
+        """The first match of ``pattern`` on the serial console; raises with the tail if none."""
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        log = self.console_log(vm)
+        while True:
+            text = log.read_text(errors="replace") if log.exists() else ""
+            m = rx.search(text)
+            if m:
+                return m.group(0)
+            if not self.is_running(vm):
+                raise InvalidState(f"{vm} stopped before it printed {pattern!r}; console:\n{text[-1500:]}")
+            if time.monotonic() > deadline:
+                raise InvalidState(f"{vm} did not print {pattern!r} within {timeout:.0f} s; "
+                                   f"console:\n{text[-1500:]}")
+            time.sleep(0.2)
+
+    def hydrate(self, vm: str, progress: Callable[[int, int], None] | None = None) -> None:
+        """Copy every backing byte into the overlays so the machine stands alone.
+
+        Running machine: QMP ``block-stream`` (the guest keeps running). Stopped machine:
+        ``qemu-img rebase -b ''`` does the same offline. Safe to call again after a crash.
+        """
+        disks = [Path(p) for p in self._meta(vm).get("disks", [])]
+        pending = [i for i, p in enumerate(disks) if _backing(p)]
+        if not pending:
+            return
+        if not self.is_running(vm):
+            for i in pending:
+                r = subprocess.run(["qemu-img", "rebase", "-q", "-f", "qcow2", "-b", "", str(disks[i])],
+                                   capture_output=True, text=True)
+                if r.returncode != 0:
+                    raise DiskError(f"hydrating disk {i} of {vm} failed: {r.stderr.strip()}")
+            return
+        client = self.qmp(vm)
+        try:
+            running = {j["device"] for j in client.execute("query-block-jobs")}
+            for i in pending:
+                if f"hydrate{i}" not in running:
+                    client.execute("block-stream", {"job-id": f"hydrate{i}", "device": f"disk{i}"})
+            while True:
+                jobs = [j for j in client.execute("query-block-jobs") if j["device"].startswith("hydrate")]
+                if progress:
+                    progress(sum(j["offset"] for j in jobs), sum(j["len"] for j in jobs) or 1)
+                failed = [e for e in client.events if e.get("event") == "BLOCK_JOB_ERROR"
+                          or (e.get("event") == "BLOCK_JOB_COMPLETED" and e["data"].get("error"))]
+                if failed:
+                    raise DiskError(f"hydrating {vm} failed: {failed[0]}")
+                if not jobs:
+                    break
+                time.sleep(0.5)
+        finally:
+            client.close()
+        left = [i for i, p in enumerate(disks) if _backing(p)]
+        if left:
+            raise DiskError(f"disks {left} of {vm} still depend on the repository after hydration")
+
+    def stop(self, vm: str, graceful_timeout: float = 30.0) -> None:
+        """ACPI power-down first; kill after ``graceful_timeout``."""
+        pid = self.pid(vm)
+        if pid is None:
+            return
+        if graceful_timeout > 0:
+            with contextlib.suppress(QmpError, OSError):
+                client = self.qmp(vm)
+                client.execute("system_powerdown")
+                client.close()
+            deadline = time.monotonic() + graceful_timeout
+            while time.monotonic() < deadline and alive(pid):
+                time.sleep(0.2)
+        if alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and alive(pid):
+                time.sleep(0.05)
+
+    def remove(self, vm: str) -> None:
+        """Stop the machine and delete its folder: nothing of it is left."""
+        self.stop(vm, graceful_timeout=0)
+        if self.vm_dir(vm).exists():
+            shutil.rmtree(self.vm_dir(vm))
+        shutil.rmtree(self._runtime(vm), ignore_errors=True)
+
+
+def _backing(path: Path) -> str | None:
+    r = subprocess.run(["qemu-img", "info", "-U", "--output=json", str(path)], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise DiskError(f"cannot inspect {path}: {r.stderr.strip()}")
+    value = json.loads(r.stdout).get("backing-filename")
+    return str(value) if value else None
+
+
+def _opt(value: str | Path) -> str:
+    return str(value).replace(",", ",,")
+
+
