@@ -26,8 +26,9 @@ from rich.progress import (
 from rehost.errors import UsageError
 from rehost.vault.vault import Vault
 
-err = Console(stderr=True)
-out = Console()
+# soft_wrap: long lines stay whole in logs and pipes (rich would cut them at 80 columns)
+err = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
 
 
 @dataclass

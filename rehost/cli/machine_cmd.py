@@ -47,6 +47,7 @@ def machines(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) 
         "points": sum(1 for p in points if p.machine == m.id),
         "latest_point": latest[m.id].id if m.id in latest else None,
         "latest_time": latest[m.id].time if m.id in latest else None,
+        "target": m.placement.get("target_name"), "runs_at": m.placement.get("dir"),
     } for m in rows]
     if as_json:
         emit_json(data)
@@ -55,7 +56,9 @@ def machines(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) 
         out.print("no machines yet: rehost source add-image NAME DISK...")
     for d in data:
         lt = d["latest_time"] or "never"
-        out.print(f"{d['name']:20} {d['source']:6} {d['state']:20} points={d['points']:<4} latest={lt}")
+        where = f"  runs on {d['target']} ({d['runs_at']})" if d["runs_at"] else ""
+        out.print(f"{d['name']:20} {d['source']:6} {d['state']:20} points={d['points']:<4} "
+                  f"latest={lt}{where}", highlight=False)
 
 
 def replicate(

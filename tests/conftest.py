@@ -1,4 +1,5 @@
-"""Fixtures for the test kit: one tiny Linux image per session, a private copy per test."""
+"""Fixtures shared by every suite: one tiny bootable Linux image per session, a private copy
+per test (built by rehost.testkit from Debian packages, see scripts/build-tiny-linux)."""
 
 from __future__ import annotations
 
