@@ -8,18 +8,18 @@ from typing import Any
 import typer
 
 from rehost.cli.context import emit_json, err, open_vault, out
+from rehost.errors import UsageError
 from rehost.jobs.models import JobRow, StepRow
 from rehost.jobs.runner import can_cancel, cancel_job, effective_state, get_job, list_jobs, run_job
 from rehost.vault.vault import Vault
 
-job_app = typer.Typer(help="Follow, resume or cancel a job.", no_args_is_help=True)
 _MARK = {"succeeded": "[green]✓[/]", "failed": "[red]✗[/]", "warning": "[yellow]![/]",
          "skipped": "[dim]-[/]", "running": "[cyan]…[/]", "pending": " "}
 
 
 def register(app: typer.Typer) -> None:
     app.command("jobs")(jobs)
-    app.add_typer(job_app, name="job")
+    app.command("job")(job)
 
 
 def job_dict(vault: Vault, j: JobRow) -> dict[str, Any]:
@@ -72,17 +72,25 @@ def jobs(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> N
         out.print(f"{d['id']}  {d['kind']:14} {d['machine']:16} {d['state']:12} {current}")
 
 
-@job_app.callback(invoke_without_command=True)
-def job(ctx: typer.Context, job_id: str = typer.Argument(None), watch: bool = typer.Option(False, "--watch"),
-        as_json: bool = typer.Option(False, "--json")) -> None:
-    """Show one job with its steps (--watch: until it ends)."""
-    if ctx.invoked_subcommand is not None:
+def job(
+    ctx: typer.Context,
+    what: str = typer.Argument(..., metavar="ID | resume ID | cancel ID"),
+    job_id: str = typer.Argument(None, metavar="[ID]"),
+    watch: bool = typer.Option(False, "--watch", help="Follow the job until it ends."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Show a job with its steps; resume an interrupted or failed one; cancel one not yet past
+    its point of no return."""
+    if what in ("resume", "cancel"):
+        if not job_id:
+            raise UsageError(f"rehost job {what} needs a job id (see: rehost jobs)")
+        (resume if what == "resume" else cancel)(ctx, job_id)
         return
-    if job_id is None:
-        raise typer.BadParameter("give a job id (see: rehost jobs)")
+    if job_id:
+        raise UsageError(f"unexpected {job_id!r}: use rehost job ID, job resume ID or job cancel ID")
     with open_vault(ctx) as vault:
         while True:
-            j = get_job(vault, job_id)
+            j = get_job(vault, what)
             if as_json:
                 emit_json(job_dict(vault, j))
             else:
@@ -92,9 +100,7 @@ def job(ctx: typer.Context, job_id: str = typer.Argument(None), watch: bool = ty
             time.sleep(1)
 
 
-@job_app.command("resume")
 def resume(ctx: typer.Context, job_id: str) -> None:
-    """Continue an interrupted or failed job from the step that did not finish."""
     with open_vault(ctx) as vault:
         j = run_job(vault, get_job(vault, job_id).id, ConsoleObserver())
         print_job(vault, j)
@@ -102,9 +108,7 @@ def resume(ctx: typer.Context, job_id: str) -> None:
             raise typer.Exit(1)
 
 
-@job_app.command("cancel")
 def cancel(ctx: typer.Context, job_id: str) -> None:
-    """Cancel a job that has not passed its point of no return."""
     with open_vault(ctx) as vault:
         j = cancel_job(vault, job_id)
     out.print(f"job {j.id} cancelled")
