@@ -20,6 +20,7 @@ import os
 import platform
 import random
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -59,6 +60,8 @@ class Measured:
     """
 
     wall: float
+    cpu: float  # user + system seconds of the tool and its descendants
+    others: float  # CPU seconds that the rest of the machine used meanwhile
     rss: int  # peak RSS of the largest process of the tree (GNU time %M), bytes
     rchar: int
     disk_read: int
@@ -68,6 +71,18 @@ class Measured:
 def _proc_io() -> dict[str, int]:
     lines = Path("/proc/self/io").read_text().splitlines()
     return {key: int(value) for key, value in (line.split(": ") for line in lines)}
+
+
+def _busy_seconds() -> float:
+    """CPU seconds the whole machine spent busy since boot (/proc/stat, iowait excluded)."""
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(
+        int, Path("/proc/stat").read_text().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _children_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
 
 
 def _env(extra: dict[str, str] | None) -> dict[str, str]:
@@ -85,16 +100,15 @@ def run(cmd: Sequence[str | Path], env: dict[str, str] | None = None) -> str:
 def measure(cmd: Sequence[str | Path], env: dict[str, str] | None = None) -> Measured:
     with tempfile.NamedTemporaryFile("r", prefix="rehost-bench-time-") as rss_file:
         timed = ["/usr/bin/time", "-f", "%M", "-o", rss_file.name, *map(str, cmd)]
-        before = _proc_io()
-        t0 = time.monotonic()
+        io, cpu, busy, t0 = _proc_io(), _children_cpu(), _busy_seconds(), time.monotonic()
         proc = subprocess.run(timed, capture_output=True, text=True, env=_env(env))
         wall = time.monotonic() - t0
-        after = _proc_io()
+        busy, cpu, io2 = _busy_seconds() - busy, _children_cpu() - cpu, _proc_io()
         rss_kib = int(rss_file.read().split()[-1])
     if proc.returncode != 0:
         raise SystemExit(f"failed ({proc.returncode}): {' '.join(timed)}\n{proc.stderr}")
-    return Measured(wall, rss_kib * 1024, after["rchar"] - before["rchar"],
-                    after["read_bytes"] - before["read_bytes"], proc.stdout)
+    return Measured(wall, cpu, max(busy - cpu, 0.0), rss_kib * 1024, io2["rchar"] - io["rchar"],
+                    io2["read_bytes"] - io["read_bytes"], proc.stdout)
 
 
 def du(path: Path) -> int:
@@ -402,10 +416,12 @@ def _mib(n: int | None) -> str:
 
 def run_table(runs: Sequence[Run]) -> list[str]:
     base = {r.phase: r.m.wall for r in runs if r.tool == Rehost.name}
-    lines = ["| phase | tool | wall s | × rehost | read() syscalls MiB | device reads MiB | stored +MiB "
-             "| peak RSS MiB | notes |", "|---|---|--:|--:|--:|--:|--:|--:|---|"]
+    lines = ["| phase | tool | wall s | × rehost | CPU s | others' CPU s | read() syscalls MiB "
+             "| device reads MiB | stored +MiB | peak RSS MiB | notes |",
+             "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|---|"]
     for r in runs:
         lines.append(f"| {r.phase} | {r.tool} | {r.m.wall:.2f} | {r.m.wall / base[r.phase]:.2f} "
+                     f"| {r.m.cpu:.1f} | {r.m.others:.1f} "
                      f"| {_mib(r.m.rchar)} | {_mib(r.m.disk_read)} | {_mib(r.stored)} | {r.m.rss / MiB:.0f} "
                      f"| {r.note} |")
     return lines

@@ -302,10 +302,15 @@ def test_negotiation_variants(server: NbdExportServer, served: Served, sockdir: 
     h.set_opt_mode(True)
     h.connect_uri(server.uri)
     names: list[str] = []
-    h.opt_list(lambda name, description: names.append(name) or 0)
-    assert names == [""]
     contexts: list[str] = []
-    h.opt_list_meta_context(lambda name: contexts.append(name) or 0)
+
+    def add(found: list[str], name: str, *_: str) -> int:
+        found.append(name)
+        return 0
+
+    h.opt_list(lambda *a: add(names, *a))
+    assert names == [""]
+    h.opt_list_meta_context(lambda *a: add(contexts, *a))
     assert contexts == ["base:allocation"]
     h.opt_info()
     assert h.get_size() == len(served.data)
