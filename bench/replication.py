@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
@@ -337,7 +337,13 @@ def initial_phase(tools: Sequence[Tool], repeat: int) -> list[Run]:
         for tool in tools:
             tool.fresh()
             tries[tool.name].append(tool.copy("initial"))
-    return [sorted(runs, key=lambda r: r.m.wall)[(len(runs) - 1) // 2] for runs in tries.values()]
+    kept = []
+    for runs in tries.values():
+        walls = sorted(r.m.wall for r in runs)
+        median = sorted(runs, key=lambda r: r.m.wall)[(len(runs) - 1) // 2]
+        spread = f"median of {len(runs)} ({walls[0]:.2f}–{walls[-1]:.2f} s)"
+        kept.append(replace(median, note="; ".join(filter(None, [spread, median.note]))))
+    return kept
 
 
 def compare(label: str, image: Path, copy: Path, fmt: str) -> tuple[str, bool]:
@@ -438,6 +444,7 @@ def machine(work: Path) -> dict[str, str]:
         + (f" ({virt.group(1)} guest)" if virt else ""),
         "memory": f"{int(mem.group(1)) / 1024**2:.1f} GiB" if mem else "?",
         "kernel": platform.release(),
+        "load average at start": " / ".join(f"{x:.2f}" for x in os.getloadavg()) + " (1, 5, 15 min)",
         "workdir": f"{work} ({fstype} on {source})",
     }
 

@@ -39,11 +39,15 @@ def _failover_timings(tmp: Path, tiny_image: Path, data_mib: int) -> dict[str, f
     job = rehost(vault, "failover", "big", "--point", "latest-processed", "--json").json()
     assert job["state"] == "succeeded", job
     steps = {s["name"]: s for s in job["steps"]}
+
+    def took(name: str) -> float:
+        return _seconds(steps[name]["started_at"], steps[name]["ended_at"])
+
     return {
         "to_vm_start": _seconds(steps["choose_point"]["started_at"], steps["start"]["ended_at"]),
-        "create_machine": _seconds(steps["create_machine"]["started_at"], steps["create_machine"]["ended_at"]),
-        "boot": _seconds(steps["verify_boot"]["started_at"], steps["verify_boot"]["ended_at"]),
-        "hydrate": _seconds(steps["hydrate"]["started_at"], steps["hydrate"]["ended_at"]),
+        "create_machine": took("create_machine"),
+        "boot": took("verify_boot"),
+        "hydrate": took("hydrate"),
     }
 
 
