@@ -65,6 +65,7 @@ class Measured:
     rss: int  # peak RSS of the largest process of the tree (GNU time %M), bytes
     rchar: int
     disk_read: int
+    sync: float  # seconds a `sync` right after took: what the tool left unflushed
     stdout: str
 
 
@@ -98,17 +99,21 @@ def run(cmd: Sequence[str | Path], env: dict[str, str] | None = None) -> str:
 
 
 def measure(cmd: Sequence[str | Path], env: dict[str, str] | None = None) -> Measured:
+    """Run ``cmd`` once, timed; nothing is left to flush before it starts (``sync``)."""
     with tempfile.NamedTemporaryFile("r", prefix="rehost-bench-time-") as rss_file:
         timed = ["/usr/bin/time", "-f", "%M", "-o", rss_file.name, *map(str, cmd)]
+        os.sync()
         io, cpu, busy, t0 = _proc_io(), _children_cpu(), _busy_seconds(), time.monotonic()
         proc = subprocess.run(timed, capture_output=True, text=True, env=_env(env))
         wall = time.monotonic() - t0
         busy, cpu, io2 = _busy_seconds() - busy, _children_cpu() - cpu, _proc_io()
+        os.sync()
+        flush = time.monotonic() - t0 - wall
         rss_kib = int(rss_file.read().split()[-1])
     if proc.returncode != 0:
         raise SystemExit(f"failed ({proc.returncode}): {' '.join(timed)}\n{proc.stderr}")
     return Measured(wall, cpu, max(busy - cpu, 0.0), rss_kib * 1024, io2["rchar"] - io["rchar"],
-                    io2["read_bytes"] - io["read_bytes"], proc.stdout)
+                    io2["read_bytes"] - io["read_bytes"], flush, proc.stdout)
 
 
 def du(path: Path) -> int:
@@ -422,12 +427,12 @@ def _mib(n: int | None) -> str:
 
 def run_table(runs: Sequence[Run]) -> list[str]:
     base = {r.phase: r.m.wall for r in runs if r.tool == Rehost.name}
-    lines = ["| phase | tool | wall s | × rehost | CPU s | others' CPU s | read() syscalls MiB "
-             "| device reads MiB | stored +MiB | peak RSS MiB | notes |",
-             "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|---|"]
+    lines = ["| phase | tool | wall s | × rehost | sync after s | CPU s | others' CPU s "
+             "| read() syscalls MiB | device reads MiB | stored +MiB | peak RSS MiB | notes |",
+             "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"]
     for r in runs:
         lines.append(f"| {r.phase} | {r.tool} | {r.m.wall:.2f} | {r.m.wall / base[r.phase]:.2f} "
-                     f"| {r.m.cpu:.1f} | {r.m.others:.1f} "
+                     f"| {r.m.sync:.2f} | {r.m.cpu:.1f} | {r.m.others:.1f} "
                      f"| {_mib(r.m.rchar)} | {_mib(r.m.disk_read)} | {_mib(r.stored)} | {r.m.rss / MiB:.0f} "
                      f"| {r.note} |")
     return lines

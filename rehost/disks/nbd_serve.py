@@ -130,7 +130,7 @@ BASE_ALLOCATION_ID = 1
 MAX_REQUEST = 32 << 20
 #: Advertised preferred block size: the repository's block (``BLOCK_SIZE``).
 PREFERRED_BLOCK = 4096
-#: Option payloads are names and short queries; anything larger is refused unread-into-memory.
+#: Option payloads are names and short queries; a larger one is drained in pieces and refused.
 MAX_OPTION = 64 << 10
 #: A zero run inside a read shorter than this goes out as data: a chunk header per tiny hole
 #: would cost more than the zeros.

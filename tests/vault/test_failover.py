@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from rehost.targets.local import LocalSettings, LocalTarget
 from rehost.testkit.tinylinux import set_marker
 from tests.cli_helpers import qemu_img_compare, rehost
 
@@ -127,3 +128,36 @@ def test_a_second_test_failover_is_refused_while_one_runs(setup: Setup) -> None:
     r = rehost(setup.vault, "failover", "web", check=False)
     assert r.code != 0 and "clean it up first" in r.err
     rehost(setup.vault, "failover", "web", "--cleanup")
+
+
+@pytest.mark.slow
+def test_live_hydration_leaves_a_disk_that_boots_on_its_own(tmp_path: Path, tiny_image: Path) -> None:
+    """A guest that keeps running (stay mode): QMP block-stream copies the data in while it
+    runs; afterwards the disk boots with no repository and no NBD server at all."""
+    from rehost.testkit.boot import boot_and_wait
+    from rehost.testkit.tinylinux import set_mode
+
+    set_marker(tiny_image, "live")
+    set_mode(tiny_image, "stay")
+    vault, target = tmp_path / "vault", tmp_path / "target"
+    rehost(vault, "init")
+    rehost(vault, "target", "add-local", "here", "--path", str(target))
+    rehost(vault, "source", "add-image", "app", str(tiny_image))
+    rehost(vault, "replicate", "app")
+    vm = LocalTarget(LocalSettings(target))
+    try:
+        job = rehost(vault, "failover", "app", "--json").json()
+        assert job["state"] == "succeeded"
+        assert rehost(vault, "machines", "--json").json()[0]["state"] == "failed_over"
+        assert vm.is_running("app"), "the migrated machine keeps running after failover"
+        assert not [p for p in _processes("serve-point") if str(vault) in p]  # repository no longer needed
+        vm.stop("app")  # ACPI power-down, as an operator would
+        assert not vm.is_running("app")
+    finally:
+        for line in _processes(str(tmp_path)):
+            subprocess.run(["kill", "-9", line.split()[0]], check=False)
+    disk = target / "app" / "disk0.qcow2"
+    info = subprocess.run(["qemu-img", "info", "-U", str(disk)], capture_output=True, text=True).stdout
+    assert "backing file" not in info
+    result = boot_and_wait(disk, fmt="qcow2", timeout=120)
+    assert result.marker == "live"
