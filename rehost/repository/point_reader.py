@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-import weakref
 from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -78,7 +77,7 @@ class PointReader:
         # shared by every reader of it (the disks of one machine). Holding it also makes
         # concurrent misses of one blob decode it once (the second finds it in our cache).
         self._cache_lock = threading.Lock()
-        self._load_lock = _repository_lock(repo)
+        self._load_lock = threading.Lock()  # one decode per missed blob, not one per thread
         self._last_refresh = float("-inf")
         self.cache_hits = 0
         self.cache_misses = 0
@@ -206,19 +205,6 @@ class PointReader:
 
     def __repr__(self) -> str:
         return f"<PointReader point {self.point.short_id} disk {self.disk} size={self.size}>"
-
-
-_repo_locks: weakref.WeakKeyDictionary[Repository, threading.Lock] = weakref.WeakKeyDictionary()
-_repo_locks_guard = threading.Lock()
-
-
-def _repository_lock(repo: Repository) -> threading.Lock:
-    """The lock serializing ``read_blob`` calls on ``repo`` across all readers."""
-    with _repo_locks_guard:
-        lock = _repo_locks.get(repo)
-        if lock is None:
-            lock = _repo_locks[repo] = threading.Lock()
-        return lock
 
 
 def _check_map(entries: list[MapEntry], size: int, point: RecoveryPoint) -> None:

@@ -62,6 +62,8 @@ class Repository:
         self._pending: set[str] = set()
         self.stats = WriteStats()
         self._blob_cache: OrderedDict[str, bytes] = OrderedDict()
+        # guards the blob cache and the lazy index load: readers serve NBD from threads
+        self._lock = threading.Lock()
         self._maps: dict[tuple[str, int], list[MapEntry]] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -148,7 +150,9 @@ class Repository:
 
     def _ensure_index(self) -> None:
         if not self._index_loaded:
-            self.load_index()
+            with self._lock:
+                if not self._index_loaded:
+                    self.load_index()
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -240,10 +244,11 @@ class Repository:
 
     def read_blob(self, bid: str) -> bytes:
         """A blob's plaintext, verified against its id; raises IntegrityError, never lies."""
-        cached = self._blob_cache.get(bid)
-        if cached is not None:
-            self._blob_cache.move_to_end(bid)
-            return cached
+        with self._lock:
+            cached = self._blob_cache.get(bid)
+            if cached is not None:
+                self._blob_cache.move_to_end(bid)
+                return cached
         self._ensure_index()
         loc = self.index.get(bid)
         if loc is None:
@@ -257,9 +262,10 @@ class Repository:
         data = self.sealer.open(sealed, bid.encode(), f"blob {bid[:12]} in pack {loc.pack[:12]}")
         if len(data) != loc.raw_length or blob_id(self.keys.hash_key, data) != bid:
             raise IntegrityError(f"blob {bid[:12]} in pack {loc.pack[:12]} is damaged")
-        self._blob_cache[bid] = data
-        if len(self._blob_cache) > 8:
-            self._blob_cache.popitem(last=False)
+        with self._lock:
+            self._blob_cache[bid] = data
+            if len(self._blob_cache) > 8:
+                self._blob_cache.popitem(last=False)
         return data
 
     def iter_disk(
@@ -271,7 +277,11 @@ class Repository:
         for e in self.resolve_map(point, disk):
             if e.offset > pos:
                 yield from _zeros(pos, e.offset, chunk)
-            data = self.read_blob(e.blob) if e.blob else b""
+            if e.blob is None:  # the format allows explicit zero entries
+                yield from _zeros(e.offset, e.end, chunk)
+                pos = e.end
+                continue
+            data = self.read_blob(e.blob)
             piece = data[e.blob_offset : e.blob_offset + e.length]
             if len(piece) != e.length:
                 raise IntegrityError(f"blob {str(e.blob)[:12]} is shorter than the map says")
