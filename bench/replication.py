@@ -20,12 +20,10 @@ import os
 import platform
 import random
 import re
-import resource
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -33,8 +31,8 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Protocol
 
-MiB = 1 << 20
-GiB = 1 << 30
+from harness import GiB, Measured, MiB, du, env_with, machine, measure, mib, run
+
 BLOCK = 4096
 FILL = 0.75  # share of the image filled with file data
 SOURCES = (Path("/usr/lib"), Path("/usr/share"))
@@ -45,80 +43,6 @@ QCOW2_CMD = ["qemu-img", "convert", "-f", "raw", "-O", "qcow2"]
 # --ignore-times: the quick check (same size and mtime second) would skip a file changed
 # within the second of the last copy; rehost and restic never skip a changed image.
 RSYNC_CMD = ["rsync", "--inplace", "--no-whole-file", "--ignore-times", "--stats"]
-
-
-# -- running and measuring commands ---------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Measured:
-    """One command run under GNU time.
-
-    ``rchar`` and ``disk_read`` are the growth of /proc/self/io, which adds the counters of
-    every reaped descendant: bytes returned by read syscalls (files, pipes, sockets) and
-    bytes the block layer read from the device (0 when the page cache serves everything).
-    """
-
-    wall: float
-    cpu: float  # user + system seconds of the tool and its descendants
-    others: float  # CPU seconds that the rest of the machine used meanwhile
-    rss: int  # peak RSS of the largest process of the tree (GNU time %M), bytes
-    rchar: int
-    disk_read: int
-    sync: float  # seconds a `sync` right after took: what the tool left unflushed
-    stdout: str
-
-
-def _proc_io() -> dict[str, int]:
-    lines = Path("/proc/self/io").read_text().splitlines()
-    return {key: int(value) for key, value in (line.split(": ") for line in lines)}
-
-
-def _busy_seconds() -> float:
-    """CPU seconds the whole machine spent busy since boot (/proc/stat, iowait excluded)."""
-    user, nice, system, _idle, _iowait, irq, softirq, steal = map(
-        int, Path("/proc/stat").read_text().split()[1:9])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def _children_cpu() -> float:
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return ru.ru_utime + ru.ru_stime
-
-
-def _env(extra: dict[str, str] | None) -> dict[str, str]:
-    return {**os.environ, **(extra or {})}
-
-
-def run(cmd: Sequence[str | Path], env: dict[str, str] | None = None) -> str:
-    """Run an untimed helper command; fail the benchmark loudly if it fails."""
-    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, env=_env(env))
-    if proc.returncode != 0:
-        raise SystemExit(f"failed ({proc.returncode}): {' '.join(map(str, cmd))}\n{proc.stderr}")
-    return proc.stdout + proc.stderr
-
-
-def measure(cmd: Sequence[str | Path], env: dict[str, str] | None = None) -> Measured:
-    """Run ``cmd`` once, timed; nothing is left to flush before it starts (``sync``)."""
-    with tempfile.NamedTemporaryFile("r", prefix="rehost-bench-time-") as rss_file:
-        timed = ["/usr/bin/time", "-f", "%M", "-o", rss_file.name, *map(str, cmd)]
-        os.sync()
-        io, cpu, busy, t0 = _proc_io(), _children_cpu(), _busy_seconds(), time.monotonic()
-        proc = subprocess.run(timed, capture_output=True, text=True, env=_env(env))
-        wall = time.monotonic() - t0
-        busy, cpu, io2 = _busy_seconds() - busy, _children_cpu() - cpu, _proc_io()
-        os.sync()
-        flush = time.monotonic() - t0 - wall
-        rss_kib = int(rss_file.read().split()[-1])
-    if proc.returncode != 0:
-        raise SystemExit(f"failed ({proc.returncode}): {' '.join(timed)}\n{proc.stderr}")
-    return Measured(wall, cpu, max(busy - cpu, 0.0), rss_kib * 1024, io2["rchar"] - io["rchar"],
-                    io2["read_bytes"] - io["read_bytes"], flush, proc.stdout)
-
-
-def du(path: Path) -> int:
-    """``du -sb``: apparent bytes of a file or a tree."""
-    return int(run(["du", "-sb", path]).split()[0])
 
 
 @dataclass(frozen=True)
@@ -221,9 +145,7 @@ def scatter_writes(image: Path, fraction: float, seed: int) -> int:
 def snapshot_rehost(work: Path) -> tuple[Path, str]:
     """Copy the rehost package into the workdir, so that edits made to the tree while the
     benchmark runs cannot mix two versions; return the copy and a digest of its sources."""
-    import rehost
-
-    src = Path(rehost.__file__).parent
+    src = Path(__file__).resolve().parents[1] / "rehost"
     dest = work / "rehost-src"
     shutil.copytree(src, dest / "rehost", ignore=shutil.ignore_patterns("__pycache__"))
     digest = hashlib.sha256()
@@ -235,18 +157,18 @@ def snapshot_rehost(work: Path) -> tuple[Path, str]:
 class Rehost:
     name = "rehost"
 
-    def __init__(self, work: Path, image: Path, src: Path) -> None:
-        self.image, self.vault, self.src = image, work / "rehost-vault", src
+    def __init__(self, work: Path, image: Path, src: Path, encrypt: bool) -> None:
+        self.image, self.vault, self.src, self.encrypt = image, work / "rehost-vault", src, encrypt
 
     def cli(self, *args: str | Path) -> list[str | Path]:
         return [sys.executable, "-m", "rehost.cli.main", "--vault", self.vault, *args]
 
     def env(self) -> dict[str, str]:
-        return {"PYTHONPATH": str(self.src)}
+        return {"PYTHONPATH": str(self.src), "REHOST_PASSWORD": "rehost-bench"}
 
     def fresh(self) -> None:
         shutil.rmtree(self.vault, ignore_errors=True)
-        run(self.cli("init"), self.env())
+        run(self.cli("init", *(["--encrypt"] if self.encrypt else [])), self.env())
         run(self.cli("source", "add-image", MACHINE, self.image), self.env())
 
     def copy(self, phase: str) -> Run:
@@ -364,22 +286,22 @@ def verify_rehost(rehost: Rehost, image: Path, work: Path) -> list[tuple[str, bo
     run(rehost.cli("export", MACHINE, "--point", "latest", "--output", exported), rehost.env())
     checks = [compare("rehost export of the latest point = image", image, exported, "raw")]
     exported.unlink()
-    proc = subprocess.run(rehost.cli("check", "--read-data"), capture_output=True, env=_env(rehost.env()))
+    proc = subprocess.run(rehost.cli("check", "--read-data"), capture_output=True, env=env_with(rehost.env()))
     checks.append(("rehost check --read-data", proc.returncode == 0))
     return checks
 
 
-def scenario(work: Path, src: Path, size: int, repeat: int, seed: int) -> tuple[Dataset, Results]:
-    data = make_image(work, size)
+def scenario(work: Path, src: Path, args: argparse.Namespace) -> tuple[Dataset, Results]:
+    data = make_image(work, image_size(args))
     read_through(data.image)  # warm cache: every later read of the image comes from RAM
-    rehost, qemu = Rehost(work, data.image, src), QemuImg(work, data.image)
+    rehost, qemu = Rehost(work, data.image, src, args.encrypt), QemuImg(work, data.image)
     restic, rsync = Restic(work, data.image), Rsync(work, data.image)
     run(rehost.cli("--help"), rehost.env())  # warm rehost's Python imports too
-    res = Results(runs=initial_phase([rehost, qemu, restic], repeat))
+    res = Results(runs=initial_phase([rehost, qemu, restic], args.repeat))
     res.checks.append(compare("qemu-img copy = image", data.image, qemu.out, "qcow2"))
     rsync.fresh()
-    for phase, fraction, phase_seed in (("delta 1%", 0.01, seed), ("delta 10%", 0.10, seed + 1)):
-        res.written[phase] = scatter_writes(data.image, fraction, phase_seed)
+    for phase, fraction, seed in (("delta 1%", 0.01, args.seed), ("delta 10%", 0.10, args.seed + 1)):
+        res.written[phase] = scatter_writes(data.image, fraction, seed)
         res.runs += [tool.copy(phase) for tool in (rehost, rsync, restic)]
         res.checks.append(compare(f"rsync copy = image ({phase})", data.image, rsync.mirror, "raw"))
     res.checks += verify_rehost(rehost, data.image, work)
@@ -421,10 +343,6 @@ def ratios(runs: Sequence[Run]) -> list[Ratio]:
     return out
 
 
-def _mib(n: int | None) -> str:
-    return "n/a" if n is None else f"{n / MiB:,.1f}"
-
-
 def run_table(runs: Sequence[Run]) -> list[str]:
     base = {r.phase: r.m.wall for r in runs if r.tool == Rehost.name}
     lines = ["| phase | tool | wall s | × rehost | sync after s | CPU s | others' CPU s "
@@ -433,25 +351,9 @@ def run_table(runs: Sequence[Run]) -> list[str]:
     for r in runs:
         lines.append(f"| {r.phase} | {r.tool} | {r.m.wall:.2f} | {r.m.wall / base[r.phase]:.2f} "
                      f"| {r.m.sync:.2f} | {r.m.cpu:.1f} | {r.m.others:.1f} "
-                     f"| {_mib(r.m.rchar)} | {_mib(r.m.disk_read)} | {_mib(r.stored)} | {r.m.rss / MiB:.0f} "
+                     f"| {mib(r.m.rchar)} | {mib(r.m.disk_read)} | {mib(r.stored)} | {r.m.rss / MiB:.0f} "
                      f"| {r.note} |")
     return lines
-
-
-def machine(work: Path) -> dict[str, str]:
-    cpu = re.search(r"^model name\s*: (.*)$", Path("/proc/cpuinfo").read_text(), re.MULTILINE)
-    mem = re.search(r"^MemTotal:\s*(\d+) kB", Path("/proc/meminfo").read_text(), re.MULTILINE)
-    virt = re.search(r"^Hypervisor vendor:\s*(.*)$", run(["lscpu"]), re.MULTILINE)
-    source, fstype = run(["df", "--output=source,fstype", work]).splitlines()[-1].split()
-    return {
-        "cpus (nproc)": str(len(os.sched_getaffinity(0))),
-        "cpu": (cpu.group(1) if cpu else platform.processor())
-        + (f" ({virt.group(1)} guest)" if virt else ""),
-        "memory": f"{int(mem.group(1)) / 1024**2:.1f} GiB" if mem else "?",
-        "kernel": platform.release(),
-        "load average at start": " / ".join(f"{x:.2f}" for x in os.getloadavg()) + " (1, 5, 15 min)",
-        "workdir": f"{work} ({fstype} on {source})",
-    }
 
 
 def versions(rehost_digest: str) -> dict[str, str]:
@@ -490,6 +392,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    "removed at the end); needs about 6x the image size free")
     p.add_argument("--repeat", type=int, default=3, help="runs of the initial copy per tool, median kept")
     p.add_argument("--seed", type=int, default=1, help="seed of the scattered writes")
+    p.add_argument("--encrypt", action="store_true", help="rehost init --encrypt (restic always encrypts)")
     p.add_argument("--keep", action="store_true", help="keep the temp workdir")
     return p.parse_args(argv)
 

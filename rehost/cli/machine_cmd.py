@@ -8,7 +8,7 @@ from typing import Any
 import typer
 
 from rehost.cli.context import byte_progress, emit_json, human, open_vault, out
-from rehost.vault import inventory, protection
+from rehost.vault import inventory, protection, targets
 from rehost.vault.export import export_disk
 
 source_app = typer.Typer(help="Register the machines to protect or migrate.", no_args_is_help=True)
@@ -48,6 +48,7 @@ def machines(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) 
         "latest_point": latest[m.id].id if m.id in latest else None,
         "latest_time": latest[m.id].time if m.id in latest else None,
         "target": m.placement.get("target_name"), "runs_at": m.placement.get("dir"),
+        "network_map": m.network_map,
     } for m in rows]
     if as_json:
         emit_json(data)
@@ -64,11 +65,20 @@ def machines(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) 
 def replicate(
     ctx: typer.Context,
     name: str = typer.Argument(..., help="Machine to replicate."),
+    target: str = typer.Option(None, help="Target this machine fails over to (remembered)."),
+    network_map: list[str] = typer.Option(
+        [], "--network-map", help="SOURCE=TARGET network pairs (remembered); an image's network is "
+        "'default'; target networks: production, isolated, none."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Run one replication cycle: a full copy first, then only changed blocks. Prints the point id."""
-    with open_vault(ctx) as vault, byte_progress(f"replicating {name}", enabled=not as_json) as bar:
-        r = protection.replicate(vault, name, bar)
+    with open_vault(ctx) as vault:
+        if target or network_map:
+            mapping = targets.parse_network_map(network_map)
+            machine = inventory.get_machine(vault, name)
+            targets.assign(vault, machine, targets.target_of(vault, machine, target), mapping)
+        with byte_progress(f"replicating {name}", enabled=not as_json) as bar:
+            r = protection.replicate(vault, name, bar)
     s = r.stats
     if as_json:
         emit_json({"point": r.point.id, "time": r.point.time, "consistency": r.point.consistency.value,

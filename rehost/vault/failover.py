@@ -65,12 +65,15 @@ def _create_machine(ctx: StepContext) -> str:
     return f"{len(paths)} disk(s) served from point {point.short_id} (instant recovery) in {paths[0].parent}"
 
 
-def _start(network: str) -> Any:
+def _start(network: str | None) -> Any:
+    """Start on ``network``, or (None) on the network the machine's network map names."""
+
     def run(ctx: StepContext) -> str:
         target = targets.provider(targets.get_target(ctx.vault, ctx.params["target"]))
-        info = target.start(ctx.outputs["vm"], network)  # type: ignore[arg-type]
+        net = network or get_machine(ctx.vault, ctx.job.machine_name).network_map.get("default", "production")
+        info = target.start(ctx.outputs["vm"], net)  # type: ignore[arg-type]
         ctx.save_outputs(placement=info)
-        return f"{info['vm']} running (pid {info['pid']}) on the {network} network"
+        return f"{info['vm']} running (pid {info['pid']}) on the {net} network"
 
     return run
 
@@ -190,7 +193,7 @@ def _failover_plan(vault: Vault, job: JobRow) -> list[Step]:
         Step("choose_point", "Choose recovery point", _choose_point),
         Step("stop_replication", "Stop replication", stop_replication, point_of_no_return=True),
         Step("create_machine", "Create machine on target", _create_machine),
-        Step("start", "Start machine", _start("production")),
+        Step("start", "Start machine on the mapped network", _start(None)),
         Step("verify_boot", "Verify boot", _verify_boot),
         Step("hydrate", "Copy disks to target while running", hydrate),
         Step("finish", "Record placement", finish),

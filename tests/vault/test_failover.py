@@ -67,9 +67,13 @@ def test_test_failover_boots_the_point_asked_for_and_cleanup_leaves_nothing(setu
 @pytest.mark.slow
 def test_failover_then_complete_keeps_the_machine_and_purges_replicas(setup: Setup, tmp_path: Path) -> None:
     expected = tmp_path / "expected.raw"
+    bad = rehost(setup.vault, "replicate", "web", "--network-map", "default=internet", check=False)
+    assert bad.code != 0 and "does not exist" in bad.err
+    rehost(setup.vault, "replicate", "web", "--target", "here", "--network-map", "default=isolated")
     r = rehost(setup.vault, "failover", "web", "--shutdown-source", "--json").json()
     assert r["state"] == "succeeded", r
     steps = {s["name"]: s for s in r["steps"]}
+    assert "on the isolated network" in steps["start"]["detail"]  # the network map was applied
     assert steps["shutdown_source"]["state"] == "skipped"  # recorded, and failover went on
     assert "no running machine" in steps["shutdown_source"]["detail"]
     assert steps["final_sync"]["state"] == "succeeded"
