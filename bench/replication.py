@@ -356,11 +356,12 @@ def run_table(runs: Sequence[Run]) -> list[str]:
     return lines
 
 
-def versions(rehost_digest: str) -> dict[str, str]:
+def versions(rehost_digest: str, encrypt: bool) -> dict[str, str]:
     libs = ", ".join(f"{lib} {version(lib)}" for lib in ("blake3", "xxhash", "zstandard"))
     return {
         "rehost": f"{version('rehost')}, sources sha256 {rehost_digest}… "
-                  f"(Python {platform.python_version()}, {libs})",
+                  f"(Python {platform.python_version()}, {libs}); repository "
+                  + ("encrypted (init --encrypt)" if encrypt else "not encrypted (plain init)"),
         "qemu-img": run(["qemu-img", "--version"]).splitlines()[0],
         "restic": run(["restic", "version"]).splitlines()[0],
         "rsync": run(["rsync", "--version"]).splitlines()[0],
@@ -410,22 +411,25 @@ def workdir(given: Path | None, size: int) -> Path:
     return work
 
 
+def image_size(args: argparse.Namespace) -> int:
+    return int(args.size_gib * GiB) // MiB * MiB
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    size = int(args.size_gib * GiB) // MiB * MiB
-    work = workdir(args.workdir, size)
+    work = workdir(args.workdir, image_size(args))
     command = " ".join([".venv/bin/python bench/replication.py", *(sys.argv[1:] if argv is None else argv)])
     try:
         src, digest = snapshot_rehost(work)
-        info, vers = machine(work), versions(digest)
-        data, res = scenario(work, src, size, args.repeat, args.seed)
+        info, vers = machine(work), versions(digest, args.encrypt)
+        data, res = scenario(work, src, args)
     finally:
         if args.workdir is None and not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     text = report(command, info, vers, data, res)
     print(text)
     OUT_DIR.mkdir(exist_ok=True)
-    out = OUT_DIR / f"replication-{datetime.now(UTC):%Y-%m-%d}.md"
+    out = OUT_DIR / f"replication-{datetime.now(UTC):%Y-%m-%d}{'-encrypted' if args.encrypt else ''}.md"
     out.write_text(text)
     print(f"written to {out}")
     return 0 if all(ok for _, ok in res.checks) else 1
