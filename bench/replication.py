@@ -64,9 +64,10 @@ class Dataset:
     size: int
     files: int
     file_bytes: int
+    allocated: int  # bytes allocated to the image file right after mkfs
 
     def describe(self) -> str:
-        alloc = self.image.stat().st_blocks * 512
+        alloc = self.allocated
         return (f"{self.size / GiB:.2f} GiB raw ext4 image ({self.image.name}) holding {self.files} files, "
                 f"{self.file_bytes / MiB:.0f} MiB of file data copied from "
                 f"{' and '.join(map(str, SOURCES))}; {alloc / MiB:.0f} MiB allocated after mkfs.ext4 -d")
@@ -112,7 +113,7 @@ def make_image(work: Path, size: int) -> Dataset:
     files, data = stage_files(staging, int(size * FILL), max_files=size // 16384 * 4 // 5)
     run(["mkfs.ext4", "-q", "-d", staging, image, f"{size // 1024}k"])
     shutil.rmtree(staging)
-    return Dataset(image, size, files, data)
+    return Dataset(image, size, files, data, image.stat().st_blocks * 512)
 
 
 def read_through(path: Path) -> None:

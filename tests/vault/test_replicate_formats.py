@@ -56,3 +56,34 @@ def test_two_points_export_equal_to_the_source(tmp_path: Path, variant: str) -> 
     assert qemu_img_compare(e2, img2.path, "qcow2", img2.format)  # the source file itself
     assert not qemu_img_compare(e1, master)  # the change was real: the points differ
     assert rehost(vault, "check", "--read-data").code == 0
+
+
+def test_ova_export_from_vmware_is_one_machine(tmp_path: Path) -> None:
+    """``source add-image - x.ova``: the name and the disks come from the descriptor, and the
+    streamOptimized VMDKs are read in place inside the tar."""
+    from tests.disks.images import make_image
+    from tests.disks.test_ovf import build_ova, vmware_ovf
+
+    masters, vmdks = [], []
+    for i in range(2):
+        m = tmp_path / f"master{i}.raw"
+        make_master(m, seed=i)
+        v = tmp_path / f"web01-disk{i + 1}.vmdk"
+        make_image(m, "vmdk", v, subformat="streamOptimized")
+        masters.append(m)
+        vmdks.append(v)
+    ova = build_ova(tmp_path / "web01.ova", vmware_ovf("web01", [(v.name, v.stat().st_size) for v in vmdks]),
+                    {v.name: v for v in vmdks})
+    vault = tmp_path / "vault"
+    rehost(vault, "init")
+    rehost(vault, "source", "add-image", "-", str(ova))
+    machine = rehost(vault, "machines", "--json").json()[0]
+    assert machine["name"] == "web01" and len(machine["disks"]) == 2
+    rehost(vault, "replicate", "web01")
+    for disk in machine["disks"]:
+        out = tmp_path / f"out{disk['index']}.raw"
+        rehost(vault, "export", "web01", "--disk", str(disk["index"]), "--output", str(out))
+        # the hardware section lists disks in reverse; either way each export is one master
+        assert any(qemu_img_compare(out, m) for m in masters)
+    outs = [tmp_path / "out0.raw", tmp_path / "out1.raw"]
+    assert not qemu_img_compare(outs[0], outs[1])
