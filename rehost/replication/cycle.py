@@ -73,9 +73,14 @@ class _ChunkResult:
 
 
 def _diff_chunk(
-    repo: Repository, offset: int, data: bytes | None, length: int, old: bytes
+    repo: Repository, offset: int, data: bytes | None, length: int, old: bytes,
+    dirty: list[tuple[int, int]] | None = None,
 ) -> _ChunkResult:
-    """Digest a chunk, find changed blocks, cut them into runs and seal data runs."""
+    """Digest a chunk, find changed blocks, cut them into runs and seal data runs.
+
+    ``dirty``: block ranges (relative to the chunk) a change tracker reported; every other
+    block is known unchanged, was not read, and keeps its old digest.
+    """
     if data is None:
         nblocks = block_count(length)
         new = ZERO_DIGEST * nblocks
@@ -83,6 +88,11 @@ def _diff_chunk(
             new = new[:-DIGEST_SIZE] + digest_blocks(bytes(length % BLOCK_SIZE))
     else:
         new = digest_blocks(data)
+    if dirty is not None:
+        merged = bytearray(old)
+        for a, b in dirty:
+            merged[a * DIGEST_SIZE : b * DIGEST_SIZE] = new[a * DIGEST_SIZE : b * DIGEST_SIZE]
+        new = bytes(merged)
     if new == old:
         return _ChunkResult(new, [], [], 0)
     entries: list[MapEntry] = []
@@ -136,19 +146,44 @@ class _ExtentMap:
 
 
 def _read_chunk(
-    disk: ReadableDisk, extents: _ExtentMap, start: int, length: int
+    disk: ReadableDisk, extents: _ExtentMap, start: int, length: int,
+    only: list[tuple[int, int]] | None = None,
 ) -> tuple[bytes | None, int]:
-    """The chunk's bytes (None if it is all holes/zeros) and how many bytes were read."""
-    parts = extents.data_in(start, start + length)
-    if not parts:
+    """The chunk's bytes (None if it is all holes/zeros) and how many bytes were read.
+
+    ``only``: absolute byte ranges to read (dirty ranges); the rest of the buffer stays zero
+    and must not be used.
+    """
+    end = start + length
+    ranges = [(max(e.start, start), min(e.end, end)) for e in extents.data_in(start, end)]
+    if only is not None:
+        ranges = [(max(a, c), min(b, d)) for a, b in ranges for c, d in only if max(a, c) < min(b, d)]
+    if not ranges:
         return None, 0
     buf = bytearray(length)
     read = 0
-    for e in parts:
-        a, b = max(e.start, start), min(e.end, start + length)
+    for a, b in ranges:
         disk.readinto(a, memoryview(buf)[a - start : b - start])
         read += b - a
     return bytes(buf), read
+
+
+def _dirty_chunks(dirty: list[Extent], size: int) -> dict[int, list[tuple[int, int]]]:
+    """chunk offset -> block-aligned absolute byte ranges reported dirty inside it."""
+    out: dict[int, list[tuple[int, int]]] = {}
+    for e in dirty:
+        a = e.start - e.start % BLOCK_SIZE
+        b = min(size, -(-e.end // BLOCK_SIZE) * BLOCK_SIZE)
+        while a < b:
+            c0 = a - a % CHUNK_SIZE
+            end = min(b, c0 + CHUNK_SIZE)
+            ranges = out.setdefault(c0, [])
+            if ranges and ranges[-1][1] >= a:
+                ranges[-1] = (ranges[-1][0], max(ranges[-1][1], end))
+            else:
+                ranges.append((a, end))
+            a = end
+    return out
 
 
 def _old_digests(
@@ -179,11 +214,17 @@ class _DiskScan:
 
 
 def _scan_disk(
-    repo: Repository, pool: ThreadPoolExecutor, disk: ReadableDisk, old: bytearray, progress: Progress | None
+    repo: Repository, pool: ThreadPoolExecutor, disk: ReadableDisk, old: bytearray, progress: Progress | None,
+    dirty: list[Extent] | None = None,
 ) -> _DiskScan:
-    """Read a disk chunk by chunk; workers diff and seal while the next chunk is read."""
+    """Read a disk chunk by chunk; workers diff and seal while the next chunk is read.
+
+    With ``dirty`` (from changed-block tracking) only the chunks and blocks it names are
+    read; every other block keeps its digest from the previous point.
+    """
     size = disk.size
-    scan = _DiskScan(bytearray(len(old)))
+    scan = _DiskScan(bytearray(old) if dirty is not None else bytearray(len(old)))
+    wanted = _dirty_chunks(sorted(dirty, key=lambda e: e.start), size) if dirty is not None else None
     extents = _ExtentMap(disk.extents())
     inflight: deque[tuple[int, Future[_ChunkResult]]] = deque()
 
@@ -200,15 +241,19 @@ def _scan_disk(
             if progress:
                 progress(min(CHUNK_SIZE, size - off))
 
-    for off in range(0, size, CHUNK_SIZE):
+    for off in (range(0, size, CHUNK_SIZE) if wanted is None else sorted(wanted)):
         length = min(CHUNK_SIZE, size - off)
-        data, nread = _read_chunk(disk, extents, off, length)
+        only = wanted[off] if wanted is not None else None
+        data, nread = _read_chunk(disk, extents, off, length, only)
         scan.bytes_read += nread
         b0 = off // BLOCK_SIZE * DIGEST_SIZE
         old_slice = bytes(old[b0 : b0 + block_count(length) * DIGEST_SIZE])
-        inflight.append((off, pool.submit(_diff_chunk, repo, off, data, length, old_slice)))
+        blocks = [((a - off) // BLOCK_SIZE, -(-(b - off) // BLOCK_SIZE)) for a, b in only] if only else None
+        inflight.append((off, pool.submit(_diff_chunk, repo, off, data, length, old_slice, blocks)))
         drain(PIPELINE_DEPTH)
     drain(0)
+    if wanted is not None and progress:
+        progress(size - len(wanted) * CHUNK_SIZE if size > len(wanted) * CHUNK_SIZE else 0)
     return scan
 
 
@@ -247,8 +292,13 @@ def run_cycle(
     consistency: Consistency = Consistency.CRASH,
     source: dict[str, Any] | None = None,
     progress: Progress | None = None,
+    changed: dict[int, list[Extent] | None] | None = None,
 ) -> CycleResult:
-    """Read every disk, store what changed since ``parent``, commit one recovery point."""
+    """Read every disk, store what changed since ``parent``, commit one recovery point.
+
+    ``changed``: per disk, the extents a change tracker (QEMU dirty bitmap, the agent) says
+    may differ from ``parent``; None for a disk means unknown, and the disk is hash-diffed.
+    """
     t0 = time.monotonic()
     before = WriteStats(*repo.stats.astuple())
     repo.load_index()
@@ -263,7 +313,12 @@ def run_cycle(
         for index, disk in disks:
             size = disk.size
             old, digest_source[index] = _old_digests(repo, cache, machine, index, size, parent)
-            scan = _scan_disk(repo, pool, disk, old, progress)
+            dirty = (changed or {}).get(index)
+            if dirty is not None and digest_source[index] == "initial":
+                dirty = None  # nothing to be a delta of: read everything
+            scan = _scan_disk(repo, pool, disk, old, progress, dirty)
+            if dirty is not None:
+                digest_source[index] += "+dirty-extents"
             result_read += scan.bytes_read
             result_changed += scan.changed
             new_digests[index] = scan.digests
