@@ -62,6 +62,7 @@ class CycleResult:
     changed_bytes: int = 0
     seconds: float = 0.0
     digest_source: dict[int, str] = field(default_factory=dict)  # per disk: cache|rebuilt|initial
+    notes: list[str] = field(default_factory=list)  # the source's word on fallbacks
 
 
 @dataclass

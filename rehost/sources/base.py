@@ -1,32 +1,54 @@
 """The source-provider contract: how a service reads a machine's disks.
 
 Each kind of source (image files, a running QEMU, the agent, vSphere, Hyper-V) is a thin
-adapter; the replication services only see ``SourceProvider``.
+adapter; the replication services only see ``SourceProvider`` and the ``Snapshot`` it opens
+for one cycle.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from rehost.disks.extent import Extent
 from rehost.replication.cycle import ReadableDisk
-from rehost.repository.manifest import Consistency
+from rehost.repository.manifest import Consistency, RecoveryPoint
 from rehost.vault.models import MachineRow
+
+
+@dataclass
+class Snapshot:
+    """One instant of all disks of a machine, open for reading during one cycle.
+
+    ``changed`` holds, per disk index, the extents a change tracker says may differ from the
+    parent point (None: unknown, the cycle hash-diffs the disk). ``metadata`` is stored in
+    the recovery point (e.g. the dirty bitmap that starts at this instant). ``notes`` say
+    why something fell back (a lost bitmap, a failed freeze); they reach the item's state.
+    ``on_commit`` runs once the point is safely stored (e.g. drop the previous bitmap).
+    """
+
+    disks: list[tuple[int, ReadableDisk]]
+    consistency: Consistency
+    changed: dict[int, list[Extent] | None] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    on_commit: Callable[[RecoveryPoint], None] | None = None
 
 
 class SourceProvider(Protocol):
     kind: str
 
-    def open_disks(self, machine: MachineRow) -> AbstractContextManager[list[tuple[int, ReadableDisk]]]:
-        """Open every disk of the machine for one cycle, as one instant where possible."""
-        ...
+    def snapshot(
+        self, machine: MachineRow, parent: RecoveryPoint | None, *, app_consistent: bool = False
+    ) -> AbstractContextManager[Snapshot]:
+        """Open every disk of the machine at one instant for one cycle.
 
-    def consistency(self, machine: MachineRow) -> Consistency:
-        """What a point read this way is; recorded in the point, never guessed later."""
-        ...
-
-    def describe(self, machine: MachineRow) -> dict[str, Any]:
-        """Source metadata stored with each point."""
+        ``app_consistent`` asks for the guest's file systems to be frozen around that
+        instant; a source that cannot do it returns a crash-consistent (or weaker) snapshot
+        and says why in ``notes`` — the consistency is recorded, never guessed.
+        """
         ...
 
     def can_shutdown(self, machine: MachineRow) -> str | None:

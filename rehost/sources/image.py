@@ -6,12 +6,12 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
 
 from rehost.disks import DiskImage, open_disk, ovf, probe
 from rehost.errors import UsageError
 from rehost.replication.cycle import ReadableDisk
-from rehost.repository.manifest import Consistency
+from rehost.repository.manifest import Consistency, RecoveryPoint
+from rehost.sources.base import Snapshot
 from rehost.vault.models import DiskRow, MachineRow
 
 CONTAINER_SUFFIXES = {".ova", ".ovf"}
@@ -49,7 +49,10 @@ class ImageSource:
     kind = "image"
 
     @contextmanager
-    def open_disks(self, machine: MachineRow) -> Iterator[list[tuple[int, ReadableDisk]]]:
+    def snapshot(
+        self, machine: MachineRow, parent: RecoveryPoint | None, *, app_consistent: bool = False
+    ) -> Iterator[Snapshot]:
+        notes = ["image files have no guest to freeze: crash-consistent"] if app_consistent else []
         with ExitStack() as stack:
             disks: list[tuple[int, ReadableDisk]] = []
             for row in machine.disks:
@@ -57,14 +60,8 @@ class ImageSource:
                 if not img.path.is_file():
                     raise UsageError(f"disk {row.index} of {machine.name}: {img.path} no longer exists")
                 disks.append((row.index, stack.enter_context(open_disk(img))))
-            yield disks
-
-    def consistency(self, machine: MachineRow) -> Consistency:
-        # Files at rest are one instant; if a hypervisor still writes them, use source qemu.
-        return Consistency.CRASH
-
-    def describe(self, machine: MachineRow) -> dict[str, Any]:
-        return {"kind": self.kind, "disks": [d.path for d in machine.disks]}
+            # Files at rest are one instant; if a hypervisor still writes them, use source qemu.
+            yield Snapshot(disks, Consistency.CRASH, metadata={"kind": self.kind}, notes=notes)
 
     def can_shutdown(self, machine: MachineRow) -> str | None:
         return "image files have no running machine to shut down"

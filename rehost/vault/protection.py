@@ -16,7 +16,13 @@ from rehost.vault.states import require
 from rehost.vault.vault import Vault
 
 
-def replicate(vault: Vault, name: str, progress: Callable[[int, int], None] | None = None) -> CycleResult:
+def replicate(
+    vault: Vault,
+    name: str,
+    progress: Callable[[int, int], None] | None = None,
+    *,
+    app_consistent: bool = False,
+) -> CycleResult:
     """One cycle: the first copies everything, later ones only what changed."""
     machine = get_machine(vault, name)
     require("replicate", machine.state, name, machine.state_reason)
@@ -35,14 +41,16 @@ def replicate(vault: Vault, name: str, progress: Callable[[int, int], None] | No
 
         if parent is None:
             set_state(vault, machine, S.INITIAL_REPLICATION, "first full copy in progress")
-        with provider.open_disks(machine) as disks:
+        with provider.snapshot(machine, parent, app_consistent=app_consistent) as snap:
             result = run_cycle(
-                vault.repo, vault.cache, machine.id, disks, parent=parent,
-                consistency=provider.consistency(machine), source=provider.describe(machine),
-                progress=step,
+                vault.repo, vault.cache, machine.id, snap.disks, parent=parent,
+                consistency=snap.consistency, source=snap.metadata, progress=step, changed=snap.changed,
             )
+            if snap.on_commit:
+                snap.on_commit(result.point)
+        result.notes = snap.notes
         if machine.state != S.TEST_FAILOVER:  # a test failover goes on while we replicate
-            set_state(vault, machine, S.PROTECTED, "")
+            set_state(vault, machine, S.PROTECTED, "; ".join(snap.notes))
         return result
 
 
