@@ -53,6 +53,28 @@ def _busy_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
+def busy_share(window: float = 1.0) -> float:
+    """Share of the machine's CPUs busy during the next ``window`` seconds."""
+    before = _busy_seconds()
+    time.sleep(window)
+    return (_busy_seconds() - before) / window / len(os.sched_getaffinity(0))
+
+
+def wait_for_idle(timeout: float, threshold: float = 0.1) -> bool:
+    """Wait up to ``timeout`` seconds for a one-second window with the CPUs less than
+    ``threshold`` busy (a shared machine: others' tests would skew a run)."""
+    deadline = time.monotonic() + timeout
+    while busy_share() >= threshold:
+        if time.monotonic() > deadline:
+            return False
+    return True
+
+
+def noisy(m: Measured, threshold: float = 0.1) -> bool:
+    """Did other processes use more than ``threshold`` of the CPUs during the run?"""
+    return m.others > threshold * m.wall * len(os.sched_getaffinity(0))
+
+
 def _children_cpu() -> float:
     ru = resource.getrusage(resource.RUSAGE_CHILDREN)
     return ru.ru_utime + ru.ru_stime

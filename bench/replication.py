@@ -31,7 +31,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Protocol
 
-from harness import GiB, Measured, MiB, du, env_with, machine, measure, mib, run
+from harness import GiB, Measured, MiB, du, env_with, machine, measure, mib, noisy, run, wait_for_idle
 
 BLOCK = 4096
 FILL = 0.75  # share of the image filled with file data
@@ -257,14 +257,19 @@ class Results:
     checks: list[tuple[str, bool]] = field(default_factory=list)
 
 
-def initial_phase(tools: Sequence[Tool], repeat: int) -> list[Run]:
+def copy_when_idle(tool: Tool, phase: str, idle_wait: float) -> Run:
+    wait_for_idle(idle_wait)
+    return tool.copy(phase)
+
+
+def initial_phase(tools: Sequence[Tool], repeat: int, idle_wait: float) -> list[Run]:
     """Every tool copies the whole image ``repeat`` times into a fresh store, the tools taking
     turns; the run with the median wall time is kept (the last store stays for the deltas)."""
     tries: dict[str, list[Run]] = {tool.name: [] for tool in tools}
     for _ in range(repeat):
         for tool in tools:
             tool.fresh()
-            tries[tool.name].append(tool.copy("initial"))
+            tries[tool.name].append(copy_when_idle(tool, "initial", idle_wait))
     kept = []
     for runs in tries.values():
         walls = sorted(r.m.wall for r in runs)
@@ -298,12 +303,12 @@ def scenario(work: Path, src: Path, args: argparse.Namespace) -> tuple[Dataset, 
     rehost, qemu = Rehost(work, data.image, src, args.encrypt), QemuImg(work, data.image)
     restic, rsync = Restic(work, data.image), Rsync(work, data.image)
     run(rehost.cli("--help"), rehost.env())  # warm rehost's Python imports too
-    res = Results(runs=initial_phase([rehost, qemu, restic], args.repeat))
+    res = Results(runs=initial_phase([rehost, qemu, restic], args.repeat, args.idle_wait))
     res.checks.append(compare("qemu-img copy = image", data.image, qemu.out, "qcow2"))
     rsync.fresh()
     for phase, fraction, seed in (("delta 1%", 0.01, args.seed), ("delta 10%", 0.10, args.seed + 1)):
         res.written[phase] = scatter_writes(data.image, fraction, seed)
-        res.runs += [tool.copy(phase) for tool in (rehost, rsync, restic)]
+        res.runs += [copy_when_idle(tool, phase, args.idle_wait) for tool in (rehost, rsync, restic)]
         res.checks.append(compare(f"rsync copy = image ({phase})", data.image, rsync.mirror, "raw"))
     res.checks += verify_rehost(rehost, data.image, work)
     return data, res
@@ -351,7 +356,7 @@ def run_table(runs: Sequence[Run]) -> list[str]:
              "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"]
     for r in runs:
         lines.append(f"| {r.phase} | {r.tool} | {r.m.wall:.2f} | {r.m.wall / base[r.phase]:.2f} "
-                     f"| {r.m.sync:.2f} | {r.m.cpu:.1f} | {r.m.others:.1f} "
+                     f"| {r.m.sync:.2f} | {r.m.cpu:.1f} | {r.m.others:.1f}{' ⚠' if noisy(r.m) else ''} "
                      f"| {mib(r.m.rchar)} | {mib(r.m.disk_read)} | {mib(r.stored)} | {r.m.rss / MiB:.0f} "
                      f"| {r.note} |")
     return lines
@@ -378,7 +383,11 @@ def report(command: str, info: dict[str, str], vers: dict[str, str], data: Datas
     lines += [f"Data: {data.describe()}.", ""]
     lines += [f"Delta phases overwrite random 4 KiB blocks: {phase} = {n / MiB:.1f} MiB changed "
               f"({n // BLOCK} blocks)." for phase, n in res.written.items()] + [""]
-    lines += [*run_table(res.runs), "", "| ratio | value | target | |", "|---|--:|---|---|"]
+    lines += run_table(res.runs)
+    if any(noisy(r.m) for r in res.runs):
+        lines += ["", "⚠ other processes used more than 10 % of the CPUs during that run: "
+                  "its time is skewed, rerun on a quiet machine."]
+    lines += ["", "| ratio | value | target | |", "|---|--:|---|---|"]
     lines += [r.row() for r in ratios(res.runs)] + [""]
     lines += [f"- {label}: {'OK' if ok else 'FAIL'}" for label, ok in res.checks]
     return "\n".join(lines) + "\n"
@@ -395,6 +404,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=3, help="runs of the initial copy per tool, median kept")
     p.add_argument("--seed", type=int, default=1, help="seed of the scattered writes")
     p.add_argument("--encrypt", action="store_true", help="rehost init --encrypt (restic always encrypts)")
+    p.add_argument("--idle-wait", type=float, default=120.0, help="before each measured run, wait up to "
+                   "this many seconds for the CPUs to be less than 10%% busy (default 120)")
     p.add_argument("--keep", action="store_true", help="keep the temp workdir")
     return p.parse_args(argv)
 

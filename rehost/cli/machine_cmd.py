@@ -8,7 +8,7 @@ from typing import Any
 import typer
 
 from rehost.cli.context import byte_progress, emit_json, human, open_vault, out
-from rehost.vault import inventory, protection, targets
+from rehost.vault import inventory, policies, protection, targets
 from rehost.vault.export import export_disk
 
 source_app = typer.Typer(help="Register the machines to protect or migrate.", no_args_is_help=True)
@@ -40,6 +40,8 @@ def machines(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) 
     with open_vault(ctx) as vault:
         rows = inventory.list_machines(vault)
         points = vault.repo.list_points()
+        health = {m.id: policies.health_of(vault, m, [p for p in points if p.machine == m.id]) for m in rows}
+        policy_names = {m.id: getattr(policies.policy_of(vault, m), "name", None) for m in rows}
     latest = {p.machine: p for p in points}
     data: list[dict[str, Any]] = [{
         "name": m.name, "source": m.source.kind, "state": m.state, "state_reason": m.state_reason,
@@ -49,6 +51,8 @@ def machines(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) 
         "latest_time": latest[m.id].time if m.id in latest else None,
         "target": m.placement.get("target_name"), "runs_at": m.placement.get("dir"),
         "network_map": m.network_map,
+        "policy": policy_names[m.id],
+        "health": health[m.id].to_json(), "last_cycle": m.last_cycle,
     } for m in rows]
     if as_json:
         emit_json(data)
@@ -58,6 +62,8 @@ def machines(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) 
     for d in data:
         lt = d["latest_time"] or "never"
         where = f"  runs on {d['target']} ({d['runs_at']})" if d["runs_at"] else ""
+        h = d["health"]
+        where += f"  {h['status']}" + (f" ({h['reason']})" if h["reason"] else "")
         out.print(f"{d['name']:20} {d['source']:6} {d['state']:20} points={d['points']:<4} "
                   f"latest={lt}{where}", highlight=False)
 
@@ -69,23 +75,27 @@ def replicate(
     network_map: list[str] = typer.Option(
         [], "--network-map", help="SOURCE=TARGET network pairs (remembered); an image's network is "
         "'default'; target networks: production, isolated, none."),
+    policy: str = typer.Option(None, help="Attach this replication policy (for rehost serve)."),
+    app_consistent: bool = typer.Option(False, "--app-consistent", help="Freeze the guest's file systems."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Run one replication cycle: a full copy first, then only changed blocks. Prints the point id."""
     with open_vault(ctx) as vault:
+        if policy:
+            policies.attach(vault, name, policy)
         if target or network_map:
             mapping = targets.parse_network_map(network_map)
             machine = inventory.get_machine(vault, name)
             targets.assign(vault, machine, targets.target_of(vault, machine, target), mapping)
         with byte_progress(f"replicating {name}", enabled=not as_json) as bar:
-            r = protection.replicate(vault, name, bar)
+            r = protection.replicate(vault, name, bar, app_consistent=app_consistent)
     s = r.stats
     if as_json:
         emit_json({"point": r.point.id, "time": r.point.time, "consistency": r.point.consistency.value,
                    "bytes_read": r.bytes_read, "changed_bytes": r.changed_bytes,
                    "new_blobs": s.blobs_new, "new_bytes": s.raw_bytes_new,
                    "stored_bytes": s.stored_bytes, "seconds": round(r.seconds, 3),
-                   "digests": r.digest_source})
+                   "digests": r.digest_source, "notes": r.notes})
         return
     out.print(r.point.id)
     typer.echo(f"read {human(r.bytes_read)}, changed {human(r.changed_bytes)}, "

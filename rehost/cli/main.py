@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from rehost.cli import demo_cmd, failover_cmd, job_cmd, machine_cmd, target_cmd, vault_cmd
+from rehost.cli import demo_cmd, failover_cmd, job_cmd, machine_cmd, policy_cmd, target_cmd, vault_cmd
 from rehost.cli.context import Options, err
 from rehost.errors import RehostError
 
@@ -39,6 +39,7 @@ target_cmd.register(app)
 failover_cmd.register(app)
 job_cmd.register(app)
 demo_cmd.register(app)
+policy_cmd.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:

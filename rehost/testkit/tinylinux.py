@@ -310,6 +310,38 @@ fail() {
     sleep 3600
 }
 
+# qemu-guest-agent, when the image carries it and the VM has its virtio-serial port
+# (QEMU: -device virtserialport,name=org.qemu.guest_agent.0). Without udev nobody makes
+# /dev/virtio-ports/NAME, so we link it from sysfs. Started before REHOST-READY, so READY
+# means the agent is listening. It freezes what /proc/self/mountinfo lists with a real
+# block device: /mnt (the initramfs root has major 0 and is skipped).
+start_guest_agent() {
+    [ -x /bin/qemu-ga ] || return 0
+    has_console=""
+    for d in /sys/bus/virtio/devices/*; do
+        [ "$(cat "$d/device" 2>/dev/null)" = 0x0003 ] && has_console=1
+    done
+    [ -n "$has_console" ] || return 0
+    port=""
+    i=0
+    while [ -z "$port" ] && [ $i -lt 100 ]; do
+        for p in /sys/class/virtio-ports/*; do
+            [ "$(cat "$p/name" 2>/dev/null)" = org.qemu.guest_agent.0 ] && port="/dev/${p##*/}"
+        done
+        [ -n "$port" ] && [ -c "$port" ] || { port=""; usleep 50000; }
+        i=$((i + 1))
+    done
+    if [ -z "$port" ]; then
+        echo "rehost-init: no org.qemu.guest_agent.0 port, guest agent not started"
+        return 0
+    fi
+    mkdir -p /dev/virtio-ports /var/run/qemu-ga
+    ln -sf "$port" /dev/virtio-ports/org.qemu.guest_agent.0
+    qemu-ga -m virtio-serial -p /dev/virtio-ports/org.qemu.guest_agent.0 \
+        -t /var/run/qemu-ga -l /var/log/qemu-ga.log </dev/null >/dev/null 2>&1 &
+    echo "REHOST-AGENT pid=$! port=$port"
+}
+
 for m in $(cat /lib/modules/load-order); do
     insmod "/lib/modules/$m.ko" || echo "rehost-init: insmod $m failed"
 done
@@ -361,6 +393,7 @@ fi
 
 mount -o remount,rw /mnt || fail "cannot remount $root read-write"
 acpid -c /etc/acpi -l /var/log/acpid.log
+start_guest_agent
 echo "REHOST-READY root=$root"
 while true; do
     setsid cttyhack sh
@@ -377,8 +410,106 @@ umount /mnt 2>/dev/null || mount -o remount,ro /mnt
 poweroff -f
 """
 
+SHUTDOWN_SCRIPT = r"""#!/bin/sh
+# /sbin/shutdown for qemu-ga's guest-shutdown, which runs `shutdown -h -P|-H|-r +0 MSG` and
+# waits for it: answer at once and power off from the background, like the ACPI button does.
+action=poweroff
+for a in "$@"; do
+    case "$a" in
+        -H) action=halt ;;
+        -r) action=reboot ;;
+    esac
+done
+(
+    sleep 0.2
+    echo "REHOST-POWERDOWN" > /dev/console
+    sync
+    cd /
+    umount /mnt 2>/dev/null || mount -o remount,ro /mnt
+    $action -f
+) </dev/null >/dev/null 2>&1 &
+exit 0
+"""
 
-def build_initramfs(kernel: Kernel, *, extra_modules: Sequence[str] = ()) -> bytes:
+CHURN_SCRIPT = r"""#!/bin/sh
+# rehost-churn MBPS SECONDS [FILE_MIB [FILE]]: for SECONDS, write 1 MiB blocks of
+# /dev/urandom at random MiB offsets of FILE (default /mnt/rehost-churn.dat, FILE_MIB MiB,
+# default 16), fsync'ed one by one, paced to MBPS MiB/s (decimals allowed). When the machine
+# cannot keep up it writes back to back. Prints "rehost-churn: wrote N MiB in S s ...".
+usage() { echo "usage: rehost-churn MBPS SECONDS [FILE_MIB [FILE]]" >&2; exit 2; }
+[ $# -ge 2 ] || usage
+rate=$1
+secs=$2
+size=${3:-16}
+file=${4:-/mnt/rehost-churn.dat}
+case "$secs$size" in *[!0-9]*) usage ;; esac
+[ "$size" -gt 0 ] || usage
+# centiseconds between blocks; /proc/uptime has two decimals
+interval=$(awk -v r="$rate" 'BEGIN { if (r + 0 <= 0) exit 1; printf "%d", 100 / r }') || usage
+now() { awk '{ printf "%d", $1 * 100 }' /proc/uptime; }
+if [ ! -f "$file" ] || [ "$(stat -c %s "$file")" -lt $((size * 1048576)) ]; then
+    dd if=/dev/zero of="$file" bs=1M count=0 seek="$size" 2>/dev/null || exit 1
+fi
+start=$(now)
+end=$((start + secs * 100))
+n=0
+while :; do
+    t=$(now)
+    [ "$t" -lt "$end" ] || break
+    due=$((start + n * interval))
+    if [ "$t" -lt "$due" ]; then
+        wait_cs=$((due - t))
+        [ $((t + wait_cs)) -le "$end" ] || wait_cs=$((end - t))
+        usleep $((wait_cs * 10000))
+        continue
+    fi
+    dd if=/dev/urandom of="$file" bs=1M count=1 seek=$((RANDOM % size))         iflag=fullblock conv=notrunc,fsync 2>/dev/null         || { echo "rehost-churn: write to $file failed" >&2; exit 1; }
+    n=$((n + 1))
+done
+el=$(($(now) - start))
+printf 'rehost-churn: wrote %d MiB in %d.%02d s to %s\n' "$n" $((el / 100)) $((el % 100)) "$file"
+"""
+
+#: Where qemu-ga lives on the build host (Debian package ``qemu-guest-agent``).
+QEMU_GA_CANDIDATES = ("/usr/sbin/qemu-ga", "/usr/bin/qemu-ga")
+#: Kernel modules the guest agent needs (its virtio-serial port).
+GUEST_AGENT_MODULES: tuple[str, ...] = ("virtio_console",)
+
+
+def find_qemu_ga() -> Path | None:
+    """The host's ``qemu-ga`` binary, or None when ``qemu-guest-agent`` is not installed."""
+    for c in QEMU_GA_CANDIDATES:
+        if os.path.exists(c):
+            return Path(c)
+    return None
+
+
+def _shared_libraries(binary: Path) -> dict[str, Path]:
+    """The libraries a dynamic binary loads (``ldd``): path the loader looks for -> file.
+
+    The loader itself (``/lib64/ld-linux-x86-64.so.2``) is included; libraries are stored
+    under the path ``ldd`` reports (the soname), read through symlinks.
+    """
+    out = _run(["ldd", binary])
+    libs: dict[str, Path] = {}
+    for line in out.splitlines():
+        line = line.strip()
+        if "=>" in line:
+            target = line.split("=>", 1)[1].split()
+            if not target or not target[0].startswith("/"):
+                if "not found" in line:
+                    raise TinyLinuxError(f"{binary}: {line}")
+                continue  # linux-vdso
+            libs[target[0]] = Path(target[0]).resolve()
+        elif line.startswith("/"):
+            path = line.split()[0]
+            libs[path] = Path(path).resolve()
+    return libs
+
+
+def build_initramfs(
+    kernel: Kernel, *, extra_modules: Sequence[str] = (), guest_agent: bool = False
+) -> bytes:
     """A gzip'ed busybox initramfs carrying ``/init`` and only the modules it needs.
 
     Why tiny: the whole image should fit in 64 MiB (24 MiB works) so replication cycles are
@@ -387,7 +518,14 @@ def build_initramfs(kernel: Kernel, *, extra_modules: Sequence[str] = ()) -> byt
     """
     busybox = _first_existing(_BUSYBOX_CANDIDATES, "busybox (install busybox-static)")
     applets = _run([busybox, "--list"]).split()
-    modules = resolve_modules(kernel.modules_dir, (*BASE_MODULES, *extra_modules))
+    agent_modules = GUEST_AGENT_MODULES if guest_agent else ()
+    modules = resolve_modules(kernel.modules_dir, (*BASE_MODULES, *agent_modules, *extra_modules))
+    qemu_ga = find_qemu_ga() if guest_agent else None
+    if guest_agent and qemu_ga is None:
+        raise TinyLinuxError(
+            "qemu-ga not found: install qemu-guest-agent (scripts/install) or build with "
+            "guest_agent=False"
+        )
 
     cpio = _Cpio()
     for d in ("bin", "dev", "proc", "sys", "mnt", "tmp", "etc", "etc/acpi", "etc/acpi/PWRF",
@@ -402,6 +540,20 @@ def build_initramfs(kernel: Kernel, *, extra_modules: Sequence[str] = ()) -> byt
     cpio.symlink("sbin", "bin")
     cpio.file("init", INIT_SCRIPT.encode(), 0o755)
     cpio.file("etc/acpi/PWRF/00000080", POWERDOWN_SCRIPT.encode(), 0o755)
+    cpio.file("bin/shutdown", SHUTDOWN_SCRIPT.encode(), 0o755)  # busybox has none
+    cpio.file("bin/rehost-churn", CHURN_SCRIPT.encode(), 0o755)
+    if qemu_ga is not None:
+        cpio.file("bin/qemu-ga", qemu_ga.read_bytes(), 0o755)
+        made = {"bin", "lib"}
+        for dest, src in sorted(_shared_libraries(qemu_ga).items()):
+            rel = dest.lstrip("/")
+            parts = rel.split("/")[:-1]
+            for i in range(1, len(parts) + 1):
+                d = "/".join(parts[:i])
+                if d not in made:
+                    cpio.dir(d)
+                    made.add(d)
+            cpio.file(rel, src.read_bytes(), 0o755)
     names = []
     for mod in modules:
         name = _modname(str(mod))

@@ -46,8 +46,12 @@ class MachineRow(Base):
     network_map: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     #: where the machine runs after failover (target, VM name, folder), shown by `machines`
     placement: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    policy_id: Mapped[str | None] = mapped_column(ForeignKey("policies.id"), nullable=True)
+    #: the last replication attempt: time, seconds, bytes, error (what health explains)
+    last_cycle: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     source: Mapped[SourceRow] = relationship(back_populates="machines")
     target: Mapped[TargetRow | None] = relationship()
+    policy: Mapped[PolicyRow | None] = relationship()
     disks: Mapped[list[DiskRow]] = relationship(
         back_populates="machine", order_by="DiskRow.index", cascade="all, delete-orphan"
     )
@@ -75,4 +79,18 @@ class TargetRow(Base):
     verified_ok: Mapped[bool | None] = mapped_column(nullable=True)  # None: never verified
     verify_report: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     verified_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    created_at: Mapped[datetime] = mapped_column(default=_now)
+
+
+class PolicyRow(Base):
+    """A replication policy; changes apply to running replication at its next tick."""
+
+    __tablename__ = "policies"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=_id)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    rpo_threshold_s: Mapped[int] = mapped_column(Integer, default=300)
+    retention_s: Mapped[int] = mapped_column(Integer, default=24 * 3600)
+    app_consistent_every_s: Mapped[int] = mapped_column(Integer, default=0)  # 0: never
+    crash_consistent_every_s: Mapped[int] = mapped_column(Integer, default=30)
+    bandwidth_bps: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=_now)

@@ -11,6 +11,7 @@ import json
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import create_engine, event
@@ -125,6 +126,18 @@ class Vault:
                 yield
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
+
+    def beat(self) -> None:
+        """The scheduler says it is alive (health tells "no scheduler running" otherwise)."""
+        path = self.root / "run" / "scheduler.heartbeat"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(datetime.now(UTC).isoformat())
+
+    def scheduler_heartbeat(self) -> datetime | None:
+        try:
+            return datetime.fromisoformat((self.root / "run" / "scheduler.heartbeat").read_text())
+        except (OSError, ValueError):
+            return None
 
     def close(self) -> None:
         if self._repo is not None:

@@ -1,0 +1,124 @@
+"""rehost policy create | update | list | attach, and rehost serve (continuous replication)."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from datetime import UTC, datetime
+
+import typer
+
+from rehost.cli.context import emit_json, err, open_vault, out
+from rehost.vault import policies
+from rehost.vault.scheduler import Scheduler
+
+policy_app = typer.Typer(
+    help="Replication policies: RPO, retention, consistency, bandwidth.", no_args_is_help=True
+)
+
+RPO = typer.Option(None, "--rpo-threshold", help="Warn when the newest point is older (e.g. 5m).")
+RETENTION = typer.Option(None, "--retention", help="How long recovery points are kept (e.g. 24h).")
+APP = typer.Option(None, "--app-consistent-every", help="App-consistent point interval (e.g. 1h; 0: never).")
+CRASH = typer.Option(None, "--crash-consistent-every", help="Crash-consistent point interval (e.g. 30s).")
+BANDWIDTH = typer.Option(None, "--bandwidth", help="Limit on what a cycle writes (e.g. 100MB/s; none).")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(policy_app, name="policy")
+    app.command("serve")(serve)
+
+
+@policy_app.command("create")
+def create(
+    ctx: typer.Context,
+    name: str,
+    rpo_threshold: str = RPO,
+    retention: str = RETENTION,
+    app_every: str = APP,
+    crash_every: str = CRASH,
+    bandwidth: str = BANDWIDTH,
+) -> None:
+    """Create a policy (defaults: RPO 5m, retention 24h, crash-consistent every 30s)."""
+    with open_vault(ctx) as vault:
+        p = policies.create_policy(
+            vault,
+            name,
+            rpo_threshold=rpo_threshold,
+            retention=retention,
+            app_every=app_every,
+            crash_every=crash_every,
+            bandwidth=bandwidth,
+        )
+    out.print(f"created policy {p.name}", highlight=False)
+
+
+@policy_app.command("update")
+def update(
+    ctx: typer.Context,
+    name: str,
+    rpo_threshold: str = RPO,
+    retention: str = RETENTION,
+    app_every: str = APP,
+    crash_every: str = CRASH,
+    bandwidth: str = BANDWIDTH,
+) -> None:
+    """Change a policy; running replication picks it up at its next tick."""
+    with open_vault(ctx) as vault:
+        policies.update_policy(
+            vault,
+            name,
+            rpo_threshold=rpo_threshold,
+            retention=retention,
+            app_every=app_every,
+            crash_every=crash_every,
+            bandwidth=bandwidth,
+        )
+    out.print(f"updated policy {name}", highlight=False)
+
+
+@policy_app.command("attach")
+def attach(ctx: typer.Context, machine: str, policy: str) -> None:
+    """Replicate MACHINE continuously under POLICY (with rehost serve)."""
+    with open_vault(ctx) as vault:
+        policies.attach(vault, machine, policy)
+    out.print(f"{machine} now replicates under policy {policy}", highlight=False)
+
+
+@policy_app.command("list")
+def list_cmd(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> None:
+    with open_vault(ctx) as vault:
+        data = [policies.policy_json(p) for p in policies.list_policies(vault)]
+    if as_json:
+        emit_json(data)
+        return
+    for d in data:
+        bw = f"{d['bandwidth_bps']} B/s" if d["bandwidth_bps"] else "unlimited"
+        out.print(
+            f"{d['name']:16} rpo {d['rpo_threshold_s']}s  retention {d['retention_s']}s  "
+            f"crash every {d['crash_consistent_every_s']}s  app every "
+            f"{d['app_consistent_every_s'] or 'never'}  bandwidth {bw}",
+            highlight=False,
+        )
+
+
+def serve(
+    ctx: typer.Context,
+    once: bool = typer.Option(False, "--once", help="Run one scheduling pass and exit."),
+    tick: float = typer.Option(1.0, help="Seconds between scheduling passes."),
+) -> None:
+    """Keep every machine with a policy within its RPO: replicate, thin, report health."""
+
+    def log(msg: str) -> None:
+        err.print(f"{datetime.now(UTC):%H:%M:%S} {msg}", highlight=False, markup=False)
+
+    with open_vault(ctx) as vault:
+        scheduler = Scheduler(vault, log=log)
+        if once:
+            scheduler.tick()
+            return
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+        log(f"serving vault {vault.root}: continuous replication (Ctrl-C stops)")
+        scheduler.run_forever(stop, tick)
+        log("stopped")

@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from rehost.replication.health import HealthInput, assess
+
+NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+
+
+def _h(**kw: object) -> HealthInput:
+    base: dict[str, object] = {"state": "protected", "last_point": NOW - timedelta(seconds=20),
+                               "last_app_point": None, "rpo_threshold_s": 300.0,
+                               "scheduler_seen": NOW - timedelta(seconds=1)}
+    base.update(kw)
+    return HealthInput(**base)  # type: ignore[arg-type]
+
+
+def test_within_rpo_is_healthy() -> None:
+    h = assess(_h(), NOW)
+    assert h.status == "healthy" and h.rpo_s == 20 and h.reason == ""
+
+
+def test_warning_and_critical_with_the_likely_cause() -> None:
+    h = assess(_h(last_point=NOW - timedelta(minutes=7), scheduler_seen=None), NOW)
+    assert h.status == "warning" and "no scheduler is running" in h.reason
+    h = assess(_h(last_point=NOW - timedelta(minutes=11), last_attempt=NOW - timedelta(seconds=5),
+                  last_error="qemu-nbd could not serve disk0: No such file"), NOW)
+    assert h.status == "critical" and "last cycle failed" in h.reason and "No such file" in h.reason
+    h = assess(_h(last_point=NOW - timedelta(minutes=6), last_cycle_s=400.0), NOW)
+    assert "longer than the threshold" in h.reason
+
+
+def test_app_consistent_overdue_and_stopped_replication() -> None:
+    h = assess(_h(app_every_s=3600.0, last_app_point=NOW - timedelta(hours=3)), NOW)
+    assert h.status == "warning" and "app-consistent points overdue" in h.reason
+    assert assess(_h(state="failed_over"), NOW).status == "not-protected"
+    assert assess(_h(last_point=None), NOW).status == "not-protected"
+    assert assess(_h(rpo_threshold_s=None, last_point=NOW - timedelta(days=3)), NOW).status == "healthy"
