@@ -35,6 +35,7 @@ from types import TracebackType
 from typing import Any, BinaryIO, Literal
 
 from rehost.errors import RehostError
+from rehost.guest.agent import GuestAgent
 from rehost.targets.qmp import QmpClient, QmpError
 
 Network = Literal["none", "user-restrict", "user"]
@@ -120,6 +121,13 @@ class QemuVM:
     ``accel`` defaults to ``tcg`` because this project's CI hosts have no usable KVM; pass
     ``"kvm"`` on real hosts. ``die_with_parent`` kills QEMU if the *thread* that started it
     dies (Linux PDEATHSIG semantics), so only use it from long-lived threads.
+
+    ``guest_agent`` adds a virtio-serial port ``org.qemu.guest_agent.0`` whose host side is
+    the UNIX socket ``guest_agent_socket`` (talk to it with :class:`rehost.guest.agent.
+    GuestAgent`, or ``guest_agent_client()``). ``no_shutdown`` passes ``-no-shutdown``: when
+    the guest powers off, QEMU stays (paused, QMP status ``shutdown``) so its disks and
+    dirty bitmaps can still be read — a final sync after the source shut down; ``stop()``
+    then quits it.
     """
 
     def __init__(
@@ -136,6 +144,8 @@ class QemuVM:
         log_dir: Path | None = None,
         qemu_binary: str = "qemu-system-x86_64",
         die_with_parent: bool = False,
+        guest_agent: bool = False,
+        no_shutdown: bool = False,
     ) -> None:
         self.drives = list(drives)
         self.memory_mib = memory_mib
@@ -148,6 +158,8 @@ class QemuVM:
         self.log_dir = Path(log_dir) if log_dir is not None else None
         self.qemu_binary = qemu_binary
         self.die_with_parent = die_with_parent
+        self.guest_agent = guest_agent
+        self.no_shutdown = no_shutdown
 
         self._proc: subprocess.Popen[bytes] | None = None
         self._workdir: Path | None = None
@@ -173,6 +185,17 @@ class QemuVM:
     @property
     def serial_socket(self) -> Path:
         return self._require_workdir() / "serial.sock"
+
+    @property
+    def guest_agent_socket(self) -> Path:
+        """Host side of the guest agent's virtio-serial port (needs ``guest_agent=True``)."""
+        if not self.guest_agent:
+            raise VMError("the VM was created without guest_agent=True")
+        return self._require_workdir() / "qga.sock"
+
+    def guest_agent_client(self, timeout: float = 10.0) -> GuestAgent:
+        """A :class:`GuestAgent` on this VM's agent socket (connects on first use)."""
+        return GuestAgent(self.guest_agent_socket, timeout=timeout)
 
     @property
     def console_log(self) -> Path:
@@ -211,6 +234,7 @@ class QemuVM:
             "-m", str(self.memory_mib),
             "-smp", str(self.smp),
             "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+            *(["-no-shutdown"] if self.no_shutdown else []),
             "-chardev",
             f"socket,id=serial0,path={_qemu_opt(wd / 'serial.sock')},server=on,wait=off,"
             f"logfile={_qemu_opt(self._console_log)},logappend=off",
@@ -219,6 +243,12 @@ class QemuVM:
         ]  # fmt: skip
         for i, drive in enumerate(self.drives):
             cmd += drive.qemu_args(i)
+        if self.guest_agent:
+            cmd += [
+                "-device", "virtio-serial-pci,id=vserial0",
+                "-chardev", f"socket,id=qga0,path={_qemu_opt(wd / 'qga.sock')},server=on,wait=off",
+                "-device", "virtserialport,bus=vserial0.0,chardev=qga0,name=org.qemu.guest_agent.0",
+            ]  # fmt: skip
         if self.network == "none":
             cmd += ["-nic", "none"]
         elif self.network == "user-restrict":
@@ -281,6 +311,31 @@ class QemuVM:
         except subprocess.TimeoutExpired:
             return None
 
+    def guest_powered_off(self) -> bool:
+        """True once the guest powered off: QEMU exited, or (``no_shutdown``) it is paused
+        in the ``shutdown`` run state."""
+        if self._proc is None:
+            return False
+        if self._proc.poll() is not None:
+            return True
+        if not self.no_shutdown:
+            return False
+        try:
+            status = self.qmp("query-status")
+        except (VMError, QmpError, OSError):
+            return self._proc.poll() is not None
+        return bool(status.get("status") == "shutdown")
+
+    def wait_powered_off(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for ``guest_powered_off()``; whether it happened."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.guest_powered_off():
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.1)
+
     def stop(self, *, graceful_timeout: float = 10.0) -> int | None:
         """Stop the VM: ACPI powerdown via QMP, then ``quit``, then SIGKILL. Always reaps.
 
@@ -291,12 +346,15 @@ class QemuVM:
         if proc is None:
             return None
         try:
-            if proc.poll() is None and graceful_timeout > 0:
-                with contextlib.suppress(VMError, OSError):
+            if proc.poll() is None and graceful_timeout > 0 and not self.guest_powered_off():
+                with contextlib.suppress(VMError, QmpError, OSError):
                     self.qmp("system_powerdown")
-                self.wait_exit(graceful_timeout)
+                if self.no_shutdown:
+                    self.wait_powered_off(graceful_timeout)
+                else:
+                    self.wait_exit(graceful_timeout)
             if proc.poll() is None:
-                with contextlib.suppress(VMError, OSError):
+                with contextlib.suppress(VMError, QmpError, OSError):
                     self.qmp("quit")
                 self.wait_exit(3.0)
             if proc.poll() is None:
@@ -317,7 +375,7 @@ class QemuVM:
                 # Keep the console text in memory (console_text still works after stop).
                 shutil.rmtree(self._workdir, ignore_errors=True)
             elif self._workdir is not None:
-                for sock in ("qmp.sock", "serial.sock"):
+                for sock in ("qmp.sock", "serial.sock", "qga.sock"):
                     (self._workdir / sock).unlink(missing_ok=True)
         return proc.returncode
 

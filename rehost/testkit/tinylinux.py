@@ -714,6 +714,7 @@ def build_tiny_linux(
     payload_mib: int = 1,
     kernel_version: str | None = None,
     extra_modules: Sequence[str] = (),
+    guest_agent: bool = True,
 ) -> Path:
     """Build the bootable raw image at ``dest`` (overwritten) and return ``dest``.
 
@@ -721,6 +722,10 @@ def build_tiny_linux(
     off) or ``stay`` (print the marker, keep running with the root mounted read-write).
     ``payload_mib`` of seeded pseudo-random data are checksummed at every boot.
     ``extra_modules`` are kernel modules to add (e.g. ``virtio_net``, ``virtio_console``).
+    ``guest_agent`` adds Debian's ``qemu-ga`` (+ its libraries, ~2.5 MB in the gzip'ed
+    initramfs) and ``virtio_console``; in stay mode it runs on the virtio-serial port
+    ``org.qemu.guest_agent.0`` when the VM has one (``QemuVM(guest_agent=True)``).
+    Every image also carries ``/bin/rehost-churn MBPS SECONDS [FILE_MIB [FILE]]``.
     """
     _require_root()
     _check_marker(marker)
@@ -728,7 +733,7 @@ def build_tiny_linux(
         raise TinyLinuxError(f"mode must be 'poweroff' or 'stay', not {mode!r}")
     dest = Path(dest)
     kernel = find_kernel(kernel_version)
-    initrd = build_initramfs(kernel, extra_modules=extra_modules)
+    initrd = build_initramfs(kernel, extra_modules=extra_modules, guest_agent=guest_agent)
     mbr_bin = _first_existing(_MBR_CANDIDATES, "syslinux mbr.bin (install syslinux-common)")
     payload = random.Random(0x7E4057).randbytes(payload_mib * _MIB)
 
@@ -844,13 +849,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--payload-mib", type=int, default=1)
     p.add_argument("--kernel-version", default=None)
     p.add_argument("--extra-module", action="append", default=[], metavar="NAME")
+    p.add_argument("--no-guest-agent", dest="guest_agent", action="store_false",
+                   help="leave qemu-ga out of the image")  # fmt: skip
     a = p.parse_args(argv)
     started = time.monotonic()
     try:
         out = build_tiny_linux(
             a.out, size_mib=a.size_mib, marker=a.marker_file_content, mode=a.mode,
             payload_mib=a.payload_mib, kernel_version=a.kernel_version,
-            extra_modules=a.extra_module,
+            extra_modules=a.extra_module, guest_agent=a.guest_agent,
         )  # fmt: skip
     except RehostError as exc:
         print(f"build-tiny-linux: {exc}", file=sys.stderr)

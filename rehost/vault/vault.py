@@ -19,11 +19,10 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from rehost.errors import AlreadyExists, NotFound, UsageError
-from rehost.jobs import models as _job_tables  # noqa: F401  (registers the job tables)
 from rehost.replication.digests import DigestCache
 from rehost.repository.repository import Repository
 from rehost.repository.storage import Storage, open_storage
-from rehost.vault.models import Base
+from rehost.vault import schema
 
 CONFIG = "vault.json"
 VERSION = 1
@@ -61,7 +60,7 @@ class Vault:
         root.mkdir(parents=True, exist_ok=True)
         try:
             vault = cls(root, config, (lambda: password) if password is not None else None)
-            Base.metadata.create_all(vault.engine)
+            schema.upgrade(vault.engine)
             Repository.create(vault._storage(create=True), password=password)
             tmp = root / (CONFIG + ".tmp")
             tmp.write_text(json.dumps(config, indent=2) + "\n")
@@ -83,7 +82,7 @@ class Vault:
         if config.get("version") != VERSION:
             raise UsageError(f"vault format {config.get('version')} is not supported")
         vault = cls(root, config, password)
-        Base.metadata.create_all(vault.engine)
+        schema.upgrade(vault.engine)
         return vault
 
     def _storage(self, *, create: bool = False) -> Storage:

@@ -1,0 +1,1 @@
+"""Alembic migrations of the vault's state database (run by ``Vault.init`` and ``Vault.open``)."""
