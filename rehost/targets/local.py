@@ -255,26 +255,49 @@ class LocalTarget:
             return
         client = self.qmp(vm)
         try:
-            running = {j["device"] for j in client.execute("query-block-jobs")}
-            for i in pending:
-                if f"hydrate{i}" not in running:
-                    client.execute("block-stream", {"job-id": f"hydrate{i}", "device": f"disk{i}"})
-            while True:
-                jobs = [j for j in client.execute("query-block-jobs") if j["device"].startswith("hydrate")]
-                if progress:
-                    progress(sum(j["offset"] for j in jobs), sum(j["len"] for j in jobs) or 1)
-                failed = [e for e in client.events if e.get("event") == "BLOCK_JOB_ERROR"
-                          or (e.get("event") == "BLOCK_JOB_COMPLETED" and e["data"].get("error"))]
-                if failed:
-                    raise DiskError(f"hydrating {vm} failed: {failed[0]}")
-                if not jobs:
-                    break
-                time.sleep(0.5)
+            self._stream(client, vm, pending, progress)
         finally:
             client.close()
         left = [i for i, p in enumerate(disks) if _backing(p)]
         if left:
             raise DiskError(f"disks {left} of {vm} still depend on the repository after hydration")
+
+    def _stream(
+        self, client: QmpClient, vm: str, pending: list[int], progress: Callable[[int, int], None] | None
+    ) -> None:
+        """block-stream without auto-finalize: QEMU would otherwise drop the backing file from
+        the qcow2 header while the new cluster mappings still sit in its metadata cache, and
+        a crash right then (seen here with kill -9) leaves a disk that reads as zeros. So:
+        stream, flush, finalize (header change), flush again, dismiss."""
+        ids = [f"hydrate{i}" for i in pending]
+        known = {j["id"] for j in client.execute("query-jobs")}
+        for i, jid in zip(pending, ids, strict=True):
+            if jid not in known:  # a resumed job finds its stream still running
+                client.execute("block-stream", {"job-id": jid, "device": f"disk{i}",
+                                                "auto-finalize": False, "auto-dismiss": False})
+
+        def wait(states: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+            while True:
+                jobs = {j["id"]: j for j in client.execute("query-jobs") if j["id"] in ids}
+                if progress:
+                    progress(sum(j["current-progress"] for j in jobs.values()),
+                             sum(j["total-progress"] for j in jobs.values()) or 1)
+                failed = [j for j in jobs.values() if j.get("error")]
+                if failed:
+                    raise DiskError(f"hydrating {vm} failed: {failed[0]['id']}: {failed[0]['error']}")
+                if all(j["status"] in states for j in jobs.values()):
+                    return jobs
+                time.sleep(0.3)
+
+        jobs = wait(("pending", "concluded"))
+        _flush(client)
+        for jid, job in jobs.items():
+            if job["status"] == "pending":
+                client.execute("block-job-finalize", {"id": jid})
+        wait(("concluded",))
+        _flush(client)
+        for jid in jobs:
+            client.execute("block-job-dismiss", {"id": jid})
 
     def stop(self, vm: str, graceful_timeout: float = 30.0) -> None:
         """ACPI power-down first; kill after ``graceful_timeout``."""
@@ -302,6 +325,15 @@ class LocalTarget:
         if self.vm_dir(vm).exists():
             shutil.rmtree(self.vm_dir(vm))
         shutil.rmtree(self._runtime(vm), ignore_errors=True)
+
+
+def _flush(client: QmpClient) -> None:
+    """Make everything QEMU cached durable: pausing the VM drains and flushes every disk."""
+    if client.execute("query-status").get("running"):
+        client.execute("stop")
+        client.execute("cont")
+    else:
+        client.execute("stop")
 
 
 def _backing(path: Path) -> str | None:

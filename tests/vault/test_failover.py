@@ -3,7 +3,10 @@ failover, cleanup, failover with instant recovery and hydration, complete — an
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,7 +140,8 @@ def test_a_second_test_failover_is_refused_while_one_runs(setup: Setup) -> None:
 @pytest.mark.slow
 def test_live_hydration_leaves_a_disk_that_boots_on_its_own(tmp_path: Path, tiny_image: Path) -> None:
     """A guest that keeps running (stay mode): QMP block-stream copies the data in while it
-    runs; afterwards the disk boots with no repository and no NBD server at all."""
+    runs; afterwards — even after QEMU is killed — the disk boots with no repository and no
+    NBD server at all."""
     from rehost.testkit.boot import boot_and_wait
     from rehost.testkit.tinylinux import set_mode
 
@@ -155,7 +159,12 @@ def test_live_hydration_leaves_a_disk_that_boots_on_its_own(tmp_path: Path, tiny
         assert rehost(vault, "machines", "--json").json()[0]["state"] == "failed_over"
         assert vm.is_running("app"), "the migrated machine keeps running after failover"
         assert not [p for p in _processes("serve-point") if str(vault) in p]  # repository no longer needed
-        vm.stop("app")  # ACPI power-down, as an operator would
+        pid = vm.pid("app")
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)  # a crash right after hydration must not lose the disk
+        deadline = time.monotonic() + 10
+        while vm.is_running("app") and time.monotonic() < deadline:
+            time.sleep(0.1)
         assert not vm.is_running("app")
     finally:
         for line in _processes(str(tmp_path)):
