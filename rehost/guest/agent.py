@@ -300,24 +300,26 @@ class GuestAgent:
     def freeze(self, *, timeout: float | None = None) -> int:
         """Freeze the guest's file systems; the number frozen.
 
-        Freezing flushes dirty data first, which takes a while on a busy guest, so the
-        timeout defaults to ``max(timeout, 60)``. If the call fails the guest could be left
-        frozen with nobody to thaw it: we try a thaw before raising.
+        Freezing flushes dirty data first, which can take seconds on a busy guest: pass a
+        ``timeout`` above the default (the constructor's) there. If the agent cannot be
+        reached nothing was frozen and the error is raised at once; if the freeze request
+        went out but its reply did not come back, the guest may be frozen with nobody to
+        thaw it, so we try a thaw (same timeout) before raising.
         """
-        t = max(self.timeout, 60.0) if timeout is None else timeout
-        try:
-            return int(self.execute("guest-fsfreeze-freeze", timeout=t))
-        except GuestAgentCommandError:
-            raise  # refused (e.g. already frozen): nothing was frozen by this call
-        except GuestAgentError:
-            with contextlib.suppress(GuestAgentError):
-                self.thaw(timeout=t)
-            raise
+        with self._lock:
+            self.connect(timeout)  # unreachable: raise here, nothing was asked of the guest
+            try:
+                return int(self.execute("guest-fsfreeze-freeze", timeout=timeout))
+            except GuestAgentCommandError:
+                raise  # refused (e.g. already frozen): this call froze nothing
+            except GuestAgentError:
+                with contextlib.suppress(GuestAgentError):
+                    self.thaw(timeout=timeout)
+                raise
 
     def thaw(self, *, timeout: float | None = None) -> int:
         """Thaw the guest's file systems; the number thawed (0 if none were frozen)."""
-        t = max(self.timeout, 60.0) if timeout is None else timeout
-        return int(self.execute("guest-fsfreeze-thaw", timeout=t))
+        return int(self.execute("guest-fsfreeze-thaw", timeout=timeout))
 
     def freeze_status(self) -> str:
         """``"thawed"`` or ``"frozen"``."""

@@ -21,6 +21,19 @@ The mode comes from the kernel command line (``rehost.stay=1``/``0``, see the ex
 ``rehost-stay``/``rehost-poweroff``) or else from ``/rehost-mode`` — the file is the easy knob,
 since nobody types at the extlinux prompt in a test.
 
+Guest agent (``build_tiny_linux(guest_agent=True)``, the default): the initramfs also carries
+Debian's ``qemu-ga`` with the libraries ``ldd`` lists (+2.7 MB gzip'ed) and ``virtio_console``.
+In stay mode, when the VM has a ``virtserialport`` named ``org.qemu.guest_agent.0``
+(``QemuVM(guest_agent=True)``), /init links ``/dev/virtio-ports/org.qemu.guest_agent.0`` from
+sysfs (no udev here), starts ``qemu-ga -m virtio-serial -t /var/run/qemu-ga`` and prints
+``REHOST-AGENT`` before ``REHOST-READY``. It freezes ``/mnt`` (the only mount with a block
+device in ``/proc/self/mountinfo``; the initramfs root has major 0 and is skipped).
+``guest-shutdown`` runs ``/sbin/shutdown -h -P +0``, which busybox lacks: a script answers at
+once and powers off from the background, like the ACPI button handler.
+Every image carries ``/bin/rehost-churn MBPS SECONDS [FILE_MIB [FILE]]``: 1 MiB random blocks
+at random offsets of ``/mnt/rehost-churn.dat`` (16 MiB), fsync'ed, paced to MBPS (RPO tests;
+~38 MiB/s top speed under TCG on the CI host).
+
 Traps this module handles (verified on Debian 12):
   * extlinux cannot boot ext4 with ``64bit``, ``metadata_csum_seed`` or ``orphan_file``;
     it needs 4 KiB blocks. The kernel is copied in after mounting, not via ``mke2fs -d``.
@@ -463,7 +476,9 @@ while :; do
         usleep $((wait_cs * 10000))
         continue
     fi
-    dd if=/dev/urandom of="$file" bs=1M count=1 seek=$((RANDOM % size))         iflag=fullblock conv=notrunc,fsync 2>/dev/null         || { echo "rehost-churn: write to $file failed" >&2; exit 1; }
+    dd if=/dev/urandom of="$file" bs=1M count=1 seek=$((RANDOM % size)) \
+        iflag=fullblock conv=notrunc,fsync 2>/dev/null \
+        || { echo "rehost-churn: write to $file failed" >&2; exit 1; }
     n=$((n + 1))
 done
 el=$(($(now) - start))

@@ -94,3 +94,16 @@ class PolicyRow(Base):
     crash_consistent_every_s: Mapped[int] = mapped_column(Integer, default=30)
     bandwidth_bps: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=_now)
+
+
+class TokenRow(Base):
+    """An API token (``rehost token create``). Only a SHA-256 of the secret is stored: a copy
+    of the vault's database does not let anyone call the API."""
+
+    __tablename__ = "api_tokens"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=_id)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))  # reader | operator | admin
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=_now)
+    last_used: Mapped[datetime | None] = mapped_column(nullable=True)

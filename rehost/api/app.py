@@ -1,0 +1,74 @@
+"""The portal's application: the REST API under /api/v1 and the dashboard under /ui.
+
+``create_app`` opens the vault once to fail early (no vault, wrong password), then serves
+every request from a pool of vault copies (see ``deps``). The OpenAPI document is at
+/openapi.json, the interactive docs at /docs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, FastAPI
+from fastapi.responses import RedirectResponse
+
+import rehost
+from rehost.api import errors, replication_job, routes_infra, routes_items, routes_jobs, schemas
+from rehost.api.background import JobLauncher
+from rehost.api.deps import VaultPool
+from rehost.vault import failover
+
+_ = (failover, replication_job)  # importing them registers the job plans the API runs
+
+#: every operation may answer these, always as {"error": message}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": schemas.ErrorOut, "description": what}
+    for code, what in [
+        (400, "The request cannot be used (the message says why)"),
+        (401, "No valid token (or the vault password is wrong)"),
+        (403, "The token's role is too low"),
+        (404, "No such item, point, job, target or policy"),
+        (409, "Exists already, or not allowed in the item's current state"),
+        (422, "The request does not match the schema"),
+    ]
+}
+
+
+def create_app(vault_root: Path, password: Callable[[], str] | None = None) -> FastAPI:
+    pool = VaultPool(vault_root, password)
+    jobs = JobLauncher(pool)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        pool.close()
+
+    app = FastAPI(
+        title="rehost",
+        version=rehost.__version__,
+        description="Replicate, test and fail over whole machines. Every request needs "
+                    "`Authorization: Bearer TOKEN` (tokens: `rehost token create`).",
+        lifespan=lifespan,
+    )
+    app.state.pool = pool
+    app.state.jobs = jobs
+    errors.install(app)
+
+    api = APIRouter(prefix="/api/v1", responses=ERRORS)
+    api.include_router(routes_items.router)
+    api.include_router(routes_infra.router)
+    api.include_router(routes_jobs.router)
+    app.include_router(api)
+
+    from rehost.web import pages
+
+    pages.install(app)
+
+    @app.get("/", include_in_schema=False)
+    def root() -> RedirectResponse:
+        return RedirectResponse("/ui/", status_code=307)
+
+    return app

@@ -1,0 +1,90 @@
+"""The API's one error edge: every failure becomes ``{"error": message}`` with a fitting code.
+
+User errors (``RehostError.user_error``) say what is wrong and what to do, as on the CLI.
+Anything else is logged here with its traceback and answered with a generic line, so a
+response never carries a traceback, a path from a stack frame, or a secret.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from rehost.errors import AlreadyExists, InvalidState, NotFound, RehostError, UsageError, WrongPassword
+
+log = logging.getLogger("rehost.api")
+
+
+class Unauthorized(RehostError):
+    """No token, or one the vault does not know."""
+
+    exit_code = 7
+
+
+class Forbidden(RehostError):
+    """A valid token whose role is too low for the request."""
+
+    exit_code = 8
+
+
+#: most specific first: ObjectNotFound is both a BackendError and a NotFound
+STATUS: list[tuple[type[RehostError], int]] = [
+    (Unauthorized, 401),
+    (WrongPassword, 401),
+    (Forbidden, 403),
+    (NotFound, 404),
+    (AlreadyExists, 409),
+    (InvalidState, 409),
+    (UsageError, 400),
+]
+
+INTERNAL = "internal error: the server log has the details"
+
+
+def status_of(e: RehostError) -> int:
+    for cls, code in STATUS:
+        if isinstance(e, cls):
+            return code
+    return 400 if e.user_error else 500
+
+
+def _is_page(request: Request) -> bool:
+    return request.url.path.startswith("/ui")
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(RehostError)
+    async def rehost_error(request: Request, e: RehostError) -> Response:
+        code = status_of(e)
+        if code >= 500:
+            log.error("%s %s failed", request.method, request.url.path, exc_info=e)
+        message = str(e)  # RehostError messages are written for users, whatever the code
+        if _is_page(request):
+            if code == 401:
+                return RedirectResponse("/ui/login", status_code=303)
+            from rehost.web.pages import error_page
+
+            return error_page(request, code, message)
+        headers = {"WWW-Authenticate": "Bearer"} if code == 401 else None
+        return JSONResponse({"error": message}, status_code=code, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, e: RequestValidationError) -> Response:
+        parts = []
+        for err in e.errors()[:5]:
+            where = ".".join(str(x) for x in err.get("loc", ()) if x != "body") or "request"
+            parts.append(f"{where}: {err.get('msg', 'invalid')}")
+        return JSONResponse({"error": "invalid request: " + "; ".join(parts)}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, e: StarletteHTTPException) -> Response:
+        return JSONResponse({"error": str(e.detail)}, status_code=e.status_code, headers=e.headers)
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, e: Exception) -> Response:
+        log.error("%s %s failed", request.method, request.url.path, exc_info=e)
+        return JSONResponse({"error": INTERNAL}, status_code=500)

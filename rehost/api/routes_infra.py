@@ -1,0 +1,86 @@
+"""Targets, policies and tokens: the setup admins change and everyone may read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Response
+
+from rehost.api import schemas, tokens, views
+from rehost.api.auth import Admin, Operator, Reader, VaultDep
+from rehost.vault import policies, targets
+
+router = APIRouter(tags=["infrastructure"])
+
+
+@router.get("/targets", response_model=list[schemas.TargetOut])
+def list_targets(vault: VaultDep, _: Reader) -> list[dict[str, Any]]:
+    """Targets and their last verification (a target that failed is refused by failover)."""
+    return [views.target_view(t) for t in targets.list_targets(vault)]
+
+
+@router.post("/targets/local", response_model=schemas.TargetOut, status_code=201)
+def add_local_target(body: schemas.AddLocalTargetIn, vault: VaultDep, _: Admin) -> dict[str, Any]:
+    """Register the rehost server's own QEMU as a target; machines live under ``path``."""
+    row = targets.add_local_target(vault, body.name, Path(body.path), accel=body.accel,
+                                   memory_mib=body.memory_mib)
+    return views.target_view(targets.get_target(vault, row.name))
+
+
+@router.post("/targets/{name}/verify", response_model=schemas.VerifyOut)
+def verify_target(name: str, vault: VaultDep, _: Operator) -> dict[str, Any]:
+    """Check compute, storage and networks; the verdict is remembered. A failed check is a
+    200 with ``ok: false`` and the reasons, not an error of the request."""
+    report = targets.verify_target(vault, name)
+    checks = [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in report.checks]
+    return {"ok": report.ok, "checks": checks}
+
+
+@router.get("/policies", response_model=list[schemas.PolicyOut])
+def list_policies(vault: VaultDep, _: Reader) -> list[dict[str, Any]]:
+    return [policies.policy_json(p) for p in policies.list_policies(vault)]
+
+
+@router.post("/policies", response_model=schemas.PolicyOut, status_code=201)
+def create_policy(body: schemas.PolicyIn, vault: VaultDep, _: Admin) -> dict[str, Any]:
+    """A replication policy (defaults: RPO 5m, retention 24h, crash-consistent every 30s)."""
+    p = policies.create_policy(vault, body.name, rpo_threshold=body.rpo_threshold, retention=body.retention,
+                               app_every=body.app_consistent_every, crash_every=body.crash_consistent_every,
+                               bandwidth=body.bandwidth)
+    return policies.policy_json(p)
+
+
+@router.patch("/policies/{name}", response_model=schemas.PolicyOut)
+def update_policy(name: str, body: schemas.PolicyFields, vault: VaultDep, _: Admin) -> dict[str, Any]:
+    """Change what is given; running replication picks it up at its next tick."""
+    p = policies.update_policy(vault, name, rpo_threshold=body.rpo_threshold, retention=body.retention,
+                               app_every=body.app_consistent_every, crash_every=body.crash_consistent_every,
+                               bandwidth=body.bandwidth)
+    return policies.policy_json(p)
+
+
+@router.post("/policies/{name}/attach", response_model=schemas.MachineOut)
+def attach_policy(name: str, body: schemas.AttachIn, vault: VaultDep, _: Admin) -> dict[str, Any]:
+    """Replicate a machine continuously under this policy (with ``rehost serve``)."""
+    policies.attach(vault, body.machine, name)
+    return views.machine_detail(vault, body.machine)
+
+
+@router.get("/tokens", response_model=list[schemas.TokenOut], tags=["tokens"])
+def list_tokens(vault: VaultDep, _: Admin) -> list[dict[str, Any]]:
+    return [views.token_view(t) for t in tokens.list_tokens(vault)]
+
+
+@router.post("/tokens", response_model=schemas.TokenCreatedOut, status_code=201, tags=["tokens"])
+def create_token(body: schemas.TokenIn, vault: VaultDep, _: Admin) -> dict[str, Any]:
+    """A new token; its secret is in this response only (the vault keeps a hash)."""
+    row, secret = tokens.create_token(vault, body.name, body.role)
+    return {**views.token_view(row), "token": secret}
+
+
+@router.delete("/tokens/{name}", status_code=204, tags=["tokens"], response_class=Response)
+def revoke_token(name: str, vault: VaultDep, _: Admin) -> Response:
+    """Revoke a token at once; requests with it get 401 from now on."""
+    tokens.revoke_token(vault, name)
+    return Response(status_code=204)

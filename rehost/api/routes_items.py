@@ -1,0 +1,132 @@
+"""Sources, machines (replicated items), recovery points, and the operations on an item.
+
+Every operation that takes time (replicate, test failover, cleanup, failover, complete) is a
+job: the request checks the item's state through the same service the CLI calls, creates
+the job, starts it in a thread and answers 202 with the job, whose URL is in ``Location``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+
+from rehost.api import items, schemas, views
+from rehost.api.auth import Admin, Operator, Reader, VaultDep
+from rehost.api.background import JobLauncher
+from rehost.api.replication_job import start_replicate_job
+from rehost.jobs.models import JobRow
+from rehost.vault import failover, inventory, protection
+from rehost.vault.vault import Vault
+
+router = APIRouter(tags=["replicated items"])
+
+JOB_RESPONSE: dict[int | str, dict[str, Any]] = {202: {"description": "The job was created and runs now"}}
+
+
+def launcher(request: Request) -> JobLauncher:
+    jl = request.app.state.jobs
+    assert isinstance(jl, JobLauncher)
+    return jl
+
+
+def _accepted(request: Request, response: Response, vault: Vault,
+              create: Callable[[Vault], JobRow]) -> dict[str, Any]:
+    job = launcher(request).start(vault, create)
+    response.headers["Location"] = f"/api/v1/jobs/{job.id}"
+    return views.job_view(vault, job)
+
+
+@router.get("/sources", response_model=list[schemas.SourceOut], tags=["infrastructure"])
+def list_sources(vault: VaultDep, _: Reader) -> list[dict[str, Any]]:
+    """Where machines come from; an image source holds one machine."""
+    return views.source_views(vault)
+
+
+@router.post("/sources/image", response_model=schemas.MachineOut, status_code=201, tags=["infrastructure"])
+def add_image_source(body: schemas.AddImageSourceIn, vault: VaultDep, _: Admin) -> dict[str, Any]:
+    """Register a machine made of disk image files on the rehost server (or one OVA/OVF)."""
+    m = inventory.add_image_source(vault, body.name, [Path(p) for p in body.paths])
+    return views.machine_detail(vault, m.name)
+
+
+@router.get("/machines", response_model=list[schemas.MachineOut])
+def list_machines(vault: VaultDep, _: Reader) -> list[dict[str, Any]]:
+    """Every replicated item with its state, health (RPO against its policy) and last point."""
+    return views.machine_views(vault)
+
+
+@router.get("/machines/{name}", response_model=schemas.MachineOut)
+def get_machine(name: str, vault: VaultDep, _: Reader) -> dict[str, Any]:
+    """One item with its disks, health, placement after failover and assigned target."""
+    return views.machine_detail(vault, name)
+
+
+@router.get("/machines/{name}/points", response_model=list[schemas.PointOut], tags=["recovery points"])
+def list_points(name: str, vault: VaultDep, _: Reader) -> list[dict[str, Any]]:
+    """Recovery points of an item, oldest first."""
+    return [views.point_view(p) for p in protection.list_points(vault, name)]
+
+
+@router.post("/machines/{name}/enable", response_model=schemas.MachineOut)
+def enable(name: str, body: schemas.EnableIn, request: Request, vault: VaultDep,
+           _: Operator) -> dict[str, Any]:
+    """Protect an item: attach a policy and a target, and (by default) start its first
+    replication as a job. The item's job list shows that job."""
+    items.enable(vault, name, policy=body.policy, target=body.target, network_map=body.network_map)
+    if body.replicate:
+        launcher(request).start(vault, lambda v: start_replicate_job(v, name))
+    return views.machine_detail(vault, name)
+
+
+@router.post("/machines/{name}/disable", response_model=schemas.MachineOut)
+def disable(name: str, vault: VaultDep, _: Operator) -> dict[str, Any]:
+    """Stop continuous replication (detach the policy); points and target are kept."""
+    items.detach_policy(vault, name)
+    return views.machine_detail(vault, name)
+
+
+@router.post("/machines/{name}/replicate", response_model=schemas.JobOut, status_code=202,
+             responses=JOB_RESPONSE)
+def replicate(name: str, request: Request, response: Response, vault: VaultDep, _: Operator,
+              body: schemas.ReplicateIn | None = None) -> dict[str, Any]:
+    """One replication cycle now, as a job: a full copy first, then only changed blocks."""
+    app = bool(body and body.app_consistent)
+    return _accepted(request, response, vault, lambda v: start_replicate_job(v, name, app_consistent=app))
+
+
+@router.post("/machines/{name}/test-failover", response_model=schemas.JobOut, status_code=202,
+             responses=JOB_RESPONSE, tags=["failover"])
+def test_failover(name: str, body: schemas.FailoverTestIn, request: Request, response: Response,
+                  vault: VaultDep, _: Operator) -> dict[str, Any]:
+    """Boot a throw-away copy of a point on the isolated network; replication goes on."""
+    params = {"point": body.point, "target": body.target, "boot_timeout": body.boot_timeout}
+    return _accepted(request, response, vault,
+                     lambda v: failover.start_job(v, "test-failover", name, **params))
+
+
+@router.post("/machines/{name}/test-cleanup", response_model=schemas.JobOut, status_code=202,
+             responses=JOB_RESPONSE, tags=["failover"])
+def test_cleanup(name: str, request: Request, response: Response, vault: VaultDep,
+                 _: Operator) -> dict[str, Any]:
+    """Remove the test machine and its disks; the item goes back to protected."""
+    return _accepted(request, response, vault, lambda v: failover.start_job(v, "test-cleanup", name))
+
+
+@router.post("/machines/{name}/failover", response_model=schemas.JobOut, status_code=202,
+             responses=JOB_RESPONSE, tags=["failover"])
+def do_failover(name: str, body: schemas.FailoverIn, request: Request, response: Response,
+                vault: VaultDep, _: Operator) -> dict[str, Any]:
+    """Fail over to the target: final sync (for ``latest``), boot, then copy the disks over."""
+    params = {"point": body.point, "target": body.target, "boot_timeout": body.boot_timeout,
+              "shutdown_source": body.shutdown_source}
+    return _accepted(request, response, vault, lambda v: failover.start_job(v, "failover", name, **params))
+
+
+@router.post("/machines/{name}/complete", response_model=schemas.JobOut, status_code=202,
+             responses=JOB_RESPONSE, tags=["failover"])
+def complete(name: str, request: Request, response: Response, vault: VaultDep, _: Operator) -> dict[str, Any]:
+    """Finish a migration: purge the replica data, keep the migrated machine."""
+    return _accepted(request, response, vault, lambda v: failover.start_job(v, "complete", name))

@@ -1,0 +1,268 @@
+"""Request and response models: the API's contract, published at /openapi.json.
+
+Field meanings follow the CLI's ``--json`` output. Patterns on request strings only keep out
+what the services' parsers were never meant to see (NUL bytes in paths, numbers too large
+for a duration); the services still do the real validation and say what is wrong.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+Name = Annotated[str, Field(min_length=1, max_length=64, description="1-64 letters, digits, '.', '_', '-'")]
+HostPath = Annotated[str, Field(min_length=1, max_length=4096, pattern=r"^[^\x00]+$",
+                                description="A path on the rehost server")]
+
+
+def _shaped(pattern: str, hint: str) -> AfterValidator:
+    """Refuse with a message that says what to write (a bare regex would not)."""
+    rx = re.compile(pattern)
+
+    def check(value: str) -> str:
+        if not rx.fullmatch(value):
+            raise ValueError(f"{value[:40]!r} is not valid: use {hint}")
+        return value
+
+    return AfterValidator(check)
+
+
+_DURATION = r"\s*[0-9]{1,9}\s*[smhdSMHD]\s*"
+Duration = Annotated[str, Field(max_length=32, json_schema_extra={"pattern": f"^{_DURATION}$"},
+                                description="e.g. 30s, 5m, 24h, 7d"),
+                     _shaped(_DURATION, "a number and s, m, h or d (e.g. 24h)")]
+_NEVER = rf"({_DURATION}|\s*(0|never|off)\s*)"
+DurationOrNever = Annotated[str, Field(max_length=32, json_schema_extra={"pattern": f"^{_NEVER}$"},
+                                       description="e.g. 1h; 0, never or off: no app-consistent points"),
+                            _shaped(_NEVER, "a duration such as 1h, or never")]
+_BANDWIDTH = r"\s*([0-9]{1,12}(\.[0-9]{1,6})?\s*[A-Za-z]{0,3}(/s)?|none|off)\s*"
+Bandwidth = Annotated[str, Field(max_length=32, json_schema_extra={"pattern": f"^{_BANDWIDTH}$"},
+                                 description="e.g. 100MB/s, 20MiB/s; none or off: unlimited"),
+                      _shaped(_BANDWIDTH, "a rate such as 100MB/s or 20MiB/s, or none")]
+PointSpec = Annotated[str, Field(min_length=1, max_length=64,
+                                 description="latest, latest-processed, latest-app-consistent or a point id")]
+
+
+def _utc(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+#: the vault stores UTC; SQLite returns it without a zone, so say it is UTC (RFC 3339)
+Utc = Annotated[datetime, AfterValidator(_utc)]
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt field is an error, not a silent default
+
+
+class ErrorOut(BaseModel):
+    error: str
+
+
+# -- machines and points ---------------------------------------------------------------------------
+
+
+class DiskOut(BaseModel):
+    index: int
+    format: str
+    size: int
+    path: str
+
+
+class HealthOut(BaseModel):
+    status: Literal["healthy", "warning", "critical", "not-protected"]
+    rpo_seconds: float | None
+    reason: str
+
+
+class MachineOut(BaseModel):
+    name: str
+    source: str
+    state: str
+    state_reason: str
+    disks: list[DiskOut]
+    points: int
+    latest_point: str | None
+    latest_time: str | None
+    target: str | None = Field(description="The target it runs on after failover")
+    runs_at: str | None
+    network_map: dict[str, str]
+    policy: str | None
+    health: HealthOut
+    last_cycle: dict[str, Any]
+    placement: dict[str, Any]
+    assigned_target: str | None = Field(description="The target it fails over to (detail only)")
+
+
+class PointDiskOut(BaseModel):
+    index: int
+    size: int
+    full: bool
+
+
+class PointOut(BaseModel):
+    id: str
+    time: str
+    consistency: str
+    sequence: int
+    disks: list[PointDiskOut]
+
+
+class AddImageSourceIn(_In):
+    name: Name | None = Field(None, description="Machine name; omitted: the name inside an OVA/OVF")
+    paths: list[HostPath] = Field(min_length=1, max_length=64)
+
+
+class SourceOut(BaseModel):
+    name: str
+    kind: str
+    settings: dict[str, Any]
+    machines: list[str]
+
+
+class EnableIn(_In):
+    policy: Name | None = Field(None, description="Replicate continuously under this policy")
+    target: Name | None = Field(None, description="Fail over to this target")
+    network_map: dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=64)]] = Field(
+        default_factory=dict, max_length=32, description="source network -> production, isolated or none")
+    replicate: bool = Field(True, description="Start the first replication now, as a job")
+
+
+class ReplicateIn(_In):
+    app_consistent: bool = False
+
+
+class FailoverTestIn(_In):
+    point: PointSpec = "latest"
+    target: Name | None = None
+    boot_timeout: float = Field(300.0, gt=0, le=3600, description="Seconds to wait for the boot marker")
+
+
+class FailoverIn(FailoverTestIn):
+    shutdown_source: bool = Field(False, description="Shut the source down first (failover goes on if "
+                                                     "that fails)")
+
+
+# -- infrastructure ----------------------------------------------------------------------------------
+
+
+class AddLocalTargetIn(_In):
+    name: Name
+    path: HostPath
+    accel: Literal["tcg", "kvm"] = "tcg"
+    memory_mib: int = Field(256, ge=64, le=1 << 20)
+
+
+class CheckOut(BaseModel):
+    name: str
+    ok: bool
+    detail: str
+
+
+class TargetOut(BaseModel):
+    name: str
+    kind: str
+    settings: dict[str, Any]
+    verified_ok: bool | None
+    verified_at: Utc | None
+    verify_report: list[dict[str, Any]]
+
+
+class VerifyOut(BaseModel):
+    ok: bool
+    checks: list[CheckOut]
+
+
+class PolicyFields(_In):
+    rpo_threshold: Duration | None = Field(None, description="Warn when the newest point is older "
+                                                             "(default 5m)")
+    retention: Duration | None = Field(None, description="How long points are kept (default 24h)")
+    app_consistent_every: DurationOrNever | None = None
+    crash_consistent_every: Duration | None = Field(None, description="default 30s")
+    bandwidth: Bandwidth | None = None
+
+
+class PolicyIn(PolicyFields):
+    name: Name
+
+
+class PolicyOut(BaseModel):
+    name: str
+    rpo_threshold_s: int
+    retention_s: int
+    app_consistent_every_s: int
+    crash_consistent_every_s: int
+    bandwidth_bps: int | None
+
+
+class AttachIn(_In):
+    machine: Name
+
+
+# -- jobs --------------------------------------------------------------------------------------------
+
+
+class StepOut(BaseModel):
+    name: str
+    title: str
+    state: str
+    done: int
+    total: int
+    detail: str
+    started_at: Utc | None
+    ended_at: Utc | None
+
+
+class JobOut(BaseModel):
+    id: str
+    kind: str
+    machine: str
+    state: str
+    created_at: Utc
+    started_at: Utc | None
+    ended_at: Utc | None
+    error: str
+    cancellable: bool
+    steps: list[StepOut]
+
+
+# -- tokens and overview -------------------------------------------------------------------------------
+
+
+class TokenIn(_In):
+    name: Name
+    role: Literal["reader", "operator", "admin"]
+
+
+class TokenOut(BaseModel):
+    name: str
+    role: str
+    created_at: Utc
+    last_used: Utc | None
+
+
+class TokenCreatedOut(TokenOut):
+    token: str = Field(description="The secret: shown this once, only its hash is kept")
+
+
+class AlertOut(BaseModel):
+    severity: Literal["warning", "critical"]
+    subject: str
+    message: str
+
+
+class OverviewOut(BaseModel):
+    items: int
+    by_health: dict[str, int]
+    by_state: dict[str, int]
+    worst_rpo_seconds: float | None
+    scheduler_running: bool
+    alerts: list[AlertOut]
+
+
+class WhoAmIOut(BaseModel):
+    name: str
+    role: str

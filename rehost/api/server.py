@@ -1,0 +1,101 @@
+"""``rehost serve``: the replication scheduler and, unless told otherwise, the portal.
+
+The scheduler runs in a thread with a vault of its own; uvicorn serves the API and the
+dashboard in the main thread and owns the signals (Ctrl-C, SIGTERM), after which the
+scheduler is asked to stop and given time to finish its cycle.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from rehost.api.deps import OncePassword
+from rehost.errors import UsageError
+from rehost.vault.scheduler import Scheduler
+from rehost.vault.vault import Vault
+
+DEFAULT_LISTEN = "127.0.0.1:8080"
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:8080`` for IPv6) -> (host, port)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"--listen takes HOST:PORT (e.g. {DEFAULT_LISTEN}), not {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def scheduler_loop(vault_root: Path, password: Callable[[], str] | None, stop: threading.Event,
+                   tick: float, log: Callable[[str], None]) -> None:
+    """Run the scheduler until ``stop``; an unexpected error is logged and the loop restarts,
+    because a portal whose replication silently died is worse than a noisy log."""
+    while not stop.is_set():
+        vault = Vault.open(vault_root, password)
+        try:
+            Scheduler(vault, log=log).run_forever(stop, tick)
+        except Exception as e:
+            log(f"scheduler stopped by {type(e).__name__}: {e}; restarting in 5s")
+            logging.getLogger("rehost.scheduler").exception("scheduler error")
+            stop.wait(5)
+        finally:
+            vault.close()
+
+
+def serve(
+    vault_root: Path,
+    password: Callable[[], str] | None,
+    *,
+    listen: str | None = DEFAULT_LISTEN,
+    cert: Path | None = None,
+    key: Path | None = None,
+    tick: float = 1.0,
+    log: Callable[[str], None] = print,
+) -> None:
+    """Serve until stopped. ``listen=None`` runs the scheduler alone (no API)."""
+    import signal
+
+    once = OncePassword(password)
+    stop = threading.Event()
+    # ours before uvicorn's: uvicorn restores and re-raises the signal it caught after its
+    # graceful shutdown, which then lands here instead of killing the scheduler mid-cycle
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    if listen is None:
+        log(f"serving vault {vault_root}: continuous replication (Ctrl-C stops)")
+        scheduler_loop(vault_root, once.callback, stop, tick, log)
+        return
+    if key and not cert:
+        raise UsageError("--key needs --cert")
+    for f in (cert, key):
+        if f is not None and not Path(f).is_file():
+            raise UsageError(f"{f} is not a file")
+    host, port = parse_listen(listen)
+
+    import uvicorn
+
+    from rehost.api.app import create_app
+    from rehost.api.tokens import list_tokens
+
+    app = create_app(vault_root, once.callback)  # opens the vault: a wrong password fails here
+    with app.state.pool.borrow() as vault:
+        if not list_tokens(vault):
+            log("no API tokens yet: make one with rehost token create NAME --role admin")
+    worker = threading.Thread(target=scheduler_loop, args=(vault_root, once.callback, stop, tick, log),
+                              name="rehost-scheduler", daemon=True)
+    worker.start()
+    scheme = "https" if cert else "http"
+    log(f"serving vault {vault_root}: API and dashboard at {scheme}://{listen}/ui/, "
+        "continuous replication (Ctrl-C stops)")
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning",
+                            ssl_certfile=str(cert) if cert else None, ssl_keyfile=str(key) if key else None)
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        stop.set()
+        deadline = time.monotonic() + 30
+        worker.join(max(0.0, deadline - time.monotonic()))
+        log("stopped")

@@ -1,0 +1,140 @@
+"""What the API and the dashboard show, built from the services in one place.
+
+The machine dict has the keys of ``rehost machines --json`` (the CLI's shape is the
+contract); ``job_view`` is the CLI's ``job_dict``. Pages and JSON both come from here, so a
+field means the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, datetime
+from typing import Any
+
+from rehost.cli.job_cmd import job_dict
+from rehost.jobs.models import JobRow
+from rehost.jobs.runner import list_jobs
+from rehost.repository.manifest import RecoveryPoint
+from rehost.vault import inventory, policies, targets
+from rehost.vault.models import MachineRow, TargetRow, TokenRow
+from rehost.vault.vault import Vault
+
+#: the scheduler beats every tick; older than this and `rehost serve` is not replicating
+SCHEDULER_STALE_S = 60.0
+
+
+def points_by_machine(vault: Vault) -> dict[str, list[RecoveryPoint]]:
+    """Every point, read once and grouped (the repository is the only record of points)."""
+    out: dict[str, list[RecoveryPoint]] = {}
+    for p in vault.repo.list_points():
+        out.setdefault(p.machine, []).append(p)
+    return out
+
+
+def machine_view(vault: Vault, m: MachineRow, points: list[RecoveryPoint],
+                 policy_names: dict[str, str] | None = None) -> dict[str, Any]:
+    """One machine as ``rehost machines --json`` shows it, plus placement and assigned target."""
+    if policy_names is not None:
+        policy = policy_names.get(m.policy_id or "")
+    else:
+        policy = getattr(policies.policy_of(vault, m), "name", None)
+    latest = points[-1] if points else None
+    return {
+        "name": m.name, "source": m.source.kind, "state": m.state, "state_reason": m.state_reason,
+        "disks": [{"index": d.index, "format": d.format, "size": d.size, "path": d.path} for d in m.disks],
+        "points": len(points),
+        "latest_point": latest.id if latest else None,
+        "latest_time": latest.time if latest else None,
+        "target": m.placement.get("target_name"), "runs_at": m.placement.get("dir"),
+        "network_map": m.network_map,
+        "policy": policy,
+        "health": policies.health_of(vault, m, points).to_json(),
+        "last_cycle": m.last_cycle,
+        "placement": m.placement,
+        "assigned_target": None,
+    }
+
+
+def machine_views(vault: Vault) -> list[dict[str, Any]]:
+    """Every machine; policies are looked up once for all of them, not once per machine."""
+    by_machine = points_by_machine(vault)
+    names = {p.id: p.name for p in policies.list_policies(vault)}
+    return [machine_view(vault, m, by_machine.get(m.id, []), names) for m in inventory.list_machines(vault)]
+
+
+def machine_detail(vault: Vault, name: str) -> dict[str, Any]:
+    m = inventory.get_machine(vault, name)
+    view = machine_view(vault, m, vault.repo.list_points(m.id))
+    if m.target_id:
+        view["assigned_target"] = next((t.name for t in targets.list_targets(vault) if t.id == m.target_id),
+                                       None)
+    return view
+
+
+def point_view(p: RecoveryPoint) -> dict[str, Any]:
+    """A point as ``rehost points --json`` shows it."""
+    return {"id": p.id, "time": p.time, "consistency": p.consistency.value, "sequence": p.sequence,
+            "disks": [{"index": d.index, "size": d.size, "full": d.full} for d in p.disks]}
+
+
+def source_views(vault: Vault) -> list[dict[str, Any]]:
+    """Sources with the machines they hold (an image source holds exactly one)."""
+    out: dict[str, dict[str, Any]] = {}
+    for m in inventory.list_machines(vault):
+        src = out.setdefault(m.source.name, {"name": m.source.name, "kind": m.source.kind,
+                                             "settings": m.source.settings, "machines": []})
+        src["machines"].append(m.name)
+    return sorted(out.values(), key=lambda s: s["name"])
+
+
+def target_view(t: TargetRow) -> dict[str, Any]:
+    return {"name": t.name, "kind": t.kind, "settings": t.settings, "verified_ok": t.verified_ok,
+            "verified_at": t.verified_at, "verify_report": t.verify_report}
+
+
+def token_view(t: TokenRow) -> dict[str, Any]:
+    return {"name": t.name, "role": t.role, "created_at": t.created_at, "last_used": t.last_used}
+
+
+def job_view(vault: Vault, job: JobRow) -> dict[str, Any]:
+    return job_dict(vault, job)
+
+
+def job_views(vault: Vault, machine: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    machine_id = inventory.get_machine(vault, machine).id if machine else None
+    return [job_dict(vault, j) for j in list_jobs(vault, machine_id, limit)]
+
+
+def overview(vault: Vault, items: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The landing page's numbers: items by health and state, the worst RPO, and what needs
+    someone's attention (items behind, failed jobs, targets that failed verification)."""
+    items = machine_views(vault) if items is None else items
+    alerts: list[dict[str, str]] = []
+    for it in items:
+        h = it["health"]
+        if h["status"] in ("warning", "critical"):
+            alerts.append({"severity": h["status"], "subject": it["name"], "message": h["reason"]})
+    for j in list_jobs(vault, limit=20):
+        if j.state == "failed":
+            first = (j.error or "").splitlines()[0] if j.error else ""
+            alerts.append({"severity": "warning", "subject": f"job {j.id}",
+                           "message": f"{j.kind} of {j.machine_name} failed: {first}"})
+    for t in targets.list_targets(vault):
+        if t.verified_ok is False:
+            alerts.append({"severity": "critical", "subject": f"target {t.name}",
+                           "message": "failed verification: failovers to it are refused"})
+    beat = vault.scheduler_heartbeat()
+    running = beat is not None and (datetime.now(UTC) - beat).total_seconds() < SCHEDULER_STALE_S
+    if not running and any(it["policy"] for it in items):
+        alerts.append({"severity": "warning", "subject": "scheduler",
+                       "message": "no scheduler is running: items with a policy do not replicate "
+                                  "(start rehost serve)"})
+    rpos = [it["health"]["rpo_seconds"] for it in items if it["health"]["rpo_seconds"] is not None]
+    return {
+        "items": len(items),
+        "by_health": dict(Counter(it["health"]["status"] for it in items)),
+        "by_state": dict(Counter(it["state"] for it in items)),
+        "worst_rpo_seconds": max(rpos) if rpos else None,
+        "scheduler_running": running,
+        "alerts": alerts,
+    }

@@ -1,0 +1,513 @@
+"""Source ``qemu``: a RUNNING QEMU VM (or qemu-storage-daemon), replicated while it runs.
+
+Why this shape (design §3): the guest must keep running while a cycle reads, and a point
+must be one instant of all disks. Per cycle, one QMP ``transaction`` atomically (1) adds a
+new persistent dirty bitmap per disk, (2) disables the bitmap that started at the parent
+point, and (3) starts a ``blockdev-backup sync=none`` into a temporary qcow2 overlay of each
+disk (backup fleecing: QEMU copies old data aside before the guest overwrites it). Reading
+the overlay through QEMU's own NBD server gives the disks as they were at the transaction;
+the disabled bitmap, exported next to it (QEMU finds it on the overlay's backing), says what
+changed since the parent, so a delta cycle reads only that. See ``qemu_cbt`` for the
+bitmap rules and the fallbacks (lost or inconsistent bitmap => hash-diff, with a note).
+
+Talking to QEMU: QMP over a UNIX socket. QEMU serves ONE client per QMP socket, so give
+rehost its own monitor (``-qmp unix:/run/vm1-rehost.sock,server=on,wait=off`` next to
+libvirt's). The disks are named by ``QemuDisk.ref``: the drive/device id or a user-given
+node name — QEMU's automatic node names (``#block123``) change at every start (verified).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from rehost.disks import BASE_ALLOCATION, Extent, NbdDisk, open_nbd
+from rehost.errors import UsageError
+from rehost.replication.cycle import ReadableDisk
+from rehost.repository.manifest import Consistency, RecoveryPoint
+from rehost.sources.base import Snapshot
+from rehost.sources.qemu_cbt import (
+    DiskPlan,
+    FleeceSession,
+    bitmap_name,
+    machine_tag,
+    make_workdir,
+    node_bitmaps,
+    parse_bitmap,
+    plan_disk,
+    remove_bitmaps,
+    remove_workdir,
+    union_extents,
+)
+from rehost.targets.qmp import QmpClient, QmpError
+from rehost.vault.models import MachineRow
+
+#: Bitmap granularity. Measured on QEMU 7.2 (tests/sources/test_qemu_source.py::
+#: test_granularity_cost; 5000 scattered 4 KiB writes on 1 GiB): a delta cycle reads 1.0x
+#: what was written at 4 KiB, 3.9x at 16 KiB, 13.9x at 64 KiB (stored bytes are the same:
+#: the cycle diffs 4 KiB blocks). Those reads hit the protected VM's own storage, and under
+#: random writes a coarse bitmap approaches a full-disk read per cycle. The price of 4 KiB
+#: is QEMU memory: 32 MiB per TiB of disk per bitmap (measured: +34 MiB virtual, +37 MiB
+#: resident once writes are spread over a 1 TiB disk; 64 KiB: 2 MiB), two bitmaps during a
+#: cycle. Multi-TiB disks on a tight host can choose 16 or 64 KiB (source setting).
+DEFAULT_GRANULARITY = 4096
+QMP_TIMEOUT = 15.0
+#: Block drivers that only pass I/O to their child: bitmaps belong on the node below.
+FILTER_DRIVERS = frozenset({
+    "copy-before-write", "throttle", "copy-on-read", "preallocate", "compress",
+    "blkdebug", "blklogwrites", "snapshot-access",
+})
+
+
+class GuestFreezer(Protocol):
+    """Quiesces the guest's file systems (qemu-guest-agent ``guest-fsfreeze-*``)."""
+
+    def freeze(self) -> int: ...
+
+    def thaw(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class QemuDisk:
+    """A writable disk of a running QEMU. ``node_name`` is where bitmaps live (the format
+    node, below any filter); ``device`` the drive id or device id; ``ref`` the stable name
+    to store (the vault's ``DiskRow.path``)."""
+
+    index: int
+    node_name: str
+    device: str
+    size: int
+    format: str
+    filename: str
+    qdev: str = ""
+    #: qcow2 v3 keeps bitmaps across a clean QEMU restart; others lose them at exit.
+    bitmaps_persist: bool = False
+
+    @property
+    def ref(self) -> str:
+        if self.device:
+            return self.device
+        if self.node_name and not self.node_name.startswith("#"):
+            return self.node_name
+        return self.qdev
+
+    def matches(self, ref: str) -> bool:
+        return ref in {self.ref, self.device, self.node_name, self.qdev} and bool(ref)
+
+
+def connect_qmp(socket_path: Path, timeout: float = QMP_TIMEOUT) -> QmpClient:
+    """A connected QMP client, or a ``UsageError`` that says what is wrong with the socket."""
+    path = Path(socket_path)
+    if not path.exists():
+        raise UsageError(
+            f"QMP socket {path} does not exist: is QEMU running with "
+            f"-qmp unix:{path},server=on,wait=off ?"
+        )
+    if not path.is_socket():
+        raise UsageError(f"{path} is not a UNIX socket (give QEMU's -qmp socket)")
+    client = QmpClient(path, timeout=timeout)
+    try:
+        client.connect(deadline=time.monotonic())  # one attempt: the socket exists
+    except QmpError as exc:
+        client.close()
+        raise UsageError(
+            f"{path} did not answer as a QMP monitor ({exc}); QEMU serves one client per QMP "
+            "socket: give rehost a -qmp socket of its own"
+        ) from None
+    except ValueError:  # not JSON: some other service
+        client.close()
+        raise UsageError(f"{path} is not a QMP monitor") from None
+    return client
+
+
+def _commands(qmp: QmpClient) -> set[str]:
+    return {str(c["name"]) for c in qmp.execute("query-commands")}
+
+
+def _children(qmp: QmpClient) -> dict[str, dict[str, str]]:
+    """node -> {edge name: child node} (only asked when a filter hides the disk node)."""
+    graph = qmp.execute("x-debug-query-block-graph")
+    names = {n["id"]: str(n["name"]) for n in graph["nodes"] if n["type"] == "block-driver"}
+    out: dict[str, dict[str, str]] = {}
+    for e in graph["edges"]:
+        if e["parent"] in names and e["child"] in names:
+            out.setdefault(names[e["parent"]], {})[str(e["name"])] = names[e["child"]]
+    return out
+
+
+def _below_filters(node: str, named: dict[str, dict[str, Any]], qmp: QmpClient) -> str:
+    children: dict[str, dict[str, str]] | None = None
+    while named.get(node, {}).get("drv") in FILTER_DRIVERS:
+        children = children if children is not None else _children(qmp)
+        edges = children.get(node, {})
+        child = edges.get("file") or edges.get("backing")
+        if child is None:
+            break
+        node = child
+    return node
+
+
+def _disk(index: int, node: str, device: str, qdev: str, info: dict[str, Any]) -> QemuDisk:
+    image = info.get("image") or {}
+    specific = (image.get("format-specific") or {}).get("data") or {}
+    fmt = str(info.get("drv", ""))
+    return QemuDisk(
+        index, node, device, int(image.get("virtual-size", 0)), fmt,
+        str(image.get("filename") or info.get("file", "")), qdev,
+        bitmaps_persist=fmt == "qcow2" and specific.get("compat") == "1.1",
+    )
+
+
+def list_disks(qmp: QmpClient) -> list[QemuDisk]:
+    """Writable disks with a medium, in QEMU's order (the same at every start).
+
+    A VM: every block device attached to a guest device, except removable ones (CD-ROM,
+    floppy), empty drives and read-only ones. A qemu-storage-daemon (no guest devices): the
+    writable root nodes of its block graph. Our own fleece nodes are never disks.
+    """
+    named = {str(n["node-name"]): n for n in qmp.execute("query-named-block-nodes", {"flat": True})}
+    disks: list[QemuDisk] = []
+    if "system_powerdown" in _commands(qmp):
+        for b in qmp.execute("query-block"):
+            ins = b.get("inserted")
+            if not b.get("qdev") or b.get("removable") or ins is None or ins.get("ro"):
+                continue
+            node = _below_filters(str(ins["node-name"]), named, qmp)
+            qdev = str(b["qdev"])
+            device = str(b.get("device") or "") or _qdev_id(qdev)
+            disks.append(_disk(len(disks), node, device, qdev, named.get(node, ins)))
+        return disks
+    children = _children(qmp)
+    below = {c for edges in children.values() for c in edges.values()}
+    for name, info in named.items():
+        if name in below or name.startswith("rehost-") or info.get("ro"):
+            continue
+        node = _below_filters(name, named, qmp)
+        disks.append(_disk(len(disks), node, "", "", named[node]))
+    return disks
+
+
+def _qdev_id(qdev: str) -> str:
+    """``/machine/peripheral/ID/virtio-backend`` -> ``ID`` (a user-given, stable device id)."""
+    prefix = "/machine/peripheral/"
+    return qdev[len(prefix):].split("/")[0] if qdev.startswith(prefix) else ""
+
+
+def discover(qmp_socket: Path) -> list[QemuDisk]:
+    """The disks of the QEMU behind ``qmp_socket`` (asks QMP; QEMU keeps running)."""
+    qmp = connect_qmp(qmp_socket)
+    try:
+        disks = list_disks(qmp)
+    finally:
+        qmp.close()
+    if not disks:
+        raise UsageError(f"the QEMU behind {qmp_socket} has no writable disk")
+    return disks
+
+
+class QemuSource:
+    """A running QEMU VM as a replication source (changed-block tracking + fleecing).
+
+    ``guest_agent`` freezes file systems for app-consistent points; ``granularity`` is the
+    dirty bitmap's (bytes, a power of two); ``workdir`` holds the NBD socket and the
+    fleece files during a cycle (see ``qemu_cbt.make_workdir``).
+    """
+
+    kind = "qemu"
+
+    def __init__(
+        self,
+        qmp_socket: Path,
+        guest_agent: GuestFreezer | None = None,
+        granularity: int = DEFAULT_GRANULARITY,
+        workdir: Path | None = None,
+    ) -> None:
+        if granularity < 512 or granularity & (granularity - 1):
+            raise UsageError(f"granularity must be a power of two >= 512, not {granularity}")
+        self.qmp_socket = Path(qmp_socket)
+        self.guest_agent = guest_agent
+        self.granularity = granularity
+        self.workdir = workdir
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any], guest_agent: GuestFreezer | None = None) -> QemuSource:
+        """Build from a SourceRow's settings: ``qmp_socket``, optional ``granularity``, ``workdir``."""
+        if not settings.get("qmp_socket"):
+            raise UsageError("source qemu needs a qmp_socket setting")
+        workdir = settings.get("workdir")
+        return cls(
+            Path(settings["qmp_socket"]), guest_agent,
+            int(settings.get("granularity", DEFAULT_GRANULARITY)), Path(workdir) if workdir else None,
+        )
+
+    # -- one cycle ----------------------------------------------------------------------
+
+    def _resolve(self, qmp: QmpClient, machine: MachineRow) -> list[tuple[int, QemuDisk]]:
+        current = list_disks(qmp)
+        out = []
+        for row in machine.disks:
+            disk = next((d for d in current if d.matches(row.path)), None)
+            if disk is None:
+                have = ", ".join(d.ref for d in current) or "none"
+                raise UsageError(
+                    f"disk {row.index} of {machine.name} ({row.path}) is not a writable disk of the "
+                    f"QEMU behind {self.qmp_socket} any more (it has: {have}); rediscover the machine"
+                )
+            out.append((row.index, disk))
+        if not out:
+            raise UsageError(f"{machine.name} has no disks to replicate")
+        return out
+
+    @contextmanager
+    def snapshot(
+        self, machine: MachineRow, parent: RecoveryPoint | None, *, app_consistent: bool = False
+    ) -> Iterator[Snapshot]:
+        """Open every disk at one instant (fleecing) with the dirty extents since ``parent``.
+
+        Reads go through the fleece exports, so the data is the transaction's instant while
+        the guest writes on. Bitmaps older than the new one are removed only after
+        ``on_commit`` ran, when the context closes (an export keeps them busy until then);
+        a cycle that dies before the commit leaves them for the next cycle to union.
+        """
+        tag = machine_tag(machine.id)
+        sequence = parent.sequence + 1 if parent is not None else 0
+        notes: list[str] = []
+        committed: list[RecoveryPoint] = []
+        plans: list[DiskPlan] = []
+        opened: list[NbdDisk] = []
+        qmp = connect_qmp(self.qmp_socket)
+        workdir = make_workdir(self.workdir)
+        session = FleeceSession(qmp, tag, workdir)
+        try:
+            left = session.clean_leftovers()
+            if left:
+                notes.append(f"removed leftovers of an interrupted cycle: {', '.join(left)}")
+            disks = self._resolve(qmp, machine)
+            recorded = _parent_bitmaps(parent)
+            on_node = node_bitmaps(qmp)
+            for index, disk in disks:
+                # A disk the parent does not have (added since) is read whole, like a first copy.
+                before = {d.index: d.size for d in parent.disks} if parent is not None else {}
+                if index in before and before[index] != disk.size:
+                    notes.append(f"disk {index} was resized from {before[index]} to {disk.size} bytes: "
+                                 "read in full")
+                plan = plan_disk(
+                    index, disk.node_name, on_node.get(disk.node_name, []), tag=tag,
+                    new=bitmap_name(tag, sequence), parent_bitmap=recorded.get(str(index)),
+                    parent_sequence=parent.sequence if parent is not None and index in before else None,
+                    persistent=disk.bitmaps_persist,
+                )
+                notes += [f"disk {index}: could not remove {f}" for f in
+                          remove_bitmaps(qmp, disk.node_name, plan.remove_now)]
+                if plan.note:
+                    notes.append(plan.note)
+                plans.append(plan)
+            session.start_server()  # first: it may refuse (someone else's exports)
+            for index, disk in disks:
+                session.prepare(index, disk.node_name, disk.size)
+            actions: list[dict[str, Any]] = []
+            for plan, (index, disk) in zip(plans, disks, strict=True):
+                actions.append({"type": "block-dirty-bitmap-add", "data": {
+                    "node": disk.node_name, "name": plan.new, "granularity": self.granularity,
+                    "persistent": disk.bitmaps_persist}})
+                actions += [
+                    {"type": "block-dirty-bitmap-disable", "data": {"node": disk.node_name, "name": n}}
+                    for n in plan.disable
+                ]
+                actions.append(session.backup_action(index, disk.node_name))
+            consistency, freeze = self._instant(qmp, actions, app_consistent, notes)
+
+            readable: list[tuple[int, ReadableDisk]] = []
+            changed: dict[int, list[Extent] | None] = {}
+            for plan, (index, disk) in zip(plans, disks, strict=True):
+                export = session.export(index, plan.union or [])
+                contexts = [f"qemu:dirty-bitmap:{n}" for n in plan.union or []]
+                nbd = open_nbd(session.socket, export, (BASE_ALLOCATION, *contexts))
+                opened.append(nbd)
+                nbd.name = f"{machine.name} disk {index} ({disk.ref}) at the cycle's instant"
+                readable.append((index, nbd))
+                changed[index] = (
+                    union_extents(nbd.dirty_extents(c) for c in contexts) if plan.union is not None else None
+                )
+            metadata: dict[str, Any] = {
+                "kind": self.kind,
+                "bitmaps": {str(p.index): p.new for p in plans},
+                "granularity": self.granularity,
+                "persistent": {str(i): d.bitmaps_persist for i, d in disks},
+                "dirty_bytes": {str(i): None if c is None else sum(e.length for e in c)
+                                for i, c in changed.items()},
+            }
+            if freeze:
+                metadata["freeze"] = freeze
+            yield Snapshot(readable, consistency, changed, metadata, notes, on_commit=committed.append)
+        finally:
+            for nbd in opened:
+                nbd.close()
+            notes += session.teardown()
+            if committed:
+                notes += self._drop_old(qmp, tag, plans)
+            qmp.close()
+            remove_workdir(workdir)
+
+    def _instant(
+        self, qmp: QmpClient, actions: list[dict[str, Any]], app_consistent: bool, notes: list[str]
+    ) -> tuple[Consistency, dict[str, Any]]:
+        """Run the transaction, inside a guest freeze when asked and possible.
+
+        The freeze lasts only the transaction (milliseconds): everything slow (fleece files,
+        nodes, NBD server) is ready before. A failed freeze still makes a point, recorded
+        crash-consistent with the reason.
+        """
+        agent = self.guest_agent if app_consistent else None
+        if app_consistent and agent is None:
+            notes.append("no guest agent configured for this source: crash-consistent")
+        frozen = 0
+        attempted = failed = False
+        t0 = time.monotonic()
+        if agent is not None:
+            attempted = True
+            try:
+                frozen = agent.freeze()
+                if frozen == 0:
+                    notes.append("the guest agent froze no file system: crash-consistent")
+            except Exception as exc:  # any agent failure: fall back, never abort the cycle
+                failed = True
+                notes.append(f"guest freeze failed ({exc}): crash-consistent")
+        try:
+            qmp.execute("transaction", {"actions": actions})
+        finally:
+            if attempted and agent is not None:
+                try:
+                    agent.thaw()
+                except Exception as exc:
+                    if not failed:
+                        notes.append(f"guest thaw failed ({exc}): its file systems may still be frozen")
+        if frozen > 0:
+            return Consistency.APP, {"filesystems": frozen, "seconds": round(time.monotonic() - t0, 3)}
+        return Consistency.CRASH, {}
+
+    def _drop_old(self, qmp: QmpClient, tag: str, plans: list[DiskPlan]) -> list[str]:
+        """After the commit: keep only each disk's new bitmap (of this machine's)."""
+        problems: list[str] = []
+        try:
+            on_node = node_bitmaps(qmp)
+        except QmpError as exc:
+            return [f"could not drop old dirty bitmaps ({exc}): the next commit will"]
+        for plan in plans:
+            old = [b.name for b in on_node.get(plan.node, [])
+                   if b.name != plan.new and parse_bitmap(b.name, tag) is not None]
+            problems += [f"disk {plan.index}: old bitmap not removed: {f}"
+                         for f in remove_bitmaps(qmp, plan.node, old)]
+        return problems
+
+    def drop_tracking(self, machine: MachineRow) -> list[str]:
+        """Remove every dirty bitmap of this machine from QEMU (replication disabled or the
+        migration completed): they would otherwise cost QEMU memory forever."""
+        tag = machine_tag(machine.id)
+        qmp = connect_qmp(self.qmp_socket)
+        try:
+            removed = []
+            for node, bitmaps in node_bitmaps(qmp).items():
+                ours = [b.name for b in bitmaps if parse_bitmap(b.name, tag) is not None]
+                failed = remove_bitmaps(qmp, node, ours)
+                if failed:
+                    raise UsageError(f"could not remove dirty bitmaps: {'; '.join(failed)}")
+                removed += ours
+            return removed
+        finally:
+            qmp.close()
+
+    # -- shutting the source down ---------------------------------------------------------
+
+    def can_shutdown(self, machine: MachineRow) -> str | None:
+        try:
+            qmp = connect_qmp(self.qmp_socket)
+        except UsageError as exc:
+            return str(exc)
+        try:
+            if "system_powerdown" not in _commands(qmp):
+                return "a qemu-storage-daemon has no guest to shut down"
+            return None
+        finally:
+            qmp.close()
+
+    def shutdown(self, machine: MachineRow, timeout: float, *, keep_alive: bool = True) -> str:
+        """ACPI power button, wait up to ``timeout`` s, then a hard stop; says which.
+
+        ``keep_alive`` (default) first sets QEMU's shutdown action to ``pause`` (what
+        ``-no-shutdown`` does; QMP ``set-action``, QEMU >= 6.0): QEMU stays up after the
+        guest powers off, so a final sync can still read the disks with their bitmaps; and
+        the hard stop is ``stop`` (vCPUs halted, disks crash-consistent) rather than
+        ``quit``. Call ``quit_qemu`` after the final sync. Without ``keep_alive`` QEMU exits
+        when the guest powers off (unless started with ``-no-shutdown``: reported) or is
+        quit after the timeout.
+        """
+        qmp = connect_qmp(self.qmp_socket)
+        try:
+            if "system_powerdown" not in _commands(qmp):
+                raise UsageError("a qemu-storage-daemon has no guest to shut down")
+            status = str(qmp.execute("query-status")["status"])
+            if status == "shutdown":
+                return "the guest was already powered off; QEMU is still up: its disks can be read"
+            if keep_alive:
+                qmp.execute("set-action", {"shutdown": "pause"})
+            if status != "running":
+                if keep_alive:
+                    return (f"the guest is not running (status {status}): nothing to power off; QEMU "
+                            "keeps its disks readable (call quit_qemu after the final sync)")
+                _quit(qmp)
+                return f"the guest was not running (status {status}): QEMU was quit"
+            qmp.events.clear()
+            qmp.execute("system_powerdown")
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < timeout:
+                try:
+                    status = str(qmp.execute("query-status")["status"])
+                except QmpError:
+                    return (f"the guest powered off after {time.monotonic() - t0:.1f}s and QEMU exited "
+                            "(no -no-shutdown): its disks can no longer be read through QEMU")
+                if status == "shutdown":  # not the SHUTDOWN event: QEMU sends it and may exit
+                    how = "shutdown action set to pause" if keep_alive else "started with -no-shutdown"
+                    return (f"the guest powered off after {time.monotonic() - t0:.1f}s (ACPI power "
+                            f"button); QEMU stays up ({how}): its disks can still be read for a final "
+                            "sync — call quit_qemu after it")
+                time.sleep(0.2)
+            if keep_alive:
+                qmp.execute("stop")
+                return (f"the guest did not power off within {timeout:.0f}s: hard stop — its vCPUs were "
+                        "stopped (like pulling the plug); QEMU stays up so a final sync reads the "
+                        "crash-consistent disks — call quit_qemu after it")
+            _quit(qmp)
+            return f"the guest did not power off within {timeout:.0f}s: hard stop — QEMU was quit"
+        finally:
+            qmp.close()
+
+    def quit_qemu(self, machine: MachineRow) -> str:
+        """End the QEMU process (after the final sync of a failover); fine if it is gone."""
+        try:
+            qmp = connect_qmp(self.qmp_socket, timeout=5)
+        except UsageError:
+            return "QEMU is not running"
+        try:
+            _quit(qmp)
+            return "QEMU quit"
+        finally:
+            qmp.close()
+
+
+def _quit(qmp: QmpClient) -> None:
+    with contextlib.suppress(QmpError):  # QEMU may close the socket before it replies
+        qmp.execute("quit")
+
+
+def _parent_bitmaps(parent: RecoveryPoint | None) -> dict[str, str]:
+    """The bitmaps the parent point recorded (none if it came from another source kind)."""
+    if parent is None or parent.source.get("kind") != QemuSource.kind:
+        return {}
+    bitmaps = parent.source.get("bitmaps")
+    return {str(k): str(v) for k, v in bitmaps.items()} if isinstance(bitmaps, dict) else {}

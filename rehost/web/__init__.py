@@ -1,0 +1,2 @@
+"""The dashboard: server-rendered pages over the same views as the API, with a little
+JavaScript for the failover dialog and live job progress."""

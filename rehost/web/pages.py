@@ -1,0 +1,116 @@
+"""Dashboard pages (/ui): overview, replicated items, item detail, jobs, infrastructure.
+
+Pages read through ``rehost.api.views`` exactly what the JSON API returns, and change
+nothing themselves: the buttons call the API (with the sign-in cookie and the CSRF header),
+so a dashboard action and an API call cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, FastAPI, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+
+from rehost.api import views
+from rehost.api.auth import Reader, VaultDep, pool_of
+from rehost.api.deps import COOKIE, CSRF_HEADER, Caller
+from rehost.api.tokens import Role, authenticate
+from rehost.cli.context import human
+from rehost.jobs import runner
+from rehost.replication.health import _span
+from rehost.vault import policies, protection, targets
+
+HERE = Path(__file__).parent
+templates = Jinja2Templates(directory=HERE / "templates")
+templates.env.filters["human"] = human
+templates.env.filters["span"] = lambda s: "–" if s is None else _span(float(s))
+templates.env.globals["csrf_header"] = CSRF_HEADER
+
+router = APIRouter(prefix="/ui", include_in_schema=False)
+
+
+def install(app: FastAPI) -> None:
+    app.mount("/ui/static", StaticFiles(directory=HERE / "static"), name="static")
+    app.include_router(router)
+
+
+def render(request: Request, name: str, caller: Caller | None, status_code: int = 200,
+           **context: Any) -> HTMLResponse:
+    context.update(caller=caller, operator=bool(caller and caller.may(Role.operator)),
+                   admin=bool(caller and caller.may(Role.admin)))
+    return templates.TemplateResponse(request, name, context, status_code=status_code)
+
+
+def error_page(request: Request, code: int, message: str) -> Response:
+    caller = getattr(request.state, "caller", None)
+    return render(request, "error.html", caller, status_code=code, code=code, message=message)
+
+
+@router.get("/login")
+def login_form(request: Request) -> HTMLResponse:
+    return render(request, "login.html", None)
+
+
+@router.post("/login")
+def login(request: Request, token: Annotated[str, Form(max_length=200)]) -> Response:
+    """Check the token, then keep it in an HttpOnly cookie (scripts cannot read it)."""
+    with pool_of(request).borrow() as vault:
+        row = authenticate(vault, token.strip())
+    if row is None:
+        return render(request, "login.html", None, status_code=401,
+                      error="that token is not valid (ask an admin: rehost token create NAME --role reader)")
+    resp = RedirectResponse("/ui/", status_code=303)
+    resp.set_cookie(COOKIE, token.strip(), httponly=True, samesite="strict", path="/",
+                    secure=request.url.scheme == "https")
+    return resp
+
+
+@router.post("/logout")
+def logout() -> Response:
+    resp = RedirectResponse("/ui/login", status_code=303)
+    resp.delete_cookie(COOKIE, path="/")
+    return resp
+
+
+@router.get("/")
+def overview_page(request: Request, vault: VaultDep, caller: Reader) -> HTMLResponse:
+    items = views.machine_views(vault)
+    return render(request, "overview.html", caller, overview=views.overview(vault, items), items=items)
+
+
+@router.get("/items")
+def items_page(request: Request, vault: VaultDep, caller: Reader) -> HTMLResponse:
+    return render(request, "items.html", caller, items=views.machine_views(vault))
+
+
+@router.get("/items/{name}")
+def item_page(name: str, request: Request, vault: VaultDep, caller: Reader) -> HTMLResponse:
+    item = views.machine_detail(vault, name)
+    points = [views.point_view(p) for p in reversed(protection.list_points(vault, name))]
+    return render(request, "item.html", caller, item=item, points=points,
+                  jobs=views.job_views(vault, name, limit=10),
+                  targets=[t.name for t in targets.list_targets(vault)],
+                  policies=[p.name for p in policies.list_policies(vault)])
+
+
+@router.get("/jobs")
+def jobs_page(request: Request, vault: VaultDep, caller: Reader) -> HTMLResponse:
+    jobs = views.job_views(vault, limit=100)
+    live = any(j["state"] in ("running", "queued") for j in jobs)
+    return render(request, "jobs.html", caller, jobs=jobs, live=live)
+
+
+@router.get("/jobs/{job_id}")
+def job_page(job_id: str, request: Request, vault: VaultDep, caller: Reader) -> HTMLResponse:
+    return render(request, "job.html", caller, job=views.job_view(vault, runner.get_job(vault, job_id)))
+
+
+@router.get("/infrastructure")
+def infrastructure_page(request: Request, vault: VaultDep, caller: Reader) -> HTMLResponse:
+    return render(request, "infrastructure.html", caller, sources=views.source_views(vault),
+                  targets=[views.target_view(t) for t in targets.list_targets(vault)],
+                  policies=[policies.policy_json(p) for p in policies.list_policies(vault)])
