@@ -90,7 +90,7 @@ def serve(
     scheme = "https" if cert else "http"
     log(f"serving vault {vault_root}: API and dashboard at {scheme}://{listen}/ui/, "
         "continuous replication (Ctrl-C stops)")
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning",
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5,
                             ssl_certfile=str(cert) if cert else None, ssl_keyfile=str(key) if key else None)
     try:
         uvicorn.Server(config).run()

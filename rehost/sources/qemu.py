@@ -2,13 +2,14 @@
 
 Why this shape (design §3): the guest must keep running while a cycle reads, and a point
 must be one instant of all disks. Per cycle, one QMP ``transaction`` atomically (1) adds a
-new persistent dirty bitmap per disk, (2) disables the bitmap that started at the parent
-point, and (3) starts a ``blockdev-backup sync=none`` into a temporary qcow2 overlay of each
-disk (backup fleecing: QEMU copies old data aside before the guest overwrites it). Reading
-the overlay through QEMU's own NBD server gives the disks as they were at the transaction;
-the disabled bitmap, exported next to it (QEMU finds it on the overlay's backing), says what
-changed since the parent, so a delta cycle reads only that. See ``qemu_cbt`` for the
-bitmap rules and the fallbacks (lost or inconsistent bitmap => hash-diff, with a note).
+new dirty bitmap per disk (persistent where the image can keep it: qcow2 v3), (2) disables
+the bitmap that started at the parent point, and (3) starts a ``blockdev-backup
+sync=none`` into a temporary qcow2 overlay of each disk (backup fleecing: QEMU copies old
+data aside before the guest overwrites it). Reading the overlay through QEMU's own NBD
+server gives the disks as they were at the transaction; the disabled bitmap, exported next
+to it (QEMU finds it on the overlay's backing), says what changed since the parent, so a
+delta cycle reads only that. See ``qemu_cbt`` for the bitmap rules and the fallbacks (lost
+or inconsistent bitmap => hash-diff, with a note).
 
 Talking to QEMU: QMP over a UNIX socket. QEMU serves ONE client per QMP socket, so give
 rehost its own monitor (``-qmp unix:/run/vm1-rehost.sock,server=on,wait=off`` next to
@@ -24,10 +25,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from rehost.disks import BASE_ALLOCATION, Extent, NbdDisk, open_nbd
 from rehost.errors import UsageError
+from rehost.guest.agent import GuestFreezer
 from rehost.replication.cycle import ReadableDisk
 from rehost.repository.manifest import Consistency, RecoveryPoint
 from rehost.sources.base import Snapshot
@@ -47,14 +49,15 @@ from rehost.sources.qemu_cbt import (
 from rehost.targets.qmp import QmpClient, QmpError
 from rehost.vault.models import MachineRow
 
-#: Bitmap granularity. Measured on QEMU 7.2 (tests/sources/test_qemu_source.py::
-#: test_granularity_cost; 5000 scattered 4 KiB writes on 1 GiB): a delta cycle reads 1.0x
-#: what was written at 4 KiB, 3.9x at 16 KiB, 13.9x at 64 KiB (stored bytes are the same:
-#: the cycle diffs 4 KiB blocks). Those reads hit the protected VM's own storage, and under
-#: random writes a coarse bitmap approaches a full-disk read per cycle. The price of 4 KiB
-#: is QEMU memory: 32 MiB per TiB of disk per bitmap (measured: +34 MiB virtual, +37 MiB
-#: resident once writes are spread over a 1 TiB disk; 64 KiB: 2 MiB), two bitmaps during a
-#: cycle. Multi-TiB disks on a tight host can choose 16 or 64 KiB (source setting).
+#: Bitmap granularity. Measured on QEMU 7.2 (test_granularity_cost: 496 scattered 4 KiB
+#: writes on 256 MiB; and 4954 on 1 GiB): a delta cycle reads 1.0x what was written at
+#: 4 KiB, 4.0x/3.9x at 16 KiB, 15.1x/13.9x at 64 KiB (stored bytes are the same: the cycle
+#: diffs 4 KiB blocks; cycle time here was equal, the reads came from the page cache).
+#: Those reads hit the protected VM's own storage, and under random writes a coarse bitmap
+#: approaches a full-disk read per cycle. The price of 4 KiB is QEMU memory: 32 MiB per TiB
+#: of disk per bitmap (measured: +34 MiB virtual, +37 MiB resident once writes are spread
+#: over a 1 TiB disk; 64 KiB: 2 MiB), two bitmaps during a cycle. Multi-TiB disks on a
+#: tight host can choose 16 or 64 KiB (source setting ``granularity``).
 DEFAULT_GRANULARITY = 4096
 QMP_TIMEOUT = 15.0
 #: Block drivers that only pass I/O to their child: bitmaps belong on the node below.
@@ -62,14 +65,6 @@ FILTER_DRIVERS = frozenset({
     "copy-before-write", "throttle", "copy-on-read", "preallocate", "compress",
     "blkdebug", "blklogwrites", "snapshot-access",
 })
-
-
-class GuestFreezer(Protocol):
-    """Quiesces the guest's file systems (qemu-guest-agent ``guest-fsfreeze-*``)."""
-
-    def freeze(self) -> int: ...
-
-    def thaw(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -372,6 +367,7 @@ class QemuSource:
         if agent is not None:
             attempted = True
             try:
+                agent.ping()  # fail in seconds, not minutes, when no agent answers
                 frozen = agent.freeze()
                 if frozen == 0:
                     notes.append("the guest agent froze no file system: crash-consistent")
@@ -387,7 +383,7 @@ class QemuSource:
                 except Exception as exc:
                     if not failed:
                         notes.append(f"guest thaw failed ({exc}): its file systems may still be frozen")
-        if frozen > 0:
+        if frozen > 0:  # how long the guest's writes were held, freeze to thaw
             return Consistency.APP, {"filesystems": frozen, "seconds": round(time.monotonic() - t0, 3)}
         return Consistency.CRASH, {}
 

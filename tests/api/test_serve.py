@@ -79,5 +79,6 @@ def test_serve_speaks_https_and_runs_the_scheduler(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)
+    client.close()
     assert proc.returncode == 0, out
     assert f"https://127.0.0.1:{port}/ui/" in out and "stopped" in out

@@ -330,7 +330,8 @@ def test_bitmap_rules_without_qemu() -> None:
     assert p.union is None and p.remove_now == [parent] and p.note and "inconsistent" in p.note
     p = plan(bm(other, True))
     assert p.union is None and p.disable == [] and p.note and "missing" in p.note
-    assert union_extents([[Extent(0, 4096), Extent(8192, 4096)], [Extent(4096, 4096)], []]) == [Extent(0, 12288)]
+    merged = union_extents([[Extent(0, 4096), Extent(8192, 4096)], [Extent(4096, 4096)], []])
+    assert merged == [Extent(0, 12288)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -620,6 +621,9 @@ class QuickAgent:
     and a failed freeze is followed by two thaws)."""
 
     agent: GuestAgent
+
+    def ping(self) -> None:
+        self.agent.ping(timeout=1)
 
     def freeze(self) -> int:
         return self.agent.freeze(timeout=1)

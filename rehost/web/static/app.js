@@ -107,6 +107,8 @@ function setupJobPolling() {
       el.textContent = job.error.split("\n")[0];
       el.hidden = false;
     }
+    const cancel = document.getElementById("cancel-job");
+    if (cancel && !job.cancellable) cancel.hidden = true;
     if (!live(job.state)) clearInterval(timer);
   }, 1000);
 }
