@@ -35,6 +35,22 @@ def add_image(
               + ", ".join(f"{d.format} {human(d.size)}" for d in m.disks))
 
 
+@source_app.command("add-qemu")
+def add_qemu(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="Machine name."),
+    qmp: Path = typer.Option(..., "--qmp", help="A QMP socket of the running QEMU (one rehost can own)."),
+    guest_agent: Path = typer.Option(None, "--guest-agent", help="qemu-guest-agent socket, for "
+                                     "app-consistent points."),
+    granularity: int = typer.Option(None, help="Dirty-bitmap granularity in bytes (default 4096)."),
+) -> None:
+    """Register a running KVM/QEMU VM; its disks are discovered over QMP, no restart needed."""
+    with open_vault(ctx) as vault:
+        m = inventory.add_qemu_source(vault, name, qmp, guest_agent, granularity)
+    out.print(f"registered {m.name}: {len(m.disks)} disk(s), "
+              + ", ".join(f"{d.path} {human(d.size)}" for d in m.disks), highlight=False)
+
+
 def machines(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> None:
     """List machines with their source, state and latest recovery point."""
     with open_vault(ctx) as vault:

@@ -56,5 +56,14 @@ class SourceProvider(Protocol):
         ...
 
     def shutdown(self, machine: MachineRow, timeout: float) -> str:
-        """Shut the source machine down before a failover; returns what happened."""
+        """Shut the source machine down before a failover, keeping its disks readable for the
+        final sync where the source can; returns what happened."""
+        ...
+
+    def release(self, machine: MachineRow) -> str | None:
+        """After the final sync of a shut-down source: let it go (e.g. QEMU quits)."""
+        ...
+
+    def stop_tracking(self, machine: MachineRow) -> str | None:
+        """Replication has ended for good: remove change tracking from the source."""
         ...

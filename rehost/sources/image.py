@@ -68,3 +68,9 @@ class ImageSource:
 
     def shutdown(self, machine: MachineRow, timeout: float) -> str:
         raise UsageError(self.can_shutdown(machine) or "")
+
+    def release(self, machine: MachineRow) -> str | None:
+        return None
+
+    def stop_tracking(self, machine: MachineRow) -> str | None:
+        return None

@@ -483,6 +483,16 @@ class QemuSource:
         finally:
             qmp.close()
 
+    def release(self, machine: MachineRow) -> str | None:
+        return self.quit_qemu(machine)
+
+    def stop_tracking(self, machine: MachineRow) -> str | None:
+        try:
+            dropped = self.drop_tracking(machine)
+        except UsageError as exc:  # QEMU gone: its non-persistent bitmaps went with it
+            return f"could not reach QEMU to remove dirty bitmaps: {exc}"
+        return f"removed {len(dropped)} dirty bitmap(s)" if dropped else None
+
     def quit_qemu(self, machine: MachineRow) -> str:
         """End the QEMU process (after the final sync of a failover); fine if it is gone."""
         try:

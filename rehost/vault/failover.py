@@ -151,14 +151,21 @@ def _failover_plan(vault: Vault, job: JobRow) -> list[Step]:
         why_not = source.can_shutdown(machine)
         if why_not:
             raise SkipStep(why_not)
-        return source.shutdown(machine, float(ctx.params.get("shutdown_timeout", 120)))
+        result = source.shutdown(machine, float(ctx.params.get("shutdown_timeout", 120)))
+        ctx.save_outputs(source_stopped=True)
+        return result
 
     def final_sync(ctx: StepContext) -> str:
         if ctx.params.get("point", "latest") != "latest":
             raise SkipStep(f"point {ctx.params.get('point')} chosen: no final sync")
         result = replicate(ctx.vault, ctx.job.machine_name,
                            lambda done, total: ctx.progress(done, total))
-        return f"point {result.point.short_id}: {result.changed_bytes} changed bytes shipped"
+        detail = f"point {result.point.short_id}: {result.changed_bytes} changed bytes shipped"
+        if ctx.outputs.get("source_stopped"):  # the source was kept readable for this sync
+            machine = get_machine(ctx.vault, ctx.job.machine_name)
+            released = provider_for(machine).release(machine)
+            detail += f"; {released}" if released else ""
+        return detail
 
     def stop_replication(ctx: StepContext) -> str:
         machine = get_machine(ctx.vault, ctx.job.machine_name)
@@ -211,7 +218,9 @@ def _complete_plan(vault: Vault, job: JobRow) -> list[Step]:
             points = {p.id for p in ctx.vault.repo.list_points(machine.id)}
             report = prune(ctx.vault.repo, points)
         ctx.vault.cache.drop(machine.id)
-        return f"{report.points_removed} point(s) and {report.packs_removed} pack(s) purged"
+        note = provider_for(machine).stop_tracking(machine)
+        return f"{report.points_removed} point(s) and {report.packs_removed} pack(s) purged" + (
+            f"; {note}" if note else "")
 
     def finish(ctx: StepContext) -> str:
         machine = get_machine(ctx.vault, ctx.job.machine_name)

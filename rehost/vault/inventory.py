@@ -43,8 +43,14 @@ def add_image_source(vault: Vault, name: str | None, paths: Sequence[Path]) -> M
         src = SourceRow(name=name, kind="image", settings={"paths": [str(p) for p in paths]})
         m = MachineRow(name=name, source=src, state="registered")
         m.disks = [
-            DiskRow(index=i, path=str(img.path.absolute()), format=img.format, offset=img.offset,
-                    length=img.length, size=img.virtual_size)
+            DiskRow(
+                index=i,
+                path=str(img.path.absolute()),
+                format=img.format,
+                offset=img.offset,
+                length=img.length,
+                size=img.virtual_size,
+            )
             for i, img in enumerate(images)
         ]
         s.add_all([src, m])
@@ -54,7 +60,8 @@ def add_image_source(vault: Vault, name: str | None, paths: Sequence[Path]) -> M
 def get_machine(vault: Vault, name: str, session: Session | None = None) -> MachineRow:
     def load(s: Session) -> MachineRow:
         m = s.scalar(
-            select(MachineRow).where(MachineRow.name == name)
+            select(MachineRow)
+            .where(MachineRow.name == name)
             .options(selectinload(MachineRow.disks), selectinload(MachineRow.source))
         )
         if m is None:
@@ -72,7 +79,8 @@ def list_machines(vault: Vault) -> list[MachineRow]:
     with vault.session() as s:
         return list(
             s.scalars(
-                select(MachineRow).order_by(MachineRow.name)
+                select(MachineRow)
+                .order_by(MachineRow.name)
                 .options(selectinload(MachineRow.disks), selectinload(MachineRow.source))
             )
         )
@@ -86,7 +94,45 @@ def set_state(vault: Vault, machine: MachineRow, state: str, reason: str = "") -
     machine.state, machine.state_reason = state, reason
 
 
+def add_qemu_source(
+    vault: Vault, name: str, qmp_socket: Path, guest_agent: Path | None = None, granularity: int | None = None
+) -> MachineRow:
+    """Register a running QEMU (or qemu-storage-daemon): its disks are discovered over QMP."""
+    from rehost.sources import qemu
+
+    check_name(name)
+    if guest_agent is not None and not guest_agent.exists():
+        raise UsageError(f"guest agent socket {guest_agent} does not exist")
+    disks = qemu.discover(qmp_socket)
+    if not disks:
+        raise UsageError(f"the QEMU behind {qmp_socket} has no writable disk to replicate")
+    settings: dict[str, object] = {"qmp_socket": str(Path(qmp_socket).absolute())}
+    if guest_agent is not None:
+        settings["guest_agent"] = str(guest_agent.absolute())
+    if granularity is not None:
+        qemu.QemuSource(qmp_socket, granularity=granularity)  # validates it
+        settings["granularity"] = granularity
+    with vault.session() as s, s.begin():
+        if s.scalar(select(MachineRow).where(MachineRow.name == name)) is not None:
+            raise AlreadyExists(f"a machine named {name!r} is already registered")
+        if s.scalar(select(SourceRow).where(SourceRow.name == name)) is not None:
+            raise AlreadyExists(f"a source named {name!r} is already registered")
+        src = SourceRow(name=name, kind="qemu", settings=settings)
+        m = MachineRow(name=name, source=src, state="registered")
+        m.disks = [DiskRow(index=d.index, path=d.ref, format="qemu", size=d.size) for d in disks]
+        s.add_all([src, m])
+    return get_machine(vault, name)
+
+
 def provider_for(machine: MachineRow) -> SourceProvider:
     if machine.source.kind == "image":
         return image.ImageSource()
+    if machine.source.kind == "qemu":
+        from rehost.guest.agent import GuestAgent
+        from rehost.sources.qemu import QemuSource
+
+        sock = machine.source.settings.get("guest_agent")
+        return QemuSource.from_settings(
+            machine.source.settings, GuestAgent(Path(sock), timeout=10) if sock else None
+        )
     raise UsageError(f"source kind {machine.source.kind!r} is not supported by this version")
