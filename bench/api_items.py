@@ -25,14 +25,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi.testclient import TestClient
+from harness import machine
 
-from rehost.api.app import create_app  # noqa: E402
-from rehost.api.tokens import create_token  # noqa: E402
-from rehost.vault import policies, protection  # noqa: E402
-from rehost.vault.models import DiskRow, MachineRow, SourceRow  # noqa: E402
-from rehost.vault.vault import Vault  # noqa: E402
+from rehost.api.app import create_app
+from rehost.api.tokens import create_token
+from rehost.vault import policies, protection
+from rehost.vault.models import DiskRow, MachineRow, SourceRow
+from rehost.vault.vault import Vault
 
 TARGET_MS = 200.0
 
@@ -92,9 +94,12 @@ def main() -> None:
             page = timed(client, "/ui/items", args.repeat)
             client.headers["Authorization"] = f"Bearer {token}"
             api = timed(client, "/api/v1/machines", args.repeat)
+        about = machine(root)
     verdict = "meets" if page[0] < TARGET_MS else "MISSES"
-    print(f"machine: {platform.processor() or platform.machine()}, python {platform.python_version()}, "
-          f"{args.items} items, {args.points} point(s) each (vault made in {setup:.1f}s)")
+    for k, v in about.items():
+        print(f"- {k}: {v}")
+    print(f"- python {platform.python_version()}; {args.items} items, {args.points} point(s) each "
+          f"(vault made in {setup:.1f}s); median of {args.repeat} requests after 2 warm-ups\n")
     print("| request | median | max | response |")
     print("|---|---|---|---|")
     print(f"| GET /ui/items (HTML page) | {page[0]:.1f} ms | {page[1]:.1f} ms | {page[2] // 1024} KiB |")

@@ -83,7 +83,8 @@ def test_roles_are_ordered_and_enforced_per_endpoint(portal: Portal) -> None:
 
 def test_a_revoked_token_stops_working_at_once(portal: Portal) -> None:
     assert portal.get("/whoami", "operator").json() == {"name": "operator-token", "role": "operator"}
-    assert portal.client.delete("/api/v1/tokens/operator-token", headers=portal.auth("admin")).status_code == 204
+    r = portal.client.delete("/api/v1/tokens/operator-token", headers=portal.auth("admin"))
+    assert r.status_code == 204
     assert portal.get("/whoami", "operator").status_code == 401
 
 

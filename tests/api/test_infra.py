@@ -11,8 +11,10 @@ from tests.api.portal import Portal
 
 
 def test_targets_add_list_verify(portal: Portal, tmp_path: Path) -> None:
-    r = portal.post("/targets/local", {"name": "dr", "path": str(tmp_path / "dr"), "memory_mib": 512}, role="admin")
-    assert r.status_code == 201 and r.json()["settings"]["memory_mib"] == 512 and r.json()["verified_ok"] is None
+    r = portal.post("/targets/local", {"name": "dr", "path": str(tmp_path / "dr"), "memory_mib": 512},
+                    role="admin")
+    assert r.status_code == 201 and r.json()["settings"]["memory_mib"] == 512
+    assert r.json()["verified_ok"] is None
     assert (tmp_path / "dr").is_dir()
     assert [t["name"] for t in portal.get("/targets").json()] == ["dr", "here"]
     r = portal.post("/targets/local", {"name": "dr", "path": str(tmp_path / "dr2")}, role="admin")
@@ -20,7 +22,8 @@ def test_targets_add_list_verify(portal: Portal, tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     r = portal.post("/targets/local", {"name": "f", "path": str(tmp_path / "file")}, role="admin")
     assert r.status_code == 400 and "is not a folder" in r.json()["error"]
-    r = portal.post("/targets/local", {"name": "k", "path": str(tmp_path / "k"), "accel": "xen"}, role="admin")
+    r = portal.post("/targets/local", {"name": "k", "path": str(tmp_path / "k"), "accel": "xen"},
+                    role="admin")
     assert r.status_code == 422 and "accel" in r.json()["error"]
     assert portal.post("/targets/nope/verify").status_code == 404
 

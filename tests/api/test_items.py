@@ -18,7 +18,8 @@ def test_machines_are_what_the_cli_shows(portal: Portal) -> None:
     api = portal.get("/machines").json()
     cli = rehost(portal.vault, "machines", "--json").json()
     extra = {"placement", "assigned_target"}
-    assert _without_clock([{k: v for k, v in it.items() if k not in extra} for it in api]) == _without_clock(cli)
+    api_as_cli = [{k: v for k, v in it.items() if k not in extra} for it in api]
+    assert _without_clock(api_as_cli) == _without_clock(cli)
     assert api[0]["state"] == "protected" and api[0]["points"] == 1
 
 
@@ -93,7 +94,8 @@ def test_replicate_answers_202_with_the_job_and_its_location(portal: Portal) -> 
 def test_operations_refused_in_the_wrong_state_say_what_to_do(portal: Portal, tmp_path: Path) -> None:
     r = portal.post("/machines/web/complete")
     assert r.status_code == 409
-    assert r.json()["error"] == "cannot complete web: complete comes after failover: run rehost failover web first"
+    assert r.json()["error"] == ("cannot complete web: complete comes after failover: "
+                                 "run rehost failover web first")
     r = portal.post("/machines/web/test-cleanup")
     assert r.status_code == 409 and "no test failover of web to clean up" in r.json()["error"]
     r = portal.post("/machines/web/test-failover", {"point": "zz"})

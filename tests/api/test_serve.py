@@ -55,8 +55,8 @@ def test_serve_speaks_https_and_runs_the_scheduler(tmp_path: Path) -> None:
     cert, key = self_signed(tmp_path)
     port = free_port()
     code = ("import sys; from pathlib import Path; from rehost.api.server import serve; "
-            "serve(Path(sys.argv[1]), None, listen=sys.argv[2], cert=Path(sys.argv[3]), key=Path(sys.argv[4]), "
-            "tick=0.2)")
+            "serve(Path(sys.argv[1]), None, listen=sys.argv[2], cert=Path(sys.argv[3]), "
+            "key=Path(sys.argv[4]), tick=0.2)")
     proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "vault"), f"127.0.0.1:{port}",
                              str(cert), str(key)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
