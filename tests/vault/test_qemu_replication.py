@@ -30,8 +30,9 @@ def short_dir() -> Iterator[Path]:
 def _loop(image: Path, *, readonly: bool) -> str:
     off, size = partition_extent(image)
     args = ["losetup", "--find", "--show", "-o", str(off), "--sizelimit", str(size)]
-    return subprocess.run([*args, *(["-r"] if readonly else []), str(image)], check=True,
-                          capture_output=True, text=True).stdout.strip()
+    return subprocess.run(
+        [*args, *(["-r"] if readonly else []), str(image)], check=True, capture_output=True, text=True
+    ).stdout.strip()
 
 
 def _fsck_clean(image: Path) -> subprocess.CompletedProcess[str]:
@@ -60,10 +61,13 @@ def test_running_guest_replicated_then_failed_over(tmp_path: Path, tiny_image: P
     set_marker(tiny_image, "live-vm")
     set_mode(tiny_image, "stay")
     disk = tmp_path / "vm.qcow2"  # persistent dirty bitmaps need qcow2
-    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(tiny_image), str(disk)], check=True)
+    subprocess.run(
+        ["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(tiny_image), str(disk)], check=True
+    )
     rehost_qmp = short_dir / "rehost-qmp.sock"
-    vm = QemuVM([Drive(disk, "qcow2")], guest_agent=True,
-                extra_args=["-qmp", f"unix:{rehost_qmp},server=on,wait=off"])
+    vm = QemuVM(
+        [Drive(disk, "qcow2")], guest_agent=True, extra_args=["-qmp", f"unix:{rehost_qmp},server=on,wait=off"]
+    )
     vault, target = tmp_path / "vault", tmp_path / "target"
     serve: subprocess.Popen[str] | None = None
     with vm:
@@ -74,14 +78,40 @@ def test_running_guest_replicated_then_failed_over(tmp_path: Path, tiny_image: P
 
         rehost(vault, "init")
         rehost(vault, "target", "add-local", "here", "--path", str(target))
-        rehost(vault, "source", "add-qemu", "live", "--qmp", str(rehost_qmp),
-               "--guest-agent", str(vm.guest_agent_socket))
-        rehost(vault, "policy", "create", "tight", "--rpo-threshold", "30s", "--crash-consistent-every", "2s",
-               "--app-consistent-every", "8s", "--retention", "1h")
+        rehost(
+            vault,
+            "source",
+            "add-qemu",
+            "live",
+            "--qmp",
+            str(rehost_qmp),
+            "--guest-agent",
+            str(vm.guest_agent_socket),
+        )
+        rehost(
+            vault,
+            "policy",
+            "create",
+            "tight",
+            "--rpo-threshold",
+            "30s",
+            "--crash-consistent-every",
+            "2s",
+            "--app-consistent-every",
+            "8s",
+            "--retention",
+            "1h",
+        )
         rehost(vault, "policy", "attach", "live", "tight")
         env = {**os.environ, "REHOST_VAULT": str(vault)}
-        serve = subprocess.Popen([*REHOST, "serve", "--tick", "0.5"], cwd=REPO, env=env,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        serve = subprocess.Popen(
+            [*REHOST, "serve", "--tick", "0.5"],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             time.sleep(25)
         finally:
@@ -156,8 +186,11 @@ def test_qemu_killed_and_restarted_resyncs_and_says_why(tmp_path: Path, short_di
         vm.qmp("stop")
         out = tmp_path / "out.raw"
         rehost(vault, "export", "db", "--output", str(out))
-        r = subprocess.run(["qemu-img", "compare", "-U", "-f", "raw", "-F", "qcow2", str(out), str(disk)],
-                           capture_output=True, text=True)
+        r = subprocess.run(
+            ["qemu-img", "compare", "-U", "-f", "raw", "-F", "qcow2", str(out), str(disk)],
+            capture_output=True,
+            text=True,
+        )
         assert r.returncode == 0, r.stdout + r.stderr  # nothing lost, the 0x33 write included
         vm.qmp("cont")
         fourth = rehost(vault, "replicate", "db", "--json").json()
