@@ -16,12 +16,12 @@ from fastapi import APIRouter, FastAPI
 from fastapi.responses import RedirectResponse
 
 import rehost
-from rehost.api import errors, replication_job, routes_infra, routes_items, routes_jobs, schemas
+from rehost.api import errors, routes_infra, routes_items, routes_jobs, schemas
 from rehost.api.background import JobLauncher
 from rehost.api.deps import VaultPool
 from rehost.vault import failover
 
-_ = (failover, replication_job)  # importing them registers the job plans the API runs
+_ = failover  # importing it registers the job plans the API runs
 
 #: every operation may answer these, always as {"error": message}
 ERRORS: dict[int | str, dict[str, Any]] = {

@@ -16,9 +16,9 @@ from fastapi import APIRouter, Request, Response
 from rehost.api import items, schemas, views
 from rehost.api.auth import Admin, Operator, Reader, VaultDep
 from rehost.api.background import JobLauncher
-from rehost.api.replication_job import start_replicate_job
 from rehost.jobs.models import JobRow
 from rehost.vault import failover, inventory, protection
+from rehost.vault.failover import start_replicate_job
 from rehost.vault.vault import Vault
 
 router = APIRouter(tags=["replicated items"])

@@ -8,9 +8,11 @@ scheduler is asked to stop and given time to finish its cycle.
 from __future__ import annotations
 
 import logging
+import signal
+import socket
 import threading
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from rehost.api.deps import OncePassword
@@ -27,6 +29,20 @@ def parse_listen(text: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise UsageError(f"--listen takes HOST:PORT (e.g. {DEFAULT_LISTEN}), not {text!r}")
     return host.strip("[]"), int(port)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """Take the port before anything starts, so a busy port is one clear error, not a
+    server that announced itself and then died."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as e:
+        raise UsageError(f"cannot listen on {host}:{port}: {e.strerror or e} "
+                         "(choose another with --listen HOST:PORT)") from None
+    return sock
 
 
 def scheduler_loop(vault_root: Path, password: Callable[[], str] | None, stop: threading.Event,
@@ -56,17 +72,12 @@ def serve(
     log: Callable[[str], None] = print,
 ) -> None:
     """Serve until stopped. ``listen=None`` runs the scheduler alone (no API)."""
-    import signal
-
     once = OncePassword(password)
     stop = threading.Event()
-    # ours before uvicorn's: uvicorn restores and re-raises the signal it caught after its
-    # graceful shutdown, which then lands here instead of killing the scheduler mid-cycle
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
     if listen is None:
         log(f"serving vault {vault_root}: continuous replication (Ctrl-C stops)")
-        scheduler_loop(vault_root, once.callback, stop, tick, log)
+        with _stop_on_signals(stop):
+            scheduler_loop(vault_root, once.callback, stop, tick, log)
         return
     if key and not cert:
         raise UsageError("--key needs --cert")
@@ -74,13 +85,18 @@ def serve(
         if f is not None and not Path(f).is_file():
             raise UsageError(f"{f} is not a file")
     host, port = parse_listen(listen)
+    sock = bind(host, port)
 
     import uvicorn
 
     from rehost.api.app import create_app
     from rehost.api.tokens import list_tokens
 
-    app = create_app(vault_root, once.callback)  # opens the vault: a wrong password fails here
+    try:
+        app = create_app(vault_root, once.callback)  # opens the vault: a wrong password fails here
+    except BaseException:
+        sock.close()
+        raise
     with app.state.pool.borrow() as vault:
         if not list_tokens(vault):
             log("no API tokens yet: make one with rehost token create NAME --role admin")
@@ -93,9 +109,22 @@ def serve(
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5,
                             ssl_certfile=str(cert) if cert else None, ssl_keyfile=str(key) if key else None)
     try:
-        uvicorn.Server(config).run()
+        with _stop_on_signals(stop):
+            uvicorn.Server(config).run(sockets=[sock])
     finally:
         stop.set()
-        deadline = time.monotonic() + 30
-        worker.join(max(0.0, deadline - time.monotonic()))
+        worker.join(30)  # the scheduler finishes its cycle; a daemon thread after that
         log("stopped")
+
+
+@contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGTERM and SIGINT set ``stop``. Installed before uvicorn's own handlers on purpose:
+    uvicorn restores these and re-raises the signal after its graceful shutdown, which then
+    lands here instead of killing the process while the scheduler finishes its cycle."""
+    saved = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)

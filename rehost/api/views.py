@@ -96,13 +96,27 @@ def token_view(t: TokenRow) -> dict[str, Any]:
     return {"name": t.name, "role": t.role, "created_at": t.created_at, "last_used": t.last_used}
 
 
+TRACEBACK = "\nTraceback (most recent call last):"
+
+
+def without_traceback(text: str) -> str:
+    """The runner records an internal error with its traceback, for ``rehost job ID`` on the
+    server; over HTTP only the error line goes out (no code paths, no locals)."""
+    head, _, _ = text.partition(TRACEBACK)
+    return head
+
+
 def job_view(vault: Vault, job: JobRow) -> dict[str, Any]:
-    return job_dict(vault, job)
+    view = job_dict(vault, job)
+    view["error"] = without_traceback(view["error"])
+    for step in view["steps"]:
+        step["detail"] = without_traceback(step["detail"])
+    return view
 
 
 def job_views(vault: Vault, machine: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
     machine_id = inventory.get_machine(vault, machine).id if machine else None
-    return [job_dict(vault, j) for j in list_jobs(vault, machine_id, limit)]
+    return [job_view(vault, j) for j in list_jobs(vault, machine_id, limit)]
 
 
 def overview(vault: Vault, items: list[dict[str, Any]] | None = None) -> dict[str, Any]:

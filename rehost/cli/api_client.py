@@ -8,6 +8,7 @@ followed until they end, step by step, as ``rehost failover`` does locally.
 
 from __future__ import annotations
 
+import ssl
 import time
 from typing import Any
 
@@ -43,7 +44,7 @@ class Client:
                              "(made with: rehost token create NAME --role operator)")
         self.http = httpx.Client(base_url=server.rstrip("/") + "/api/v1", timeout=timeout,
                                  headers={"Authorization": f"Bearer {token}"},
-                                 verify=ca_cert if ca_cert else True)
+                                 verify=ssl.create_default_context(cafile=ca_cert) if ca_cert else True)
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None,
              params: dict[str, Any] | None = None) -> Any:

@@ -9,13 +9,25 @@ from pathlib import Path
 
 import typer
 
-from rehost.cli import demo_cmd, failover_cmd, job_cmd, machine_cmd, policy_cmd, target_cmd, vault_cmd
+from rehost.cli import (
+    api_client,
+    demo_cmd,
+    failover_cmd,
+    job_cmd,
+    machine_cmd,
+    policy_cmd,
+    target_cmd,
+    token_cmd,
+    vault_cmd,
+)
 from rehost.cli.context import Options, err
 from rehost.errors import RehostError
 
 app = typer.Typer(
     name="rehost",
-    help="Move and protect whole servers by block-level replication.",
+    help="Move and protect whole servers by block-level replication. To drive a remote "
+    "rehost serve instead: rehost --server URL --token T machines|points|replicate|failover|"
+    "complete|jobs|job.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -40,12 +52,14 @@ failover_cmd.register(app)
 job_cmd.register(app)
 demo_cmd.register(app)
 policy_cmd.register(app)
+token_cmd.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: a user error is one line on stderr and a non-zero exit code."""
+    args = sys.argv[1:] if argv is None else list(argv)
     try:
-        app(args=argv, prog_name="rehost")
+        (api_client.remote_app if api_client.wants_server(args) else app)(args=args, prog_name="rehost")
         return 0
     except SystemExit as e:  # typer's standalone mode ends every run with SystemExit
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)

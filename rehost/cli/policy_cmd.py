@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import signal
-import threading
 from datetime import UTC, datetime
+from pathlib import Path
 
 import typer
 
-from rehost.cli.context import emit_json, err, open_vault, out
+from rehost.cli.context import emit_json, err, open_vault, options, out, password_from_env_or_prompt
 from rehost.vault import policies
 from rehost.vault.scheduler import Scheduler
 
@@ -105,20 +104,23 @@ def serve(
     ctx: typer.Context,
     once: bool = typer.Option(False, "--once", help="Run one scheduling pass and exit."),
     tick: float = typer.Option(1.0, help="Seconds between scheduling passes."),
+    listen: str = typer.Option(
+        "127.0.0.1:8080", help="Where the API and dashboard listen (HOST:PORT); 'off': replication only."
+    ),
+    cert: Path = typer.Option(None, help="TLS certificate (PEM): serve HTTPS."),
+    key: Path = typer.Option(None, help="TLS private key (PEM), when it is not in --cert."),
 ) -> None:
-    """Keep every machine with a policy within its RPO: replicate, thin, report health."""
+    """Keep every machine with a policy within its RPO (replicate, thin, report health), and
+    serve the REST API and dashboard."""
 
     def log(msg: str) -> None:
         err.print(f"{datetime.now(UTC):%H:%M:%S} {msg}", highlight=False, markup=False)
 
-    with open_vault(ctx) as vault:
-        scheduler = Scheduler(vault, log=log)
-        if once:
-            scheduler.tick()
-            return
-        stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        signal.signal(signal.SIGINT, lambda *_: stop.set())
-        log(f"serving vault {vault.root}: continuous replication (Ctrl-C stops)")
-        scheduler.run_forever(stop, tick)
-        log("stopped")
+    if once:
+        with open_vault(ctx) as vault:
+            Scheduler(vault, log=log).tick()
+        return
+    from rehost.api.server import serve as serve_portal
+
+    serve_portal(options(ctx).vault_path, password_from_env_or_prompt,
+                 listen=None if listen == "off" else listen, cert=cert, key=key, tick=tick, log=log)

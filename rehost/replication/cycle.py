@@ -294,16 +294,18 @@ def run_cycle(
     source: dict[str, Any] | None = None,
     progress: Progress | None = None,
     changed: dict[int, list[Extent] | None] | None = None,
+    taken_at: datetime | None = None,
 ) -> CycleResult:
     """Read every disk, store what changed since ``parent``, commit one recovery point.
 
     ``changed``: per disk, the extents a change tracker (QEMU dirty bitmap, the agent) says
     may differ from ``parent``; None for a disk means unknown, and the disk is hash-diffed.
+    ``taken_at``: the instant the source froze the disks (the point's time; default now).
     """
     t0 = time.monotonic()
     before = WriteStats(*repo.stats.astuple())
-    repo.load_index()
-    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    repo.refresh_index()
+    stamp = (taken_at or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     sequence = parent.sequence + 1 if parent else 0
     maps: list[DiskMap] = []
     new_digests: dict[int, bytearray] = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -60,6 +61,6 @@ def parse_duration(text: str) -> timedelta:
     """'30s', '5m', '24h', '7d' -> timedelta; a clear error otherwise."""
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     t = text.strip().lower()
-    if len(t) < 2 or t[-1] not in units or not t[:-1].isdigit():
+    if not re.fullmatch(r"[0-9]{1,9}[smhd]", t):
         raise UsageError(f"{text!r} is not a duration: use a number and s, m, h or d (e.g. 24h)")
     return timedelta(seconds=int(t[:-1]) * units[t[-1]])

@@ -43,7 +43,7 @@ def prune(repo: Repository, forget: Iterable[str] = ()) -> PruneReport:
             report.points_rewritten += 1
     # 2. remove forgotten and replaced manifests
     for pid in (forget | replaced) & raw.keys():
-        repo.storage.remove(Kind.POINTS, pid)
+        repo.forget_point(pid)
         del raw[pid]
         report.points_removed += 1
     # 3. sweep packs

@@ -65,6 +65,7 @@ class Repository:
         # guards the blob cache and the lazy index load: readers serve NBD from threads
         self._lock = threading.Lock()
         self._maps: dict[tuple[str, int], list[MapEntry]] = {}
+        self._points: dict[str, RecoveryPoint] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -148,6 +149,20 @@ class Repository:
         self._index_loaded = True
         return problems
 
+    def refresh_index(self) -> None:
+        """Load only index files written since the last load (cheap per cycle); reload all if
+        some went away (prune consolidated them)."""
+        if not self._index_loaded:
+            self.load_index()
+            return
+        names = {o.name for o in self.storage.list(Kind.INDEX)}
+        if set(self.index.files) - names:
+            self.load_index()
+            return
+        for name in names - set(self.index.files):
+            data = self.storage.load(Kind.INDEX, name)
+            self.index.add_file(name, decode_index(data, self.sealer, name))
+
     def _ensure_index(self) -> None:
         if not self._index_loaded:
             with self._lock:
@@ -213,11 +228,23 @@ class Repository:
         return sorted((p for p in points if p.id not in replaced), key=lambda p: (p.time, p.sequence))
 
     def load_point_exact(self, point_id: str) -> RecoveryPoint:
+        """A point by full id; decoded once per process (points are immutable)."""
+        cached = self._points.get(point_id)
+        if cached is not None:
+            return cached
         try:
             data = self.storage.load(Kind.POINTS, point_id)
         except ObjectNotFound:
             raise NotFound(f"recovery point {point_id[:12]} does not exist") from None
-        return decode_point(data, self.sealer, point_id)
+        point = decode_point(data, self.sealer, point_id)
+        self._points[point_id] = point
+        return point
+
+    def forget_point(self, point_id: str) -> None:
+        """Remove a point's manifest (prune only) and its decoded copy."""
+        self.storage.remove(Kind.POINTS, point_id)
+        self._points.pop(point_id, None)
+        self._maps = {k: v for k, v in self._maps.items() if k[0] != point_id}
 
     def resolve_map(self, point: RecoveryPoint, disk: int) -> list[MapEntry]:
         """The full map of one disk of a point: its own, or its base's overlaid by its delta."""

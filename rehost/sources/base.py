@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from rehost.disks.extent import Extent
@@ -35,6 +36,8 @@ class Snapshot:
     metadata: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     on_commit: Callable[[RecoveryPoint], None] | None = None
+    #: the instant the disks were frozen: the recovery point's time
+    taken_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
 class SourceProvider(Protocol):

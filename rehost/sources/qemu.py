@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -315,6 +316,7 @@ class QemuSource:
                     for n in plan.disable
                 ]
                 actions.append(session.backup_action(index, disk.node_name))
+            instant = datetime.now(UTC)  # the point's time: when the transaction fixes the data
             consistency, freeze = self._instant(qmp, actions, app_consistent, notes)
 
             readable: list[tuple[int, ReadableDisk]] = []
@@ -339,7 +341,8 @@ class QemuSource:
             }
             if freeze:
                 metadata["freeze"] = freeze
-            yield Snapshot(readable, consistency, changed, metadata, notes, on_commit=committed.append)
+            yield Snapshot(readable, consistency, changed, metadata, notes, on_commit=committed.append,
+                           taken_at=instant)
         finally:
             for nbd in opened:
                 nbd.close()

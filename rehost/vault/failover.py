@@ -230,3 +230,31 @@ def _complete_plan(vault: Vault, job: JobRow) -> list[Step]:
 
     return [Step("purge", "Purge replica data", purge, point_of_no_return=True),
             Step("finish", "Mark migration complete", finish)]
+
+
+# -- replicate as a job (the portal's "Enable replication" shows the first copy's progress) ------
+
+
+REPLICATE = "replicate"
+
+
+def start_replicate_job(vault: Vault, name: str, *, app_consistent: bool = False) -> JobRow:
+    """Refuse at once what replicate would refuse (state, a job already running), then queue."""
+    machine = get_machine(vault, name)
+    busy = running_jobs(vault, machine.id)
+    if busy:
+        raise InvalidState(f"{name} has a {busy[0].kind} job running ({busy[0].id}); wait for it")
+    require("replicate", machine.state, name, machine.state_reason)
+    return create_job(vault, REPLICATE, machine.id, name, {"app_consistent": app_consistent})
+
+
+@plan(REPLICATE)
+def _replicate_plan(vault: Vault, job: JobRow) -> list[Step]:
+    def run(ctx: StepContext) -> str:
+        r = replicate(ctx.vault, ctx.job.machine_name, ctx.progress,
+                      app_consistent=bool(ctx.params.get("app_consistent")))
+        ctx.save_outputs(point=r.point.id)
+        return (f"point {r.point.short_id} ({r.point.consistency.value}): read {r.bytes_read} bytes, "
+                f"{r.changed_bytes} changed, stored {r.stats.stored_bytes}")
+
+    return [Step("replicate", "Replicate (a full copy first, then changed blocks)", run)]

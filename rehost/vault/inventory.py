@@ -15,11 +15,11 @@ from rehost.sources.base import SourceProvider
 from rehost.vault.models import DiskRow, MachineRow, SourceRow
 from rehost.vault.vault import Vault
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 def check_name(name: str, what: str = "machine") -> str:
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise UsageError(
             f"{what} name {name!r} is not valid: use 1-64 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -20,12 +21,11 @@ _UNITS = {"b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "kib": 1024, "mib": 
 
 def parse_bandwidth(text: str) -> int:
     """'100MB/s', '20MiB/s', '500kb/s' -> bytes per second."""
-    t = text.strip().lower().removesuffix("/s")
-    num = t.rstrip("abcdefghijklmnopqrstuvwxyz")
-    unit = t[len(num) :] or "b"
-    if not num or unit not in _UNITS:
+    m = re.fullmatch(r"([0-9]{1,12}(?:[.][0-9]{1,6})?)([a-z]*)", text.strip().lower().removesuffix("/s"))
+    unit = (m.group(2) or "b") if m else ""
+    if m is None or unit not in _UNITS:
         raise UsageError(f"{text!r} is not a bandwidth: use e.g. 100MB/s or 20MiB/s")
-    value = int(float(num) * _UNITS[unit])
+    value = int(float(m.group(1)) * _UNITS[unit])
     if value <= 0:
         raise UsageError("bandwidth must be positive")
     return value

@@ -45,6 +45,7 @@ def replicate(
             result = run_cycle(
                 vault.repo, vault.cache, machine.id, snap.disks, parent=parent,
                 consistency=snap.consistency, source=snap.metadata, progress=step, changed=snap.changed,
+                taken_at=snap.taken_at,
             )
             if snap.on_commit:
                 snap.on_commit(result.point)

@@ -54,3 +54,26 @@ def test_openapi_is_published_with_error_shapes(portal: Portal) -> None:
     assert {"202", "401", "403", "404", "409", "422"} <= set(op["responses"])
     assert op["responses"]["409"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorOut")
     assert doc["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+
+
+def test_an_internal_error_goes_out_without_its_traceback(portal: Portal) -> None:
+    """The runner keeps tracebacks of internal errors in the vault; the API sends the line."""
+    from sqlalchemy import select
+
+    from rehost.jobs.models import JobRow, StepRow
+
+    job_id = portal.post("/machines/web/replicate").json()["id"]
+    portal.wait_job(job_id)
+    trace = 'ZeroDivisionError: division by zero\nTraceback (most recent call last):\n  File "/x.py", line 1'
+    vault = portal.open_vault()
+    try:
+        with vault.session() as s, s.begin():
+            s.get(JobRow, job_id).error = f"Replicate: {trace}"  # type: ignore[union-attr]
+            s.scalars(select(StepRow).where(StepRow.job_id == job_id)).one().detail = trace
+    finally:
+        vault.close()
+    for job in (portal.get(f"/jobs/{job_id}").json(), portal.get("/jobs").json()[0]):
+        assert job["error"] == "Replicate: ZeroDivisionError: division by zero"
+        assert job["steps"][0]["detail"] == "ZeroDivisionError: division by zero"
+    portal.client.cookies.set("rehost_token", portal.tokens["reader"])
+    assert "x.py" not in portal.client.get(f"/ui/jobs/{job_id}").text

@@ -6,6 +6,8 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -50,6 +52,17 @@ def test_parse_listen() -> None:
             parse_listen(bad)
 
 
+def test_a_busy_port_is_one_clear_error(tmp_path: Path) -> None:
+    from rehost.api.server import serve
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(UsageError, match=f"cannot listen on 127.0.0.1:{port}: Address already in use"):
+            serve(tmp_path / "no-vault", None, listen=f"127.0.0.1:{port}", log=lambda _m: None)
+
+
 def test_serve_speaks_https_and_runs_the_scheduler(tmp_path: Path) -> None:
     tokens = make_vault(tmp_path, make_disk(tmp_path / "disk.raw"))
     cert, key = self_signed(tmp_path)
@@ -61,7 +74,8 @@ def test_serve_speaks_https_and_runs_the_scheduler(tmp_path: Path) -> None:
                              str(cert), str(key)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     try:
-        client = httpx.Client(base_url=f"https://127.0.0.1:{port}", verify=str(cert),
+        client = httpx.Client(base_url=f"https://127.0.0.1:{port}",
+                              verify=ssl.create_default_context(cafile=str(cert)),
                               headers={"Authorization": f"Bearer {tokens['reader']}"})
         deadline = time.monotonic() + 30
         while True:
@@ -76,9 +90,41 @@ def test_serve_speaks_https_and_runs_the_scheduler(tmp_path: Path) -> None:
         assert client.get("/api/v1/whoami").json()["role"] == "reader"
         with pytest.raises(httpx.TransportError):  # plain HTTP is not served on the TLS port
             httpx.get(f"http://127.0.0.1:{port}/api/v1/whoami", timeout=5)
+        client.close()  # else the server waits out its 5 s grace for this keep-alive connection
     finally:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)
-    client.close()
     assert proc.returncode == 0, out
     assert f"https://127.0.0.1:{port}/ui/" in out and "stopped" in out
+
+
+def test_an_encrypted_vault_is_unlocked_once_and_jobs_use_it(tmp_path: Path) -> None:
+    from rehost.api.app import create_app
+    from rehost.api.tokens import create_token
+    from rehost.errors import WrongPassword
+    from rehost.vault import inventory
+    from rehost.vault.vault import Vault
+    from tests.api.portal import Portal
+
+    vault = Vault.init(tmp_path / "vault", password="s3cret")
+    inventory.add_image_source(vault, "web", [make_disk(tmp_path / "disk.raw")])
+    token = create_token(vault, "op", "operator")[1]
+    vault.close()
+    with pytest.raises(WrongPassword):  # refused at start, not at the first request
+        create_app(tmp_path / "vault", lambda: "wrong")
+    asked: list[int] = []
+
+    def password() -> str:
+        asked.append(1)
+        return "s3cret"
+
+    from fastapi.testclient import TestClient
+
+    app = create_app(tmp_path / "vault", password)
+    with TestClient(app) as client:
+        p = Portal(client, app, tmp_path, {"operator": token, "reader": token})
+        job = p.wait_job(p.post("/machines/web/replicate").json()["id"])
+        assert job["state"] == "succeeded", job
+        assert len(p.get("/machines/web/points").json()) == 1
+        app.state.jobs.join(10)
+    assert asked == [1]

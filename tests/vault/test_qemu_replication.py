@@ -105,7 +105,7 @@ def test_running_guest_replicated_then_failed_over(tmp_path: Path, tiny_image: P
         rehost(vault, "policy", "attach", "live", "tight")
         env = {**os.environ, "REHOST_VAULT": str(vault)}
         serve = subprocess.Popen(
-            [*REHOST, "serve", "--tick", "0.5"],
+            [*REHOST, "serve", "--tick", "0.5", "--listen", "off"],
             cwd=REPO,
             env=env,
             stdout=subprocess.DEVNULL,

@@ -54,7 +54,7 @@ def test_serve_keeps_points_coming_within_rpo(tmp_path: Path) -> None:
     assert h["status"] == "not-protected"
 
     env = {**os.environ, "REHOST_VAULT": str(vault)}
-    proc = subprocess.Popen([*REHOST, "serve", "--tick", "0.5"], cwd=REPO, env=env,
+    proc = subprocess.Popen([*REHOST, "serve", "--tick", "0.5", "--listen", "off"], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         for _ in range(8):  # the source keeps changing while serve runs
