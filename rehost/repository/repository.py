@@ -13,7 +13,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
-from rehost.errors import IntegrityError, NotFound, ObjectNotFound, UsageError
+from rehost.errors import AlreadyExists, IntegrityError, NotFound, ObjectNotFound, UsageError
 from rehost.repository.crypto import KeyMaterial, Sealer, blob_id, unwrap_keys, wrap_keys
 from rehost.repository.index import Index, decode_index, encode_index
 from rehost.repository.manifest import (
@@ -202,18 +202,28 @@ class Repository:
             return
         pack, self._pack = self._pack, PackWriter()
         pack_id, data = pack.finish(self.sealer)
-        self.storage.save(Kind.DATA, pack_id, data)
+        self._save_addressed(Kind.DATA, pack_id, data)
         index_id, index_data = encode_index([(pack_id, pack.entries)], self.sealer)
-        self.storage.save(Kind.INDEX, index_id, index_data)
+        self._save_addressed(Kind.INDEX, index_id, index_data)
         self.index.add_file(index_id, [(pack_id, pack.entries)])
         self._pending.clear()
         self.stats.stored_bytes += len(data) + len(index_data)
+
+    def _save_addressed(self, kind: Kind, name: str, data: bytes) -> None:
+        """Save a content-addressed object. If it exists already, it holds these very bytes
+        (its name is their SHA-256): a cycle resumed after a kill -9 between a pack and its
+        index rebuilds the same pack, and that is success, not an error."""
+        try:
+            self.storage.save(kind, name, data)
+        except AlreadyExists:
+            if self.storage.stat(kind, name).size != len(data):
+                raise IntegrityError(f"{kind.value}/{name[:12]} exists with other content") from None
 
     def save_point(self, point: RecoveryPoint) -> RecoveryPoint:
         """Commit a point: flush its blobs first, then write the manifest (atomic)."""
         self.flush()
         point_id, data = encode_point(replace(point, id=""), self.sealer)
-        self.storage.save(Kind.POINTS, point_id, data)
+        self._save_addressed(Kind.POINTS, point_id, data)
         self.stats.stored_bytes += len(data)
         return replace(point, id=point_id)
 

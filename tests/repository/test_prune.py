@@ -71,3 +71,4 @@ def test_prune_keeps_exactly_what_kept_points_need(tmp_path: Path) -> None:
     assert again.points_removed == 0 and again.packs_removed == 0
     for p in repo.list_points("m"):
         assert _digest_of_point(repo, p.id) == expected[p.replaces or p.id]
+

@@ -1,0 +1,406 @@
+"""The server's certificate authority for agents, one-time passphrases and enrollment.
+
+Kept in a folder of the vault (``<vault>/agents``):
+
+- ``ca-key.pem`` / ``ca-cert.pem``: an ECDSA P-256 CA, only used to sign certificates;
+- ``server-key.pem`` / ``server-cert.pem``: the replication server's own certificate
+  (CN ``rehost-server``): the enrollment endpoint's TLS certificate (agents pin its
+  fingerprint) and the client certificate for the agents' API and NBD exports;
+- ``state.json``: passphrases (SHA-256 only, with machine and expiry), enrolled machines
+  (certificate serial, fingerprint, inventory), revoked serials. Written atomically under
+  a lock.
+
+A passphrase is random (about 120 bits), so a plain SHA-256 is enough to store it; it is
+spent by the first enrollment that uses it, expires after ``ttl``, and never appears in a
+log or an error message.
+"""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import hashlib
+import ipaddress
+import json
+import secrets
+import shutil
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from rehost.agent import SERVER_CN
+from rehost.agent.tls import (
+    cert_pem,
+    client_context,
+    fingerprint_pem,
+    key_pem,
+    load_key,
+    new_key,
+    server_context,
+    write_atomic,
+    write_private,
+)
+
+PASSPHRASE_TTL = 3600.0
+CA_YEARS = 20
+CERT_YEARS = 10
+MAX_BODY = 1 << 20
+
+
+class EnrollmentRefused(Exception):
+    """A passphrase or CSR was not accepted. The message never contains the passphrase."""
+
+
+@dataclass
+class Enrollment:
+    machine: str
+    certificate: bytes  # PEM
+    ca: bytes  # PEM
+    server_serial: int
+    serial: int
+
+
+def _hash(passphrase: str) -> str:
+    return hashlib.sha256(passphrase.strip().encode()).hexdigest()
+
+
+class CertificateAuthority:
+    """The agents' CA in ``folder`` (created on first use)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self._mutex = threading.Lock()
+        if not (self.folder / "ca-cert.pem").is_file():
+            self._create()
+
+    # -- files --------------------------------------------------------------------------
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.folder / "ca-cert.pem"
+
+    @property
+    def server_cert(self) -> Path:
+        return self.folder / "server-cert.pem"
+
+    @property
+    def server_key(self) -> Path:
+        return self.folder / "server-key.pem"
+
+    def _create(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with self._lock():
+            if self.ca_cert.is_file():
+                return
+            key = new_key()
+            name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "rehost agents CA")])
+            now = datetime.now(UTC)
+            ca = (
+                x509.CertificateBuilder()
+                .subject_name(name)
+                .issuer_name(name)
+                .public_key(key.public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(now - timedelta(minutes=5))
+                .not_valid_after(now + timedelta(days=365 * CA_YEARS))
+                .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+                .add_extension(
+                    x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+                    critical=True,
+                )
+                .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+                .sign(key, hashes.SHA256())
+            )
+            write_private(self.folder / "ca-key.pem", key_pem(key))
+            server_key = new_key()
+            server = self._sign(ca, key, server_key.public_key(), SERVER_CN, [x509.DNSName(SERVER_CN)])
+            write_private(self.server_key, key_pem(server_key))
+            write_atomic(self.server_cert, cert_pem(server))
+            write_atomic(self.folder / "state.json", json.dumps(_empty_state()).encode())
+            write_atomic(self.ca_cert, cert_pem(ca))  # last: its presence means "complete"
+
+    @staticmethod
+    def _sign(
+        ca: x509.Certificate, ca_key: Any, public_key: Any, cn: str, sans: list[x509.GeneralName]
+    ) -> x509.Certificate:
+        now = datetime.now(UTC)
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+            .issuer_name(ca.subject)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(minutes=5))
+            .not_valid_after(now + timedelta(days=365 * CERT_YEARS))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True
+            )
+            .add_extension(
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+                critical=False,
+            )
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.public_key()),  # type: ignore[arg-type]
+                critical=False,
+            )
+        )
+        if sans:
+            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        return builder.sign(ca_key, hashes.SHA256())
+
+    @contextmanager
+    def _lock(self) -> Iterator[None]:
+        with self._mutex, open(self.folder / ".lock", "a+") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def _load(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads((self.folder / "state.json").read_text())
+        return data
+
+    def _save(self, state: dict[str, Any]) -> None:
+        write_private(self.folder / "state.json", json.dumps(state, indent=1, sort_keys=True).encode())
+
+    # -- what the server shows --------------------------------------------------------
+
+    @property
+    def server_fingerprint(self) -> str:
+        """What ``rehost-agent register --fingerprint`` pins (printed with a passphrase)."""
+        return fingerprint_pem(self.server_cert.read_bytes())
+
+    @property
+    def server_serial(self) -> int:
+        return x509.load_pem_x509_certificate(self.server_cert.read_bytes()).serial_number
+
+    def machine(self, name: str) -> dict[str, Any] | None:
+        """What enrollment recorded about ``name`` (serial, fingerprint, inventory), or None."""
+        entry: dict[str, Any] | None = self._load()["machines"].get(name)
+        return entry
+
+    def machines(self) -> dict[str, dict[str, Any]]:
+        result: dict[str, dict[str, Any]] = self._load()["machines"]
+        return result
+
+    # -- passphrases ------------------------------------------------------------------
+
+    def issue_passphrase(self, machine: str, ttl: float = PASSPHRASE_TTL) -> str:
+        """A new one-time passphrase for ``machine``, valid ``ttl`` seconds.
+
+        Issuing another for the same machine cancels the previous one.
+        """
+        words = secrets.token_bytes(15)
+        passphrase = "-".join(base64.b32encode(words).decode().lower()[i : i + 6] for i in range(0, 24, 6))
+        with self._lock():
+            state = self._load()
+            state["passphrases"] = {
+                h: p
+                for h, p in state["passphrases"].items()
+                if p["machine"] != machine and p["expires"] > time.time()
+            }
+            state["passphrases"][_hash(passphrase)] = {"machine": machine, "expires": time.time() + ttl}
+            self._save(state)
+        return passphrase
+
+    def enroll(
+        self,
+        passphrase: str,
+        csr: bytes,
+        inventory: dict[str, Any] | None = None,
+        addresses: list[str] | None = None,
+    ) -> Enrollment:
+        """Spend ``passphrase`` and sign the agent's CSR; the certificate names the machine
+        the passphrase was issued for (not what the CSR asks). ``addresses`` become IP SANs."""
+        try:
+            request = x509.load_pem_x509_csr(csr)
+        except ValueError:
+            raise EnrollmentRefused("the certificate request is not a valid PEM CSR") from None
+        if not request.is_signature_valid:
+            raise EnrollmentRefused("the certificate request's signature is invalid")
+        with self._lock():
+            state = self._load()
+            entry = state["passphrases"].pop(_hash(passphrase), None)
+            if entry is None:
+                raise EnrollmentRefused("unknown or already used passphrase")
+            self._save(state)  # spent, whatever happens next
+            if entry["expires"] < time.time():
+                raise EnrollmentRefused("the passphrase has expired: issue a new one")
+            machine = str(entry["machine"])
+            sans: list[x509.GeneralName] = [x509.DNSName(machine)]
+            for a in addresses or []:
+                try:
+                    ip = ipaddress.ip_address(a.split("%")[0])
+                except ValueError:
+                    continue
+                if x509.IPAddress(ip) not in sans:
+                    sans.append(x509.IPAddress(ip))
+            ca = x509.load_pem_x509_certificate(self.ca_cert.read_bytes())
+            ca_key = load_key((self.folder / "ca-key.pem").read_bytes())
+            cert = self._sign(ca, ca_key, request.public_key(), machine, sans)
+            pem = cert_pem(cert)
+            old = state["machines"].get(machine)
+            if old:  # re-enrollment replaces (and revokes) the previous certificate
+                state["revoked"].append(str(old["serial"]))
+            state["machines"][machine] = {
+                "serial": str(cert.serial_number),
+                "fingerprint": fingerprint_pem(pem),
+                "enrolled_at": datetime.now(UTC).isoformat(),
+                "inventory": inventory or {},
+                "address": (addresses or [""])[0],
+            }
+            self._save(state)
+        return Enrollment(machine, pem, self.ca_cert.read_bytes(), self.server_serial, cert.serial_number)
+
+    # -- revocation -------------------------------------------------------------------
+
+    def revoke(self, machine: str) -> int | None:
+        """Revoke the machine's certificate (migration completed, machine removed)."""
+        with self._lock():
+            state = self._load()
+            entry = state["machines"].pop(machine, None)
+            if entry is None:
+                return None
+            state["revoked"].append(str(entry["serial"]))
+            self._save(state)
+            return int(entry["serial"])
+
+    def revoked(self) -> set[int]:
+        return {int(s) for s in self._load()["revoked"]}
+
+    def is_revoked(self, serial: int) -> bool:
+        return serial in self.revoked()
+
+    # -- the server's client credentials ----------------------------------------------
+
+    def client_ssl_context(self) -> ssl.SSLContext:
+        return client_context(self.server_cert, self.server_key, self.ca_cert)
+
+    def nbd_client_dir(self) -> Path:
+        """A folder libnbd's ``set_tls_certificates`` reads: ca-cert.pem, client-cert.pem,
+        client-key.pem (the server's certificate, used as an NBD client certificate)."""
+        d = self.folder / "nbd-client"
+        d.mkdir(mode=0o700, exist_ok=True)
+        for src, dst in (
+            (self.ca_cert, "ca-cert.pem"),
+            (self.server_cert, "client-cert.pem"),
+            (self.server_key, "client-key.pem"),
+        ):
+            target = d / dst
+            if not target.is_file() or target.read_bytes() != src.read_bytes():
+                tmp = target.with_name(dst + ".tmp")
+                shutil.copyfile(src, tmp)
+                tmp.chmod(0o600)
+                tmp.replace(target)
+        return d
+
+
+def _empty_state() -> dict[str, Any]:
+    return {"passphrases": {}, "machines": {}, "revoked": []}
+
+
+# -- the enrollment endpoint ----------------------------------------------------------
+
+
+class EnrollmentServer:
+    """HTTPS (never plain HTTP) endpoint ``POST /enroll`` for ``rehost-agent register``.
+
+    Agents pin this server's certificate by its fingerprint. The body is JSON
+    ``{passphrase, csr, inventory}``; the answer ``{machine, certificate, ca, server_serial}``.
+    """
+
+    def __init__(self, ca: CertificateAuthority, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.ca = ca
+        handler = _enroll_handler(ca)
+        self.httpd = ThreadingHTTPServer((host, port), handler)
+        self.httpd.daemon_threads = True
+        ctx = server_context(ca.server_cert, ca.server_key, None)
+        self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self.httpd.server_address[:2]
+        return f"https://{host!s}:{port}"
+
+    def start(self) -> EnrollmentServer:
+        self._thread = threading.Thread(target=self.httpd.serve_forever, name="rehost-enroll", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def __enter__(self) -> EnrollmentServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _enroll_handler(ca: CertificateAuthority) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "rehost-enroll"
+        sys_version = ""
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # bodies carry passphrases: never logged; the caller logs outcomes
+
+        def _reply(self, code: int, body: dict[str, Any]) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_POST(self) -> None:
+            if self.path != "/enroll":
+                self._reply(404, {"error": "not found"})
+                return
+            try:
+                length = int(self.headers.get("Content-Length", "0"))
+                if not 0 < length <= MAX_BODY:
+                    raise ValueError("bad length")
+                body = json.loads(self.rfile.read(length))
+                passphrase = str(body["passphrase"])
+                csr = str(body["csr"]).encode()
+                inventory = body.get("inventory") or {}
+            except (ValueError, KeyError, TypeError):
+                self._reply(400, {"error": "expected JSON {passphrase, csr, inventory}"})
+                return
+            addresses = [self.client_address[0]]
+            for nic in inventory.get("nics", []) if isinstance(inventory, dict) else []:
+                addresses += [str(a).split("/")[0] for a in nic.get("addresses", [])]
+            try:
+                result = ca.enroll(passphrase, csr, inventory, addresses)
+            except EnrollmentRefused as e:
+                self._reply(403, {"error": str(e)})
+                return
+            self._reply(
+                200,
+                {
+                    "machine": result.machine,
+                    "certificate": result.certificate.decode(),
+                    "ca": result.ca.decode(),
+                    "server_serial": str(result.server_serial),
+                },
+            )
+
+    return Handler
