@@ -272,7 +272,8 @@ def quiet_copy(tool: Tool, phase: str, reset: Callable[[], None], args: argparse
         r = tool.copy(phase)
         if not noisy(r.m):
             break
-    return replace(r, note=f"{r.note}; retried {attempt}x (busy machine)") if attempt else r
+    retried = f"retried {attempt}x (busy machine)" if attempt else ""
+    return replace(r, note="; ".join(filter(None, [r.note, retried])))
 
 
 def delta_copy(tool: Tool, phase: str, backup: Path, args: argparse.Namespace) -> Run:

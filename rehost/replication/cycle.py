@@ -37,8 +37,10 @@ from rehost.repository.repository import BLOCK_SIZE, CHUNK_SIZE, Repository, Wri
 from rehost.repository.restore import iter_chunks
 
 #: Chunks in flight between the reader and the hashing/sealing workers.
-PIPELINE_DEPTH = 6
+PIPELINE_DEPTH = 12
 WORKERS = 2
+#: Chunks read with one call (their NBD requests are in flight together).
+READ_BATCH = 8
 
 Progress = Callable[[int], None]
 
@@ -74,7 +76,11 @@ class _ChunkResult:
 
 
 def _diff_chunk(
-    repo: Repository, offset: int, data: bytes | None, length: int, old: bytes,
+    repo: Repository,
+    offset: int,
+    data: bytes | memoryview | None,
+    length: int,
+    old: bytes,
     dirty: list[tuple[int, int]] | None = None,
 ) -> _ChunkResult:
     """Digest a chunk, find changed blocks, cut them into runs and seal data runs.
@@ -146,27 +152,59 @@ class _ExtentMap:
         return out
 
 
-def _read_chunk(
-    disk: ReadableDisk, extents: _ExtentMap, start: int, length: int,
-    only: list[tuple[int, int]] | None = None,
-) -> tuple[bytes | None, int]:
-    """The chunk's bytes (None if it is all holes/zeros) and how many bytes were read.
+def _batches(offsets: list[int]) -> Iterator[list[int]]:
+    """Runs of up to READ_BATCH consecutive chunk offsets: one read call per run keeps many
+    NBD requests in flight (one 1 MiB request at a time is latency-bound)."""
+    run: list[int] = []
+    for off in offsets:
+        if run and (off != run[-1] + CHUNK_SIZE or len(run) == READ_BATCH):
+            yield run
+            run = []
+        run.append(off)
+    if run:
+        yield run
 
-    ``only``: absolute byte ranges to read (dirty ranges); the rest of the buffer stays zero
-    and must not be used.
+
+def _read_batch(
+    disk: ReadableDisk,
+    extents: _ExtentMap,
+    batch: list[int],
+    size: int,
+    wanted: dict[int, list[tuple[int, int]]] | None,
+) -> list[tuple[int, memoryview | None, int]]:
+    """(offset, data or None if all holes/zeros, bytes read) per chunk of ``batch``.
+
+    Only allocated data is read, and with ``wanted`` (dirty ranges) only that; the rest of a
+    chunk's buffer stays zero and is never used for a block that was not read.
     """
-    end = start + length
-    ranges = [(max(e.start, start), min(e.end, end)) for e in extents.data_in(start, end)]
-    if only is not None:
-        ranges = [(max(a, c), min(b, d)) for a, b in ranges for c, d in only if max(a, c) < min(b, d)]
-    if not ranges:
-        return None, 0
-    buf = bytearray(length)
-    read = 0
-    for a, b in ranges:
-        disk.readinto(a, memoryview(buf)[a - start : b - start])
-        read += b - a
-    return bytes(buf), read
+    start, end = batch[0], min(size, batch[-1] + CHUNK_SIZE)
+    per_chunk: list[list[tuple[int, int]]] = []
+    for off in batch:
+        c_end = min(size, off + CHUNK_SIZE)
+        ranges = [(max(e.start, off), min(e.end, c_end)) for e in extents.data_in(off, c_end)]
+        if wanted is not None:
+            ranges = [
+                (max(a, c), min(b, d)) for a, b in ranges for c, d in wanted[off] if max(a, c) < min(b, d)
+            ]
+        per_chunk.append(ranges)
+    merged: list[tuple[int, int]] = []
+    for a, b in sorted(r for rs in per_chunk for r in rs):
+        if merged and merged[-1][1] >= a:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+        else:
+            merged.append((a, b))
+    view = memoryview(bytearray(end - start)) if merged else None
+    for a, b in merged:
+        assert view is not None
+        disk.readinto(a, view[a - start : b - start])
+    out: list[tuple[int, memoryview | None, int]] = []
+    for off, ranges in zip(batch, per_chunk, strict=True):
+        if not ranges or view is None:
+            out.append((off, None, 0))
+            continue
+        c_end = min(size, off + CHUNK_SIZE)
+        out.append((off, view[off - start : c_end - start], sum(b - a for a, b in ranges)))
+    return out
 
 
 def _dirty_chunks(dirty: list[Extent], size: int) -> dict[int, list[tuple[int, int]]]:
@@ -215,7 +253,11 @@ class _DiskScan:
 
 
 def _scan_disk(
-    repo: Repository, pool: ThreadPoolExecutor, disk: ReadableDisk, old: bytearray, progress: Progress | None,
+    repo: Repository,
+    pool: ThreadPoolExecutor,
+    disk: ReadableDisk,
+    old: bytearray,
+    progress: Progress | None,
     dirty: list[Extent] | None = None,
 ) -> _DiskScan:
     """Read a disk chunk by chunk; workers diff and seal while the next chunk is read.
@@ -242,16 +284,20 @@ def _scan_disk(
             if progress:
                 progress(min(CHUNK_SIZE, size - off))
 
-    for off in (range(0, size, CHUNK_SIZE) if wanted is None else sorted(wanted)):
-        length = min(CHUNK_SIZE, size - off)
-        only = wanted[off] if wanted is not None else None
-        data, nread = _read_chunk(disk, extents, off, length, only)
-        scan.bytes_read += nread
-        b0 = off // BLOCK_SIZE * DIGEST_SIZE
-        old_slice = bytes(old[b0 : b0 + block_count(length) * DIGEST_SIZE])
-        blocks = [((a - off) // BLOCK_SIZE, -(-(b - off) // BLOCK_SIZE)) for a, b in only] if only else None
-        inflight.append((off, pool.submit(_diff_chunk, repo, off, data, length, old_slice, blocks)))
-        drain(PIPELINE_DEPTH)
+    offsets = list(range(0, size, CHUNK_SIZE)) if wanted is None else sorted(wanted)
+    for batch in _batches(offsets):
+        chunks = _read_batch(disk, extents, batch, size, wanted)
+        for off, data, nread in chunks:
+            length = min(CHUNK_SIZE, size - off)
+            only = wanted[off] if wanted is not None else None
+            scan.bytes_read += nread
+            b0 = off // BLOCK_SIZE * DIGEST_SIZE
+            old_slice = bytes(old[b0 : b0 + block_count(length) * DIGEST_SIZE])
+            blocks = (
+                [((a - off) // BLOCK_SIZE, -(-(b - off) // BLOCK_SIZE)) for a, b in only] if only else None
+            )
+            inflight.append((off, pool.submit(_diff_chunk, repo, off, data, length, old_slice, blocks)))
+            drain(PIPELINE_DEPTH)
     drain(0)
     if wanted is not None and progress:
         progress(size - len(wanted) * CHUNK_SIZE if size > len(wanted) * CHUNK_SIZE else 0)
@@ -330,8 +376,12 @@ def run_cycle(
 
     point = repo.save_point(
         RecoveryPoint(
-            machine=machine, time=stamp, consistency=consistency,
-            parent=parent.id if parent else None, sequence=sequence, disks=maps,
+            machine=machine,
+            time=stamp,
+            consistency=consistency,
+            parent=parent.id if parent else None,
+            sequence=sequence,
+            disks=maps,
             source=source or {},
         )
     )

@@ -21,7 +21,9 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from rehost.errors import IntegrityError, WrongPassword
 
 NONCE_SIZE = 12
-ZSTD_LEVEL = 3
+# level 1: 404 MiB/s at ratio 0.44 on /usr/lib vs 241 MiB/s at 0.40 for level 3 (one core here);
+# compression runs on every changed byte, so speed wins.
+ZSTD_LEVEL = 1
 # scrypt cost: ~0.1 s and 32 MiB per unlock; enough against offline guessing of the key file.
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**15, 8, 1
 
