@@ -80,3 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.suppress(KeyboardInterrupt):
         service.serve_forever()
     return 0
+
+
+def run() -> None:
+    """Console entry point ``rehost-agent``."""
+    sys.exit(main())
