@@ -1,0 +1,109 @@
+#!/usr/bin/env python3
+"""Benchmark (not a test): the floors under a rehost replication cycle, on one image.
+
+How long do the pieces of a cycle take alone, one thread, on the same data: reading the
+image from the page cache, the per-block XXH3 digests, keyed BLAKE3 blob ids, zstd at a few
+levels, and reading the allocated extents through qemu-nbd one 1 MiB chunk at a time the
+way a cycle does, with rehost's cache mode (none: O_DIRECT) and with writeback.
+
+    .venv/bin/python bench/replication_floors.py IMAGE
+
+IMAGE is a raw image, e.g. one kept by ``bench/replication.py --keep``. Read it once first
+(``cat IMAGE > /dev/null``) for the page-cache figures. See docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable, Iterator
+from functools import partial
+from pathlib import Path
+
+import blake3
+import xxhash
+import zstandard
+from harness import MiB
+
+from rehost.disks import DiskImage, QemuNbdServer, open_nbd
+
+BLOCK = 4096
+
+
+def chunks(image: Path) -> Iterator[bytes]:
+    with image.open("rb", buffering=0) as f:
+        buf = bytearray(MiB)
+        while n := f.readinto(buf):
+            yield bytes(buf[:n])
+
+
+def timed(label: str, work: Callable[[], str]) -> None:
+    t0 = time.perf_counter()
+    result = work()
+    print(f"| {label} | {time.perf_counter() - t0:.2f} | {result} |", flush=True)
+
+
+def digests(data: list[bytes]) -> str:
+    h = xxhash.xxh3_64_digest
+    n = sum(len(h(memoryview(c)[i : i + BLOCK])) for c in data for i in range(0, len(c), BLOCK))
+    return f"{n // 8} blocks"
+
+
+def compress(data: list[bytes], level: int) -> str:
+    cctx = zstandard.ZstdCompressor(level=level)
+    out = sum(len(cctx.compress(c)) for c in data)
+    return f"ratio {out / (len(data) * MiB):.3f}"
+
+
+def nbd_read(image: Path, cache: str, aio: str) -> str:
+    """Read every allocated, non-zero extent, one 1 MiB chunk at a time (like a cycle)."""
+    size = image.stat().st_size
+    with QemuNbdServer(DiskImage(image, "raw", size, 0, None), cache=cache, aio=aio) as server:
+        disk = open_nbd(server.socket_path)
+        data = [e for e in disk.extents() if not e.zero]
+        buf, read, i = bytearray(MiB), 0, 0
+        for start in range(0, size, MiB):
+            end = min(start + MiB, size)
+            while i < len(data) and data[i].end <= start:
+                i += 1
+            j = i
+            while j < len(data) and data[j].start < end:
+                a, b = max(data[j].start, start), min(data[j].end, end)
+                disk.readinto(a, memoryview(buf)[: b - a])
+                read, j = read + b - a, j + 1
+        disk.close()
+    return f"{read / MiB:.0f} MiB"
+
+
+def page_cache_read(image: Path) -> str:
+    return f"{sum(1 for _ in chunks(image))} MiB"
+
+
+def blob_ids(data: list[bytes]) -> str:
+    key = bytes(32)
+    return f"{len([blake3.blake3(c, key=key).digest() for c in data])} ids"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Floors under a rehost cycle, on one raw image.")
+    p.add_argument("image", type=Path)
+    image = p.parse_args(argv).image
+    data = [c for c in chunks(image) if c.count(0) != len(c)]
+    steps: list[tuple[str, Callable[[], str]]] = [
+        ("read the image from the page cache (readinto, 1 MiB)", partial(page_cache_read, image)),
+        ("XXH3-64 of every 4 KiB block", partial(digests, data)),
+        ("keyed BLAKE3 of every 1 MiB chunk", partial(blob_ids, data)),
+        *((f"zstd level {lvl} of every 1 MiB chunk", partial(compress, data, lvl)) for lvl in (3, 1, -1)),
+        ("NBD read, qemu-nbd cache=none aio=native (rehost's)", partial(nbd_read, image, "none", "native")),
+        ("NBD read, qemu-nbd cache=writeback aio=threads", partial(nbd_read, image, "writeback", "threads")),
+    ]
+    print(f"{image}: {len(data)} non-zero 1 MiB chunks\n")
+    print("| step (one thread) | seconds | result |\n|---|--:|---|")
+    for label, work in steps:
+        timed(label, work)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
