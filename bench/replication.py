@@ -67,10 +67,10 @@ class Dataset:
     allocated: int  # bytes allocated to the image file right after mkfs
 
     def describe(self) -> str:
-        alloc = self.allocated
         return (f"{self.size / GiB:.2f} GiB raw ext4 image ({self.image.name}) holding {self.files} files, "
                 f"{self.file_bytes / MiB:.0f} MiB of file data copied from "
-                f"{' and '.join(map(str, SOURCES))}; {alloc / MiB:.0f} MiB allocated after mkfs.ext4 -d")
+                f"{' and '.join(map(str, SOURCES))}; {self.allocated / MiB:.0f} MiB allocated after "
+                "mkfs.ext4 -d")
 
 
 def _regular_files(roots: Sequence[Path]) -> Iterator[tuple[Path, int]]:
