@@ -9,7 +9,6 @@ TLS folder. Disk N listens on ``nbd_port + N``, export name ``diskN``.
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import subprocess
 import tempfile
@@ -17,22 +16,11 @@ import time
 from pathlib import Path
 
 from rehost.agent import SERVER_CN
+from rehost.fs import direct_io_works
 
 
 class ExportError(Exception):
     pass
-
-
-def _direct_io_works(path: Path) -> bool:
-    flag = getattr(os, "O_DIRECT", 0)
-    if not flag:
-        return False
-    try:
-        fd = os.open(path, os.O_RDONLY | flag)
-    except OSError:
-        return False
-    os.close(fd)
-    return True
 
 
 class NbdExports:
@@ -47,7 +35,7 @@ class NbdExports:
 
     def command(self, index: int, pid_file: Path) -> list[str]:
         disk = self.disks[index]
-        cache = "none" if _direct_io_works(disk) else "writeback"
+        cache = "none" if direct_io_works(disk) else "writeback"
         pdeath = ["setpriv", "--pdeathsig", "KILL"] if shutil.which("setpriv") else []
         return [
             *pdeath,

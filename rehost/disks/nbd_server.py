@@ -10,7 +10,6 @@ the temp dir removed, whatever happens in the ``with`` body.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import tempfile
@@ -20,6 +19,7 @@ from types import TracebackType
 
 from rehost.disks.formats import DiskImage, qemu_image_opts
 from rehost.errors import DiskError
+from rehost.fs import direct_io_works
 
 _POLL = 0.005
 _STOP_TIMEOUT = 10.0
@@ -50,7 +50,7 @@ class QemuNbdServer:
         self.writable = writable
         self.shared = shared
         if cache is None:
-            cache = "writeback" if writable or not _direct_io_works(image.path) else "none"
+            cache = "writeback" if writable or not direct_io_works(image.path) else "none"
         self.cache = cache
         self.aio = aio or ("native" if cache in ("none", "directsync") else "threads")
         self.start_timeout = start_timeout
@@ -191,16 +191,3 @@ def _nonempty(path: Path) -> bool:
         return path.stat().st_size > 0
     except FileNotFoundError:
         return False
-
-
-def _direct_io_works(path: Path) -> bool:
-    """True when the file system under ``path`` accepts O_DIRECT (tmpfs does not)."""
-    flag = getattr(os, "O_DIRECT", 0)
-    if not flag:
-        return False
-    try:
-        fd = os.open(path, os.O_RDONLY | flag)
-    except OSError:
-        return False
-    os.close(fd)
-    return True
