@@ -247,20 +247,35 @@ class LocalTarget:
         if not pending:
             return
         if not self.is_running(vm):
-            for i in pending:
-                r = subprocess.run(["qemu-img", "rebase", "-q", "-f", "qcow2", "-b", "", str(disks[i])],
-                                   capture_output=True, text=True)
-                if r.returncode != 0:
-                    raise DiskError(f"hydrating disk {i} of {vm} failed: {r.stderr.strip()}")
+            self._rebase_offline(vm, disks)
             return
-        client = self.qmp(vm)
         try:
-            self._stream(client, vm, pending, progress)
-        finally:
-            client.close()
+            client = self.qmp(vm)
+            try:
+                self._stream(client, vm, pending, progress)
+            finally:
+                client.close()
+        except QmpError:
+            deadline = time.monotonic() + 15
+            while self.is_running(vm) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if self.is_running(vm):
+                raise
+            # QEMU exited while streaming (the guest powered off); it flushed on exit and the
+            # backing file is still named (no auto-finalize), so finish the copy offline.
+            self._rebase_offline(vm, disks)
         left = [i for i, p in enumerate(disks) if _backing(p)]
         if left:
             raise DiskError(f"disks {left} of {vm} still depend on the repository after hydration")
+
+    def _rebase_offline(self, vm: str, disks: list[Path]) -> None:
+        for i, path in enumerate(disks):
+            if not _backing(path):
+                continue
+            r = subprocess.run(["qemu-img", "rebase", "-q", "-f", "qcow2", "-b", "", str(path)],
+                               capture_output=True, text=True)
+            if r.returncode != 0:
+                raise DiskError(f"hydrating disk {i} of {vm} failed: {r.stderr.strip()}")
 
     def _stream(
         self, client: QmpClient, vm: str, pending: list[int], progress: Callable[[int, int], None] | None
