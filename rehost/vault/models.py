@@ -49,6 +49,9 @@ class MachineRow(Base):
     policy_id: Mapped[str | None] = mapped_column(ForeignKey("policies.id"), nullable=True)
     #: the last replication attempt: time, seconds, bytes, error (what health explains)
     last_cycle: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    #: the source's own agent, as the server last saw it: time of the last answer, last
+    #: check, error (health says why an item is stuck)
+    heartbeat: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     source: Mapped[SourceRow] = relationship(back_populates="machines")
     target: Mapped[TargetRow | None] = relationship()
     policy: Mapped[PolicyRow | None] = relationship()
@@ -93,6 +96,8 @@ class PolicyRow(Base):
     app_consistent_every_s: Mapped[int] = mapped_column(Integer, default=0)  # 0: never
     crash_consistent_every_s: Mapped[int] = mapped_column(Integer, default=30)
     bandwidth_bps: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    #: windows with their own limit, e.g. work hours: [{"days", "start", "end", "bps"}]
+    bandwidth_schedule: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(default=_now)
 
 
