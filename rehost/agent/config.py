@@ -35,6 +35,8 @@ class AgentConfig:
     shutdown_command: list[str] = field(default_factory=lambda: ["shutdown", "-h", "now"])
     #: seconds after which a freeze is undone even if nobody asks
     freeze_limit: float = 60.0
+    #: the same for a failover: frozen from the shutdown request until the final sync ends
+    hold_limit: float = 900.0
 
     @staticmethod
     def path(state: Path) -> Path:

@@ -44,8 +44,9 @@ class Freezer:
     def frozen(self) -> list[str]:
         return list(self._frozen)
 
-    def freeze(self, mounts: list[str], limit: float | None = None) -> list[str]:
-        """Freeze every mount point, or none: on a failure the ones done are thawed."""
+    def freeze(self, mounts: list[str], limit: float | None = None, cap: float | None = None) -> list[str]:
+        """Freeze every mount point, or none: on a failure the ones done are thawed. The
+        watchdog thaws after ``limit`` seconds, at most ``cap`` (default: the freezer's)."""
         with self._lock:
             self._thaw_locked()
             done: list[str] = []
@@ -58,7 +59,8 @@ class Freezer:
                 done.append(m)
             self._frozen = done
             self.last_watchdog_thaw = False
-            self._timer = threading.Timer(min(limit or self.limit, self.limit), self._watchdog)
+            cap = cap or self.limit
+            self._timer = threading.Timer(min(limit or cap, cap), self._watchdog)
             self._timer.daemon = True
             self._timer.start()
             return done

@@ -22,12 +22,13 @@ import fcntl
 import hashlib
 import ipaddress
 import json
+import logging
 import secrets
 import shutil
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -56,6 +57,7 @@ PASSPHRASE_TTL = 3600.0
 CA_YEARS = 20
 CERT_YEARS = 10
 MAX_BODY = 1 << 20
+log = logging.getLogger("rehost.agents")
 
 
 class EnrollmentRefused(Exception):
@@ -322,9 +324,15 @@ class EnrollmentServer:
     ``{passphrase, csr, inventory}``; the answer ``{machine, certificate, ca, server_serial}``.
     """
 
-    def __init__(self, ca: CertificateAuthority, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        ca: CertificateAuthority,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        on_enroll: Callable[[str, str], None] | None = None,
+    ) -> None:
         self.ca = ca
-        handler = _enroll_handler(ca)
+        handler = _enroll_handler(ca, on_enroll or (lambda machine, address: None))
         self.httpd = ThreadingHTTPServer((host, port), handler)
         self.httpd.daemon_threads = True
         ctx = server_context(ca.server_cert, ca.server_key, None)
@@ -354,7 +362,9 @@ class EnrollmentServer:
         self.stop()
 
 
-def _enroll_handler(ca: CertificateAuthority) -> type[BaseHTTPRequestHandler]:
+def _enroll_handler(
+    ca: CertificateAuthority, on_enroll: Callable[[str, str], None]
+) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "rehost-enroll"
         sys_version = ""
@@ -391,8 +401,10 @@ def _enroll_handler(ca: CertificateAuthority) -> type[BaseHTTPRequestHandler]:
             try:
                 result = ca.enroll(passphrase, csr, inventory, addresses)
             except EnrollmentRefused as e:
+                log.warning("refused an enrollment from %s: %s", self.client_address[0], e)
                 self._reply(403, {"error": str(e)})
                 return
+            on_enroll(result.machine, self.client_address[0])
             self._reply(
                 200,
                 {

@@ -33,7 +33,16 @@ from rehost.agent.config import AgentConfig, revoked, tls_dir
 from rehost.agent.exports import NbdExports
 from rehost.agent.freeze import Freezer, mounts_of
 from rehost.agent.tls import peer_identity, server_context
-from rehost.agent.tracker import DigestStore, Extents, apply_digests, device_size, diff, scan, zero_digests
+from rehost.agent.tracker import (
+    DigestStore,
+    Extents,
+    apply_digests,
+    device_size,
+    diff,
+    pack_digests,
+    scan,
+    zero_digests,
+)
 
 log = logging.getLogger("rehost.agent")
 MAX_BODY = 64 << 20
@@ -78,7 +87,10 @@ class Agent:
     def inventory(self) -> dict[str, Any]:
         return inv.collect(self.disks)
 
-    def changes(self, point: str | None) -> dict[str, Any]:
+    def changes(self, point: str | None, digests: bool = False) -> dict[str, Any]:
+        """Open a cycle. Per disk: the runs that changed since ``point`` and the digests of
+        their blocks now (with no baseline, only when asked: ``digests``, a retry that wants
+        to skip what it already stored; that costs a read of the whole disk here)."""
         with self._lock:
             cycle = _Cycle(secrets.token_hex(16), point, time.time())
             taken = datetime.now(UTC).isoformat()
@@ -86,11 +98,15 @@ class Agent:
             for i, path in enumerate(self.disks):
                 size = device_size(path)
                 base = self.store.load(i, point, size) if point else None
+                new: bytes | None = None
                 if base is None:
                     extents: Extents = [(0, size)]
                     reported: Extents | None = None
+                    if digests:
+                        new = scan(path, size)
                 else:
-                    extents = diff(base, scan(path, size), size)
+                    new = scan(path, size)
+                    extents = diff(base, new, size)
                     reported = extents
                 cycle.disks[i] = (size, extents)
                 out.append(
@@ -100,10 +116,19 @@ class Agent:
                         "export": f"disk{i}",
                         "port": self.config.nbd_port + i,
                         "extents": reported,
+                        "digests": None
+                        if new is None
+                        else base64.b64encode(pack_digests(new, extents)).decode(),
                     }
                 )
             self._cycle = cycle
-            return {"cycle": cycle.token, "taken_at": taken, "disks": out}
+            return {
+                "cycle": cycle.token,
+                "taken_at": taken,
+                "disks": out,
+                "mounts": mounts_of(self.disks),
+                "frozen": self.freezer.frozen,
+            }
 
     def commit(self, token: str, point: str, digests: dict[str, str]) -> dict[str, Any]:
         with self._lock:
@@ -128,10 +153,13 @@ class Agent:
             self._cycle = None
             return {"adopted": point, "disks": sorted(new)}
 
-    def freeze(self, limit: float | None) -> dict[str, Any]:
-        mounts = mounts_of(self.disks)
-        frozen = self.freezer.freeze(mounts, limit)
-        return {"frozen": frozen, "limit": min(limit or self.freezer.limit, self.freezer.limit)}
+    def freeze(self, limit: float | None, hold: bool = False) -> dict[str, Any]:
+        """Freeze the disks' file systems; the watchdog thaws them after the agent's limit
+        (``hold``: the longer limit for a failover's final sync)."""
+        cap = self.config.hold_limit if hold else self.freezer.limit
+        limit = min(limit or cap, cap)
+        frozen = self.freezer.freeze(mounts_of(self.disks), limit, cap)
+        return {"frozen": frozen, "limit": limit}
 
     def thaw(self) -> dict[str, Any]:
         watchdog = self.freezer.last_watchdog_thaw
@@ -147,6 +175,10 @@ class Agent:
 
         threading.Thread(target=later, name="rehost-agent-shutdown", daemon=True).start()
         return {"shutdown": "requested"}
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
 
 
 class _Server(ThreadingHTTPServer):
@@ -272,13 +304,14 @@ def _handler(service: AgentService) -> type[BaseHTTPRequestHandler]:
                 body = self._body()
                 if self.path == "/changes":
                     point = body.get("point")
-                    self._reply(200, agent.changes(str(point) if point else None))
+                    self._reply(200, agent.changes(str(point) if point else None, bool(body.get("digests"))))
                 elif self.path == "/commit":
                     self._reply(
                         200, agent.commit(str(body["cycle"]), str(body["point"]), dict(body["disks"]))
                     )
                 elif self.path == "/freeze":
-                    self._reply(200, agent.freeze(float(body["timeout"]) if body.get("timeout") else None))
+                    limit = float(body["timeout"]) if body.get("timeout") else None
+                    self._reply(200, agent.freeze(limit, bool(body.get("hold"))))
                 elif self.path == "/thaw":
                     self._reply(200, agent.thaw())
                 elif self.path == "/shutdown":

@@ -17,17 +17,18 @@ from pathlib import Path
 
 from rehost.api.deps import OncePassword
 from rehost.errors import UsageError
+from rehost.vault.agents import DEFAULT_ENROLL_PORT
 from rehost.vault.scheduler import Scheduler
 from rehost.vault.vault import Vault
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
 
 
-def parse_listen(text: str) -> tuple[str, int]:
+def parse_listen(text: str, option: str = "--listen") -> tuple[str, int]:
     """``HOST:PORT`` (``[::1]:8080`` for IPv6) -> (host, port)."""
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise UsageError(f"--listen takes HOST:PORT (e.g. {DEFAULT_LISTEN}), not {text!r}")
+        raise UsageError(f"{option} takes HOST:PORT (e.g. {DEFAULT_LISTEN}), not {text!r}")
     return host.strip("[]"), int(port)
 
 
@@ -70,15 +71,48 @@ def serve(
     key: Path | None = None,
     tick: float = 1.0,
     log: Callable[[str], None] = print,
+    enroll_listen: str | None = None,
 ) -> None:
-    """Serve until stopped. ``listen=None`` runs the scheduler alone (no API)."""
+    """Serve until stopped. ``listen=None`` runs the scheduler alone (no API).
+
+    ``enroll_listen``: where agents register; by default on port 8744 of every address when
+    the API runs, off when it does not; ``"off"``: never."""
     once = OncePassword(password)
     stop = threading.Event()
+    if enroll_listen is None:
+        enroll_listen = None if listen is None else f"0.0.0.0:{DEFAULT_ENROLL_PORT}"
+    with _enrollment(vault_root, once.callback, None if enroll_listen == "off" else enroll_listen, log):
+        if listen is None:
+            log(f"serving vault {vault_root}: continuous replication (Ctrl-C stops)")
+            with _stop_on_signals(stop):
+                scheduler_loop(vault_root, once.callback, stop, tick, log)
+            return
+        _serve_portal(vault_root, once, stop, listen=listen, cert=cert, key=key, tick=tick, log=log)
+
+
+@contextmanager
+def _enrollment(vault_root: Path, password: Callable[[], str] | None, listen: str | None,
+                log: Callable[[str], None]) -> Iterator[None]:
+    """The agents' enrollment endpoint for the duration of ``rehost serve``."""
     if listen is None:
-        log(f"serving vault {vault_root}: continuous replication (Ctrl-C stops)")
-        with _stop_on_signals(stop):
-            scheduler_loop(vault_root, once.callback, stop, tick, log)
+        yield
         return
+    from rehost.vault.agents import start_enrollment
+
+    host, port = parse_listen(listen, "--enroll-listen")
+    vault = Vault.open(vault_root, password)
+    try:
+        server = start_enrollment(vault, host, port, log)
+    finally:
+        vault.close()
+    try:
+        yield
+    finally:
+        server.stop()
+
+
+def _serve_portal(vault_root: Path, once: OncePassword, stop: threading.Event, *, listen: str,
+                  cert: Path | None, key: Path | None, tick: float, log: Callable[[str], None]) -> None:
     if key and not cert:
         raise UsageError("--key needs --cert")
     for f in (cert, key):

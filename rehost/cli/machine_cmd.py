@@ -8,7 +8,8 @@ from typing import Any
 import typer
 
 from rehost.cli.context import byte_progress, emit_json, human, open_vault, out
-from rehost.vault import inventory, policies, protection, targets
+from rehost.replication.retention import parse_duration
+from rehost.vault import agents, inventory, policies, protection, targets
 from rehost.vault.export import export_disk
 
 source_app = typer.Typer(help="Register the machines to protect or migrate.", no_args_is_help=True)
@@ -49,6 +50,44 @@ def add_qemu(
         m = inventory.add_qemu_source(vault, name, qmp, guest_agent, granularity)
     out.print(f"registered {m.name}: {len(m.disks)} disk(s), "
               + ", ".join(f"{d.path} {human(d.size)}" for d in m.disks), highlight=False)
+
+
+@source_app.command("add-physical")
+def add_physical(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="Machine name (the name its agent's certificate carries)."),
+    ttl: str = typer.Option("1h", "--expires", help="How long the one-time passphrase is valid."),
+    server: str = typer.Option(None, "--server-url", help="Enrollment URL agents reach "
+                               "(default https://<this host>:8744, where rehost serve listens)."),
+) -> None:
+    """Register a physical (or any unmanaged) machine: prints the one-time passphrase and the
+    command to run on it. Its disks come with its agent's registration."""
+    with open_vault(ctx) as vault:
+        invitation = agents.add_physical_source(vault, name, parse_duration(ttl).total_seconds())
+    _print_invitation(invitation, server)
+
+
+@source_app.command("passphrase")
+def passphrase(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="A machine registered with add-physical."),
+    ttl: str = typer.Option("1h", "--expires", help="How long the one-time passphrase is valid."),
+    server: str = typer.Option(None, "--server-url", help="Enrollment URL agents reach."),
+) -> None:
+    """Issue a new one-time passphrase (the previous expired, or the machine was rebuilt)."""
+    with open_vault(ctx) as vault:
+        invitation = agents.reissue_passphrase(vault, name, parse_duration(ttl).total_seconds())
+    _print_invitation(invitation, server)
+
+
+def _print_invitation(invitation: agents.Invitation, server: str | None) -> None:
+    url = server or agents.enrollment_url()
+    out.print(f"registered {invitation.machine}: waiting for its agent", highlight=False)
+    out.print(f"one-time passphrase (valid {invitation.expires_in_s / 60:.0f} min, shown once): "
+              f"{invitation.passphrase}", highlight=False)
+    out.print(f"server fingerprint: {invitation.fingerprint}", highlight=False)
+    out.print(f"on {invitation.machine}, as root:\n  {invitation.command(url)}",
+              highlight=False, soft_wrap=True)
 
 
 def machines(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> None:

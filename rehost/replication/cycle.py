@@ -7,6 +7,7 @@ the same code. Hashing and sealing run in worker threads; the C libraries releas
 
 from __future__ import annotations
 
+import contextlib
 import time
 from bisect import bisect_right
 from collections import deque
@@ -25,6 +26,7 @@ from rehost.replication.digests import (
     digest_blocks,
     zero_digests,
 )
+from rehost.replication.resume import ResumeJournal
 from rehost.repository.manifest import (
     FULL_EVERY,
     Consistency,
@@ -64,6 +66,7 @@ class CycleResult:
     changed_bytes: int = 0
     seconds: float = 0.0
     digest_source: dict[int, str] = field(default_factory=dict)  # per disk: cache|rebuilt|initial
+    resumed_bytes: int = 0  # taken from an interrupted try's journal instead of the source
     notes: list[str] = field(default_factory=list)  # the source's word on fallbacks
 
 
@@ -250,6 +253,25 @@ class _DiskScan:
     entries: list[MapEntry] = field(default_factory=list)
     bytes_read: int = 0
     changed: int = 0
+    resumed: int = 0  # bytes of chunks taken from an interrupted try's journal
+
+
+@dataclass
+class Resume:
+    """A cycle's way back after an interruption: the journal of what it stored, and per disk
+    the source's digests of the disk as it will be sent (see ``rehost.replication.resume``)."""
+
+    journal: ResumeJournal
+    expected: dict[int, bytes] = field(default_factory=dict)
+
+    @classmethod
+    def of(
+        cls, cache: DigestCache, machine: str, parent: RecoveryPoint | None, expected: dict[int, bytes] | None
+    ) -> Resume | None:
+        """For a snapshot with the source's digests (``Snapshot.expected``); else None."""
+        if expected is None:
+            return None
+        return cls(ResumeJournal(cache.root, machine, parent.id if parent else None), expected)
 
 
 def _scan_disk(
@@ -259,11 +281,14 @@ def _scan_disk(
     old: bytearray,
     progress: Progress | None,
     dirty: list[Extent] | None = None,
+    resume: Resume | None = None,
+    index: int = 0,
 ) -> _DiskScan:
     """Read a disk chunk by chunk; workers diff and seal while the next chunk is read.
 
     With ``dirty`` (from changed-block tracking) only the chunks and blocks it names are
-    read; every other block keeps its digest from the previous point.
+    read; every other block keeps its digest from the previous point. With ``resume``, the
+    chunks an interrupted try already stored are taken from its journal, not read again.
     """
     size = disk.size
     scan = _DiskScan(bytearray(old) if dirty is not None else bytearray(len(old)))
@@ -271,33 +296,59 @@ def _scan_disk(
     extents = _ExtentMap(disk.extents())
     inflight: deque[tuple[int, Future[_ChunkResult]]] = deque()
 
+    def adopt(off: int, digests: bytes, entries: list[MapEntry], changed: int) -> None:
+        b0 = off // BLOCK_SIZE * DIGEST_SIZE
+        scan.digests[b0 : b0 + len(digests)] = digests
+        scan.entries.extend(entries)
+        scan.changed += changed
+        if progress:
+            progress(min(CHUNK_SIZE, size - off))
+
     def drain(limit: int) -> None:
         while len(inflight) > limit:
             off, fut = inflight.popleft()
             r = fut.result()
-            b0 = off // BLOCK_SIZE * DIGEST_SIZE
-            scan.digests[b0 : b0 + len(r.digests)] = r.digests
             for bid, blob, raw in r.sealed:
                 repo.add_sealed(bid, blob, raw)
-            scan.entries.extend(r.entries)
-            scan.changed += r.changed
-            if progress:
-                progress(min(CHUNK_SIZE, size - off))
+            adopt(off, r.digests, r.entries, r.changed)
+            if resume is not None:
+                resume.journal.record(index, off, r.digests, r.entries, r.changed)
 
     offsets = list(range(0, size, CHUNK_SIZE)) if wanted is None else sorted(wanted)
-    for batch in _batches(offsets):
-        chunks = _read_batch(disk, extents, batch, size, wanted)
-        for off, data, nread in chunks:
-            length = min(CHUNK_SIZE, size - off)
-            only = wanted[off] if wanted is not None else None
-            scan.bytes_read += nread
+    expected = resume.expected.get(index) if resume is not None else None
+    if resume is not None and expected is not None and resume.journal.chunks:
+        todo = []
+        for off in offsets:
             b0 = off // BLOCK_SIZE * DIGEST_SIZE
-            old_slice = bytes(old[b0 : b0 + block_count(length) * DIGEST_SIZE])
-            blocks = (
-                [((a - off) // BLOCK_SIZE, -(-(b - off) // BLOCK_SIZE)) for a, b in only] if only else None
-            )
-            inflight.append((off, pool.submit(_diff_chunk, repo, off, data, length, old_slice, blocks)))
-            drain(PIPELINE_DEPTH)
+            want = expected[b0 : b0 + block_count(min(CHUNK_SIZE, size - off)) * DIGEST_SIZE]
+            hit = resume.journal.lookup(index, off, want, repo.index)
+            if hit is None:
+                todo.append(off)
+            else:
+                adopt(off, bytes(want), *hit)
+                scan.resumed += sum(b - a for a, b in wanted[off]) if wanted else min(CHUNK_SIZE, size - off)
+        offsets = todo
+    try:
+        for batch in _batches(offsets):
+            chunks = _read_batch(disk, extents, batch, size, wanted)
+            for off, data, nread in chunks:
+                length = min(CHUNK_SIZE, size - off)
+                only = wanted[off] if wanted is not None else None
+                scan.bytes_read += nread
+                b0 = off // BLOCK_SIZE * DIGEST_SIZE
+                old_slice = bytes(old[b0 : b0 + block_count(length) * DIGEST_SIZE])
+                blocks = (
+                    [((a - off) // BLOCK_SIZE, -(-(b - off) // BLOCK_SIZE)) for a, b in only]
+                    if only
+                    else None
+                )
+                inflight.append((off, pool.submit(_diff_chunk, repo, off, data, length, old_slice, blocks)))
+                drain(PIPELINE_DEPTH)
+    except Exception:
+        if resume is not None:  # chunks read before the failure are sealed and journaled
+            with contextlib.suppress(Exception):
+                drain(0)
+        raise
     drain(0)
     if wanted is not None and progress:
         progress(size - len(wanted) * CHUNK_SIZE if size > len(wanted) * CHUNK_SIZE else 0)
@@ -341,12 +392,14 @@ def run_cycle(
     progress: Progress | None = None,
     changed: dict[int, list[Extent] | None] | None = None,
     taken_at: datetime | None = None,
+    resume: Resume | None = None,
 ) -> CycleResult:
     """Read every disk, store what changed since ``parent``, commit one recovery point.
 
     ``changed``: per disk, the extents a change tracker (QEMU dirty bitmap, the agent) says
     may differ from ``parent``; None for a disk means unknown, and the disk is hash-diffed.
     ``taken_at``: the instant the source froze the disks (the point's time; default now).
+    ``resume``: journal what is stored as it goes, and skip what an interrupted try stored.
     """
     t0 = time.monotonic()
     before = WriteStats(*repo.stats.astuple())
@@ -355,24 +408,32 @@ def run_cycle(
     sequence = parent.sequence + 1 if parent else 0
     maps: list[DiskMap] = []
     new_digests: dict[int, bytearray] = {}
-    result_read = result_changed = 0
+    result_read = result_changed = result_resumed = 0
     digest_source: dict[int, str] = {}
 
-    with ThreadPoolExecutor(WORKERS, thread_name_prefix="rehost-cycle") as pool:
-        for index, disk in disks:
-            size = disk.size
-            old, digest_source[index] = _old_digests(repo, cache, machine, index, size, parent)
-            dirty = (changed or {}).get(index)
-            if dirty is not None and digest_source[index] == "initial":
-                dirty = None  # nothing to be a delta of: read everything
-            scan = _scan_disk(repo, pool, disk, old, progress, dirty)
-            if dirty is not None:
-                digest_source[index] += "+dirty-extents"
-            result_read += scan.bytes_read
-            result_changed += scan.changed
-            new_digests[index] = scan.digests
-            prev = _prev_map(parent, index, size) if digest_source[index] != "initial" else None
-            maps.append(_next_map(repo, parent, prev, index, size, sequence, scan.entries))
+    try:
+        with ThreadPoolExecutor(WORKERS, thread_name_prefix="rehost-cycle") as pool:
+            for index, disk in disks:
+                size = disk.size
+                old, digest_source[index] = _old_digests(repo, cache, machine, index, size, parent)
+                dirty = (changed or {}).get(index)
+                if dirty is not None and digest_source[index] == "initial":
+                    dirty = None  # nothing to be a delta of: read everything
+                scan = _scan_disk(repo, pool, disk, old, progress, dirty, resume, index)
+                result_resumed += scan.resumed
+                if dirty is not None:
+                    digest_source[index] += "+dirty-extents"
+                result_read += scan.bytes_read
+                result_changed += scan.changed
+                new_digests[index] = scan.digests
+                prev = _prev_map(parent, index, size) if digest_source[index] != "initial" else None
+                maps.append(_next_map(repo, parent, prev, index, size, sequence, scan.entries))
+    except BaseException:
+        if resume is not None:  # what was sealed is kept (no point refers to it) for the retry
+            with contextlib.suppress(Exception):
+                repo.flush()
+            resume.journal.close()
+        raise
 
     point = repo.save_point(
         RecoveryPoint(
@@ -387,6 +448,8 @@ def run_cycle(
     )
     for index, digests in new_digests.items():
         cache.save(machine, index, point.id, digests)
+    if resume is not None:
+        resume.journal.discard()
     after = repo.stats
     return CycleResult(
         point=point,
@@ -395,4 +458,5 @@ def run_cycle(
         changed_bytes=result_changed,
         seconds=time.monotonic() - t0,
         digest_source=digest_source,
+        resumed_bytes=result_resumed,
     )

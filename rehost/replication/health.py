@@ -23,6 +23,10 @@ class HealthInput:
     last_cycle_s: float | None = None
     backlog_bytes: int | None = None
     scheduler_seen: datetime | None = None  # when `rehost serve` last ran its loop
+    failures: int = 0  # failed cycles in a row (the scheduler backs off exponentially)
+    agent: bool = False  # the source is a machine's own agent
+    agent_seen: datetime | None = None  # its last heartbeat answer
+    agent_error: str = ""  # why the last heartbeat got no answer
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +47,8 @@ def assess(h: HealthInput, now: datetime) -> Health:
     if h.state in ("failed_over", "migration_completed", "failover_in_progress"):
         return Health("not-protected", None, f"replication stopped ({h.state.replace('_', ' ')})")
     if h.last_point is None:
+        if h.agent and h.agent_error:
+            return Health("critical", None, f"initial replication waits for the agent: {_agent(h, now)}")
         if h.last_error:
             return Health("critical", None, f"initial replication failed: {h.last_error}")
         return Health("not-protected", None, "no recovery point yet: initial replication pending")
@@ -72,8 +78,11 @@ def assess(h: HealthInput, now: datetime) -> Health:
 def _why_behind(h: HealthInput, now: datetime, rpo: float) -> str:
     """The likely cause, most specific first."""
     head = f"RPO {_span(rpo)} exceeds {_span(h.rpo_threshold_s or 0)}"
+    if h.agent and h.agent_error:
+        return f"{head}: {_agent(h, now)}"
     if h.last_error and h.last_attempt is not None:
-        return f"{head}: last cycle failed {_ago(now, h.last_attempt)}: {h.last_error}"
+        tries = f" ({h.failures} failures in a row)" if h.failures > 1 else ""
+        return f"{head}: last cycle failed {_ago(now, h.last_attempt)}{tries}: {h.last_error}"
     if h.scheduler_seen is None or (now - h.scheduler_seen).total_seconds() > max(60, 3 * h.cycle_every_s):
         return f"{head}: no scheduler is running (start rehost serve)"
     if h.state == "paused":
@@ -84,6 +93,11 @@ def _why_behind(h: HealthInput, now: datetime, rpo: float) -> str:
     if h.backlog_bytes:
         return f"{head}: {h.backlog_bytes} changed bytes waiting"
     return f"{head}: cycles are not keeping up"
+
+
+def _agent(h: HealthInput, now: datetime) -> str:
+    since = f"since {_ago(now, h.agent_seen)}" if h.agent_seen else "since it registered"
+    return f"the agent has not answered {since}: {h.agent_error}"
 
 
 def _span(seconds: float) -> str:

@@ -38,6 +38,9 @@ class Snapshot:
     on_commit: Callable[[RecoveryPoint], None] | None = None
     #: the instant the disks were frozen: the recovery point's time
     taken_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    #: per disk, the source's own 4 KiB digests of the whole disk as it will be read (a
+    #: source that computes them anyway, the agent): a retry skips what a cut try stored
+    expected: dict[int, bytes] | None = None
 
 
 class SourceProvider(Protocol):

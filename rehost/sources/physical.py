@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import socket
+import zlib
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from datetime import datetime
@@ -22,12 +23,13 @@ import nbd
 
 from rehost.agent.client import AgentClient, AgentError
 from rehost.agent.pki import CertificateAuthority
-from rehost.agent.tracker import block_count, pack_digests
+from rehost.agent.tracker import apply_digests, block_count, pack_digests, zero_digests
 from rehost.disks.extent import Extent
 from rehost.disks.nbd_disk import BASE_ALLOCATION, NbdDisk
 from rehost.errors import DiskError, UsageError
 from rehost.replication.cycle import ReadableDisk
 from rehost.replication.digests import DigestCache
+from rehost.replication.resume import ResumeJournal
 from rehost.repository.manifest import Consistency, RecoveryPoint
 from rehost.sources.base import Snapshot
 from rehost.vault.models import MachineRow
@@ -156,12 +158,20 @@ class PhysicalSource:
                     notes.append(f"thaw failed ({e}); the agent's watchdog thaws them")
 
         try:
-            changes = client.request("POST", "/changes", {"point": parent.id if parent else None})
+            resuming = ResumeJournal.pending(self.cache.root, machine.id, parent.id if parent else None)
+            changes = client.request(
+                "POST", "/changes", {"point": parent.id if parent else None, "digests": resuming}
+            )
             cycle = str(changes["cycle"])
+            mounts, held = set(changes.get("mounts") or []), set(changes.get("frozen") or [])
+            if not frozen and mounts and mounts <= held:
+                consistency = Consistency.APP
+                notes[:] = ["file systems held frozen by the agent for the failover"]
             reported: dict[int, tuple[int, list[tuple[int, int]]]] = {}
             with ExitStack() as stack:
                 disks: list[tuple[int, ReadableDisk]] = []
                 changed: dict[int, list[Extent] | None] = {}
+                expected: dict[int, bytes] = {}
                 cert_dir = str(self.ca.nbd_client_dir())
                 for d in changes["disks"]:
                     index = int(d["index"])
@@ -178,6 +188,9 @@ class PhysicalSource:
                         size,
                         [(0, size)] if ext is None else [(int(s), int(n)) for s, n in ext],
                     )
+                    now = self._expected(machine, parent, index, size, reported[index][1], d.get("digests"))
+                    if now is not None:
+                        expected[index] = now
 
                 def commit(point: RecoveryPoint) -> None:
                     thaw()
@@ -213,9 +226,35 @@ class PhysicalSource:
                     notes=notes,
                     on_commit=commit,
                     taken_at=datetime.fromisoformat(str(changes["taken_at"])),
+                    expected=expected,
                 )
         finally:
             thaw()
+
+    def _expected(
+        self,
+        machine: MachineRow,
+        parent: RecoveryPoint | None,
+        index: int,
+        size: int,
+        extents: list[tuple[int, int]],
+        packed: str | None,
+    ) -> bytes | None:
+        """The disk's digests as the agent will send it: the parent's (the server's cache)
+        with the changed blocks' replaced by the agent's; None when one of them is missing."""
+        if packed is None:
+            return None
+        if parent is None:
+            base: bytes | None = zero_digests(size)
+        else:
+            got = self.cache.load(machine.id, index, parent.id, block_count(size))
+            base = None if got is None else bytes(got)
+        if base is None:
+            return None
+        try:
+            return apply_digests(base, extents, base64.b64decode(packed))
+        except (ValueError, zlib.error):
+            return None  # not what it should be: read everything, trust nothing
 
     def can_shutdown(self, machine: MachineRow) -> str | None:
         try:
@@ -225,16 +264,24 @@ class PhysicalSource:
         return None
 
     def shutdown(self, machine: MachineRow, timeout: float) -> str:
-        """Ask the agent to shut the machine down; unreachable is reported, not raised
-        (the failover goes on from the latest point)."""
-        try:
-            self.client(machine).request("POST", "/shutdown", timeout=min(timeout, 60))
-        except (AgentError, UsageError) as e:
-            return f"could not ask the agent to shut the machine down: {e}"
-        return "the agent is shutting the machine down"
+        """Freeze the machine's file systems and hold them for the final sync; the machine
+        powers off in ``release``. (Powering off first would stop the agent, and with it the
+        final sync.) An unreachable agent raises: the failover records it and goes on from
+        the latest point."""
+        answer = self.client(machine).request(
+            "POST", "/freeze", {"timeout": max(timeout, self.freeze_timeout), "hold": True}, timeout=60
+        )
+        frozen = list(answer.get("frozen") or [])
+        held = f"{len(frozen)} file system(s) frozen" if frozen else "no mounted file system to freeze"
+        return f"{held} on the agent until the final sync; the machine powers off after it"
 
     def release(self, machine: MachineRow) -> str | None:
-        return None
+        """After the final sync: the agent thaws and powers the machine off."""
+        try:
+            self.client(machine).request("POST", "/shutdown", timeout=60)
+        except (AgentError, UsageError) as e:
+            return f"could not ask the agent to power the machine off: {e}"
+        return "the agent is powering the machine off"
 
     def stop_tracking(self, machine: MachineRow) -> str | None:
         name = self.agent_name or machine.name

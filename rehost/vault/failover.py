@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rehost.errors import InvalidState
+from rehost.errors import InvalidState, RehostError
 from rehost.jobs.models import JobRow
 from rehost.jobs.runner import SkipStep, Step, StepContext, create_job, plan, running_jobs
 from rehost.repository.prune import prune
@@ -147,23 +147,31 @@ def _failover_plan(vault: Vault, job: JobRow) -> list[Step]:
         if not ctx.params.get("shutdown_source"):
             raise SkipStep("not asked (--shutdown-source)")
         machine = get_machine(ctx.vault, ctx.job.machine_name)
-        source = provider_for(machine)
+        source = provider_for(machine, ctx.vault)
         why_not = source.can_shutdown(machine)
         if why_not:
             raise SkipStep(why_not)
-        result = source.shutdown(machine, float(ctx.params.get("shutdown_timeout", 120)))
+        try:
+            result = source.shutdown(machine, float(ctx.params.get("shutdown_timeout", 120)))
+        except RehostError as e:
+            # Recorded (this step fails, the job goes on); the final sync cannot reach it either.
+            ctx.save_outputs(source_unreachable=str(e))
+            raise
         ctx.save_outputs(source_stopped=True)
         return result
 
     def final_sync(ctx: StepContext) -> str:
         if ctx.params.get("point", "latest") != "latest":
             raise SkipStep(f"point {ctx.params.get('point')} chosen: no final sync")
+        if ctx.outputs.get("source_unreachable"):
+            raise SkipStep("the source could not be reached to shut it down: failing over from the "
+                           "latest replicated point")
         result = replicate(ctx.vault, ctx.job.machine_name,
                            lambda done, total: ctx.progress(done, total))
         detail = f"point {result.point.short_id}: {result.changed_bytes} changed bytes shipped"
         if ctx.outputs.get("source_stopped"):  # the source was kept readable for this sync
             machine = get_machine(ctx.vault, ctx.job.machine_name)
-            released = provider_for(machine).release(machine)
+            released = provider_for(machine, ctx.vault).release(machine)
             detail += f"; {released}" if released else ""
         return detail
 
@@ -218,7 +226,7 @@ def _complete_plan(vault: Vault, job: JobRow) -> list[Step]:
             points = {p.id for p in ctx.vault.repo.list_points(machine.id)}
             report = prune(ctx.vault.repo, points)
         ctx.vault.cache.drop(machine.id)
-        note = provider_for(machine).stop_tracking(machine)
+        note = provider_for(machine, ctx.vault).stop_tracking(machine)
         return f"{report.points_removed} point(s) and {report.packs_removed} pack(s) purged" + (
             f"; {note}" if note else "")
 

@@ -124,7 +124,7 @@ def add_qemu_source(
     return get_machine(vault, name)
 
 
-def provider_for(machine: MachineRow) -> SourceProvider:
+def provider_for(machine: MachineRow, vault: Vault) -> SourceProvider:
     if machine.source.kind == "image":
         return image.ImageSource()
     if machine.source.kind == "qemu":
@@ -135,4 +135,9 @@ def provider_for(machine: MachineRow) -> SourceProvider:
         return QemuSource.from_settings(
             machine.source.settings, GuestAgent(Path(sock), timeout=10) if sock else None
         )
+    if machine.source.kind == "agent":
+        from rehost.sources.physical import PhysicalSource
+        from rehost.vault.agents import authority
+
+        return PhysicalSource.from_settings(machine.source.settings, authority(vault), vault.cache)
     raise UsageError(f"source kind {machine.source.kind!r} is not supported by this version")

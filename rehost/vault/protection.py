@@ -6,10 +6,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from rehost.errors import NotFound, UsageError
-from rehost.replication.cycle import CycleResult, run_cycle
+from rehost.replication.cycle import CycleResult, Resume, run_cycle
 from rehost.replication.retention import PointTime, RetentionPolicy, points_to_keep
 from rehost.repository.manifest import Consistency, RecoveryPoint
 from rehost.repository.prune import PruneReport, prune
+from rehost.vault import agents
 from rehost.vault.inventory import get_machine, provider_for, set_state
 from rehost.vault.states import ItemState as S
 from rehost.vault.states import require
@@ -26,7 +27,9 @@ def replicate(
     """One cycle: the first copies everything, later ones only what changed."""
     machine = get_machine(vault, name)
     require("replicate", machine.state, name, machine.state_reason)
-    provider = provider_for(machine)
+    if machine.source.kind == agents.KIND:
+        machine = agents.sync_disks(vault, machine)
+    provider = provider_for(machine, vault)
     with vault.lock("write"):
         points = vault.repo.list_points(machine.id)
         parent = points[-1] if points else None
@@ -42,10 +45,11 @@ def replicate(
         if parent is None:
             set_state(vault, machine, S.INITIAL_REPLICATION, "first full copy in progress")
         with provider.snapshot(machine, parent, app_consistent=app_consistent) as snap:
+            resume = Resume.of(vault.cache, machine.id, parent, snap.expected)
             result = run_cycle(
                 vault.repo, vault.cache, machine.id, snap.disks, parent=parent,
                 consistency=snap.consistency, source=snap.metadata, progress=step, changed=snap.changed,
-                taken_at=snap.taken_at,
+                taken_at=snap.taken_at, resume=resume,
             )
             if snap.on_commit:
                 snap.on_commit(result.point)

@@ -6,16 +6,19 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from rehost.agent.client import AgentError
 from rehost.agent.pki import CertificateAuthority
 from rehost.agent.service import AgentService
 from rehost.agent.tracker import apply_digests, diff, pack_digests, scan
 from rehost.agent.tracker import digest_blocks as agent_digests
-from rehost.replication.cycle import CycleResult, run_cycle
+from rehost.disks.extent import Extent
+from rehost.replication.cycle import CycleResult, ReadableDisk, Resume, run_cycle
 from rehost.replication.digests import DigestCache, digest_blocks
 from rehost.repository.manifest import Consistency, RecoveryPoint
 from rehost.repository.repository import Repository
@@ -82,7 +85,8 @@ def _cycle(source: PhysicalSource, repo: Repository, cache: DigestCache, machine
            parent: RecoveryPoint | None, app: bool = False) -> CycleResult:
     with source.snapshot(machine, parent, app_consistent=app) as snap:
         result = run_cycle(repo, cache, machine.id, snap.disks, parent=parent, consistency=snap.consistency,
-                           source=snap.metadata, changed=snap.changed, taken_at=snap.taken_at)
+                           source=snap.metadata, changed=snap.changed, taken_at=snap.taken_at,
+                           resume=Resume.of(cache, machine.id, parent, snap.expected))
         assert snap.on_commit is not None
         snap.on_commit(result.point)
     result.notes = snap.notes
@@ -131,10 +135,23 @@ def test_replicate_ext4_loop_device(
     assert _run(["debugfs", "-R", "cat /last.txt", str(restored)]) == "frozen\n"
     assert _run(["debugfs", "-R", "cat /hello.txt", str(restored)]) == "first\n"
 
-    # shutdown goes through the agent; unreachable is reported, not raised
-    assert "shutting" in source.shutdown(machine, 30)
+    # failover: shutdown freezes and holds, the final sync is app-consistent without a freeze
+    # of its own, release powers the machine off; an unreachable agent raises (recorded)
+    assert "1 file system(s) frozen" in source.shutdown(machine, 30)
+    assert agent.agent.freezer.frozen == [str(mnt)]
+    final = _cycle(source, repo, cache, machine, third.point)
+    assert final.point.consistency == Consistency.APP
+    assert "held frozen" in "; ".join(final.notes)
+    assert agent.agent.freezer.frozen == [str(mnt)]  # still held until release
+    assert "powering the machine off" in (source.release(machine) or "")
+    deadline = time.monotonic() + 10
+    while not (agent.state / "off").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert (agent.state / "off").exists() and agent.agent.freezer.frozen == []
     agent.close()
-    assert "could not" in source.shutdown(machine, 5)
+    with pytest.raises(AgentError, match="unreachable"):
+        source.shutdown(machine, 5)
+    assert "could not" in (source.release(machine) or "")
 
 
 def test_cut_cycle_commits_nothing(
@@ -164,3 +181,67 @@ def test_cut_cycle_commits_nothing(
     second = _cycle(source, repo, cache, machine, first.point)
     assert second.bytes_read == 8192
     assert _point_bytes(repo, second.point) == disk.read_bytes()
+
+
+class _CutAfter:
+    """A disk whose link dies (the agent's NBD exports stop) after ``limit`` bytes were read."""
+
+    def __init__(self, disk: ReadableDisk, limit: int, cut: Callable[[], None]) -> None:
+        self.disk, self.limit, self.cut, self.read = disk, limit, cut, 0
+
+    @property
+    def size(self) -> int:
+        return self.disk.size
+
+    def extents(self, start: int = 0, length: int | None = None) -> Iterator[Extent]:
+        return self.disk.extents(start, length)
+
+    def readinto(self, offset: int, buf: bytearray | memoryview) -> int:
+        if self.read >= self.limit:
+            self.cut()
+        n = self.disk.readinto(offset, buf)
+        self.read += n
+        return n
+
+
+@pytest.mark.parametrize("initial", [True, False], ids=["initial-copy", "delta"])
+def test_cut_cycle_resumes_without_sending_again(
+    ca: CertificateAuthority, registered: Registrar, run_agent: Callable[[Path], AgentService],
+    tmp_path: Path, initial: bool,
+) -> None:
+    """The link dies 40 MiB into a 64 MiB transfer: no point; the retry takes what was already
+    stored (two 16 MiB packs at least) from the journal and reads only the rest; exact point."""
+    disk = tmp_path / "disk.raw"
+    disk.write_bytes(os.urandom(64 * MiB if initial else 96 * MiB))
+    agent = run_agent(registered("phys3", [str(disk)]))
+    repo = Repository.create(LocalStorage.create(tmp_path / "repo"))
+    cache = DigestCache(tmp_path / "cache")
+    machine = MachineRow(id="m-phys3", name="phys3")
+    source = PhysicalSource(ca, cache)
+    parent = None
+    if not initial:
+        parent = _cycle(source, repo, cache, machine, None).point
+        with open(disk, "r+b") as f:
+            for off in range(0, 96 * MiB, 3 * MiB // 2):  # 64 MiB changed, in 1 MiB runs
+                f.seek(off)
+                f.write(os.urandom(MiB))
+    assert agent.exports is not None
+    exports = agent.exports
+    with pytest.raises(Exception), source.snapshot(machine, parent) as snap:  # noqa: B017
+        index, nbd_disk = snap.disks[0]
+        cut = _CutAfter(nbd_disk, 40 * MiB, exports.stop)
+        run_cycle(repo, cache, machine.id, [(index, cut)], parent=parent, changed=snap.changed,
+                  resume=Resume.of(cache, machine.id, parent, snap.expected))
+    assert [p.id for p in repo.list_points(machine.id)] == ([parent.id] if parent else [])
+    exports.start()
+    retry = _cycle(source, repo, cache, machine, parent)
+    assert retry.resumed_bytes >= 32 * MiB, retry.resumed_bytes  # what was read before the cut
+    assert retry.bytes_read + retry.resumed_bytes == 64 * MiB, (retry.bytes_read, retry.resumed_bytes)
+    assert _point_bytes(repo, retry.point) == disk.read_bytes()
+    assert not (tmp_path / "cache" / machine.id / "resume.jsonl").exists()  # dropped at commit
+    # and the next cycle from the new point has nothing to resume: a plain delta
+    with open(disk, "r+b") as f:
+        f.write(os.urandom(4096))
+    nxt = _cycle(source, repo, cache, machine, retry.point)
+    assert nxt.resumed_bytes == 0 and nxt.bytes_read == 4096
+    assert _point_bytes(repo, nxt.point) == disk.read_bytes()

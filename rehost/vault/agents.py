@@ -1,0 +1,163 @@
+"""Physical machines: their agents' enrollment, disks and heartbeats, as the vault sees them.
+
+``source add-physical`` registers a machine with no disks yet and issues a one-time
+passphrase; the agent enrolls with it (``rehost serve`` runs the enrollment endpoint) and
+reports its disks, which become the machine's disks at the next look (replicate, heartbeat,
+``machines``). The CA and everything enrollment wrote live in ``<vault>/agents``.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select
+
+from rehost.agent.client import AgentClient, AgentError
+from rehost.agent.pki import PASSPHRASE_TTL, CertificateAuthority, EnrollmentServer
+from rehost.errors import AlreadyExists, UsageError
+from rehost.vault.inventory import check_name, get_machine
+from rehost.vault.models import DiskRow, MachineRow, SourceRow
+from rehost.vault.vault import Vault
+
+KIND = "agent"
+DEFAULT_ENROLL_PORT = 8744
+#: how often ``rehost serve`` asks each agent for a heartbeat
+HEARTBEAT_EVERY_S = 30.0
+
+
+def authority(vault: Vault) -> CertificateAuthority:
+    return CertificateAuthority(vault.root / "agents")
+
+
+@dataclass(frozen=True)
+class Invitation:
+    """What the operator needs on the source machine (the passphrase is shown once)."""
+
+    machine: str
+    passphrase: str
+    fingerprint: str
+    expires_in_s: float
+
+    def command(self, server: str) -> str:
+        return (
+            f"rehost-agent register --server {server} --passphrase {self.passphrase} "
+            f"--fingerprint {self.fingerprint} --disk /dev/sda"
+        )
+
+
+def enrollment_url(host: str | None = None, port: int = DEFAULT_ENROLL_PORT) -> str:
+    host = host or socket.getfqdn()
+    return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
+
+
+def add_physical_source(vault: Vault, name: str, ttl: float = PASSPHRASE_TTL) -> Invitation:
+    """Register ``name`` (disks come with its agent) and issue its first passphrase."""
+    check_name(name)
+    _check_ttl(ttl)
+    ca = authority(vault)
+    with vault.session() as s, s.begin():
+        if s.scalar(select(MachineRow).where(MachineRow.name == name)) is not None:
+            raise AlreadyExists(f"a machine named {name!r} is already registered")
+        if s.scalar(select(SourceRow).where(SourceRow.name == name)) is not None:
+            raise AlreadyExists(f"a source named {name!r} is already registered")
+        src = SourceRow(name=name, kind=KIND, settings={"agent": name})
+        s.add_all([src, MachineRow(name=name, source=src, state="registered",
+                                   state_reason="waiting for its agent to register")])
+    return Invitation(name, ca.issue_passphrase(name, ttl), ca.server_fingerprint, ttl)
+
+
+def reissue_passphrase(vault: Vault, name: str, ttl: float = PASSPHRASE_TTL) -> Invitation:
+    """A new passphrase (the old one expired, or the machine was rebuilt): re-enrolling
+    replaces and revokes the previous certificate."""
+    _check_ttl(ttl)
+    machine = get_machine(vault, name)
+    if machine.source.kind != KIND:
+        raise UsageError(f"{name} is a {machine.source.kind} source, not a physical machine with an agent")
+    ca = authority(vault)
+    return Invitation(name, ca.issue_passphrase(_agent(machine), ttl), ca.server_fingerprint, ttl)
+
+
+def _check_ttl(ttl: float) -> None:
+    if not 60 <= ttl <= 7 * 24 * 3600:
+        raise UsageError(f"a passphrase must be valid between 1 minute and 7 days, not {ttl:.0f} s")
+
+
+def _agent(machine: MachineRow) -> str:
+    return str(machine.source.settings.get("agent") or machine.name)
+
+
+def sync_disks(vault: Vault, machine: MachineRow) -> MachineRow:
+    """Adopt the disks the machine's agent reported at enrollment (first look after it)."""
+    if machine.source.kind != KIND or machine.disks:
+        return machine
+    entry = authority(vault).machine(_agent(machine))
+    if entry is None:
+        raise UsageError(
+            f"{machine.name}'s agent has not registered yet: run rehost-agent register on it "
+            f"(a new passphrase: rehost source passphrase {machine.name})"
+        )
+    reported = (entry.get("inventory") or {}).get("disks") or []
+    bad = [d for d in reported if "size" not in d]
+    if not reported or bad:
+        why = "; ".join(f"{d.get('path')}: {d.get('error', 'no size')}" for d in bad) or "no disks"
+        raise UsageError(f"{machine.name}'s agent reported no usable disk ({why})")
+    with vault.session() as s, s.begin():
+        row = s.get(MachineRow, machine.id)
+        assert row is not None
+        row.disks = [
+            DiskRow(index=int(d["index"]), path=str(d["path"]), format="agent", size=int(d["size"]))
+            for d in reported
+        ]
+        if row.state == "registered":
+            row.state_reason = ""
+    return get_machine(vault, machine.name)
+
+
+def check_heartbeats(
+    vault: Vault, machines: list[MachineRow], now: datetime | None = None, timeout: float = 10.0
+) -> dict[str, dict[str, Any]]:
+    """Ask every agent-backed machine's agent for a heartbeat and record the answer (or why
+    there is none) on the machine: health explains a stuck item with it."""
+    now = now or datetime.now(UTC)
+    ca = authority(vault)
+    from rehost.sources.physical import PhysicalSource
+
+    seen: dict[str, dict[str, Any]] = {}
+    for m in machines:
+        if m.source.kind != KIND or m.state in ("migration_completed", "failed_over"):
+            continue
+        record: dict[str, Any] = dict(m.heartbeat or {})
+        record["checked"] = now.isoformat()
+        try:
+            client: AgentClient = PhysicalSource.from_settings(
+                m.source.settings, ca, vault.cache
+            ).client(m)
+            client.timeout = timeout
+            answer = client.heartbeat()
+            record.update(seen=now.isoformat(), error="", version=answer.get("version"),
+                          frozen=answer.get("frozen") or [])
+        except (AgentError, UsageError) as e:
+            record["error"] = str(e)
+        with vault.session() as s, s.begin():
+            row = s.get(MachineRow, m.id)
+            if row is not None:
+                row.heartbeat = record
+        m.heartbeat = record
+        seen[m.name] = record
+    return seen
+
+
+def start_enrollment(vault: Vault, host: str, port: int, log: Any = print) -> EnrollmentServer:
+    """The HTTPS endpoint ``rehost-agent register`` talks to (runs inside ``rehost serve``)."""
+    ca = authority(vault)
+    try:
+        server = EnrollmentServer(ca, host, port, on_enroll=lambda machine, address: log(
+            f"agent of {machine} registered from {address}"))
+    except OSError as e:
+        raise UsageError(f"cannot listen for agents on {host}:{port}: {e.strerror or e} "
+                         "(choose another with --enroll-listen HOST:PORT, or 'off')") from None
+    log(f"agents register at {server.url} (server fingerprint {ca.server_fingerprint})")
+    return server.start()
