@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import json
 import logging
+import shlex
 import signal
 import sys
 from pathlib import Path
@@ -30,6 +31,10 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--listen", default="0.0.0.0")
     r.add_argument("--port", type=int)
     r.add_argument("--nbd-port", type=int)
+    r.add_argument(
+        "--shutdown-command",
+        help="what powers the machine off at failover (default: shutdown -h now)",
+    )
     sub.add_parser("run", help="serve the replication server (HTTPS API and NBD exports)")
     sub.add_parser("inventory", help="print what the agent reports")
     sub.add_parser("uninstall", help="remove the agent's credentials, configuration and digests")
@@ -51,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
                 listen=args.listen,
                 port=args.port,
                 nbd_port=args.nbd_port,
+                shutdown_command=shlex.split(args.shutdown_command) if args.shutdown_command else None,
             )
         except RegistrationError as e:
             print(f"rehost-agent: {e}", file=sys.stderr)

@@ -47,7 +47,7 @@ def create_policy(body: schemas.PolicyIn, vault: VaultDep, _: Admin) -> dict[str
     """A replication policy (defaults: RPO 5m, retention 24h, crash-consistent every 30s)."""
     p = policies.create_policy(vault, body.name, rpo_threshold=body.rpo_threshold, retention=body.retention,
                                app_every=body.app_consistent_every, crash_every=body.crash_consistent_every,
-                               bandwidth=body.bandwidth)
+                               bandwidth=body.bandwidth, bandwidth_schedule=body.bandwidth_schedule)
     return policies.policy_json(p)
 
 
@@ -56,7 +56,7 @@ def update_policy(name: str, body: schemas.PolicyFields, vault: VaultDep, _: Adm
     """Change what is given; running replication picks it up at its next tick."""
     p = policies.update_policy(vault, name, rpo_threshold=body.rpo_threshold, retention=body.retention,
                                app_every=body.app_consistent_every, crash_every=body.crash_consistent_every,
-                               bandwidth=body.bandwidth)
+                               bandwidth=body.bandwidth, bandwidth_schedule=body.bandwidth_schedule)
     return policies.policy_json(p)
 
 

@@ -42,6 +42,10 @@ _BANDWIDTH = r"\s*([0-9]{1,12}(\.[0-9]{1,6})?\s*[A-Za-z]{0,3}(/s)?|none|off)\s*"
 Bandwidth = Annotated[str, Field(max_length=32, json_schema_extra={"pattern": f"^{_BANDWIDTH}$"},
                                  description="e.g. 100MB/s, 20MiB/s; none or off: unlimited"),
                       _shaped(_BANDWIDTH, "a rate such as 100MB/s or 20MiB/s, or none")]
+BandwidthWindow = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[^\x00]+$",
+                                       description="[DAYS] HH:MM-HH:MM=RATE in the server's local time, "
+                                                   "e.g. 'mon-fri 08:00-18:00=10MB/s', "
+                                                   "'sat,sun 00:00-24:00=none', '22:00-06:00=50MB/s'")]
 PointSpec = Annotated[str, Field(min_length=1, max_length=64,
                                  description="latest, latest-processed, latest-app-consistent or a point id")]
 
@@ -183,10 +187,20 @@ class PolicyFields(_In):
     app_consistent_every: DurationOrNever | None = None
     crash_consistent_every: Duration | None = Field(None, description="default 30s")
     bandwidth: Bandwidth | None = None
+    bandwidth_schedule: list[BandwidthWindow] | None = Field(
+        None, max_length=32, description="Windows with their own limit; outside them ``bandwidth`` applies, "
+                                         "the first that matches wins. Replaces the schedule; [] clears it.")
 
 
 class PolicyIn(PolicyFields):
     name: Name
+
+
+class BandwidthWindowOut(BaseModel):
+    days: list[int] = Field(description="0 is Monday, 6 Sunday: the days the window starts on")
+    start: str = Field(description="HH:MM, server's local time")
+    end: str = Field(description="HH:MM (24:00: midnight); before start: the window ends the next day")
+    bps: int | None = Field(description="The limit in the window; null: unlimited")
 
 
 class PolicyOut(BaseModel):
@@ -196,6 +210,8 @@ class PolicyOut(BaseModel):
     app_consistent_every_s: int
     crash_consistent_every_s: int
     bandwidth_bps: int | None
+    bandwidth_schedule: list[str] = Field(description="The windows, as they are written in requests")
+    bandwidth_windows: list[BandwidthWindowOut] = Field(description="The same windows, parsed")
 
 
 class AttachIn(_In):

@@ -20,6 +20,14 @@ RETENTION = typer.Option(None, "--retention", help="How long recovery points are
 APP = typer.Option(None, "--app-consistent-every", help="App-consistent point interval (e.g. 1h; 0: never).")
 CRASH = typer.Option(None, "--crash-consistent-every", help="Crash-consistent point interval (e.g. 30s).")
 BANDWIDTH = typer.Option(None, "--bandwidth", help="Limit on what a cycle writes (e.g. 100MB/s; none).")
+WINDOW = typer.Option(
+    None,
+    "--bandwidth-window",
+    metavar="SPEC",
+    help="Another limit at some hours, --bandwidth at the others (repeatable; the first window that "
+    "matches wins): [DAYS] HH:MM-HH:MM=RATE, e.g. 'mon-fri 08:00-18:00=10MB/s', 'sat,sun 00:00-24:00=none', "
+    "'22:00-06:00=50MB/s', in the server's local time. On update it replaces the schedule; 'none' clears it.",
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -36,6 +44,7 @@ def create(
     app_every: str = APP,
     crash_every: str = CRASH,
     bandwidth: str = BANDWIDTH,
+    bandwidth_window: list[str] | None = WINDOW,
 ) -> None:
     """Create a policy (defaults: RPO 5m, retention 24h, crash-consistent every 30s)."""
     with open_vault(ctx) as vault:
@@ -47,6 +56,7 @@ def create(
             app_every=app_every,
             crash_every=crash_every,
             bandwidth=bandwidth,
+            bandwidth_schedule=bandwidth_window or None,
         )
     out.print(f"created policy {p.name}", highlight=False)
 
@@ -60,6 +70,7 @@ def update(
     app_every: str = APP,
     crash_every: str = CRASH,
     bandwidth: str = BANDWIDTH,
+    bandwidth_window: list[str] | None = WINDOW,
 ) -> None:
     """Change a policy; running replication picks it up at its next tick."""
     with open_vault(ctx) as vault:
@@ -71,6 +82,7 @@ def update(
             app_every=app_every,
             crash_every=crash_every,
             bandwidth=bandwidth,
+            bandwidth_schedule=bandwidth_window or None,
         )
     out.print(f"updated policy {name}", highlight=False)
 
@@ -95,7 +107,8 @@ def list_cmd(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) 
         out.print(
             f"{d['name']:16} rpo {d['rpo_threshold_s']}s  retention {d['retention_s']}s  "
             f"crash every {d['crash_consistent_every_s']}s  app every "
-            f"{d['app_consistent_every_s'] or 'never'}  bandwidth {bw}",
+            f"{d['app_consistent_every_s'] or 'never'}  bandwidth {bw}"
+            + (f"  windows {'; '.join(d['bandwidth_schedule'])}" if d["bandwidth_schedule"] else ""),
             highlight=False,
         )
 
@@ -109,6 +122,10 @@ def serve(
     ),
     cert: Path = typer.Option(None, help="TLS certificate (PEM): serve HTTPS."),
     key: Path = typer.Option(None, help="TLS private key (PEM), when it is not in --cert."),
+    enroll_listen: str = typer.Option(
+        None, help="Where agents register (HOST:PORT, HTTPS); default 0.0.0.0:8744 with the API, "
+        "'off' to refuse registrations."
+    ),
 ) -> None:
     """Keep every machine with a policy within its RPO (replicate, thin, report health), and
     serve the REST API and dashboard."""
@@ -123,4 +140,5 @@ def serve(
     from rehost.api.server import serve as serve_portal
 
     serve_portal(options(ctx).vault_path, password_from_env_or_prompt,
-                 listen=None if listen == "off" else listen, cert=cert, key=key, tick=tick, log=log)
+                 listen=None if listen == "off" else listen, cert=cert, key=key, tick=tick, log=log,
+                 enroll_listen=enroll_listen)

@@ -54,6 +54,8 @@ def assess(h: HealthInput, now: datetime) -> Health:
         return Health("not-protected", None, "no recovery point yet: initial replication pending")
     rpo = (now - h.last_point).total_seconds()
     if h.rpo_threshold_s is None:
+        if h.agent and h.agent_error:
+            return Health("warning", rpo, _agent(h, now))
         return Health("healthy", rpo, "no policy attached: replicated on demand only")
     status = "healthy"
     if rpo > 2 * h.rpo_threshold_s:
@@ -63,6 +65,9 @@ def assess(h: HealthInput, now: datetime) -> Health:
     reasons: list[str] = []
     if status != "healthy":
         reasons.append(_why_behind(h, now, rpo))
+    elif h.agent and h.agent_error:  # within the RPO still, but the next cycle will fail
+        status = "warning"
+        reasons.append(_agent(h, now))
     if h.app_every_s and (
         h.last_app_point is None or (now - h.last_app_point).total_seconds() > 2 * h.app_every_s
     ):

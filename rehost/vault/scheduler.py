@@ -21,13 +21,21 @@ from rehost.errors import RehostError
 from rehost.replication.retention import PointTime, points_to_keep
 from rehost.repository.manifest import Consistency, RecoveryPoint
 from rehost.repository.prune import prune
-from rehost.vault import inventory, policies
+from rehost.vault import agents, inventory, policies
 from rehost.vault.models import MachineRow, PolicyRow
 from rehost.vault.protection import replicate
 from rehost.vault.states import ALLOWED
 from rehost.vault.vault import Vault
 
 RETENTION_EVERY_S = 600
+#: after the n-th failure in a row the next attempt waits BACKOFF_BASE_S * 2**(n-1), at most MAX
+BACKOFF_BASE_S = 5.0
+BACKOFF_MAX_S = 900.0
+
+
+def backoff(failures: int) -> float:
+    """Seconds to wait after ``failures`` failed cycles in a row (exponential, capped)."""
+    return min(BACKOFF_MAX_S, BACKOFF_BASE_S * float(2 ** max(0, min(failures, 20) - 1)))
 
 
 @dataclass
@@ -57,6 +65,7 @@ class Scheduler:
         self.log = log or (lambda _msg: None)
         self._last_retention: dict[str, float] = {}
         self._last_app_attempt: dict[str, float] = {}
+        self._last_heartbeats = float("-inf")
 
     def due(self, machine: MachineRow, policy: PolicyRow, points: list[RecoveryPoint]) -> tuple[bool, bool]:
         """(a cycle is due, it should be app-consistent)."""
@@ -64,12 +73,8 @@ class Scheduler:
         last = _when(points[-1]) if points else None
         lc = machine.last_cycle or {}
         last_try = datetime.fromisoformat(lc["time"]).timestamp() if lc.get("time") else None
-        if (
-            last_try is not None
-            and lc.get("error")
-            and now - last_try < min(60.0, policy.crash_consistent_every_s)
-        ):
-            return False, False  # back off a little after a failure
+        if last_try is not None and lc.get("error") and now - last_try < backoff(int(lc.get("failures", 1))):
+            return False, False  # the source is down or failing: retry later and later
         app = False
         if policy.app_consistent_every_s:
             apps = [_when(p) for p in points if p.consistency == Consistency.APP]
@@ -85,7 +90,9 @@ class Scheduler:
         points_by_machine: dict[str, list[RecoveryPoint]] = {}
         for p in self.vault.repo.list_points():
             points_by_machine.setdefault(p.machine, []).append(p)
-        for machine in inventory.list_machines(self.vault):
+        machines = inventory.list_machines(self.vault)
+        self._heartbeats(machines)
+        for machine in machines:
             policy = policies.policy_of(self.vault, machine)
             if policy is None or machine.state not in ALLOWED["replicate"]:
                 continue
@@ -96,13 +103,26 @@ class Scheduler:
             self._retention(machine, policy)
         return results
 
+    def _heartbeats(self, machines: list[MachineRow]) -> None:
+        """Ask the agents of physical machines how they are, now and then (health shows it)."""
+        now = self.clock()
+        if now - self._last_heartbeats < agents.HEARTBEAT_EVERY_S:
+            return
+        self._last_heartbeats = now
+        watched = [m for m in machines if m.source.kind == agents.KIND]
+        for name, record in agents.check_heartbeats(
+            self.vault, watched, datetime.fromtimestamp(now, UTC), timeout=5
+        ).items():
+            if record.get("error"):
+                self.log(f"{name}: no heartbeat: {record['error']}")
+
     def _cycle(self, machine: MachineRow, policy: PolicyRow, app: bool) -> TickResult:
         started = self.clock()
         if app:
             self._last_app_attempt[machine.id] = started
         record: dict[str, Any] = {"time": datetime.fromtimestamp(started, UTC).isoformat()}
         try:
-            with _bandwidth(self.vault, policy.bandwidth_bps):
+            with _bandwidth(self.vault, self._limit(machine, policy, started)):
                 r = replicate(self.vault, machine.name, app_consistent=app)
             record.update(
                 seconds=round(self.clock() - started, 3),
@@ -120,13 +140,29 @@ class Scheduler:
             result = TickResult(machine.name, True, app, r.point.id, seconds=record["seconds"])
         except Exception as e:  # one item's failure must not stop the others
             msg = str(e) if isinstance(e, RehostError) else f"{type(e).__name__}: {e}"
-            record.update(seconds=round(self.clock() - started, 3), error=msg)
-            self.log(f"{machine.name}: cycle failed: {msg}")
+            failures = int((machine.last_cycle or {}).get("failures", 0)) + 1 if (
+                machine.last_cycle or {}).get("error") else 1
+            record.update(seconds=round(self.clock() - started, 3), error=msg, failures=failures,
+                          retry_in=backoff(failures))
+            self.log(f"{machine.name}: cycle failed ({failures} in a row, next try in "
+                     f"{backoff(failures):.0f}s): {msg}")
             if not isinstance(e, RehostError):
                 self.log(traceback.format_exc(limit=5))
             result = TickResult(machine.name, True, app, error=msg, seconds=record["seconds"])
         _record(self.vault, machine, record)
         return result
+
+    def _limit(self, machine: MachineRow, policy: PolicyRow, now: float) -> int | None:
+        """The policy's bandwidth for a cycle starting now (the server's local time): a window of
+        its schedule, else its default. It holds for the whole cycle."""
+        when = datetime.fromtimestamp(now)
+        window = policies.window_at(policy, when)
+        if window is None:
+            return policy.bandwidth_bps
+        bps = policies.bandwidth_at(policy, when)
+        limit = policies.format_bandwidth(bps) if bps else "unlimited"
+        self.log(f"{machine.name}: bandwidth window {policies.window_spec(window)} applies: {limit}")
+        return bps
 
     def _retention(self, machine: MachineRow, policy: PolicyRow) -> None:
         now = self.clock()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -45,7 +46,7 @@ def test_policies_create_update_attach(portal: Portal) -> None:
     assert r.status_code == 201
     assert r.json() == {"name": "gold", "rpo_threshold_s": 300, "retention_s": 86400,
                         "app_consistent_every_s": 3600, "crash_consistent_every_s": 30,
-                        "bandwidth_bps": 100_000_000}
+                        "bandwidth_bps": 100_000_000, "bandwidth_schedule": [], "bandwidth_windows": []}
     r = portal.client.patch("/api/v1/policies/gold", json={"rpo_threshold": "2m", "bandwidth": "none"},
                             headers=portal.auth("admin"))
     assert r.status_code == 200 and r.json()["rpo_threshold_s"] == 120 and r.json()["bandwidth_bps"] is None
@@ -53,6 +54,32 @@ def test_policies_create_update_attach(portal: Portal) -> None:
     r = portal.post("/policies/gold/attach", {"machine": "web"}, role="admin")
     assert r.status_code == 200 and r.json()["policy"] == "gold"
     assert portal.post("/policies/gold/attach", {"machine": "nope"}, role="admin").status_code == 404
+
+
+def test_policy_bandwidth_schedule(portal: Portal) -> None:
+    schedule = ["mon-fri 08:00-18:00=10MB/s", "sat, sun 00:00-24:00=none"]
+    r = portal.post("/policies", {"name": "gold", "bandwidth": "100MB/s", "bandwidth_schedule": schedule},
+                    role="admin")
+    assert r.status_code == 201, r.text
+    assert r.json()["bandwidth_schedule"] == ["mon-fri 08:00-18:00=10MB/s", "sat,sun 00:00-24:00=none"]
+    assert r.json()["bandwidth_windows"] == [
+        {"days": [0, 1, 2, 3, 4], "start": "08:00", "end": "18:00", "bps": 10_000_000},
+        {"days": [5, 6], "start": "00:00", "end": "24:00", "bps": None}]
+    assert portal.get("/policies").json() == [r.json()]
+
+    def patch(body: dict[str, object]) -> Any:
+        return portal.client.patch("/api/v1/policies/gold", json=body, headers=portal.auth("admin"))
+
+    r = patch({"rpo_threshold": "2m"})  # what is not given is kept
+    assert r.status_code == 200 and len(r.json()["bandwidth_schedule"]) == 2
+    r = patch({"bandwidth_schedule": ["22:00-06:00=50MB/s"]})  # replaces the schedule
+    assert r.status_code == 200 and r.json()["bandwidth_schedule"] == ["22:00-06:00=50MB/s"]
+    r = patch({"bandwidth_schedule": ["mon-fri 08:00-25:00=1MB/s"]})
+    assert r.status_code == 400 and "'25:00' is not a time" in r.json()["error"], r.text
+    assert portal.get("/policies").json()[0]["bandwidth_schedule"] == ["22:00-06:00=50MB/s"]
+    r = patch({"bandwidth_schedule": []})  # clears it
+    assert r.status_code == 200 and r.json()["bandwidth_schedule"] == r.json()["bandwidth_windows"] == []
+    assert r.json()["bandwidth_bps"] == 100_000_000
 
 
 @pytest.mark.parametrize(("body", "code", "message"), [
@@ -65,9 +92,15 @@ def test_policies_create_update_attach(portal: Portal) -> None:
     ({"name": "p", "rpo_threshold": "0s"}, 400, "must be positive"),
     ({"name": "p", "bandwidth": "5zz/s"}, 400, "not a bandwidth"),
     ({"name": "no spaces"}, 400, "policy name 'no spaces' is not valid"),
+    ({"name": "p", "bandwidth_schedule": ["mon-fry 08:00-18:00=1MB/s"]}, 400, "'fry' is not a day"),
+    ({"name": "p", "bandwidth_schedule": ["08:00-08:00=1MB/s"]}, 400, "a window must not be empty"),
+    ({"name": "p", "bandwidth_schedule": ["08:00-18:00=fast"]}, 400, "'fast' is not a bandwidth"),
+    ({"name": "p", "bandwidth_schedule": ["08:00-18:00"]}, 400, "has no '=RATE'"),
+    ({"name": "p", "bandwidth_schedule": "08:00-18:00=1MB/s"}, 422, "bandwidth_schedule"),
+    ({"name": "p", "bandwidth_schedule": [""]}, 422, "bandwidth_schedule"),
     ({"rpo_threshold": "5m"}, 422, "name: Field required"),
 ])
-def test_policy_refusals_are_clear(portal: Portal, body: dict[str, str], code: int, message: str) -> None:
+def test_policy_refusals_are_clear(portal: Portal, body: dict[str, Any], code: int, message: str) -> None:
     r = portal.post("/policies", body, role="admin")
     assert r.status_code == code and message in r.json()["error"], r.text
     assert portal.get("/policies").json() == []

@@ -36,3 +36,19 @@ def test_app_consistent_overdue_and_stopped_replication() -> None:
     assert assess(_h(state="failed_over"), NOW).status == "not-protected"
     assert assess(_h(last_point=None), NOW).status == "not-protected"
     assert assess(_h(rpo_threshold_s=None, last_point=NOW - timedelta(days=3)), NOW).status == "healthy"
+
+
+def test_an_agent_that_does_not_answer_is_named_with_backoff_and_since_when() -> None:
+    down = {"agent": True, "agent_error": "srv1's agent at 10.0.0.5:8743 is unreachable: timed out"}
+    h = assess(_h(agent_seen=NOW - timedelta(minutes=3), **down), NOW)
+    assert h.status == "warning"  # within the RPO still, but the next cycle will fail
+    assert "has not answered since 3m ago" in h.reason and "unreachable: timed out" in h.reason
+    h = assess(_h(last_point=NOW - timedelta(minutes=11), **down), NOW)
+    assert h.status == "critical" and "since it registered" in h.reason
+    h = assess(_h(last_point=None, **down), NOW)
+    assert h.status == "critical" and "initial replication waits for the agent" in h.reason
+    assert assess(_h(rpo_threshold_s=None, **down), NOW).status == "warning"
+    h = assess(_h(last_point=NOW - timedelta(minutes=7), last_attempt=NOW - timedelta(seconds=5),
+                  last_error="boom", failures=4), NOW)
+    assert "4 failures in a row" in h.reason
+    assert assess(_h(agent=True, agent_seen=NOW), NOW).status == "healthy"

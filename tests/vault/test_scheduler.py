@@ -32,7 +32,8 @@ def test_policy_validation(tmp_path: Path) -> None:
            "--app-consistent-every", "1h", "--crash-consistent-every", "30s", "--bandwidth", "100MB/s")
     p = rehost(vault, "policy", "list", "--json").json()[0]
     assert p == {"name": "gold", "rpo_threshold_s": 300, "retention_s": 86400, "app_consistent_every_s": 3600,
-                 "crash_consistent_every_s": 30, "bandwidth_bps": 100_000_000}
+                 "crash_consistent_every_s": 30, "bandwidth_bps": 100_000_000, "bandwidth_schedule": [],
+                 "bandwidth_windows": []}
     rehost(vault, "policy", "update", "gold", "--rpo-threshold", "2m")
     assert rehost(vault, "policy", "list", "--json").json()[0]["rpo_threshold_s"] == 120
 
