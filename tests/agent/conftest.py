@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -76,3 +79,34 @@ def run_agent() -> Iterator[Callable[[Path], AgentService]]:
     yield start
     for s in started:
         s.close()
+
+
+LOOP_SIZE = 64 << 20
+
+
+def run_cmd(cmd: list[str]) -> str:
+    return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+
+
+@pytest.fixture
+def ext4_loop(tmp_path: Path) -> Iterator[tuple[Path, Path, Path]]:
+    """(backing file, loop device, mount point) of a mounted ext4."""
+    if os.geteuid() != 0 or not shutil.which("losetup") or not shutil.which("mkfs.ext4"):
+        pytest.skip("needs root, losetup and mkfs.ext4")
+    backing = tmp_path / "physical.img"
+    with open(backing, "wb") as f:
+        f.truncate(LOOP_SIZE)
+    # no lazy init: nothing writes behind the test's back
+    run_cmd(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", str(backing)])
+    dev = Path(run_cmd(["losetup", "-f", "--show", str(backing)]).strip())
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    try:
+        run_cmd(["mount", "-t", "ext4", str(dev), str(mnt)])
+        try:
+            yield backing, dev, mnt
+        finally:
+            subprocess.run(["fsfreeze", "-u", str(mnt)], capture_output=True)
+            subprocess.run(["umount", str(mnt)], capture_output=True)
+    finally:
+        subprocess.run(["losetup", "-d", str(dev)], capture_output=True)

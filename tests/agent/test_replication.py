@@ -4,7 +4,6 @@ later cycles read only the blocks the agent reports changed; points equal the de
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -27,7 +26,7 @@ from rehost.repository.storage import LocalStorage
 from rehost.sources.physical import PhysicalSource
 from rehost.vault.models import MachineRow
 
-from .conftest import Registrar
+from .conftest import Registrar, run_cmd
 
 MiB = 1 << 20
 SIZE = 64 * MiB
@@ -46,34 +45,6 @@ def test_agent_digests_match_the_server_s(tmp_path: Path) -> None:
     ext = diff(s, scan(f), len(data))
     assert ext == [(4096, 4096)]
     assert apply_digests(s, ext, pack_digests(scan(f), ext)) == scan(f)
-
-
-def _run(cmd: list[str]) -> str:
-    return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-
-
-@pytest.fixture
-def ext4_loop(tmp_path: Path) -> Iterator[tuple[Path, Path, Path]]:
-    """(backing file, loop device, mount point) of a mounted ext4."""
-    if os.geteuid() != 0 or not shutil.which("losetup") or not shutil.which("mkfs.ext4"):
-        pytest.skip("needs root, losetup and mkfs.ext4")
-    backing = tmp_path / "physical.img"
-    with open(backing, "wb") as f:
-        f.truncate(SIZE)
-    # no lazy init: nothing writes behind the test's back
-    _run(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", str(backing)])
-    dev = Path(_run(["losetup", "-f", "--show", str(backing)]).strip())
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    try:
-        _run(["mount", "-t", "ext4", str(dev), str(mnt)])
-        try:
-            yield backing, dev, mnt
-        finally:
-            subprocess.run(["fsfreeze", "-u", str(mnt)], capture_output=True)
-            subprocess.run(["umount", str(mnt)], capture_output=True)
-    finally:
-        subprocess.run(["losetup", "-d", str(dev)], capture_output=True)
 
 
 def _point_bytes(repo: Repository, point: RecoveryPoint) -> bytes:
@@ -115,7 +86,7 @@ def test_replicate_ext4_loop_device(
     # a new file, then a quiescent file system: the point must equal the device exactly
     payload = os.urandom(300 * 1024)
     (mnt / "data.bin").write_bytes(payload)
-    _run(["mount", "-o", "remount,ro", str(mnt)])
+    run_cmd(["mount", "-o", "remount,ro", str(mnt)])
     second = _cycle(source, repo, cache, machine, first.point)
     assert second.digest_source[0] == "cache+dirty-extents"
     assert 300 * 1024 <= second.bytes_read < 4 * MiB, second.bytes_read  # only changed extents
@@ -124,7 +95,7 @@ def test_replicate_ext4_loop_device(
     assert nothing.bytes_read == 0 and nothing.changed_bytes == 0
 
     # frozen file systems: an app-consistent point that holds the new file
-    _run(["mount", "-o", "remount,rw", str(mnt)])
+    run_cmd(["mount", "-o", "remount,rw", str(mnt)])
     (mnt / "last.txt").write_text("frozen\n")
     third = _cycle(source, repo, cache, machine, nothing.point, app=True)
     assert third.point.consistency == Consistency.APP
@@ -132,8 +103,8 @@ def test_replicate_ext4_loop_device(
     restored = tmp_path / "restored.img"
     restored.write_bytes(_point_bytes(repo, third.point))
     subprocess.run(["e2fsck", "-fn", str(restored)], check=True, capture_output=True)
-    assert _run(["debugfs", "-R", "cat /last.txt", str(restored)]) == "frozen\n"
-    assert _run(["debugfs", "-R", "cat /hello.txt", str(restored)]) == "first\n"
+    assert run_cmd(["debugfs", "-R", "cat /last.txt", str(restored)]) == "frozen\n"
+    assert run_cmd(["debugfs", "-R", "cat /hello.txt", str(restored)]) == "first\n"
 
     # failover: shutdown freezes and holds, the final sync is app-consistent without a freeze
     # of its own, release powers the machine off; an unreachable agent raises (recorded)
