@@ -7,6 +7,7 @@ the job, starts it in a thread and answers 202 with the job, whose URL is in ``L
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,8 @@ from rehost.api import items, schemas, views
 from rehost.api.auth import Admin, Operator, Reader, VaultDep
 from rehost.api.background import JobLauncher
 from rehost.jobs.models import JobRow
-from rehost.vault import failover, inventory, protection
+from rehost.replication.retention import parse_duration
+from rehost.vault import agents, failover, inventory, overview, protection
 from rehost.vault.failover import start_replicate_job
 from rehost.vault.vault import Vault
 
@@ -52,10 +54,19 @@ def add_image_source(body: schemas.AddImageSourceIn, vault: VaultDep, _: Admin) 
     return views.machine_detail(vault, m.name)
 
 
+@router.post("/sources/physical", response_model=schemas.InvitationOut, status_code=201,
+             tags=["infrastructure"])
+def add_physical_source(body: schemas.AddPhysicalSourceIn, vault: VaultDep, _: Admin) -> dict[str, Any]:
+    """Register a physical machine; the answer holds its agent's one-time passphrase (shown
+    once: run ``rehost-agent register --passphrase ... --fingerprint ...`` on the machine)."""
+    invitation = agents.add_physical_source(vault, body.name, parse_duration(body.expires).total_seconds())
+    return dataclasses.asdict(invitation)
+
+
 @router.get("/machines", response_model=list[schemas.MachineOut])
 def list_machines(vault: VaultDep, _: Reader) -> list[dict[str, Any]]:
     """Every replicated item with its state, health (RPO against its policy) and last point."""
-    return views.machine_views(vault)
+    return overview.machine_views(vault)
 
 
 @router.get("/machines/{name}", response_model=schemas.MachineOut)

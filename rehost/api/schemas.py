@@ -97,6 +97,9 @@ class MachineOut(BaseModel):
     policy: str | None
     health: HealthOut
     last_cycle: dict[str, Any]
+    agent: dict[str, Any] | None = Field(
+        None, description="A physical machine's agent as the server last saw it (seen, checked, error)"
+    )
     placement: dict[str, Any]
     assigned_target: str | None = Field(description="The target it fails over to (detail only)")
 
@@ -118,6 +121,18 @@ class PointOut(BaseModel):
 class AddImageSourceIn(_In):
     name: Name | None = Field(None, description="Machine name; omitted: the name inside an OVA/OVF")
     paths: list[HostPath] = Field(min_length=1, max_length=64)
+
+
+class AddPhysicalSourceIn(_In):
+    name: Name
+    expires: str = Field("1h", description="How long the one-time passphrase is valid (e.g. 30m)")
+
+
+class InvitationOut(BaseModel):
+    machine: str
+    passphrase: str = Field(description="One-time, shown only in this answer")
+    fingerprint: str = Field(description="The SHA-256 of the enrollment certificate the agent pins")
+    expires_in_s: float
 
 
 class SourceOut(BaseModel):

@@ -81,13 +81,25 @@ def serve(
     stop = threading.Event()
     if enroll_listen is None:
         enroll_listen = None if listen is None else f"0.0.0.0:{DEFAULT_ENROLL_PORT}"
-    with _enrollment(vault_root, once.callback, None if enroll_listen == "off" else enroll_listen, log):
-        if listen is None:
-            log(f"serving vault {vault_root}: continuous replication (Ctrl-C stops)")
-            with _stop_on_signals(stop):
-                scheduler_loop(vault_root, once.callback, stop, tick, log)
-            return
-        _serve_portal(vault_root, once, stop, listen=listen, cert=cert, key=key, tick=tick, log=log)
+    sock = None
+    if listen is not None:
+        if key and not cert:
+            raise UsageError("--key needs --cert")
+        for f in (cert, key):
+            if f is not None and not Path(f).is_file():
+                raise UsageError(f"{f} is not a file")
+        sock = bind(*parse_listen(listen))
+    try:
+        with _enrollment(vault_root, once.callback, None if enroll_listen == "off" else enroll_listen, log):
+            if listen is None or sock is None:
+                log(f"serving vault {vault_root}: continuous replication (Ctrl-C stops)")
+                with _stop_on_signals(stop):
+                    scheduler_loop(vault_root, once.callback, stop, tick, log)
+                return
+            _serve_portal(vault_root, once, stop, sock, listen=listen, cert=cert, tick=tick, log=log, key=key)
+    finally:
+        if sock is not None:
+            sock.close()
 
 
 @contextmanager
@@ -111,15 +123,10 @@ def _enrollment(vault_root: Path, password: Callable[[], str] | None, listen: st
         server.stop()
 
 
-def _serve_portal(vault_root: Path, once: OncePassword, stop: threading.Event, *, listen: str,
-                  cert: Path | None, key: Path | None, tick: float, log: Callable[[str], None]) -> None:
-    if key and not cert:
-        raise UsageError("--key needs --cert")
-    for f in (cert, key):
-        if f is not None and not Path(f).is_file():
-            raise UsageError(f"{f} is not a file")
+def _serve_portal(vault_root: Path, once: OncePassword, stop: threading.Event, sock: socket.socket, *,
+                  listen: str, cert: Path | None, key: Path | None, tick: float,
+                  log: Callable[[str], None]) -> None:
     host, port = parse_listen(listen)
-    sock = bind(host, port)
 
     import uvicorn
 

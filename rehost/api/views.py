@@ -1,7 +1,7 @@
 """What the API and the dashboard show, built from the services in one place.
 
-The machine dict has the keys of ``rehost machines --json`` (the CLI's shape is the
-contract); ``job_view`` is the CLI's ``job_dict``. Pages and JSON both come from here, so a
+The machine dict is ``rehost machines --json``'s (``rehost.vault.overview``); ``job_view``
+is the CLI's ``job_dict``. Pages and JSON both come from here, so a
 field means the same thing everywhere.
 """
 
@@ -15,51 +15,13 @@ from rehost.cli.job_cmd import job_dict
 from rehost.jobs.models import JobRow
 from rehost.jobs.runner import list_jobs
 from rehost.repository.manifest import RecoveryPoint
-from rehost.vault import inventory, policies, targets
-from rehost.vault.models import MachineRow, TargetRow, TokenRow
+from rehost.vault import inventory, targets
+from rehost.vault.models import TargetRow, TokenRow
+from rehost.vault.overview import machine_view, machine_views
 from rehost.vault.vault import Vault
 
 #: the scheduler beats every tick; older than this and `rehost serve` is not replicating
 SCHEDULER_STALE_S = 60.0
-
-
-def points_by_machine(vault: Vault) -> dict[str, list[RecoveryPoint]]:
-    """Every point, read once and grouped (the repository is the only record of points)."""
-    out: dict[str, list[RecoveryPoint]] = {}
-    for p in vault.repo.list_points():
-        out.setdefault(p.machine, []).append(p)
-    return out
-
-
-def machine_view(vault: Vault, m: MachineRow, points: list[RecoveryPoint],
-                 policy_names: dict[str, str] | None = None) -> dict[str, Any]:
-    """One machine as ``rehost machines --json`` shows it, plus placement and assigned target."""
-    if policy_names is not None:
-        policy = policy_names.get(m.policy_id or "")
-    else:
-        policy = getattr(policies.policy_of(vault, m), "name", None)
-    latest = points[-1] if points else None
-    return {
-        "name": m.name, "source": m.source.kind, "state": m.state, "state_reason": m.state_reason,
-        "disks": [{"index": d.index, "format": d.format, "size": d.size, "path": d.path} for d in m.disks],
-        "points": len(points),
-        "latest_point": latest.id if latest else None,
-        "latest_time": latest.time if latest else None,
-        "target": m.placement.get("target_name"), "runs_at": m.placement.get("dir"),
-        "network_map": m.network_map,
-        "policy": policy,
-        "health": policies.health_of(vault, m, points).to_json(),
-        "last_cycle": m.last_cycle,
-        "placement": m.placement,
-        "assigned_target": None,
-    }
-
-
-def machine_views(vault: Vault) -> list[dict[str, Any]]:
-    """Every machine; policies are looked up once for all of them, not once per machine."""
-    by_machine = points_by_machine(vault)
-    names = {p.id: p.name for p in policies.list_policies(vault)}
-    return [machine_view(vault, m, by_machine.get(m.id, []), names) for m in inventory.list_machines(vault)]
 
 
 def machine_detail(vault: Vault, name: str) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from rehost.cli.context import byte_progress, emit_json, human, open_vault, out
 from rehost.replication.retention import parse_duration
 from rehost.vault import agents, inventory, policies, protection, targets
 from rehost.vault.export import export_disk
+from rehost.vault.overview import machine_views
 
 source_app = typer.Typer(help="Register the machines to protect or migrate.", no_args_is_help=True)
 
@@ -93,22 +94,7 @@ def _print_invitation(invitation: agents.Invitation, server: str | None) -> None
 def machines(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> None:
     """List machines with their source, state and latest recovery point."""
     with open_vault(ctx) as vault:
-        rows = inventory.list_machines(vault)
-        points = vault.repo.list_points()
-        health = {m.id: policies.health_of(vault, m, [p for p in points if p.machine == m.id]) for m in rows}
-        policy_names = {m.id: getattr(policies.policy_of(vault, m), "name", None) for m in rows}
-    latest = {p.machine: p for p in points}
-    data: list[dict[str, Any]] = [{
-        "name": m.name, "source": m.source.kind, "state": m.state, "state_reason": m.state_reason,
-        "disks": [{"index": d.index, "format": d.format, "size": d.size, "path": d.path} for d in m.disks],
-        "points": sum(1 for p in points if p.machine == m.id),
-        "latest_point": latest[m.id].id if m.id in latest else None,
-        "latest_time": latest[m.id].time if m.id in latest else None,
-        "target": m.placement.get("target_name"), "runs_at": m.placement.get("dir"),
-        "network_map": m.network_map,
-        "policy": policy_names[m.id],
-        "health": health[m.id].to_json(), "last_cycle": m.last_cycle,
-    } for m in rows]
+        data = machine_views(vault)
     if as_json:
         emit_json(data)
         return
@@ -119,6 +105,10 @@ def machines(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) 
         where = f"  runs on {d['target']} ({d['runs_at']})" if d["runs_at"] else ""
         h = d["health"]
         where += f"  {h['status']}" + (f" ({h['reason']})" if h["reason"] else "")
+        agent = d["agent"] or {}
+        if agent:
+            seen = agent.get("seen") or "never"
+            where += f"  agent seen {seen}" + (f" ({agent['error']})" if agent.get("error") else "")
         out.print(f"{d['name']:20} {d['source']:6} {d['state']:20} points={d['points']:<4} "
                   f"latest={lt}{where}", highlight=False)
 

@@ -22,7 +22,7 @@ from rehost.api.tokens import Role, authenticate
 from rehost.cli.context import human
 from rehost.jobs import runner
 from rehost.replication.health import _span
-from rehost.vault import policies, protection, targets
+from rehost.vault import overview, policies, protection, targets
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
@@ -78,13 +78,13 @@ def logout() -> Response:
 
 @router.get("/")
 def overview_page(request: Request, vault: VaultDep, caller: Reader) -> HTMLResponse:
-    items = views.machine_views(vault)
+    items = overview.machine_views(vault)
     return render(request, "overview.html", caller, overview=views.overview(vault, items), items=items)
 
 
 @router.get("/items")
 def items_page(request: Request, vault: VaultDep, caller: Reader) -> HTMLResponse:
-    return render(request, "items.html", caller, items=views.machine_views(vault))
+    return render(request, "items.html", caller, items=overview.machine_views(vault))
 
 
 @router.get("/items/{name}")
