@@ -140,7 +140,8 @@ def replicate(
                    "bytes_read": r.bytes_read, "changed_bytes": r.changed_bytes,
                    "new_blobs": s.blobs_new, "new_bytes": s.raw_bytes_new,
                    "stored_bytes": s.stored_bytes, "seconds": round(r.seconds, 3),
-                   "digests": r.digest_source, "notes": r.notes})
+                   "digests": r.digest_source, "notes": r.notes,
+                   "resumed_bytes": r.resumed_bytes})
         return
     out.print(r.point.id)
     typer.echo(f"read {human(r.bytes_read)}, changed {human(r.changed_bytes)}, "

@@ -68,7 +68,8 @@ class ResumeJournal:
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fresh = not self.chunks
-            self._file = open(self.path, "w" if fresh else "a")  # noqa: SIM115 (closed in close())
+            # line-buffered: a kill -9 loses at most the line being written
+            self._file = open(self.path, "w" if fresh else "a", buffering=1)  # noqa: SIM115
             if fresh:
                 self._file.write(json.dumps({"parent": self.parent}) + "\n")
         h = _fingerprint(digests)

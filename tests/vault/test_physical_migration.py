@@ -163,3 +163,38 @@ def test_physical_machine_migrates_end_to_end(lab: Lab, tmp_path: Path) -> None:
     assert "refused an enrollment" in serve_log
     for log in (serve_log, agent_log, wrong.stderr, ok.stdout + ok.stderr):
         assert passphrase[1] not in log and "PRIVATE KEY" not in log
+
+
+def _packs(vault: Path) -> int:
+    """Packs stored with their index (the index is written after its pack)."""
+    return sum(1 for p in (vault / "repo" / "index").rglob("*") if p.is_file() and "tmp" not in p.name)
+
+
+@pytest.mark.slow
+def test_a_server_killed_mid_cycle_resumes_without_fetching_again(lab: Lab, tmp_path: Path) -> None:
+    """kill -9 of ``rehost replicate`` after two packs are stored: no point, the vault checks
+    clean, and the rerun takes what was stored from the journal instead of the agent."""
+    lab.disk = tmp_path / "big.raw"
+    lab.disk.write_bytes(os.urandom(96 << 20))
+    r = rehost(lab.vault, "source", "add-physical", "srv1")
+    passphrase = re.search(r"shown once\): (\S+)", r.out)
+    fingerprint = re.search(r"server fingerprint: (\S+)", r.out)
+    assert passphrase and fingerprint
+    assert _register(lab, passphrase[1], fingerprint[1]).returncode == 0
+    lab.start_agent()
+    cycle = subprocess.Popen([*REHOST, "--vault", str(lab.vault), "replicate", "srv1"], cwd=REPO,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while _packs(lab.vault) < 2 and cycle.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert cycle.poll() is None, "the cycle ended before it could be killed: make the disk bigger"
+    cycle.kill()
+    cycle.wait()
+    assert rehost(lab.vault, "points", "srv1", "--json").json() == []  # nothing committed half
+    assert rehost(lab.vault, "check", "--json").json()["ok"]
+    again = rehost(lab.vault, "replicate", "srv1", "--json").json()
+    assert again["resumed_bytes"] >= 32 << 20, again  # two packs at least: not fetched again
+    assert again["bytes_read"] + again["resumed_bytes"] == 96 << 20
+    exported = tmp_path / "srv1.raw"
+    rehost(lab.vault, "export", "srv1", "--output", str(exported))
+    assert qemu_img_compare(exported, lab.disk)
