@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import platform
+import shutil
 import socket
 import struct
 import subprocess
@@ -130,6 +131,24 @@ def disk_info(index: int, path: Path) -> dict[str, Any]:
     return info
 
 
+def capabilities(dev: Path = Path("/dev")) -> dict[str, Any]:
+    """What the agent can do for consistency here; the server records points accordingly.
+
+    Block-level snapshots need LVM / device-mapper (``/dev/mapper/control`` and ``lvcreate``);
+    without them points are read from the live disk. Freezing needs ``fsfreeze``.
+    """
+    snapshot = (dev / "mapper" / "control").exists() and shutil.which("lvcreate") is not None
+    return {
+        "fsfreeze": shutil.which("fsfreeze") is not None,
+        "block_snapshot": False,
+        "block_snapshot_why": (
+            "device-mapper and LVM are present, but this agent does not take LVM snapshots yet"
+            if snapshot
+            else "no device-mapper / LVM on this machine"
+        ),
+    }
+
+
 def collect(disks: list[Path]) -> dict[str, Any]:
     return {
         "hostname": socket.gethostname(),
@@ -138,6 +157,7 @@ def collect(disks: list[Path]) -> dict[str, Any]:
         "memory": _memory(),
         "disks": [disk_info(i, p) for i, p in enumerate(disks)],
         "nics": nics(),
+        "capabilities": capabilities(),
     }
 
 

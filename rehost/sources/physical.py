@@ -144,7 +144,9 @@ class PhysicalSource:
             except AgentError as e:
                 notes.append(f"could not freeze the file systems ({e}): not crash-consistent")
         else:
-            notes.append("read from a live disk without a snapshot: not crash-consistent")
+            inventory = (self.ca.machine(client.machine) or {}).get("inventory") or {}
+            why = (inventory.get("capabilities") or {}).get("block_snapshot_why") or "no block snapshots"
+            notes.append(f"read from a live disk without a snapshot ({why}): not crash-consistent")
 
         def thaw() -> None:
             nonlocal frozen

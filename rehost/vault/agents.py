@@ -116,6 +116,16 @@ def sync_disks(vault: Vault, machine: MachineRow) -> MachineRow:
     return get_machine(vault, machine.name)
 
 
+def agent_view(vault: Vault, machine: MachineRow) -> dict[str, Any]:
+    """The last heartbeat (seen, checked, error) and what the agent reported at enrollment:
+    OS, CPUs, memory, NICs, disks with partition tables, consistency capabilities."""
+    entry = authority(vault).machine(_agent(machine)) or {}
+    inventory = dict(entry.get("inventory") or {})
+    inventory.pop("agent", None)  # ports: how to reach it, not what it is
+    return {**(machine.heartbeat or {}), "enrolled_at": entry.get("enrolled_at"),
+            "address": entry.get("address"), "inventory": inventory}
+
+
 def check_heartbeats(
     vault: Vault, machines: list[MachineRow], now: datetime | None = None, timeout: float = 10.0
 ) -> dict[str, dict[str, Any]]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from rehost.repository.manifest import RecoveryPoint
-from rehost.vault import inventory, policies
+from rehost.vault import agents, inventory, policies
 from rehost.vault.models import MachineRow
 from rehost.vault.vault import Vault
 
@@ -38,7 +38,7 @@ def machine_view(vault: Vault, m: MachineRow, points: list[RecoveryPoint],
         "policy": policy,
         "health": policies.health_of(vault, m, points).to_json(),
         "last_cycle": m.last_cycle,
-        "agent": m.heartbeat if m.source.kind == "agent" else None,
+        "agent": agents.agent_view(vault, m) if m.source.kind == agents.KIND else None,
         "placement": m.placement,
         "assigned_target": None,
     }

@@ -120,6 +120,13 @@ def test_physical_machine_migrates_end_to_end(lab: Lab, tmp_path: Path) -> None:
     first = rehost(lab.vault, "replicate", "srv1", "--json").json()
     machine = rehost(lab.vault, "machines", "--json").json()[0]
     assert machine["source"] == "agent" and machine["state"] == "protected"
+    reported = machine["agent"]["inventory"]  # what the agent told the server when it registered
+    assert reported["disks"][0]["size"] == lab.disk.stat().st_size == machine["disks"][0]["size"]
+    assert reported["disks"][0]["partition_table"]["type"] in ("msdos", "gpt")  # the image is bootable
+    assert reported["os"] and reported["cpus"] >= 1 and any(n["name"] == "lo" for n in reported["nics"])
+    assert reported["capabilities"]["block_snapshot"] is False
+    assert machine["agent"]["address"] == "127.0.0.1"
+    assert "not crash-consistent" in "; ".join(first["notes"])
     set_marker(lab.disk, "second")
     second = rehost(lab.vault, "replicate", "srv1", "--json").json()
     assert 0 < second["bytes_read"] < first["bytes_read"] // 4  # only what the agent reports changed
