@@ -4,12 +4,19 @@ certificates of the vault's CA, and only the replication server's certificate au
 
 qemu-nbd reads ``ca-cert.pem``, ``server-cert.pem`` and ``server-key.pem`` from the agent's
 TLS folder. Disk N listens on ``nbd_port + N``, export name ``diskN``.
+
+The agent opens each listening socket itself, with ``TCP_NODELAY``, and hands it to qemu-nbd
+by systemd socket activation (``LISTEN_FDS``): accepted connections inherit the option.
+qemu-nbd does not set it, and over TLS every reply is two sends (header, data), so Nagle
+held each small read's data until the client's delayed ACK: 44 ms per 4 KiB read
+(measured, bench/agent.py), 0.2 ms without.
 """
 
 from __future__ import annotations
 
 import contextlib
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -34,11 +41,17 @@ class NbdExports:
         self._dir: Path | None = None
 
     def command(self, index: int, pid_file: Path) -> list[str]:
+        """qemu-nbd, given the listening socket as stdin, which becomes fd 3 (socket activation;
+        POSIX sh redirects only single-digit descriptors)."""
         disk = self.disks[index]
         cache = "none" if direct_io_works(disk) else "writeback"
         pdeath = ["setpriv", "--pdeathsig", "KILL"] if shutil.which("setpriv") else []
+        activate = 'export LISTEN_PID=$$ LISTEN_FDS=1; exec "$0" "$@" 3<&0 0</dev/null'
         return [
             *pdeath,
+            "sh",
+            "-c",
+            activate,
             "qemu-nbd",
             "--object",
             f"tls-creds-x509,id=tls0,dir={self.tls},endpoint=server,verify-peer=on",
@@ -48,10 +61,6 @@ class NbdExports:
             "tls0",
             "--tls-authz",
             "auth0",
-            "--bind",
-            self.host,
-            "--port",
-            str(self.port + index),
             "--export-name",
             f"disk{index}",
             "--read-only",
@@ -70,10 +79,10 @@ class NbdExports:
             for i in range(len(self.disks)):
                 pid_file = self._dir / f"disk{i}.pid"
                 err = open(self._dir / f"disk{i}.err", "wb")  # noqa: SIM115
-                with err:
+                with err, self._listen(self.port + i) as sock:
                     proc = subprocess.Popen(
                         self.command(i, pid_file),
-                        stdin=subprocess.DEVNULL,
+                        stdin=sock.fileno(),
                         stdout=subprocess.DEVNULL,
                         stderr=err,
                     )
@@ -90,6 +99,19 @@ class NbdExports:
             self.stop()
             raise
         return self
+
+    def _listen(self, port: int) -> socket.socket:
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.bind((self.host, port))
+            sock.listen(16)
+        except OSError as e:
+            sock.close()
+            raise ExportError(f"cannot listen on {self.host}:{port} for NBD: {e.strerror or e}") from None
+        return sock
 
     def alive(self) -> list[bool]:
         return [p.poll() is None for p in self._procs]

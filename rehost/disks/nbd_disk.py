@@ -167,6 +167,16 @@ class NbdDisk:
         self._pipeline(self._handle.aio_pread, offset, view)
         return len(view)
 
+    def readinto_many(self, pieces: Sequence[tuple[int, Buffer]]) -> int:
+        """Fill several buffers, each from its own offset, with all their requests in flight
+        together: scattered small changes cost one round trip per MAX_IN_FLIGHT requests,
+        not one each (44 ms apiece over TLS when Nagle meets delayed ACKs)."""
+        views = [(offset, memoryview(b).cast("B")) for offset, b in pieces]
+        for offset, view in views:
+            self._end(offset, len(view))
+        self._issue(self._handle.aio_pread, views)
+        return sum(len(v) for _, v in views)
+
     def read(self, offset: int, length: int) -> bytearray:
         """Convenience: a new buffer with ``length`` bytes at ``offset``."""
         buf = bytearray(length)
@@ -210,16 +220,24 @@ class NbdDisk:
 
     def _pipeline(self, submit: Callable[..., int], offset: int, view: memoryview) -> None:
         """Issue ``view`` as request-size commands, up to MAX_IN_FLIGHT at a time."""
+        self._issue(submit, [(offset, view)])
+
+    def _issue(self, submit: Callable[..., int], pieces: Sequence[tuple[int, memoryview]]) -> None:
         h = self._handle
         step = self.request_size
+        requests = ((o + p, v[p : p + step]) for o, v in pieces for p in range(0, len(v), step))
         pending: list[int] = []
-        pos = 0
+        at = pieces[0][0] if pieces else 0
+        more = True
         try:
-            while pos < len(view) or pending:
-                while pos < len(view) and len(pending) < MAX_IN_FLIGHT:
-                    n = min(step, len(view) - pos)
-                    pending.append(submit(view[pos : pos + n], offset + pos))
-                    pos += n
+            while more or pending:
+                while more and len(pending) < MAX_IN_FLIGHT:
+                    nxt = next(requests, None)
+                    if nxt is None:
+                        more = False
+                        break
+                    at, part = nxt
+                    pending.append(submit(part, at))
                 if h.aio_in_flight() > 0:
                     h.poll(-1)
                 pending = [c for c in pending if not h.aio_command_completed(c)]
@@ -233,7 +251,7 @@ class NbdDisk:
             for cookie in pending:  # retire them; the first error is the one we report
                 with contextlib.suppress(nbd.Error):
                     h.aio_command_completed(cookie)
-            raise DiskError(f"{self.name}: I/O failed near offset {offset + pos}: {e}") from None
+            raise DiskError(f"{self.name}: I/O failed near offset {at}: {e}") from None
 
     def _end(self, start: int, length: int | None) -> int:
         end = self.size if length is None else start + length

@@ -156,16 +156,11 @@ class _ExtentMap:
 
 
 def _batches(offsets: list[int]) -> Iterator[list[int]]:
-    """Runs of up to READ_BATCH consecutive chunk offsets: one read call per run keeps many
-    NBD requests in flight (one 1 MiB request at a time is latency-bound)."""
-    run: list[int] = []
-    for off in offsets:
-        if run and (off != run[-1] + CHUNK_SIZE or len(run) == READ_BATCH):
-            yield run
-            run = []
-        run.append(off)
-    if run:
-        yield run
+    """Groups of up to READ_BATCH chunk offsets: one read call per group keeps many NBD
+    requests in flight (one request at a time is latency-bound), whether the chunks are
+    consecutive (a full read) or scattered (changed blocks all over the disk)."""
+    for i in range(0, len(offsets), READ_BATCH):
+        yield offsets[i : i + READ_BATCH]
 
 
 def _read_batch(
@@ -178,10 +173,11 @@ def _read_batch(
     """(offset, data or None if all holes/zeros, bytes read) per chunk of ``batch``.
 
     Only allocated data is read, and with ``wanted`` (dirty ranges) only that; the rest of a
-    chunk's buffer stays zero and is never used for a block that was not read.
+    chunk's buffer stays zero and is never used for a block that was not read. Every range
+    of the batch is requested at once where the disk can (``readinto_many``).
     """
-    start, end = batch[0], min(size, batch[-1] + CHUNK_SIZE)
-    per_chunk: list[list[tuple[int, int]]] = []
+    out: list[tuple[int, memoryview | None, int]] = []
+    pieces: list[tuple[int, memoryview]] = []
     for off in batch:
         c_end = min(size, off + CHUNK_SIZE)
         ranges = [(max(e.start, off), min(e.end, c_end)) for e in extents.data_in(off, c_end)]
@@ -189,24 +185,24 @@ def _read_batch(
             ranges = [
                 (max(a, c), min(b, d)) for a, b in ranges for c, d in wanted[off] if max(a, c) < min(b, d)
             ]
-        per_chunk.append(ranges)
-    merged: list[tuple[int, int]] = []
-    for a, b in sorted(r for rs in per_chunk for r in rs):
-        if merged and merged[-1][1] >= a:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
-        else:
-            merged.append((a, b))
-    view = memoryview(bytearray(end - start)) if merged else None
-    for a, b in merged:
-        assert view is not None
-        disk.readinto(a, view[a - start : b - start])
-    out: list[tuple[int, memoryview | None, int]] = []
-    for off, ranges in zip(batch, per_chunk, strict=True):
-        if not ranges or view is None:
+        merged: list[tuple[int, int]] = []
+        for a, b in sorted(ranges):
+            if merged and merged[-1][1] >= a:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+            else:
+                merged.append((a, b))
+        if not merged:
             out.append((off, None, 0))
             continue
-        c_end = min(size, off + CHUNK_SIZE)
-        out.append((off, view[off - start : c_end - start], sum(b - a for a, b in ranges)))
+        buf = memoryview(bytearray(c_end - off))
+        pieces += [(a, buf[a - off : b - off]) for a, b in merged]
+        out.append((off, buf, sum(b - a for a, b in merged)))
+    many = getattr(disk, "readinto_many", None)
+    if many is not None:
+        many(pieces)
+    else:
+        for a, view in pieces:
+            disk.readinto(a, view)
     return out
 
 
