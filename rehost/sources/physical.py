@@ -159,6 +159,7 @@ class PhysicalSource:
                 except AgentError as e:
                     notes.append(f"thaw failed ({e}); the agent's watchdog thaws them")
 
+        holding = False
         try:
             resuming = ResumeJournal.pending(self.cache.root, machine.id, parent.id if parent else None)
             changes = client.request(
@@ -169,6 +170,7 @@ class PhysicalSource:
             if not frozen and mounts and mounts <= held:
                 consistency = Consistency.APP
                 notes[:] = ["file systems held frozen by the agent for the failover"]
+                holding = True
             reported: dict[int, tuple[int, list[tuple[int, int]]]] = {}
             with ExitStack() as stack:
                 disks: list[tuple[int, ReadableDisk]] = []
@@ -230,6 +232,11 @@ class PhysicalSource:
                     taken_at=datetime.fromisoformat(str(changes["taken_at"])),
                     expected=expected,
                 )
+        except BaseException:
+            if holding:  # the final sync failed: do not leave the machine frozen till the watchdog
+                with contextlib.suppress(AgentError):
+                    client.request("POST", "/thaw", timeout=60)
+            raise
         finally:
             thaw()
 

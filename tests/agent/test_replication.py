@@ -110,6 +110,10 @@ def test_replicate_ext4_loop_device(
     # of its own, release powers the machine off; an unreachable agent raises (recorded)
     assert "1 file system(s) frozen" in source.shutdown(machine, 30)
     assert agent.agent.freezer.frozen == [str(mnt)]
+    with pytest.raises(RuntimeError), source.snapshot(machine, third.point):  # a failed final sync
+        raise RuntimeError("the final sync broke")
+    assert agent.agent.freezer.frozen == []  # thawed at once, not by the watchdog 15 min later
+    assert "1 file system(s) frozen" in source.shutdown(machine, 30)  # the job's retry holds again
     final = _cycle(source, repo, cache, machine, third.point)
     assert final.point.consistency == Consistency.APP
     assert "held frozen" in "; ".join(final.notes)
