@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import secrets
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 from rehost.errors import AlreadyExists, IntegrityError, NotFound, ObjectNotFound, UsageError
@@ -28,6 +29,8 @@ from rehost.repository.pack import PACK_TARGET, PackWriter
 from rehost.repository.storage.base import Kind, Storage
 
 FORMAT_VERSION = 1
+#: packs handed to the writer thread and not yet stored (each holds up to PACK_TARGET bytes)
+WRITES_IN_FLIGHT = 2
 BLOCK_SIZE = 4096
 CHUNK_SIZE = 1024 * 1024
 
@@ -59,7 +62,10 @@ class Repository:
         self.index = Index()
         self._index_loaded = False
         self._pack = PackWriter()
-        self._pending: set[str] = set()
+        self._pending: set[str] = set()  # blobs in the open pack
+        self._flushing: set[str] = set()  # blobs of packs being stored: known, not yet indexed
+        self._writer: ThreadPoolExecutor | None = None
+        self._writes: deque[Future[None]] = deque()
         self.stats = WriteStats()
         self._blob_cache: OrderedDict[str, bytes] = OrderedDict()
         # guards the blob cache and the lazy index load: readers serve NBD from threads
@@ -128,8 +134,13 @@ class Repository:
         return s
 
     def close(self) -> None:
-        self.flush()
-        self.storage.close()
+        try:
+            self.flush()
+        finally:
+            if self._writer is not None:
+                self._writer.shutdown(wait=True)
+                self._writer = None
+            self.storage.close()
 
     # -- index -----------------------------------------------------------------------------
 
@@ -171,16 +182,19 @@ class Repository:
 
     # -- writing ---------------------------------------------------------------------------
 
+    def _known(self, bid: str) -> bool:
+        return bid in self.index or bid in self._pending or bid in self._flushing
+
     def seal_blob(self, data: bytes | memoryview) -> tuple[str, bytes | None]:
         """Id and sealed bytes of a blob, ``None`` if already stored. Safe in worker threads."""
         bid = blob_id(self.keys.hash_key, data)
-        if bid in self.index or bid in self._pending:
+        if self._known(bid):
             return bid, None
         return bid, self.sealer.seal(data, bid.encode())
 
     def add_sealed(self, bid: str, sealed: bytes | None, raw_length: int) -> None:
         """Queue a sealed blob into the open pack (main thread only)."""
-        if sealed is None or bid in self.index or bid in self._pending:
+        if sealed is None or self._known(bid):
             self.stats.blobs_known += 1
             return
         self._pack.add(bid, sealed, raw_length)
@@ -188,7 +202,7 @@ class Repository:
         self.stats.blobs_new += 1
         self.stats.raw_bytes_new += raw_length
         if self._pack.size >= PACK_TARGET:
-            self.flush()
+            self._flush_async()
 
     def put_blob(self, data: bytes | memoryview) -> str:
         self._ensure_index()
@@ -197,17 +211,45 @@ class Repository:
         return bid
 
     def flush(self) -> None:
-        """Store the open pack, then its index file (design §3 write order)."""
+        """Store the open pack and wait until every pack handed to the writer is stored with
+        its index: after this, everything added is durable (design §3 write order)."""
+        self._flush_async()
+        self._reap(block=True)
+
+    def _flush_async(self) -> None:
+        """Hand the open pack to the writer thread, so reading and sealing go on while it is
+        written, fsynced and indexed. At most WRITES_IN_FLIGHT packs wait (memory bound)."""
+        self._reap(block=False)
         if not len(self._pack):
             return
         pack, self._pack = self._pack, PackWriter()
-        pack_id, data = pack.finish(self.sealer)
-        self._save_addressed(Kind.DATA, pack_id, data)
-        index_id, index_data = encode_index([(pack_id, pack.entries)], self.sealer)
-        self._save_addressed(Kind.INDEX, index_id, index_data)
-        self.index.add_file(index_id, [(pack_id, pack.entries)])
-        self._pending.clear()
-        self.stats.stored_bytes += len(data) + len(index_data)
+        ids, self._pending = self._pending, set()
+        with self._lock:
+            self._flushing = self._flushing | ids
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="rehost-pack-writer")
+        while len(self._writes) >= WRITES_IN_FLIGHT:
+            self._writes.popleft().result()
+        self._writes.append(self._writer.submit(self._store_pack, pack, ids))
+
+    def _store_pack(self, pack: PackWriter, ids: set[str]) -> None:
+        """The pack, then its index file (design §3); then its blobs are in the index."""
+        try:
+            pack_id, data = pack.finish(self.sealer)
+            self._save_addressed(Kind.DATA, pack_id, data)
+            index_id, index_data = encode_index([(pack_id, pack.entries)], self.sealer)
+            self._save_addressed(Kind.INDEX, index_id, index_data)
+            with self._lock:
+                self.index.add_file(index_id, [(pack_id, pack.entries)])
+                self.stats.stored_bytes += len(data) + len(index_data)
+        finally:  # stored: indexed now; failed: unknown again, so a retry stores them
+            with self._lock:
+                self._flushing = self._flushing - ids
+
+    def _reap(self, *, block: bool) -> None:
+        """Collect finished writes; a writer's error is raised here, in the caller's thread."""
+        while self._writes and (block or self._writes[0].done()):
+            self._writes.popleft().result()
 
     def _save_addressed(self, kind: Kind, name: str, data: bytes) -> None:
         """Save a content-addressed object. If it exists already, it holds these very bytes
