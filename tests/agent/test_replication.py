@@ -220,3 +220,16 @@ def test_cut_cycle_resumes_without_sending_again(
     nxt = _cycle(source, repo, cache, machine, retry.point)
     assert nxt.resumed_bytes == 0 and nxt.bytes_read == 4096
     assert _point_bytes(repo, nxt.point) == disk.read_bytes()
+
+
+def test_scan_reads_in_parallel_and_matches_the_server_s_digests(tmp_path: Path) -> None:
+    """Holes, data, a short last block, and more reads than threads: the parallel scan gives
+    exactly the digests of the whole file read in one go."""
+    f = tmp_path / "sparse.raw"
+    size = 9 * MiB + 1000
+    with open(f, "wb") as out:
+        out.truncate(size)
+        for off in (0, 3 * MiB + 4096, 7 * MiB - 100, size - 3000):
+            out.seek(off)
+            out.write(os.urandom(min(2 * MiB, size - off)))
+    assert scan(f) == digest_blocks(f.read_bytes())
