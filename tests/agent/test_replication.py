@@ -4,6 +4,7 @@ later cycles read only the blocks the agent reports changed; points equal the de
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -233,3 +234,23 @@ def test_scan_reads_in_parallel_and_matches_the_server_s_digests(tmp_path: Path)
             out.seek(off)
             out.write(os.urandom(min(2 * MiB, size - off)))
     assert scan(f) == digest_blocks(f.read_bytes())
+
+
+def test_diff_finds_every_changed_run_whatever_the_stride() -> None:
+    """Against a block-by-block reference: runs across the 512-digest stride, at the ends,
+    a short last block."""
+    rng = random.Random(5)
+    for _ in range(300):
+        n = rng.randrange(1, 3000)
+        old = bytearray(os.urandom(8 * n))
+        new = bytearray(old)
+        for _ in range(rng.randrange(0, 12)):
+            i = rng.randrange(n)
+            for j in range(i, min(n, i + rng.randrange(1, 700))):
+                new[j * 8] ^= 1
+        size = n * 4096 - rng.randrange(0, 4096)
+        changed = [i for i in range(n) if new[i * 8 : i * 8 + 8] != old[i * 8 : i * 8 + 8]]
+        got = diff(bytes(old), bytes(new), size)
+        blocks = [b for start, length in got for b in range(start // 4096, -(-(start + length) // 4096))]
+        assert blocks == changed
+        assert all(start + length <= size for start, length in got)
