@@ -15,6 +15,8 @@ from rehost.sources.base import SourceProvider
 from rehost.vault.models import DiskRow, MachineRow, SourceRow
 from rehost.vault.vault import Vault
 
+#: what a machine is loaded with: its disks, source and policy (one query each for a list)
+_LOAD = (selectinload(MachineRow.disks), selectinload(MachineRow.source), selectinload(MachineRow.policy))
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
@@ -62,7 +64,7 @@ def get_machine(vault: Vault, name: str, session: Session | None = None) -> Mach
         m = s.scalar(
             select(MachineRow)
             .where(MachineRow.name == name)
-            .options(selectinload(MachineRow.disks), selectinload(MachineRow.source))
+            .options(*_LOAD)
         )
         if m is None:
             known = ", ".join(s.scalars(select(MachineRow.name).order_by(MachineRow.name))) or "none"
@@ -81,7 +83,7 @@ def list_machines(vault: Vault) -> list[MachineRow]:
             s.scalars(
                 select(MachineRow)
                 .order_by(MachineRow.name)
-                .options(selectinload(MachineRow.disks), selectinload(MachineRow.source))
+                .options(*_LOAD)
             )
         )
 

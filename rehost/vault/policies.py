@@ -6,6 +6,7 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy import select
 
 from rehost.errors import AlreadyExists, NotFound, UsageError
@@ -291,8 +292,12 @@ def attach(vault: Vault, machine_name: str, policy_name: str) -> None:
 
 
 def policy_of(vault: Vault, machine: MachineRow) -> PolicyRow | None:
+    """The machine's policy: loaded with it by ``inventory`` (no query per machine in
+    listings and scheduler ticks), else looked up."""
     if not machine.policy_id:
         return None
+    if "policy" not in sa_inspect(machine).unloaded:
+        return machine.policy
     with vault.session() as s:
         return s.get(PolicyRow, machine.policy_id)
 
