@@ -19,7 +19,9 @@ RPO = typer.Option(None, "--rpo-threshold", help="Warn when the newest point is 
 RETENTION = typer.Option(None, "--retention", help="How long recovery points are kept (e.g. 24h).")
 APP = typer.Option(None, "--app-consistent-every", help="App-consistent point interval (e.g. 1h; 0: never).")
 CRASH = typer.Option(None, "--crash-consistent-every", help="Crash-consistent point interval (e.g. 30s).")
-BANDWIDTH = typer.Option(None, "--bandwidth", help="Limit on what a cycle writes (e.g. 100MB/s; none).")
+BANDWIDTH = typer.Option(
+    None, "--bandwidth", help="Limit on what a cycle reads from the source and writes (e.g. 100MB/s; none)."
+)
 WINDOW = typer.Option(
     None,
     "--bandwidth-window",

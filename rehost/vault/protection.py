@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from rehost.errors import NotFound, UsageError
 from rehost.replication.cycle import CycleResult, Resume, run_cycle
 from rehost.replication.retention import PointTime, RetentionPolicy, points_to_keep
+from rehost.replication.throttle import throttled
 from rehost.repository.manifest import Consistency, RecoveryPoint
 from rehost.repository.prune import PruneReport, prune
 from rehost.vault import agents
@@ -23,8 +24,10 @@ def replicate(
     progress: Callable[[int, int], None] | None = None,
     *,
     app_consistent: bool = False,
+    bandwidth_bps: int | None = None,
 ) -> CycleResult:
-    """One cycle: the first copies everything, later ones only what changed."""
+    """One cycle: the first copies everything, later ones only what changed. ``bandwidth_bps``
+    caps what is read from the source (the repository side is capped by the caller)."""
     machine = get_machine(vault, name)
     require("replicate", machine.state, name, machine.state_reason)
     if machine.source.kind == agents.KIND:
@@ -47,7 +50,7 @@ def replicate(
         with provider.snapshot(machine, parent, app_consistent=app_consistent) as snap:
             resume = Resume.of(vault.cache, machine.id, parent, snap.expected)
             result = run_cycle(
-                vault.repo, vault.cache, machine.id, snap.disks, parent=parent,
+                vault.repo, vault.cache, machine.id, throttled(snap.disks, bandwidth_bps), parent=parent,
                 consistency=snap.consistency, source=snap.metadata, progress=step, changed=snap.changed,
                 taken_at=snap.taken_at, resume=resume,
             )

@@ -122,8 +122,9 @@ class Scheduler:
             self._last_app_attempt[machine.id] = started
         record: dict[str, Any] = {"time": datetime.fromtimestamp(started, UTC).isoformat()}
         try:
-            with _bandwidth(self.vault, self._limit(machine, policy, started)):
-                r = replicate(self.vault, machine.name, app_consistent=app)
+            limit = self._limit(machine, policy, started)
+            with _bandwidth(self.vault, limit):  # source reads and repository writes alike
+                r = replicate(self.vault, machine.name, app_consistent=app, bandwidth_bps=limit)
             record.update(
                 seconds=round(self.clock() - started, 3),
                 bytes_read=r.bytes_read,
