@@ -3,22 +3,32 @@
 It builds a tiny bootable Linux as the "on-premises" machine, then does what an operator
 does: vault, target, source, replicate, change, replicate the delta, test failover and
 cleanup, failover with source shutdown, verified boot, complete migration.
+
+``--physical``: the machine is a "physical server" instead of disk image files. Its disk is
+served by a real ``rehost-agent`` process on 127.0.0.1, which registers with a one-time
+passphrase, is replicated over mutual TLS, is shut down through the agent, and has its
+certificate revoked at the end.
 """
 
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import typer
 
+from rehost.agent.config import uninstall
 from rehost.cli.context import err, human, out
 from rehost.cli.job_cmd import ConsoleObserver
 from rehost.errors import InvalidState, UsageError
 from rehost.jobs.runner import run_job
+from rehost.process import free_port
 from rehost.vault import failover, inventory, protection, targets
 from rehost.vault.vault import Vault
 
@@ -49,6 +59,9 @@ def _prepare(workdir: Path) -> None:
 def demo(
     workdir: Path = typer.Option(Path("rehost-demo"), help="Folder for the demo (recreated each run)."),
     keep: bool = typer.Option(False, "--keep", help="Leave the migrated machine running at the end."),
+    physical: bool = typer.Option(
+        False, "--physical", help="Migrate a physical server through rehost-agent, not image files."
+    ),
 ) -> None:
     """Run the demo migration: a tiny Linux machine moved to this host's QEMU."""
     from rehost.testkit.tinylinux import build_tiny_linux, set_marker
@@ -69,7 +82,13 @@ def demo(
          lambda: build_tiny_linux(source, marker="v1", mode="stay"), lambda _: "marker v1")
     vault = step("Create the vault", lambda: Vault.init(workdir / "vault"))
     try:
-        _lifecycle(vault, workdir, source, step, set_marker, keep)
+        if physical:
+            with _physical_server(vault, workdir, source, step) as name:
+                _lifecycle(vault, workdir, source, step, set_marker, keep, name, registered=True)
+            step("Uninstall the agent (its keys and digests)", lambda: uninstall(workdir / "agent"),
+                 lambda removed: f"{len(removed)} item(s) removed")
+        else:
+            _lifecycle(vault, workdir, source, step, set_marker, keep)
     finally:
         vault.close()
     out.print("\n[bold]rehost demo: summary[/]")
@@ -78,26 +97,80 @@ def demo(
     out.print(f"  {sum(t for _, t, _ in timings):7.1f}s  total; everything is in {workdir}", highlight=False)
 
 
-def _lifecycle(vault: Vault, workdir: Path, source: Path, step: Any, set_marker: Any, keep: bool) -> None:
-    step("Add and verify the local QEMU target", lambda: _target(vault, workdir / "target"))
-    step("Register the source machine", lambda: inventory.add_image_source(vault, "web01", [source]))
-    r = step("Initial replication", lambda: protection.replicate(vault, "web01"),
-             lambda r: f"{human(r.stats.stored_bytes)} stored, point {r.point.short_id}")
+def _lifecycle(vault: Vault, workdir: Path, source: Path, step: Any, set_marker: Any, keep: bool,
+               name: str = "web01", registered: bool = False) -> None:
+    if not registered:  # an image source; a physical server registers through its agent
+        step("Add and verify the local QEMU target", lambda: _target(vault, workdir / "target"))
+        step("Register the source machine", lambda: inventory.add_image_source(vault, name, [source]))
+    step("Initial replication", lambda: protection.replicate(vault, name),
+         lambda r: f"{human(r.stats.stored_bytes)} stored, point {r.point.short_id}")
     step("Write on the source (marker v1 -> v2)", lambda: set_marker(source, "v2"))
-    step("Delta replication", lambda: protection.replicate(vault, "web01"),
+    step("Delta replication", lambda: protection.replicate(vault, name),
          lambda r: f"read {human(r.bytes_read)}, changed {human(r.changed_bytes)}, "
          f"stored {human(r.stats.stored_bytes)}")
-    _job(step, vault, "Test failover (isolated network)", "test-failover", point="latest")
-    _job(step, vault, "Clean up the test failover", "test-cleanup")
-    _job(step, vault, "Failover with source shutdown", "failover", point="latest", shutdown_source=True)
-    _job(step, vault, "Complete the migration", "complete")
-    m = inventory.get_machine(vault, "web01")
-    out.print(f"\nweb01 is {m.state}: it runs on target {m.placement.get('target_name')} "
+    _job(step, vault, name, "Test failover (isolated network)", "test-failover", point="latest")
+    _job(step, vault, name, "Clean up the test failover", "test-cleanup")
+    _job(step, vault, name, "Failover with source shutdown", "failover", point="latest", shutdown_source=True)
+    _job(step, vault, name, "Complete the migration", "complete")
+    m = inventory.get_machine(vault, name)
+    out.print(f"\n{name} is {m.state}: it runs on target {m.placement.get('target_name')} "
               f"({m.placement.get('dir')}), console log {m.placement.get('console')}", highlight=False)
     if not keep:
         t = targets.provider(targets.get_target(vault, "local"))
-        step("Stop the migrated machine (demo only; --keep leaves it running)", lambda: t.stop("web01"))
-    _ = r
+        step("Stop the migrated machine (demo only; --keep leaves it running)", lambda: t.stop(name))
+
+
+@contextmanager
+def _physical_server(vault: Vault, workdir: Path, disk: Path, step: Any) -> Iterator[str]:
+    """A physical server stand-in: ``disk`` served by a real ``rehost-agent`` on 127.0.0.1,
+    registered the way an operator does it (one-time passphrase, pinned fingerprint)."""
+    from rehost.agent.register import register
+    from rehost.vault import agents
+
+    name, state = "app01", workdir / "agent"
+    step("Add and verify the local QEMU target", lambda: _target(vault, workdir / "target"))
+    invitation = step("Register the physical server (one-time passphrase)",
+                      lambda: agents.add_physical_source(vault, name), lambda _: "expires in 60 min")
+    enrollment = agents.start_enrollment(vault, "127.0.0.1", free_port(), log=lambda _m: None)
+    agent: subprocess.Popen[bytes] | None = None
+    try:
+        step("On the server: rehost-agent register (mutual TLS from here on)",
+             lambda: register(state, enrollment.url, invitation.passphrase, invitation.fingerprint,
+                              [str(disk)], listen="127.0.0.1", port=free_port(), nbd_port=free_port(),
+                              shutdown_command=["touch", str(state / "powered-off")]),
+             lambda c: f"enrolled as {c.machine}; its 'shutdown' command only touches a file")
+        agent = step("On the server: rehost-agent run", lambda: _start_agent(vault, state, name),
+                     lambda p: f"pid {p.pid}")
+        yield name
+        revoked = agents.authority(vault).machine(name) is None
+        step("Agent certificate revoked at completion", lambda: None,
+             lambda _: "yes" if revoked else "NO: still enrolled")
+    finally:
+        enrollment.stop()
+        if agent is not None and agent.poll() is None:
+            agent.terminate()
+            agent.wait(30)
+
+
+def _start_agent(vault: Vault, state: Path, name: str) -> subprocess.Popen[bytes]:
+    from rehost.agent.client import AgentClient, AgentError
+    from rehost.vault import agents
+
+    proc = subprocess.Popen([sys.executable, "-m", "rehost.agent", "--state", str(state), "run"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    entry = agents.authority(vault).machine(name) or {}
+    port = int(((entry.get("inventory") or {}).get("agent") or {}).get("port") or 0)
+    client = AgentClient(agents.authority(vault), name, "127.0.0.1", port, timeout=5)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            client.heartbeat()
+            return proc
+        except AgentError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise InvalidState("the agent did not start") from None
+            time.sleep(0.2)
 
 
 def _target(vault: Vault, path: Path) -> None:
@@ -107,9 +180,9 @@ def _target(vault: Vault, path: Path) -> None:
         raise InvalidState(f"the local target failed verification: {report.failures()}")
 
 
-def _job(step: Any, vault: Vault, title: str, kind: str, **params: Any) -> None:
+def _job(step: Any, vault: Vault, name: str, title: str, kind: str, **params: Any) -> None:
     def run() -> Any:
-        job = failover.start_job(vault, kind, "web01", **params)
+        job = failover.start_job(vault, kind, name, **params)
         job = run_job(vault, job.id, ConsoleObserver())
         if job.state != "succeeded":
             raise InvalidState(f"{kind} failed: {job.error}")

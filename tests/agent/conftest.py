@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,26 +14,7 @@ from rehost.agent.config import AgentConfig
 from rehost.agent.pki import CertificateAuthority, EnrollmentServer
 from rehost.agent.register import register
 from rehost.agent.service import AgentService
-
-
-def free_port(count: int = 1) -> int:
-    """A port p such that p .. p+count-1 were free a moment ago."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = int(s.getsockname()[1])
-        if base + count >= 65535:
-            continue
-        ok = True
-        for p in range(base + 1, base + count):
-            with socket.socket() as t:
-                try:
-                    t.bind(("127.0.0.1", p))
-                except OSError:
-                    ok = False
-        if ok:
-            return base
-    raise RuntimeError("no free ports")
+from rehost.process import free_port
 
 
 @pytest.fixture

@@ -16,8 +16,9 @@ from rehost.agent.pki import CertificateAuthority, EnrollmentServer
 from rehost.agent.register import RegistrationError, register
 from rehost.agent.service import AgentService
 from rehost.agent.tls import client_context
+from rehost.process import free_port
 
-from .conftest import Registrar, free_port
+from .conftest import Registrar
 
 
 def _disk(tmp_path: Path) -> str:

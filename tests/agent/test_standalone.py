@@ -14,8 +14,7 @@ import pytest
 
 from rehost.agent import AGENT_VERSION
 from rehost.agent.pki import CertificateAuthority, EnrollmentServer
-
-from .conftest import free_port
+from rehost.process import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 SYSTEM_PYTHON = Path("/usr/bin/python3")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import threading
 import time
@@ -20,6 +19,7 @@ from fastapi.testclient import TestClient
 
 from rehost.api.app import create_app
 from rehost.api.tokens import create_token
+from rehost.process import free_port
 from rehost.vault import inventory, protection, targets
 from rehost.vault.vault import Vault
 
@@ -84,12 +84,6 @@ class Portal:
 
     def open_vault(self) -> Vault:
         return Vault.open(self.vault)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager

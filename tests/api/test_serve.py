@@ -22,7 +22,8 @@ from cryptography.x509.oid import NameOID
 
 from rehost.api.server import parse_listen
 from rehost.errors import UsageError
-from tests.api.portal import free_port, make_disk, make_vault
+from rehost.process import free_port
+from tests.api.portal import make_disk, make_vault
 from tests.cli_helpers import REPO
 
 

@@ -20,8 +20,8 @@ import pytest
 
 from rehost.agent.client import AgentClient, AgentError
 from rehost.agent.pki import CertificateAuthority
+from rehost.process import free_port
 from rehost.testkit.tinylinux import set_marker
-from tests.agent.conftest import free_port
 from tests.cli_helpers import REHOST, REPO, qemu_img_compare, rehost
 
 AGENT = [sys.executable, "-m", "rehost.agent"]

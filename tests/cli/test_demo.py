@@ -1,0 +1,42 @@
+"""The README's first command: ``rehost demo`` migrates a machine end to end, from image files
+or (``--physical``) from a physical server through a real ``rehost-agent`` process."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.cli_helpers import REHOST, REPO
+
+
+def _demo(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*REHOST, "demo", *args], cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "COLUMNS": "200"})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("physical", [False, True], ids=["images", "physical"])
+def test_demo_migrates_and_boots(tmp_path: Path, physical: bool) -> None:
+    workdir = tmp_path / "demo"
+    r = _demo("--workdir", str(workdir), *(["--physical"] if physical else []))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count("REHOST-BOOT-OK marker=v2") == 2  # test failover and failover booted
+    assert "is migration_completed" in r.stdout
+    if physical:
+        assert "Agent certificate revoked at completion  yes" in r.stdout
+        assert (workdir / "agent" / "powered-off").exists()  # failover shut it down via the agent
+        assert not (workdir / "agent" / "tls").exists()  # uninstalled: no key left behind
+        assert "read 48.0 KiB" in r.stdout  # the agent's change tracking: only changed blocks
+    leftovers = subprocess.run(["pgrep", "-af", str(workdir)], capture_output=True, text=True).stdout
+    assert [ln for ln in leftovers.splitlines() if "pgrep" not in ln] == []  # nothing left running
+
+
+def test_demo_never_deletes_a_folder_it_did_not_make(tmp_path: Path) -> None:
+    mine = tmp_path / "precious"
+    mine.mkdir()
+    (mine / "data.txt").write_text("keep me")
+    r = _demo("--workdir", str(mine))
+    assert r.returncode != 0 and "was not made by rehost demo" in r.stderr
+    assert (mine / "data.txt").read_text() == "keep me"
