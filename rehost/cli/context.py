@@ -27,8 +27,9 @@ from rehost.errors import UsageError
 from rehost.vault.vault import Vault
 
 # soft_wrap: long lines stay whole in logs and pipes (rich would cut them at 80 columns)
-err = Console(stderr=True, soft_wrap=True)
-out = Console(soft_wrap=True)
+# emoji=False: ":CD:" in a certificate fingerprint must not become a picture of a disc
+err = Console(stderr=True, soft_wrap=True, emoji=False)
+out = Console(soft_wrap=True, emoji=False)
 
 
 @dataclass
