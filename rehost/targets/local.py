@@ -220,16 +220,31 @@ class LocalTarget:
         return client
 
     def wait_for_console(self, vm: str, pattern: str, timeout: float) -> str:
-        """The first match of ``pattern`` on the serial console; raises with the tail if none."""
+        """The first match of ``pattern`` on the serial console; raises with the tail if none.
+
+        QEMU writes the console as the guest's UART sends it, so the last line may be half
+        written: a match that runs to the end of what is written counts only once nothing
+        more arrived for a second (a prompt such as ``login:`` ends no line). Under load a
+        match at once returned "REHOST-BOOT-OK mark" (seen in CI).
+        """
         rx = re.compile(pattern)
         deadline = time.monotonic() + timeout
         log = self.console_log(vm)
+        settled: tuple[str, float] = ("", 0.0)
         while True:
             text = log.read_text(errors="replace") if log.exists() else ""
             m = rx.search(text)
-            if m:
+            if m and m.end() < len(text):
                 return m.group(0)
-            if not self.is_running(vm):
+            if m and text == settled[0] and time.monotonic() - settled[1] >= 1.0:
+                return m.group(0)
+            if text != settled[0]:
+                settled = (text, time.monotonic())
+            if not self.is_running(vm):  # nothing more will be written: read it all once more
+                text = log.read_text(errors="replace") if log.exists() else ""
+                m = rx.search(text)
+                if m:
+                    return m.group(0)
                 raise InvalidState(f"{vm} stopped before it printed {pattern!r}; console:\n{text[-1500:]}")
             if time.monotonic() > deadline:
                 raise InvalidState(f"{vm} did not print {pattern!r} within {timeout:.0f} s; "

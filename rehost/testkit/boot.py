@@ -16,7 +16,8 @@ from pathlib import Path
 from rehost.testkit.qemu import Drive, Network, QemuVM, VMError, VMExited, VMTimeout
 from rehost.testkit.tinylinux import BOOT_FAIL_PREFIX, BOOT_OK_PREFIX
 
-DEFAULT_MARKER_REGEX = BOOT_OK_PREFIX + r" marker=(\S+)"
+# the line must be complete: QEMU writes the console as it comes, "marker=v" may be half of it
+DEFAULT_MARKER_REGEX = BOOT_OK_PREFIX + r" marker=(\S+)\r?\n"
 DEFAULT_FAIL_REGEX = BOOT_FAIL_PREFIX + r".*"
 
 
