@@ -41,6 +41,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from rehost.agent import SERVER_CN
+from rehost.agent.http import send_json
 from rehost.agent.tls import (
     cert_pem,
     client_context,
@@ -373,12 +374,7 @@ def _enroll_handler(
             pass  # bodies carry passphrases: never logged; the caller logs outcomes
 
         def _reply(self, code: int, body: dict[str, Any]) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            send_json(self, code, body)
 
         def do_POST(self) -> None:
             if self.path != "/enroll":

@@ -32,6 +32,7 @@ from rehost.agent import inventory as inv
 from rehost.agent.config import AgentConfig, revoked, tls_dir
 from rehost.agent.exports import NbdExports
 from rehost.agent.freeze import Freezer, mounts_of
+from rehost.agent.http import send_json
 from rehost.agent.tls import peer_identity, server_context
 from rehost.agent.tracker import (
     DigestStore,
@@ -275,12 +276,7 @@ def _handler(service: AgentService) -> type[BaseHTTPRequestHandler]:
             log.debug("%s %s", self.client_address[0], format % args)
 
         def _reply(self, code: int, body: dict[str, Any]) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            send_json(self, code, body)
 
         def _body(self) -> dict[str, Any]:
             length = int(self.headers.get("Content-Length", "0"))

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import xxhash
 
+from rehost.agent.tls import write_private
+
 BLOCK_SIZE = 4096
 DIGEST_SIZE = 8
 READ_SIZE = 1 << 20
@@ -235,14 +237,7 @@ class DigestStore:
         if "\n" in point:
             raise ValueError("bad point id")
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        path = self._path(index)
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            f.write(_MAGIC + point.encode() + b"\n")
-            f.write(digests)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_private(self._path(index), _MAGIC + point.encode() + b"\n" + digests)
         dfd = os.open(self.folder, os.O_RDONLY)
         try:
             os.fsync(dfd)

@@ -116,10 +116,15 @@ def sync_disks(vault: Vault, machine: MachineRow) -> MachineRow:
     return get_machine(vault, machine.name)
 
 
-def agent_view(vault: Vault, machine: MachineRow) -> dict[str, Any]:
+def agent_view(
+    vault: Vault, machine: MachineRow, enrolled: dict[str, dict[str, Any]] | None = None
+) -> dict[str, Any]:
     """The last heartbeat (seen, checked, error) and what the agent reported at enrollment:
-    OS, CPUs, memory, NICs, disks with partition tables, consistency capabilities."""
-    entry = authority(vault).machine(_agent(machine)) or {}
+    OS, CPUs, memory, NICs, disks with partition tables, consistency capabilities.
+    ``enrolled``: every enrollment, when the caller read them once for many machines."""
+    if enrolled is None:
+        enrolled = authority(vault).machines()
+    entry = enrolled.get(_agent(machine)) or {}
     inventory = dict(entry.get("inventory") or {})
     inventory.pop("agent", None)  # ports: how to reach it, not what it is
     return {**(machine.heartbeat or {}), "enrolled_at": entry.get("enrolled_at"),

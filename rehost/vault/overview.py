@@ -20,12 +20,10 @@ def points_by_machine(vault: Vault) -> dict[str, list[RecoveryPoint]]:
 
 
 def machine_view(vault: Vault, m: MachineRow, points: list[RecoveryPoint],
-                 policy_names: dict[str, str] | None = None) -> dict[str, Any]:
-    """One machine as ``rehost machines --json`` shows it, plus placement and assigned target."""
-    if policy_names is not None:
-        policy = policy_names.get(m.policy_id or "")
-    else:
-        policy = getattr(policies.policy_of(vault, m), "name", None)
+                 enrolled: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """One machine as ``rehost machines --json`` shows it, plus placement and assigned target.
+    ``enrolled``: the agents' enrollments, read once for a list (else read here)."""
+    policy = getattr(policies.policy_of(vault, m), "name", None)  # loaded with the machine
     latest = points[-1] if points else None
     return {
         "name": m.name, "source": m.source.kind, "state": m.state, "state_reason": m.state_reason,
@@ -38,14 +36,16 @@ def machine_view(vault: Vault, m: MachineRow, points: list[RecoveryPoint],
         "policy": policy,
         "health": policies.health_of(vault, m, points).to_json(),
         "last_cycle": m.last_cycle,
-        "agent": agents.agent_view(vault, m) if m.source.kind == agents.KIND else None,
+        "agent": agents.agent_view(vault, m, enrolled) if m.source.kind == agents.KIND else None,
         "placement": m.placement,
         "assigned_target": None,
     }
 
 
 def machine_views(vault: Vault) -> list[dict[str, Any]]:
-    """Every machine; policies are looked up once for all of them, not once per machine."""
+    """Every machine; points and agent enrollments are read once for all of them."""
     by_machine = points_by_machine(vault)
-    names = {p.id: p.name for p in policies.list_policies(vault)}
-    return [machine_view(vault, m, by_machine.get(m.id, []), names) for m in inventory.list_machines(vault)]
+    machines = inventory.list_machines(vault)
+    has_agents = any(m.source.kind == agents.KIND for m in machines)
+    enrolled = agents.authority(vault).machines() if has_agents else {}
+    return [machine_view(vault, m, by_machine.get(m.id, []), enrolled) for m in machines]

@@ -141,8 +141,8 @@ class Scheduler:
             result = TickResult(machine.name, True, app, r.point.id, seconds=record["seconds"])
         except Exception as e:  # one item's failure must not stop the others
             msg = str(e) if isinstance(e, RehostError) else f"{type(e).__name__}: {e}"
-            failures = int((machine.last_cycle or {}).get("failures", 0)) + 1 if (
-                machine.last_cycle or {}).get("error") else 1
+            before = machine.last_cycle or {}
+            failures = int(before.get("failures", 0)) + 1 if before.get("error") else 1
             record.update(seconds=round(self.clock() - started, 3), error=msg, failures=failures,
                           retry_in=backoff(failures))
             self.log(f"{machine.name}: cycle failed ({failures} in a row, next try in "

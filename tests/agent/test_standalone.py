@@ -32,6 +32,7 @@ AGENT_MODULES = {
             ".service",
             ".config",
             ".tls",
+            ".http",
             ".tracker",
             ".freeze",
             ".inventory",
