@@ -6,7 +6,7 @@ import secrets
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, Float, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from rehost.vault.models import Base, _now
@@ -29,6 +29,10 @@ class JobRow(Base):
     outputs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # what steps hand on
     error: Mapped[str] = mapped_column(Text, default="")
     pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    #: the runner that claimed the job (host:pid:nonce) and when it last said it is alive:
+    #: a job whose runner stopped beating is picked up again (``rehost.jobs.leases``)
+    holder: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    heartbeat_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=_now)
     started_at: Mapped[datetime | None] = mapped_column(nullable=True)
     ended_at: Mapped[datetime | None] = mapped_column(nullable=True)
@@ -52,3 +56,19 @@ class StepRow(Base):
     started_at: Mapped[datetime | None] = mapped_column(nullable=True)
     ended_at: Mapped[datetime | None] = mapped_column(nullable=True)
     job: Mapped[JobRow] = relationship(back_populates="steps")
+
+
+class LeaseRow(Base):
+    """A claim on a resource (a machine, the repository's prune phase, a point being read)
+    by one runner until ``expires_at`` (unix time); the holder renews it while it works, so
+    a runner killed with -9 frees it after one lease term (design §4, "concurrency")."""
+
+    __tablename__ = "leases"
+    resource: Mapped[str] = mapped_column(String(200), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200))
+    operation: Mapped[str] = mapped_column(String(64), default="")
+    machine_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    job_id: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    acquired_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float)

@@ -28,7 +28,7 @@ class SourceRow(Base):
     __tablename__ = "sources"
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=_id)
     name: Mapped[str] = mapped_column(String(128), unique=True)
-    kind: Mapped[str] = mapped_column(String(32))  # image | qemu | agent | vmware | hyperv
+    kind: Mapped[str] = mapped_column(String(32))  # image | qemu | physical | vsphere | hyperv
     settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(default=_now)
     machines: Mapped[list[MachineRow]] = relationship(back_populates="source")
@@ -52,6 +52,9 @@ class MachineRow(Base):
     #: the source's own agent, as the server last saw it: time of the last answer, last
     #: check, error (health says why an item is stuck)
     heartbeat: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    #: what the source discovered beyond the disks: firmware, CPUs, memory, NICs, guest OS
+    #: (``rehost.spec.MachineSpec`` fields; the disks are the DiskRows)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     source: Mapped[SourceRow] = relationship(back_populates="machines")
     target: Mapped[TargetRow | None] = relationship()
     policy: Mapped[PolicyRow | None] = relationship()
