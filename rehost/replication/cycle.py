@@ -35,8 +35,9 @@ from rehost.repository.manifest import (
     RecoveryPoint,
     overlay,
 )
-from rehost.repository.repository import BLOCK_SIZE, CHUNK_SIZE, Repository, WriteStats
+from rehost.repository.repository import BLOCK_SIZE, CHUNK_SIZE, Repository
 from rehost.repository.restore import iter_chunks
+from rehost.repository.writer import Writer, WriteStats
 
 #: Chunks in flight between the reader and the hashing/sealing workers.
 PIPELINE_DEPTH = 12
@@ -79,7 +80,7 @@ class _ChunkResult:
 
 
 def _diff_chunk(
-    repo: Repository,
+    repo: Writer,
     offset: int,
     data: bytes | memoryview | None,
     length: int,
@@ -239,7 +240,7 @@ def _old_digests(
         if data is not None:
             digests += digest_blocks(data)
         else:
-            digests += _diff_chunk(repo, off, None, length, b"").digests
+            digests += _diff_chunk(repo.writer(), off, None, length, b"").digests  # seals nothing
     return digests, "rebuilt"
 
 
@@ -271,7 +272,7 @@ class Resume:
 
 
 def _scan_disk(
-    repo: Repository,
+    repo: Writer,
     pool: ThreadPoolExecutor,
     disk: ReadableDisk,
     old: bytearray,
@@ -317,7 +318,7 @@ def _scan_disk(
         for off in offsets:
             b0 = off // BLOCK_SIZE * DIGEST_SIZE
             want = expected[b0 : b0 + block_count(min(CHUNK_SIZE, size - off)) * DIGEST_SIZE]
-            hit = resume.journal.lookup(index, off, want, repo.index)
+            hit = resume.journal.lookup(index, off, want, repo.repo.index)
             if hit is None:
                 todo.append(off)
             else:
@@ -389,6 +390,7 @@ def run_cycle(
     changed: dict[int, list[Extent] | None] | None = None,
     taken_at: datetime | None = None,
     resume: Resume | None = None,
+    writer: Writer | None = None,
 ) -> CycleResult:
     """Read every disk, store what changed since ``parent``, commit one recovery point.
 
@@ -396,9 +398,12 @@ def run_cycle(
     may differ from ``parent``; None for a disk means unknown, and the disk is hash-diffed.
     ``taken_at``: the instant the source froze the disks (the point's time; default now).
     ``resume``: journal what is stored as it goes, and skip what an interrupted try stored.
+    ``writer``: the cycle's own repository writer (e.g. through a bandwidth limit); by
+    default a new one, so cycles of several machines write side by side.
     """
     t0 = time.monotonic()
-    before = WriteStats(*repo.stats.astuple())
+    w = writer or repo.writer()
+    before = WriteStats(*w.stats.astuple())
     repo.refresh_index()
     stamp = (taken_at or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     sequence = parent.sequence + 1 if parent else 0
@@ -415,7 +420,7 @@ def run_cycle(
                 dirty = (changed or {}).get(index)
                 if dirty is not None and digest_source[index] == "initial":
                     dirty = None  # nothing to be a delta of: read everything
-                scan = _scan_disk(repo, pool, disk, old, progress, dirty, resume, index)
+                scan = _scan_disk(w, pool, disk, old, progress, dirty, resume, index)
                 result_resumed += scan.resumed
                 if dirty is not None:
                     digest_source[index] += "+dirty-extents"
@@ -427,11 +432,14 @@ def run_cycle(
     except BaseException:
         if resume is not None:  # what was sealed is kept (no point refers to it) for the retry
             with contextlib.suppress(Exception):
-                repo.flush()
+                w.flush()
             resume.journal.close()
+        if writer is None:
+            with contextlib.suppress(Exception):
+                w.__exit__(None, None, None)
         raise
 
-    point = repo.save_point(
+    point = w.save_point(
         RecoveryPoint(
             machine=machine,
             time=stamp,
@@ -446,7 +454,9 @@ def run_cycle(
         cache.save(machine, index, point.id, digests)
     if resume is not None:
         resume.journal.discard()
-    after = repo.stats
+    after = w.stats
+    if writer is None:
+        w.close()
     return CycleResult(
         point=point,
         stats=WriteStats(*(a - b for a, b in zip(after.astuple(), before.astuple(), strict=True))),

@@ -9,6 +9,7 @@ from rehost.repository.index import encode_index
 from rehost.repository.manifest import DiskMap, RecoveryPoint
 from rehost.repository.repository import Repository
 from rehost.repository.storage.base import Kind
+from rehost.repository.writer import Writer
 
 #: Repack a pack when more than this share of its bytes is no longer referenced.
 REPACK_DEAD_SHARE = 0.2
@@ -24,12 +25,29 @@ class PruneReport:
     temp_files_removed: int = 0
 
 
-def prune(repo: Repository, forget: Iterable[str] = ()) -> PruneReport:
-    """Forget the given points, then delete every pack no remaining point needs."""
+def prune(repo: Repository, forget: Iterable[str] = (), reading: Iterable[str] = ()) -> PruneReport:
+    """Forget the given points, then delete every pack no remaining point needs.
+
+    ``reading``: points someone is reading right now (a test failover's point server, an
+    export): they are not forgotten, and the packs holding their blobs are neither deleted
+    nor repacked, because a reader keeps blob locations from the index it loaded.
+    """
     report = PruneReport()
     repo.load_index()
-    forget = set(forget)
+    with repo.writer() as writer:
+        _prune(repo, writer, set(forget), set(reading), report)
+    repo.load_index()
+    return report
+
+
+def _prune(
+    repo: Repository, writer: Writer, forget: set[str], reading: set[str], report: PruneReport
+) -> None:
     raw = {o.name: repo.load_point_exact(o.name) for o in repo.storage.list(Kind.POINTS)}
+    # a point rewritten by an earlier prune holds the blobs of the one a reader opened
+    read = {p.id for p in raw.values() if p.id in reading or p.replaces in reading}
+    forget -= read
+    pinned = _used_blobs(raw[pid] for pid in read)
     replaced = {p.replaces for p in raw.values() if p.replaces and p.replaces in raw}
     # 1. rewrite kept points whose base is going away as full maps
     for p in list(raw.values()):
@@ -37,7 +55,7 @@ def prune(repo: Repository, forget: Iterable[str] = ()) -> PruneReport:
             continue
         if any(d.base in forget for d in p.disks):
             full = [DiskMap(d.index, d.size, None, repo.resolve_map(p, d.index)) for d in p.disks]
-            new = repo.save_point(replace(p, disks=full, replaces=p.id, id=""))
+            new = writer.save_point(replace(p, disks=full, replaces=p.id, id=""))
             raw[new.id] = new
             replaced.add(p.id)
             report.points_rewritten += 1
@@ -55,18 +73,20 @@ def prune(repo: Repository, forget: Iterable[str] = ()) -> PruneReport:
         live = [e for e in entries if e.id in used]
         dead_bytes = sum(e.length for e in entries if e.id not in used)
         total = sum(e.length for e in entries) or 1
-        if not live:
+        if any(e.id in pinned for e in entries):
+            keep_packs[pack_id] = entries  # a reader may fetch from it by its old location
+        elif not live:
             drop_packs.append(pack_id)
         elif dead_bytes / total > REPACK_DEAD_SHARE:
             for e in live:  # sealed bytes are position-independent: copy without re-sealing
                 sealed = repo.storage.load(Kind.DATA, pack_id, e.offset, e.length)
                 repo.index.blobs.pop(e.id, None)
-                repo.add_sealed(e.id, sealed, e.raw_length)
+                writer.add_sealed(e.id, sealed, e.raw_length)
             drop_packs.append(pack_id)
             report.packs_repacked += 1
         else:
             keep_packs[pack_id] = entries
-    repo.flush()
+    writer.flush()
     keep_packs.update({pid: repo.index.packs[pid] for pid in repo.index.packs
                        if pid not in keep_packs and pid not in drop_packs})
     # one consolidated index first, then old index files, then the packs themselves
@@ -85,8 +105,6 @@ def prune(repo: Repository, forget: Iterable[str] = ()) -> PruneReport:
     cleaner = getattr(repo.storage, "remove_stale_temp_files", None)
     if cleaner is not None:
         report.temp_files_removed = int(cleaner(0))
-    repo.load_index()
-    return report
 
 
 def _used_blobs(points: Iterable[RecoveryPoint]) -> set[str]:

@@ -9,50 +9,31 @@ from __future__ import annotations
 import json
 import secrets
 import threading
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
 
 from rehost.errors import AlreadyExists, IntegrityError, NotFound, ObjectNotFound, UsageError
 from rehost.repository.crypto import KeyMaterial, Sealer, blob_id, unwrap_keys, wrap_keys
-from rehost.repository.index import Index, decode_index, encode_index
+from rehost.repository.index import Index, decode_index
 from rehost.repository.manifest import (
     DiskMap,
     MapEntry,
     RecoveryPoint,
     decode_point,
-    encode_point,
     overlay,
 )
-from rehost.repository.pack import PACK_TARGET, PackWriter
+from rehost.repository.pack import BlobEntry
 from rehost.repository.storage.base import Kind, Storage
+from rehost.repository.writer import Writer, WriteStats
 
 FORMAT_VERSION = 1
-#: packs handed to the writer thread and not yet stored (each holds up to PACK_TARGET bytes)
-WRITES_IN_FLIGHT = 2
 BLOCK_SIZE = 4096
 CHUNK_SIZE = 1024 * 1024
 
 
-@dataclass
-class WriteStats:
-    """What a writer added: the honest numbers behind "stores only what changed"."""
-
-    blobs_new: int = 0
-    blobs_known: int = 0
-    raw_bytes_new: int = 0
-    stored_bytes: int = 0  # bytes of packs, index files and manifests written
-
-    def __add__(self, other: WriteStats) -> WriteStats:
-        return WriteStats(*(a + b for a, b in zip(self.astuple(), other.astuple(), strict=True)))
-
-    def astuple(self) -> tuple[int, int, int, int]:
-        return (self.blobs_new, self.blobs_known, self.raw_bytes_new, self.stored_bytes)
-
-
 class Repository:
-    """An opened repository. Not shared between processes while writing (the vault locks)."""
+    """An opened repository. Many writers at once, in threads and processes (each cycle has
+    its own ``Writer``); only prune's delete phase must run alone (the vault's leases)."""
 
     def __init__(self, storage: Storage, config: dict[str, object], keys: KeyMaterial) -> None:
         self.storage = storage
@@ -61,12 +42,7 @@ class Repository:
         self._local = threading.local()
         self.index = Index()
         self._index_loaded = False
-        self._pack = PackWriter()
-        self._pending: set[str] = set()  # blobs in the open pack
-        self._flushing: set[str] = set()  # blobs of packs being stored: known, not yet indexed
-        self._writer: ThreadPoolExecutor | None = None
-        self._writes: deque[Future[None]] = deque()
-        self.stats = WriteStats()
+        self._default_writer: Writer | None = None
         self._blob_cache: OrderedDict[str, bytes] = OrderedDict()
         # guards the blob cache and the lazy index load: readers serve NBD from threads
         self._lock = threading.Lock()
@@ -135,11 +111,9 @@ class Repository:
 
     def close(self) -> None:
         try:
-            self.flush()
+            if self._default_writer is not None:
+                self._default_writer.close()
         finally:
-            if self._writer is not None:
-                self._writer.shutdown(wait=True)
-                self._writer = None
             self.storage.close()
 
     # -- index -----------------------------------------------------------------------------
@@ -148,16 +122,17 @@ class Repository:
         """Read every index file; returns problems found (raised instead when ``strict``)."""
         problems: list[str] = []
         index = Index()
-        for info in self.storage.list(Kind.INDEX):
-            try:
-                data = self.storage.load(Kind.INDEX, info.name)
-                index.add_file(info.name, decode_index(data, self.sealer, info.name))
-            except (IntegrityError, ObjectNotFound) as e:
-                if strict:
-                    raise
-                problems.append(str(e))
-        self.index = index
-        self._index_loaded = True
+        with self._lock:  # writers of this process add to the index: not while it is replaced
+            for info in self.storage.list(Kind.INDEX):
+                try:
+                    data = self.storage.load(Kind.INDEX, info.name)
+                    index.add_file(info.name, decode_index(data, self.sealer, info.name))
+                except (IntegrityError, ObjectNotFound) as e:
+                    if strict:
+                        raise
+                    problems.append(str(e))
+            self.index = index
+            self._index_loaded = True
         return problems
 
     def refresh_index(self) -> None:
@@ -171,103 +146,71 @@ class Repository:
             self.load_index()
             return
         for name in names - set(self.index.files):
-            data = self.storage.load(Kind.INDEX, name)
-            self.index.add_file(name, decode_index(data, self.sealer, name))
+            try:
+                data = self.storage.load(Kind.INDEX, name)
+            except ObjectNotFound:  # consolidated by a prune since the listing
+                self.load_index()
+                return
+            decoded = decode_index(data, self.sealer, name)
+            with self._lock:
+                self.index.add_file(name, decoded)
 
     def _ensure_index(self) -> None:
         if not self._index_loaded:
-            with self._lock:
-                if not self._index_loaded:
-                    self.load_index()
+            self.load_index()
 
     # -- writing ---------------------------------------------------------------------------
 
-    def _known(self, bid: str) -> bool:
-        return bid in self.index or bid in self._pending or bid in self._flushing
+    def writer(self, storage: Storage | None = None) -> Writer:
+        """A writer of its own (its open pack, its statistics, optionally a storage wrapper
+        such as a bandwidth limit): several cycles write at once, each through its own."""
+        return Writer(self, storage or self.storage)
+
+    @property
+    def _default(self) -> Writer:
+        if self._default_writer is None:
+            self._default_writer = Writer(self, self.storage)
+        return self._default_writer
+
+    @property
+    def stats(self) -> WriteStats:
+        return self._default.stats
+
+    def is_stored(self, bid: str) -> bool:
+        """In a stored pack and index (a blob another writer only holds in memory is not)."""
+        return bid in self.index
 
     def seal_blob(self, data: bytes | memoryview) -> tuple[str, bytes | None]:
-        """Id and sealed bytes of a blob, ``None`` if already stored. Safe in worker threads."""
-        bid = blob_id(self.keys.hash_key, data)
-        if self._known(bid):
-            return bid, None
-        return bid, self.sealer.seal(data, bid.encode())
+        return self._default.seal_blob(data)
 
     def add_sealed(self, bid: str, sealed: bytes | None, raw_length: int) -> None:
-        """Queue a sealed blob into the open pack (main thread only)."""
-        if sealed is None or self._known(bid):
-            self.stats.blobs_known += 1
-            return
-        self._pack.add(bid, sealed, raw_length)
-        self._pending.add(bid)
-        self.stats.blobs_new += 1
-        self.stats.raw_bytes_new += raw_length
-        if self._pack.size >= PACK_TARGET:
-            self._flush_async()
+        self._default.add_sealed(bid, sealed, raw_length)
 
     def put_blob(self, data: bytes | memoryview) -> str:
-        self._ensure_index()
-        bid, sealed = self.seal_blob(data)
-        self.add_sealed(bid, sealed, len(data))
-        return bid
+        return self._default.put_blob(data)
 
     def flush(self) -> None:
-        """Store the open pack and wait until every pack handed to the writer is stored with
-        its index: after this, everything added is durable (design §3 write order)."""
-        self._flush_async()
-        self._reap(block=True)
+        if self._default_writer is not None:
+            self._default_writer.flush()
 
-    def _flush_async(self) -> None:
-        """Hand the open pack to the writer thread, so reading and sealing go on while it is
-        written, fsynced and indexed. At most WRITES_IN_FLIGHT packs wait (memory bound)."""
-        self._reap(block=False)
-        if not len(self._pack):
-            return
-        pack, self._pack = self._pack, PackWriter()
-        ids, self._pending = self._pending, set()
+    def save_point(self, point: RecoveryPoint) -> RecoveryPoint:
+        return self._default.save_point(point)
+
+    def _index_pack(self, index_id: str, pack_id: str, entries: list[BlobEntry]) -> None:
+        """A writer stored a pack and its index file: its blobs are known from now on."""
         with self._lock:
-            self._flushing = self._flushing | ids
-        if self._writer is None:
-            self._writer = ThreadPoolExecutor(1, thread_name_prefix="rehost-pack-writer")
-        while len(self._writes) >= WRITES_IN_FLIGHT:
-            self._writes.popleft().result()
-        self._writes.append(self._writer.submit(self._store_pack, pack, ids))
+            self.index.add_file(index_id, [(pack_id, entries)])
 
-    def _store_pack(self, pack: PackWriter, ids: set[str]) -> None:
-        """The pack, then its index file (design §3); then its blobs are in the index."""
-        try:
-            pack_id, data = pack.finish(self.sealer)
-            self._save_addressed(Kind.DATA, pack_id, data)
-            index_id, index_data = encode_index([(pack_id, pack.entries)], self.sealer)
-            self._save_addressed(Kind.INDEX, index_id, index_data)
-            with self._lock:
-                self.index.add_file(index_id, [(pack_id, pack.entries)])
-                self.stats.stored_bytes += len(data) + len(index_data)
-        finally:  # stored: indexed now; failed: unknown again, so a retry stores them
-            with self._lock:
-                self._flushing = self._flushing - ids
-
-    def _reap(self, *, block: bool) -> None:
-        """Collect finished writes; a writer's error is raised here, in the caller's thread."""
-        while self._writes and (block or self._writes[0].done()):
-            self._writes.popleft().result()
-
-    def _save_addressed(self, kind: Kind, name: str, data: bytes) -> None:
+    def save_addressed(self, storage: Storage, kind: Kind, name: str, data: bytes) -> None:
         """Save a content-addressed object. If it exists already, it holds these very bytes
         (its name is their SHA-256): a cycle resumed after a kill -9 between a pack and its
-        index rebuilds the same pack, and that is success, not an error."""
+        index, or two writers storing the same blobs, rebuild the same object, and that is
+        success, not an error."""
         try:
-            self.storage.save(kind, name, data)
+            storage.save(kind, name, data)
         except AlreadyExists:
             if self.storage.stat(kind, name).size != len(data):
                 raise IntegrityError(f"{kind.value}/{name[:12]} exists with other content") from None
-
-    def save_point(self, point: RecoveryPoint) -> RecoveryPoint:
-        """Commit a point: flush its blobs first, then write the manifest (atomic)."""
-        self.flush()
-        point_id, data = encode_point(replace(point, id=""), self.sealer)
-        self._save_addressed(Kind.POINTS, point_id, data)
-        self.stats.stored_bytes += len(data)
-        return replace(point, id=point_id)
 
     # -- reading ---------------------------------------------------------------------------
 

@@ -1,0 +1,156 @@
+"""A repository writer: one per replication cycle (or prune), so cycles write side by side.
+
+Each writer has its own open pack, its own pack-writer thread and its own statistics, and
+may write through a storage wrapper of its own (a cycle's bandwidth limit). What writers
+share is the repository's index, which a writer extends only after a pack and its index file
+are stored (design §3 write order). A blob is "known" to a writer when it is in that index
+or in one of the writer's own packs: a blob another writer merely holds in memory is not,
+because that writer may still fail; at worst the same blob is stored twice, in two packs,
+which prune tidies up.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+from rehost.repository.crypto import blob_id
+from rehost.repository.index import encode_index
+from rehost.repository.manifest import RecoveryPoint, encode_point
+from rehost.repository.pack import PACK_TARGET, PackWriter
+from rehost.repository.storage.base import Kind, Storage
+
+if TYPE_CHECKING:
+    from rehost.repository.repository import Repository
+
+#: packs handed to the writer thread and not yet stored (each holds up to PACK_TARGET bytes)
+WRITES_IN_FLIGHT = 2
+
+
+@dataclass
+class WriteStats:
+    """What a writer added: the honest numbers behind "stores only what changed"."""
+
+    blobs_new: int = 0
+    blobs_known: int = 0
+    raw_bytes_new: int = 0
+    stored_bytes: int = 0  # bytes of packs, index files and manifests written
+
+    def __add__(self, other: WriteStats) -> WriteStats:
+        return WriteStats(*(a + b for a, b in zip(self.astuple(), other.astuple(), strict=True)))
+
+    def astuple(self) -> tuple[int, int, int, int]:
+        return (self.blobs_new, self.blobs_known, self.raw_bytes_new, self.stored_bytes)
+
+
+class Writer:
+    """Blobs in, packs and one recovery point out. ``add_sealed``/``flush``/``save_point``
+    from one thread (the cycle's); ``seal_blob`` from any."""
+
+    def __init__(self, repo: Repository, storage: Storage) -> None:
+        self.repo = repo
+        self.storage = storage
+        self.stats = WriteStats()
+        self._pack = PackWriter()
+        self._pending: set[str] = set()  # blobs in the open pack
+        self._flushing: set[str] = set()  # blobs of packs being stored: known, not yet indexed
+        self._lock = threading.Lock()
+        self._thread: ThreadPoolExecutor | None = None
+        self._writes: deque[Future[None]] = deque()
+
+    def _known(self, bid: str) -> bool:
+        return self.repo.is_stored(bid) or bid in self._pending or bid in self._flushing
+
+    def seal_blob(self, data: bytes | memoryview) -> tuple[str, bytes | None]:
+        """Id and sealed bytes of a blob, ``None`` if already stored. Safe in worker threads."""
+        bid = blob_id(self.repo.keys.hash_key, data)
+        if self._known(bid):
+            return bid, None
+        return bid, self.repo.sealer.seal(data, bid.encode())
+
+    def add_sealed(self, bid: str, sealed: bytes | None, raw_length: int) -> None:
+        """Queue a sealed blob into the open pack."""
+        if sealed is None or self._known(bid):
+            self.stats.blobs_known += 1
+            return
+        self._pack.add(bid, sealed, raw_length)
+        self._pending.add(bid)
+        self.stats.blobs_new += 1
+        self.stats.raw_bytes_new += raw_length
+        if self._pack.size >= PACK_TARGET:
+            self._flush_async()
+
+    def put_blob(self, data: bytes | memoryview) -> str:
+        self.repo._ensure_index()
+        bid, sealed = self.seal_blob(data)
+        self.add_sealed(bid, sealed, len(data))
+        return bid
+
+    def flush(self) -> None:
+        """Store the open pack and wait until every pack handed to the thread is stored with
+        its index: after this, everything added is durable (design §3 write order)."""
+        self._flush_async()
+        self._reap(block=True)
+
+    def save_point(self, point: RecoveryPoint) -> RecoveryPoint:
+        """Commit a point: flush its blobs first, then write the manifest (atomic)."""
+        self.flush()
+        point_id, data = encode_point(replace(point, id=""), self.repo.sealer)
+        self.repo.save_addressed(self.storage, Kind.POINTS, point_id, data)
+        self.stats.stored_bytes += len(data)
+        return replace(point, id=point_id)
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            if self._thread is not None:
+                self._thread.shutdown(wait=True)
+                self._thread = None
+
+    def __enter__(self) -> Writer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._thread is not None:
+            self._thread.shutdown(wait=True)
+            self._thread = None
+
+    def _flush_async(self) -> None:
+        """Hand the open pack to the thread, so reading and sealing go on while it is
+        written, fsynced and indexed. At most WRITES_IN_FLIGHT packs wait (memory bound)."""
+        self._reap(block=False)
+        if not len(self._pack):
+            return
+        pack, self._pack = self._pack, PackWriter()
+        ids, self._pending = self._pending, set()
+        with self._lock:
+            self._flushing = self._flushing | ids
+        if self._thread is None:
+            self._thread = ThreadPoolExecutor(1, thread_name_prefix="rehost-pack-writer")
+        while len(self._writes) >= WRITES_IN_FLIGHT:
+            self._writes.popleft().result()
+        self._writes.append(self._thread.submit(self._store_pack, pack, ids))
+
+    def _store_pack(self, pack: PackWriter, ids: set[str]) -> None:
+        """The pack, then its index file (design §3); then its blobs are in the index."""
+        try:
+            sealer = self.repo.sealer
+            pack_id, data = pack.finish(sealer)
+            self.repo.save_addressed(self.storage, Kind.DATA, pack_id, data)
+            index_id, index_data = encode_index([(pack_id, pack.entries)], sealer)
+            self.repo.save_addressed(self.storage, Kind.INDEX, index_id, index_data)
+            self.repo._index_pack(index_id, pack_id, pack.entries)
+            with self._lock:
+                self.stats.stored_bytes += len(data) + len(index_data)
+        finally:  # stored: indexed now; failed: unknown again, so a retry stores them
+            with self._lock:
+                self._flushing = self._flushing - ids
+
+    def _reap(self, *, block: bool) -> None:
+        """Collect finished writes; the thread's error is raised here, in the caller's."""
+        while self._writes and (block or self._writes[0].done()):
+            self._writes.popleft().result()
