@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fastapi.testclient import TestClient
 from harness import machine
 
-from rehost.api.app import create_app
 from rehost.api.tokens import create_token
+from rehost.portal.app import create_app
 from rehost.vault import policies, protection
 from rehost.vault.models import DiskRow, MachineRow, SourceRow
 from rehost.vault.vault import Vault

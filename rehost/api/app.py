@@ -1,8 +1,9 @@
-"""The portal's application: the REST API under /api/v1 and the dashboard under /ui.
+"""The REST API under /api/v1 (the portal, ``rehost.portal.app``, adds the dashboard).
 
-``create_app`` opens the vault once to fail early (no vault, wrong password), then serves
+``create_api`` opens the vault once to fail early (no vault, wrong password), then serves
 every request from a pool of vault copies (see ``deps``). The OpenAPI document is at
-/openapi.json, the interactive docs at /docs.
+/openapi.json, the interactive docs at /docs. The API knows nothing of the dashboard: pages
+build on the API, never the other way round (``docs/design.md``, Layers).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, FastAPI
-from fastapi.responses import RedirectResponse
 
 import rehost
 from rehost.api import errors, routes_infra, routes_items, routes_jobs, schemas
@@ -37,7 +37,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def create_app(vault_root: Path, password: Callable[[], str] | None = None) -> FastAPI:
+def create_api(vault_root: Path, password: Callable[[], str] | None = None, *,
+               page_errors: errors.PageErrors | None = None) -> FastAPI:
+    """The API alone; ``page_errors`` lets an app that also serves pages answer their errors."""
     pool = VaultPool(vault_root, password)
     jobs = JobLauncher(pool)
 
@@ -55,20 +57,11 @@ def create_app(vault_root: Path, password: Callable[[], str] | None = None) -> F
     )
     app.state.pool = pool
     app.state.jobs = jobs
-    errors.install(app)
+    errors.install(app, page_errors)
 
     api = APIRouter(prefix="/api/v1", responses=ERRORS)
     api.include_router(routes_items.router)
     api.include_router(routes_infra.router)
     api.include_router(routes_jobs.router)
     app.include_router(api)
-
-    from rehost.web import pages
-
-    pages.install(app)
-
-    @app.get("/", include_in_schema=False)
-    def root() -> RedirectResponse:
-        return RedirectResponse("/ui/", status_code=307)
-
     return app

@@ -8,10 +8,11 @@ response never carries a traceback, a path from a stack frame, or a secret.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rehost.errors import AlreadyExists, InvalidState, NotFound, RehostError, UsageError, WrongPassword
@@ -44,6 +45,10 @@ STATUS: list[tuple[type[RehostError], int]] = [
 
 INTERNAL = "internal error: the server log has the details"
 
+#: answers an error for a browser (the dashboard's page) or None for JSON: the API knows no pages,
+#: so the app that mounts the dashboard passes this in (``rehost.portal.app``)
+PageErrors = Callable[[Request, int, str], Response | None]
+
 
 def status_of(e: RehostError) -> int:
     for cls, code in STATUS:
@@ -52,23 +57,16 @@ def status_of(e: RehostError) -> int:
     return 400 if e.user_error else 500
 
 
-def _is_page(request: Request) -> bool:
-    return request.url.path.startswith("/ui")
-
-
-def install(app: FastAPI) -> None:
+def install(app: FastAPI, page_errors: PageErrors | None = None) -> None:
     @app.exception_handler(RehostError)
     async def rehost_error(request: Request, e: RehostError) -> Response:
         code = status_of(e)
         if code >= 500:
             log.error("%s %s failed", request.method, request.url.path, exc_info=e)
         message = str(e)  # RehostError messages are written for users, whatever the code
-        if _is_page(request):
-            if code == 401:
-                return RedirectResponse("/ui/login", status_code=303)
-            from rehost.web.pages import error_page
-
-            return error_page(request, code, message)
+        page = page_errors(request, code, message) if page_errors else None
+        if page is not None:
+            return page
         headers = {"WWW-Authenticate": "Bearer"} if code == 401 else None
         return JSONResponse({"error": message}, status_code=code, headers=headers)
 

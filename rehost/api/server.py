@@ -130,8 +130,8 @@ def _serve_portal(vault_root: Path, once: OncePassword, stop: threading.Event, s
 
     import uvicorn
 
-    from rehost.api.app import create_app
     from rehost.api.tokens import list_tokens
+    from rehost.portal.app import create_app
 
     try:
         app = create_app(vault_root, once.callback)  # opens the vault: a wrong password fails here

@@ -1,8 +1,8 @@
 """What the API and the dashboard show, built from the services in one place.
 
 The machine dict is ``rehost machines --json``'s (``rehost.vault.overview``); ``job_view``
-is the CLI's ``job_dict``. Pages and JSON both come from here, so a
-field means the same thing everywhere.
+is the CLI's ``job_dict`` (``rehost.jobs.views``) without tracebacks. Pages and JSON both come
+from here, so a field means the same thing everywhere.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
-from rehost.cli.job_cmd import job_dict
 from rehost.jobs.models import JobRow
 from rehost.jobs.runner import list_jobs
+from rehost.jobs.views import first_line, job_dict
 from rehost.repository.manifest import RecoveryPoint
 from rehost.vault import inventory, targets
 from rehost.vault.models import TargetRow, TokenRow
@@ -92,9 +92,8 @@ def overview(vault: Vault, items: list[dict[str, Any]] | None = None) -> dict[st
             alerts.append({"severity": h["status"], "subject": it["name"], "message": h["reason"]})
     for j in list_jobs(vault, limit=20):
         if j.state == "failed":
-            first = (j.error or "").splitlines()[0] if j.error else ""
             alerts.append({"severity": "warning", "subject": f"job {j.id}",
-                           "message": f"{j.kind} of {j.machine_name} failed: {first}"})
+                           "message": f"{j.kind} of {j.machine_name} failed: {first_line(j.error)}"})
     for t in targets.list_targets(vault):
         if t.verified_ok is False:
             alerts.append({"severity": "critical", "subject": f"target {t.name}",

@@ -15,11 +15,12 @@ from typing import Any
 import httpx
 import typer
 
-from rehost.cli.context import emit_json, err, human, out
+from rehost.cli.context import emit_json, err, out
+from rehost.cli.job_cmd import show
 from rehost.errors import AlreadyExists, InvalidState, NotFound, RehostError, UsageError, WrongPassword
+from rehost.jobs.views import MARK, first_line, job_row
 
 POLL_S = 1.0
-_MARK = {"succeeded": "✓", "failed": "✗", "warning": "!", "skipped": "-", "running": "…", "pending": " "}
 
 
 class RemoteError(RehostError):
@@ -67,9 +68,8 @@ class Client:
             for s in job["steps"]:
                 if not quiet and s["state"] not in ("pending", "running") and s["name"] not in shown:
                     shown.add(s["name"])
-                    first = (s["detail"] or "").splitlines()[0] if s["detail"] else ""
-                    err.print(f"  {_MARK.get(s['state'], '?')} {s['title']} {first}", highlight=False,
-                              markup=False)
+                    err.print(f"  {MARK.get(s['state'], '?')} {s['title']} {first_line(s['detail'])}",
+                              highlight=False, markup=False)
             if job["state"] not in ("queued", "running"):
                 return job
             time.sleep(POLL_S)
@@ -223,8 +223,7 @@ def jobs(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> N
         emit_json(data)
         return
     for d in data:
-        current = next((s["title"] for s in d["steps"] if s["state"] == "running"), "")
-        out.print(f"{d['id']}  {d['kind']:14} {d['machine']:16} {d['state']:12} {current}", highlight=False)
+        out.print(job_row(d), highlight=False, markup=False)
 
 
 @remote_app.command("job")
@@ -246,24 +245,4 @@ def job(
         j = c.call("POST", f"/jobs/{job_id}/cancel")
         out.print(f"job {j['id']} cancelled")
         return
-    while True:
-        j = c.call("GET", f"/jobs/{what}")
-        if as_json:
-            emit_json(j)
-        else:
-            _print_job(j)
-        if not watch or j["state"] not in ("running", "queued"):
-            break
-        time.sleep(POLL_S)
-
-
-def _print_job(j: dict[str, Any]) -> None:
-    out.print(f"job {j['id']}  {j['kind']} {j['machine']}  {j['state']}", highlight=False, markup=False)
-    for s in j["steps"]:
-        running = s["total"] and s["state"] == "running"
-        prog = f" {s['done'] * 100 // s['total']}% of {human(s['total'])}" if running else ""
-        first = (s["detail"] or "").splitlines()[0] if s["detail"] else ""
-        mark = _MARK.get(s["state"], "?")
-        out.print(f"  {mark} {s['title']}{prog}  {first}", highlight=False, markup=False)
-    if j["error"]:
-        out.print(f"  error: {j['error'].splitlines()[0]}", highlight=False, markup=False)
+    show(lambda: c.call("GET", f"/jobs/{what}"), as_json=as_json, watch=watch)

@@ -24,6 +24,7 @@ from rich.progress import (
 )
 
 from rehost.errors import UsageError
+from rehost.units import human as human  # re-exported: the commands format bytes through here
 from rehost.vault.vault import Vault
 
 # soft_wrap: long lines stay whole in logs and pipes (rich would cut them at 80 columns)
@@ -90,10 +91,3 @@ def byte_progress(description: str, *, enabled: bool = True) -> Iterator[Callabl
 
         yield update
 
-
-def human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n} B"

@@ -19,9 +19,9 @@ from rehost.api import views
 from rehost.api.auth import Reader, VaultDep, pool_of
 from rehost.api.deps import COOKIE, CSRF_HEADER, Caller
 from rehost.api.tokens import Role, authenticate
-from rehost.cli.context import human
 from rehost.jobs import runner
 from rehost.replication.health import _span
+from rehost.units import human
 from rehost.vault import overview, policies, protection, targets
 
 HERE = Path(__file__).parent
@@ -45,7 +45,13 @@ def render(request: Request, name: str, caller: Caller | None, status_code: int 
     return templates.TemplateResponse(request, name, context, status_code=status_code)
 
 
-def error_page(request: Request, code: int, message: str) -> Response:
+def error_page(request: Request, code: int, message: str) -> Response | None:
+    """The API's error hook (``rehost.api.errors.PageErrors``): a dashboard request gets a page
+    (or the sign-in page for a missing token), anything else the API's JSON."""
+    if not request.url.path.startswith(router.prefix):
+        return None
+    if code == 401:
+        return RedirectResponse(f"{router.prefix}/login", status_code=303)
     caller = getattr(request.state, "caller", None)
     return render(request, "error.html", caller, status_code=code, code=code, message=message)
 

@@ -17,8 +17,8 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from rehost.api.app import create_app
 from rehost.api.tokens import create_token
+from rehost.portal.app import create_app
 from rehost.process import free_port
 from rehost.vault import inventory, protection, targets
 from rehost.vault.vault import Vault

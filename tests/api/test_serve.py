@@ -100,9 +100,9 @@ def test_serve_speaks_https_and_runs_the_scheduler(tmp_path: Path) -> None:
 
 
 def test_an_encrypted_vault_is_unlocked_once_and_jobs_use_it(tmp_path: Path) -> None:
-    from rehost.api.app import create_app
     from rehost.api.tokens import create_token
     from rehost.errors import WrongPassword
+    from rehost.portal.app import create_app
     from rehost.vault import inventory
     from rehost.vault.vault import Vault
     from tests.api.portal import Portal
