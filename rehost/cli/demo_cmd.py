@@ -4,7 +4,9 @@ It builds a tiny bootable Linux as the "on-premises" machine, then does what an 
 does: vault, target, source, replicate, change, replicate the delta, test failover and
 cleanup, failover with source shutdown, verified boot, complete migration.
 
-``--physical``: the machine is a "physical server" instead of disk image files. Its disk is
+``--source KIND`` / ``--target KIND`` pick the kinds from the source and target registries
+(default: image files onto this host's QEMU). ``--source physical`` (or ``--physical``): the
+machine is a "physical server" instead of disk image files. Its disk is
 served by a real ``rehost-agent`` process on 127.0.0.1, which registers with a one-time
 passphrase, is replicated over mutual TLS, is shut down through the agent, and has its
 certificate revoked at the end.
@@ -23,6 +25,7 @@ from typing import Any
 
 import typer
 
+from rehost import plugin_config
 from rehost.agent.config import uninstall
 from rehost.cli.context import err, human, out
 from rehost.cli.job_cmd import ConsoleObserver
@@ -45,12 +48,14 @@ def _prepare(workdir: Path) -> None:
         if not (workdir / _STAMP).exists():
             raise UsageError(f"{workdir} exists and was not made by rehost demo; choose --workdir")
         old_target = workdir / "target"
-        if old_target.is_dir():
+        if old_target.is_dir():  # a machine an earlier demo left running (--keep)
             from rehost.targets.local import LocalSettings, LocalTarget
 
             t = LocalTarget(LocalSettings(old_target))
             for vm in old_target.iterdir():
-                t.remove(vm.name)
+                placement = t.find(vm.name) if vm.is_dir() else None
+                if placement is not None:
+                    t.remove(placement)
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
     (workdir / _STAMP).write_text("made by rehost demo\n")
@@ -60,12 +65,16 @@ def demo(
     workdir: Path = typer.Option(Path("rehost-demo"), help="Folder for the demo (recreated each run)."),
     keep: bool = typer.Option(False, "--keep", help="Leave the migrated machine running at the end."),
     physical: bool = typer.Option(
-        False, "--physical", help="Migrate a physical server through rehost-agent, not image files."
+        False, "--physical", help="Same as --source physical: a physical server through rehost-agent."
     ),
+    source_kind: str = typer.Option("image", "--source", help="Source kind: image or physical."),
+    target_kind: str = typer.Option("local", "--target", help="Target kind (see: rehost target kinds)."),
 ) -> None:
     """Run the demo migration: a tiny Linux machine moved to this host's QEMU."""
     from rehost.testkit.tinylinux import build_tiny_linux, set_marker
 
+    source_kind = "physical" if physical else source_kind
+    _check_kinds(source_kind, target_kind)
     workdir = workdir.absolute()
     timings: list[tuple[str, float, str]] = []
 
@@ -82,13 +91,14 @@ def demo(
          lambda: build_tiny_linux(source, marker="v1", mode="stay"), lambda _: "marker v1")
     vault = step("Create the vault", lambda: Vault.init(workdir / "vault"))
     try:
-        if physical:
-            with _physical_server(vault, workdir, source, step) as name:
-                _lifecycle(vault, workdir, source, step, set_marker, keep, name, registered=True)
+        if source_kind == "physical":
+            with _physical_server(vault, workdir, source, step, target_kind) as name:
+                _lifecycle(vault, workdir, source, step, set_marker, keep, name, registered=True,
+                           target_kind=target_kind)
             step("Uninstall the agent (its keys and digests)", lambda: uninstall(workdir / "agent"),
                  lambda removed: f"{len(removed)} item(s) removed")
         else:
-            _lifecycle(vault, workdir, source, step, set_marker, keep)
+            _lifecycle(vault, workdir, source, step, set_marker, keep, target_kind=target_kind)
     finally:
         vault.close()
     out.print("\n[bold]rehost demo: summary[/]")
@@ -97,10 +107,32 @@ def demo(
     out.print(f"  {sum(t for _, t, _ in timings):7.1f}s  total; everything is in {workdir}", highlight=False)
 
 
+#: the source kinds the demo has a machine for (the tiny Linux as image files or behind an agent)
+DEMO_SOURCES = ("image", "physical")
+
+
+def _check_kinds(source_kind: str, target_kind: str) -> None:
+    """Both kinds come from the registries (an unknown one is refused with the list); the demo
+    then needs a scenario for the source and a target that really boots a machine."""
+    from rehost.sources import registry as sources
+    from rehost.targets import registry as targets_registry
+
+    sources.get(source_kind)
+    plugin = targets_registry.get(target_kind)
+    if source_kind not in DEMO_SOURCES:
+        raise UsageError(f"the demo has no machine for source kind {source_kind} "
+                         f"(demo sources: {', '.join(DEMO_SOURCES)})")
+    if plugin.test_double:
+        raise UsageError(f"target kind {target_kind} is a test double: the demo needs a target "
+                         "that boots the machine")
+    if "path" not in {o["name"] for o in plugin_config.describe(plugin.config)}:
+        raise UsageError(f"the demo does not know how to set up a {target_kind} target yet")
+
+
 def _lifecycle(vault: Vault, workdir: Path, source: Path, step: Any, set_marker: Any, keep: bool,
-               name: str = "web01", registered: bool = False) -> None:
+               name: str = "web01", registered: bool = False, target_kind: str = "local") -> None:
     if not registered:  # an image source; a physical server registers through its agent
-        step("Add and verify the local QEMU target", lambda: _target(vault, workdir / "target"))
+        step(_target_title(target_kind), lambda: _target(vault, workdir / "target", target_kind))
         step("Register the source machine", lambda: inventory.add_image_source(vault, name, [source]))
     step("Initial replication", lambda: protection.replicate(vault, name),
          lambda r: f"{human(r.stats.stored_bytes)} stored, point {r.point.short_id}")
@@ -116,19 +148,21 @@ def _lifecycle(vault: Vault, workdir: Path, source: Path, step: Any, set_marker:
     out.print(f"\n{name} is {m.state}: it runs on target {m.placement.get('target_name')} "
               f"({m.placement.get('dir')}), console log {m.placement.get('console')}", highlight=False)
     if not keep:
-        t = targets.provider(targets.get_target(vault, "local"))
-        step("Stop the migrated machine (demo only; --keep leaves it running)", lambda: t.stop(name))
+        t = targets.provider(targets.get_target(vault, target_kind))
+        placement = t.find(name)
+        if placement is not None:
+            step("Stop the migrated machine (demo only; --keep leaves it running)", lambda: t.stop(placement))
 
 
 @contextmanager
-def _physical_server(vault: Vault, workdir: Path, disk: Path, step: Any) -> Iterator[str]:
+def _physical_server(vault: Vault, workdir: Path, disk: Path, step: Any, target_kind: str) -> Iterator[str]:
     """A physical server stand-in: ``disk`` served by a real ``rehost-agent`` on 127.0.0.1,
     registered the way an operator does it (one-time passphrase, pinned fingerprint)."""
     from rehost.agent.register import register
     from rehost.vault import agents
 
     name, state = "app01", workdir / "agent"
-    step("Add and verify the local QEMU target", lambda: _target(vault, workdir / "target"))
+    step(_target_title(target_kind), lambda: _target(vault, workdir / "target", target_kind))
     invitation = step("Register the physical server (one-time passphrase)",
                       lambda: agents.add_physical_source(vault, name), lambda _: "expires in 60 min")
     enrollment = agents.start_enrollment(vault, "127.0.0.1", free_port(), log=lambda _m: None)
@@ -173,11 +207,16 @@ def _start_agent(vault: Vault, state: Path, name: str) -> subprocess.Popen[bytes
             time.sleep(0.2)
 
 
-def _target(vault: Vault, path: Path) -> None:
-    targets.add_local_target(vault, "local", path)
-    report = targets.verify_target(vault, "local")
+def _target_title(kind: str) -> str:
+    return "Add and verify the local QEMU target" if kind == "local" else f"Add and verify the {kind} target"
+
+
+def _target(vault: Vault, path: Path, kind: str) -> None:
+    """The target is named after its kind; its folder is ``<workdir>/target``."""
+    targets.add_target(vault, kind, kind, {"path": path})
+    report = targets.verify_target(vault, kind)
     if not report.ok:
-        raise InvalidState(f"the local target failed verification: {report.failures()}")
+        raise InvalidState(f"the {kind} target failed verification: {report.failures()}")
 
 
 def _job(step: Any, vault: Vault, name: str, title: str, kind: str, **params: Any) -> None:

@@ -1,4 +1,4 @@
-"""rehost target add-local | verify | list."""
+"""rehost target add KIND NAME [options] | add-local | kinds | verify | list."""
 
 from __future__ import annotations
 
@@ -7,15 +7,48 @@ from typing import Any
 
 import typer
 
+from rehost.cli.config_options import config_command
 from rehost.cli.context import emit_json, err, open_vault, out
 from rehost.errors import InvalidState
+from rehost.targets import registry
 from rehost.vault import targets
 
-target_app = typer.Typer(help="Where machines fail over to (a local KVM/QEMU host).", no_args_is_help=True)
+target_app = typer.Typer(help="Where machines fail over to (this host's QEMU; see: rehost target kinds).",
+                         no_args_is_help=True)
+add_app = typer.Typer(help="Register a target of a kind (see: rehost target kinds).", no_args_is_help=True)
 
 
 def register(app: typer.Typer) -> None:
+    for plugin in registry.plugins():
+        add_app.command(plugin.kind, help=plugin.summary)(
+            config_command(plugin.config, _adder(plugin.kind), "Name of the new target."))
+    target_app.add_typer(add_app, name="add")
     app.add_typer(target_app, name="target")
+
+
+def _adder(kind: str) -> Any:
+    def add(ctx: typer.Context, name: str, options: dict[str, Any]) -> None:
+        with open_vault(ctx) as vault:
+            row = targets.add_target(vault, kind, name, options)
+        where = row.settings.get("path", "")
+        out.print(f"added {kind} target {name}" + (f" at {where}" if where else "")
+                  + f"; check it with: rehost target verify {name}", highlight=False)
+
+    return add
+
+
+@target_app.command("kinds")
+def kinds(as_json: bool = typer.Option(False, "--json")) -> None:
+    """The kinds of target, their options and what they can do."""
+    data = registry.describe()
+    if as_json:
+        emit_json(data)
+        return
+    for k in data:
+        out.print(f"{k['kind']:8} {k['summary']}", highlight=False)
+        for o in k["options"]:
+            need = "required" if o["required"] else f"default {o['default']}"
+            out.print(f"         --{o['name'].replace('_', '-'):16} {o['help']} ({need})", highlight=False)
 
 
 @target_app.command("add-local")
@@ -26,7 +59,7 @@ def add_local(
     accel: str = typer.Option("tcg", help="tcg (software emulation) or kvm (where /dev/kvm works)."),
     memory_mib: int = typer.Option(256, help="Memory of each machine, MiB."),
 ) -> None:
-    """Register this host's QEMU as a failover target."""
+    """Register this host's QEMU as a failover target (same as: rehost target add local)."""
     with open_vault(ctx) as vault:
         targets.add_local_target(vault, name, path, accel=accel, memory_mib=memory_mib)
     out.print(f"added target {name} at {path.absolute()}; check it with: rehost target verify {name}")

@@ -1,18 +1,36 @@
 """The target-provider contract: where a failed-over machine runs.
 
-The failover service hands a target the disks to boot as NBD URIs of recovery points
-(instant recovery); the target makes them into machine disks, starts the machine, proves it
-booted, and copies the data in while it runs (hydration).
+A target declares what it can do (``Capabilities``, asked apart from doing it, as nbdcopy
+keeps capability queries apart from operations) and the failover services assemble their
+plans from that (``rehost.vault.failover``):
+
+- ``boots_from_nbd`` (the local QEMU host, instant recovery): the service serves each disk
+  of the recovery point over NBD, ``create`` makes machine disks backed by those exports,
+  the machine starts at once and ``hydrate`` copies the data in while it runs;
+- ``stages_disks`` (upload-then-boot, such as Azure): ``stage_disk`` receives each disk's
+  data from the point first, then ``create`` builds the machine from the staged disks.
+
+Operations take frozen values: the ``MachineSpec`` the source discovered, the chosen network,
+and the ``Placement`` that ``create``/``start`` return, which the services persist and hand
+back. Every operation is idempotent: run twice (a job resumed after a kill -9 re-runs the
+step that was cut short) it finds what it already made and does not make it again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
-Network = Literal["production", "isolated", "none"]
+from rehost.spec import MachineSpec
+
+#: (offset, length, data or None for zeros), in offset order, covering a whole disk; what
+#: ``Repository.iter_disk(point, disk)`` yields
+Extent = tuple[int, int, bytes | None]
+Progress = Callable[[int, int], None]
+#: where a boot verdict comes from: a serial console the target reads (local QEMU, Azure's
+#: boot diagnostics serial log) or the target's own emulation (the in-memory test double)
+VerdictSource = Literal["serial-console", "boot-diagnostics", "emulated"]
 
 
 @dataclass(frozen=True)
@@ -35,29 +53,141 @@ class VerifyReport:
 
 
 @dataclass(frozen=True)
-class DiskSpec:
+class Capabilities:
+    """What a kind of target can do; the failover plans are built from this, never from a
+    kind name."""
+
+    #: boot straight from a point served over NBD, copy the data in after the start
+    boots_from_nbd: bool = False
+    #: the disks are copied into the target (``stage_disk``) before the machine is created
+    stages_disks: bool = False
+    #: the network a test failover runs on (one that reaches nothing); None: no test failover
+    test_network: str | None = None
+    #: where ``boot_verdict`` reads the guest's word that it booted
+    verdict: VerdictSource = "serial-console"
+    #: ``stage_disk`` writes in multiples of this (Azure page blobs: 512)
+    stage_alignment: int = 512
+
+    def __post_init__(self) -> None:
+        if self.boots_from_nbd == self.stages_disks:
+            raise ValueError("a target either boots from NBD or stages disks, exactly one")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"boots_from_nbd": self.boots_from_nbd, "stages_disks": self.stages_disks,
+                "test_network": self.test_network, "verdict": self.verdict,
+                "stage_alignment": self.stage_alignment}
+
+
+@dataclass(frozen=True)
+class TargetNetwork:
+    """A network the target offers (local: production, isolated; Azure: subnets)."""
+
+    name: str
+    #: reaches nothing outside the machine's own network: fit for a test failover
+    isolated: bool = False
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class PointDisk:
+    """One disk of a recovery point, as a target receives it.
+
+    ``point`` names the recovery point, so a target that keeps replicas of its own (Azure's
+    page blobs with a snapshot per point) can find its copy instead of reading the data
+    again. ``uri`` is the NBD export serving it, for targets that boot from NBD.
+    """
+
     index: int
     size: int
-    backing_uri: str  # nbd+unix:///?socket=... serving the recovery point
+    point: str
+    uri: str | None = None
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where a machine runs on a target: returned by ``create``/``start``, persisted by the
+    services (job outputs, the machine's placement) and handed back to the target."""
+
+    #: the machine's name on the target
+    vm: str
+    #: what an operator looks at: a folder, a resource id
+    location: str
+    #: the network it was started on, None before ``start``
+    network: str | None = None
+    #: where its console can be read, if anywhere
+    console: str | None = None
+    #: the target's own facts (pid, resource ids), JSON-compatible strings and numbers
+    details: dict[str, Any] = field(default_factory=dict, hash=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"vm": self.vm, "location": self.location, "network": self.network,
+                "console": self.console, "details": dict(self.details)}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Placement:
+        return cls(str(d["vm"]), str(d["location"]), d.get("network"), d.get("console"),
+                   dict(d.get("details") or {}))
+
+
+@runtime_checkable
 class Target(Protocol):
+    """A target provider. Built by its kind's factory in ``rehost.targets.registry``."""
+
     kind: str
 
-    def verify(self, needed_bytes: int = 0) -> VerifyReport: ...
+    # -- queries ------------------------------------------------------------------------
 
-    def create_disks(self, vm: str, disks: list[DiskSpec]) -> list[Path]: ...
+    @property
+    def capabilities(self) -> Capabilities: ...
 
-    def start(self, vm: str, network: Network) -> dict[str, Any]: ...
+    def networks(self) -> Sequence[TargetNetwork]:
+        """The networks machines can be started on; the network map is checked against it."""
+        ...
 
-    def is_running(self, vm: str) -> bool: ...
+    def verify(self, needed_bytes: int = 0) -> VerifyReport:
+        """Check compute, storage and network prerequisites; never changes anything."""
+        ...
 
-    def wait_for_console(self, vm: str, pattern: str, timeout: float) -> str: ...
+    def find(self, vm: str) -> Placement | None:
+        """The machine named ``vm`` this target made, if any (running or not)."""
+        ...
 
-    def hydrate(self, vm: str, progress: Callable[[int, int], None] | None = None) -> None: ...
+    def is_running(self, placement: Placement) -> bool: ...
 
-    def stop(self, vm: str, graceful_timeout: float = 30.0) -> None: ...
+    # -- operations -----------------------------------------------------------------------
 
-    def remove(self, vm: str) -> None: ...
+    def stage_disk(self, vm: str, disk: PointDisk, data: Iterable[Extent],
+                   progress: Progress | None = None) -> None:
+        """``stages_disks`` targets: copy one disk of the point in (zeros need not be
+        written). ``data`` is lazy: a target that already holds ``disk.point`` need not read
+        it. Targets that boot from NBD raise ``InvalidState``."""
+        ...
 
-    def exists(self, vm: str) -> bool: ...
+    def create(self, spec: MachineSpec, vm: str, disks: Sequence[PointDisk]) -> Placement:
+        """Make the machine (not started): from the NBD URIs of ``disks`` or the disks
+        staged for ``vm``."""
+        ...
+
+    def start(self, placement: Placement, network: str) -> Placement:
+        """Start it on ``network`` (a no-op if it runs); the placement says where it runs."""
+        ...
+
+    def boot_verdict(self, placement: Placement, pattern: str, timeout: float) -> str:
+        """The first match of ``pattern`` that the booted guest shows; ``InvalidState`` with
+        what it showed instead when there is none within ``timeout`` seconds."""
+        ...
+
+    def hydrate(self, placement: Placement, progress: Progress | None = None) -> None:
+        """``boots_from_nbd`` targets: copy every backing byte in, after which the machine
+        no longer needs the NBD exports. Other targets: nothing to do."""
+        ...
+
+    def stop(self, placement: Placement, graceful_timeout: float = 30.0) -> None: ...
+
+    def remove(self, placement: Placement) -> None:
+        """Stop the machine and delete everything the target made for it."""
+        ...
+
+
+def network_names(target: Target) -> list[str]:
+    return [n.name for n in target.networks()]

@@ -22,41 +22,66 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rehost.errors import DiskError, InvalidState, UsageError
 from rehost.process import alive
-from rehost.targets.base import DiskSpec, Network, VerifyCheck, VerifyReport
+from rehost.spec import MachineSpec
+from rehost.targets.base import (
+    Capabilities,
+    Extent,
+    Placement,
+    PointDisk,
+    Progress,
+    TargetNetwork,
+    VerifyCheck,
+    VerifyReport,
+)
 from rehost.targets.qmp import QmpClient, QmpError
+from rehost.targets.registry import TargetPlugin, register
 
 GiB = 1 << 30
-_NETWORKS: dict[str, list[str]] = {
-    "production": ["-nic", "user,model=virtio-net-pci"],
+NETWORKS = (
+    TargetNetwork("production", description="QEMU user networking (NAT to this host's networks)"),
     # test failover: QEMU user networking with restrict=on: the guest reaches nothing outside
+    TargetNetwork("isolated", isolated=True, description="user networking with restrict=on: no way out"),
+    TargetNetwork("none", isolated=True, description="no network card"),
+)
+_NIC: dict[str, list[str]] = {
+    "production": ["-nic", "user,model=virtio-net-pci"],
     "isolated": ["-nic", "user,restrict=on,model=virtio-net-pci"],
     "none": ["-nic", "none"],
 }
+CAPABILITIES = Capabilities(boots_from_nbd=True, test_network="isolated", verdict="serial-console")
 
 
 @dataclass(frozen=True)
 class LocalSettings:
-    path: Path
-    accel: str = "tcg"  # kvm where the host has a usable /dev/kvm
-    memory_mib: int = 256
-    qemu_binary: str = "qemu-system-x86_64"
-    min_free_bytes: int = 1 * GiB
+    """The ``local`` target's config (``rehost target add local NAME --path DIR``)."""
+
+    path: Path = field(metadata={"help": "Folder where failed-over machines and their disks live."})
+    accel: str = field(default="tcg", metadata={
+        "help": "tcg (software emulation) or kvm (where /dev/kvm works)."})
+    memory_mib: int = field(default=256, metadata={"help": "Memory of each machine, MiB."})
+    qemu_binary: str = field(default="qemu-system-x86_64", metadata={
+        "help": "The QEMU to run machines with."})
+    min_free_bytes: int = field(default=1 * GiB, metadata={
+        "help": "Free space verify asks for in the folder at least, bytes."})
+
+    def __post_init__(self) -> None:
+        if self.accel not in ("tcg", "kvm"):
+            raise ValueError(f"--accel must be tcg or kvm, not {self.accel!r}")
+        if not 64 <= self.memory_mib <= 1 << 20:
+            raise ValueError("--memory-mib must be between 64 and 1048576")
+        object.__setattr__(self, "path", Path(self.path).absolute())
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> LocalSettings:
         return cls(Path(d["path"]), d.get("accel", "tcg"), int(d.get("memory_mib", 256)),
                    d.get("qemu_binary", "qemu-system-x86_64"), int(d.get("min_free_bytes", GiB)))
-
-    def to_json(self) -> dict[str, Any]:
-        return {"path": str(self.path), "accel": self.accel, "memory_mib": self.memory_mib,
-                "qemu_binary": self.qemu_binary, "min_free_bytes": self.min_free_bytes}
 
 
 class LocalTarget:
@@ -64,6 +89,13 @@ class LocalTarget:
 
     def __init__(self, settings: LocalSettings) -> None:
         self.settings = settings
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return CAPABILITIES
+
+    def networks(self) -> tuple[TargetNetwork, ...]:
+        return NETWORKS
 
     # -- verification ------------------------------------------------------------------------
 
@@ -127,27 +159,33 @@ class LocalTarget:
         d.mkdir(mode=0o700, exist_ok=True)
         return d
 
-    def exists(self, vm: str) -> bool:
-        return self.vm_dir(vm).is_dir()
+    def find(self, vm: str) -> Placement | None:
+        return self.describe(vm) if self.vm_dir(vm).is_dir() else None
 
-    def create_disks(self, vm: str, disks: list[DiskSpec]) -> list[Path]:
+    def stage_disk(self, vm: str, disk: PointDisk, data: Iterable[Extent],
+                   progress: Progress | None = None) -> None:
+        raise InvalidState("the local target boots from NBD (instant recovery): it stages no disks")
+
+    def create(self, spec: MachineSpec, vm: str, disks: Sequence[PointDisk]) -> Placement:
         """qcow2 overlays on the NBD exports; kept if they exist (a resumed job reuses them)."""
         d = self.vm_dir(vm)
         d.mkdir(parents=True, exist_ok=True)
         paths = []
         for disk in disks:
+            if not disk.uri:
+                raise InvalidState(f"disk {disk.index} of {vm} has no NBD export to boot from")
             path = d / f"disk{disk.index}.qcow2"
             if not path.exists():
                 tmp = path.with_suffix(".tmp")
                 r = subprocess.run(
-                    ["qemu-img", "create", "-q", "-u", "-f", "qcow2", "-b", disk.backing_uri, "-F", "raw",
+                    ["qemu-img", "create", "-q", "-u", "-f", "qcow2", "-b", disk.uri, "-F", "raw",
                      str(tmp), str(disk.size)], capture_output=True, text=True)
                 if r.returncode != 0:
                     raise DiskError(f"cannot create disk {disk.index} of {vm}: {r.stderr.strip()}")
                 os.replace(tmp, path)
             paths.append(path)
-        self._write_meta(vm, {"disks": [str(p) for p in paths]})
-        return paths
+        self._write_meta(vm, {"disks": [str(p) for p in paths], "machine": spec.name})
+        return self.describe(vm)
 
     def _meta(self, vm: str) -> dict[str, Any]:
         try:
@@ -170,15 +208,21 @@ class LocalTarget:
             return None
         return pid if alive(pid) else None
 
-    def is_running(self, vm: str) -> bool:
+    def running(self, vm: str) -> bool:
         return self.pid(vm) is not None
+
+    def is_running(self, placement: Placement) -> bool:
+        return self.running(placement.vm)
 
     def console_log(self, vm: str) -> Path:
         return self.vm_dir(vm) / "console.log"
 
-    def start(self, vm: str, network: Network) -> dict[str, Any]:
+    def start(self, placement: Placement, network: str) -> Placement:
         """Start the machine (a no-op if it runs); returns where it runs."""
-        if self.is_running(vm):
+        vm = placement.vm
+        if network not in _NIC:
+            raise UsageError(f"the local target has no network {network!r} ({', '.join(_NIC)})")
+        if self.running(vm):
             return self.describe(vm)
         s = self.settings
         d = self.vm_dir(vm)
@@ -202,7 +246,7 @@ class LocalTarget:
             cmd += ["-blockdev", f"driver=qcow2,node-name=disk{i},file.driver=file,"
                     f"file.filename={_opt(path)}",
                     "-device", f"virtio-blk-pci,drive=disk{i}" + (",bootindex=0" if i == 0 else "")]
-        cmd += _NETWORKS[network]
+        cmd += _NIC[network]
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
         if r.returncode != 0:
             raise DiskError(f"QEMU could not start {vm}: {r.stderr.strip() or r.stdout.strip()}")
@@ -210,14 +254,17 @@ class LocalTarget:
                               "started": time.time()})
         return self.describe(vm)
 
-    def describe(self, vm: str) -> dict[str, Any]:
-        return {"target": "local", "vm": vm, "dir": str(self.vm_dir(vm)), "pid": self.pid(vm),
-                "console": str(self.console_log(vm)), "network": self._meta(vm).get("network")}
+    def describe(self, vm: str) -> Placement:
+        return Placement(vm, str(self.vm_dir(vm)), self._meta(vm).get("network"), str(self.console_log(vm)),
+                         {"pid": self.pid(vm)})
 
     def qmp(self, vm: str) -> QmpClient:
         client = QmpClient(self._runtime(vm) / "qmp.sock", timeout=30)
-        client.connect(deadline=time.monotonic() + 20, alive=lambda: self.is_running(vm))
+        client.connect(deadline=time.monotonic() + 20, alive=lambda: self.running(vm))
         return client
+
+    def boot_verdict(self, placement: Placement, pattern: str, timeout: float) -> str:
+        return self.wait_for_console(placement.vm, pattern, timeout)
 
     def wait_for_console(self, vm: str, pattern: str, timeout: float) -> str:
         """The first match of ``pattern`` on the serial console; raises with the tail if none.
@@ -240,7 +287,7 @@ class LocalTarget:
                 return m.group(0)
             if text != settled[0]:
                 settled = (text, time.monotonic())
-            if not self.is_running(vm):  # nothing more will be written: read it all once more
+            if not self.running(vm):  # nothing more will be written: read it all once more
                 text = log.read_text(errors="replace") if log.exists() else ""
                 m = rx.search(text)
                 if m:
@@ -251,17 +298,18 @@ class LocalTarget:
                                    f"console:\n{text[-1500:]}")
             time.sleep(0.2)
 
-    def hydrate(self, vm: str, progress: Callable[[int, int], None] | None = None) -> None:
+    def hydrate(self, placement: Placement, progress: Progress | None = None) -> None:
         """Copy every backing byte into the overlays so the machine stands alone.
 
         Running machine: QMP ``block-stream`` (the guest keeps running). Stopped machine:
         ``qemu-img rebase -b ''`` does the same offline. Safe to call again after a crash.
         """
+        vm = placement.vm
         disks = [Path(p) for p in self._meta(vm).get("disks", [])]
         pending = [i for i, p in enumerate(disks) if _backing(p)]
         if not pending:
             return
-        if not self.is_running(vm):
+        if not self.running(vm):
             self._rebase_offline(vm, disks)
             return
         try:
@@ -272,9 +320,9 @@ class LocalTarget:
                 client.close()
         except QmpError:
             deadline = time.monotonic() + 15
-            while self.is_running(vm) and time.monotonic() < deadline:
+            while self.running(vm) and time.monotonic() < deadline:
                 time.sleep(0.1)
-            if self.is_running(vm):
+            if self.running(vm):
                 raise
             # QEMU exited while streaming (the guest powered off); it flushed on exit and the
             # backing file is still named (no auto-finalize), so finish the copy offline.
@@ -329,8 +377,9 @@ class LocalTarget:
         for jid in jobs:
             client.execute("block-job-dismiss", {"id": jid})
 
-    def stop(self, vm: str, graceful_timeout: float = 30.0) -> None:
+    def stop(self, placement: Placement, graceful_timeout: float = 30.0) -> None:
         """ACPI power-down first; kill after ``graceful_timeout``."""
+        vm = placement.vm
         pid = self.pid(vm)
         if pid is None:
             return
@@ -349,9 +398,10 @@ class LocalTarget:
             while time.monotonic() < deadline and alive(pid):
                 time.sleep(0.05)
 
-    def remove(self, vm: str) -> None:
+    def remove(self, placement: Placement) -> None:
         """Stop the machine and delete its folder: nothing of it is left."""
-        self.stop(vm, graceful_timeout=0)
+        vm = placement.vm
+        self.stop(placement, graceful_timeout=0)
         if self.vm_dir(vm).exists():
             shutil.rmtree(self.vm_dir(vm))
         shutil.rmtree(self._runtime(vm), ignore_errors=True)
@@ -378,3 +428,14 @@ def _opt(value: str | Path) -> str:
     return str(value).replace(",", ",,")
 
 
+
+
+def _prepare(settings: LocalSettings) -> None:
+    if settings.path.exists() and not settings.path.is_dir():
+        raise UsageError(f"{settings.path} exists and is not a folder")
+    settings.path.mkdir(parents=True, exist_ok=True)
+
+
+PLUGIN = register(TargetPlugin(
+    kind="local", summary="This host's KVM/QEMU: instant recovery from the repository over NBD.",
+    config=LocalSettings, capabilities=CAPABILITIES, open=LocalTarget, prepare=_prepare))

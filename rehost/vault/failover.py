@@ -1,19 +1,28 @@
 """Test failover, failover, cleanup and complete migration, as jobs of named steps.
 
+The plans are assembled from the target's capabilities (``rehost.targets.base``), never from
+its kind: a target that boots from NBD (the local QEMU host) gets point servers, overlays
+and hydration after the start (instant recovery); a target that stages disks (upload-then-
+boot, such as Azure) gets each disk of the point copied in before the machine is made.
+
 Every step is safe to run twice: a job resumed after a kill -9 re-runs the step that was cut
-short and finds what it had already made (servers, overlays, a running machine).
+short and finds what it had already made (servers, staged disks, a machine, a running one).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from rehost.errors import InvalidState, RehostError
+from rehost.jobs import leases
 from rehost.jobs.models import JobRow
 from rehost.jobs.runner import SkipStep, Step, StepContext, create_job, plan, running_jobs
+from rehost.repository.manifest import RecoveryPoint
 from rehost.repository.prune import prune
+from rehost.targets.base import Capabilities, Placement, PointDisk, Target
 from rehost.vault import instant, targets
-from rehost.vault.inventory import get_machine, provider_for, set_state
+from rehost.vault.inventory import get_machine, provider_for, set_state, spec_of
 from rehost.vault.protection import find_point, list_points, replicate
 from rehost.vault.states import ItemState as S
 from rehost.vault.states import require
@@ -33,8 +42,10 @@ def start_job(vault: Vault, kind: str, name: str, **params: Any) -> JobRow:
         raise InvalidState(f"{name} has a {busy[0].kind} job running ({busy[0].id}); wait for it")
     require(op, machine.state, name, machine.state_reason)
     if kind in ("test-failover", "failover"):
-        target = targets.target_of(vault, machine, params.get("target"))
-        params["target"] = target.name
+        row = targets.target_of(vault, machine, params.get("target"))
+        params["target"] = row.name
+        if kind == "test-failover" and targets.provider(row).capabilities.test_network is None:
+            raise InvalidState(f"cannot test failover {name}: target {row.name} has no isolated test network")
         if not list_points(vault, name):
             raise InvalidState(f"cannot {op.replace('_', ' ')} {name}: it has no recovery point; "
                                f"run rehost replicate {name}")
@@ -43,7 +54,30 @@ def start_job(vault: Vault, kind: str, name: str, **params: Any) -> JobRow:
     return create_job(vault, kind, machine.id, name, params)
 
 
-# -- shared steps -------------------------------------------------------------------------------
+# -- the target's part: shared by test failover and failover ------------------------------------
+
+
+def _target(ctx: StepContext) -> Target:
+    return targets.provider(targets.get_target(ctx.vault, ctx.params["target"]))
+
+
+def _capabilities(vault: Vault, job: JobRow) -> Capabilities:
+    return targets.provider(targets.get_target(vault, job.params["target"])).capabilities
+
+
+def _placement(ctx: StepContext, target: Target) -> Placement:
+    """What create/start returned (persisted), else what the target finds under the name."""
+    saved = ctx.outputs.get("placement")
+    if saved and "location" in saved:
+        return Placement.from_json(saved)
+    found = target.find(ctx.outputs["vm"])
+    if found is None:
+        raise InvalidState(f"{ctx.outputs['vm']} does not exist on target {ctx.params['target']}")
+    return found
+
+
+def _point(ctx: StepContext) -> RecoveryPoint:
+    return ctx.vault.repo.load_point_exact(ctx.outputs["point"])
 
 
 def _verify_target(ctx: StepContext) -> str:
@@ -55,35 +89,89 @@ def _verify_target(ctx: StepContext) -> str:
     return "; ".join(f"{c.name}: {c.detail}" for c in report.checks)
 
 
+def _stage_disks(ctx: StepContext) -> str:
+    """Copy every disk of the point into the target (zeros are not sent); a disk the target
+    already holds from this point is not read again."""
+    target, point, vm = _target(ctx), _point(ctx), ctx.outputs["vm"]
+    total, base = sum(d.size for d in point.disks), 0
+    with leases.reading(ctx.vault, [point.id], "stage disks"):  # prune keeps what is read
+        for d in point.disks:
+            def progress(done: int, _size: int, base: int = base) -> None:
+                ctx.progress(base + done, total)
+
+            target.stage_disk(vm, PointDisk(d.index, d.size, point.id),
+                              ctx.vault.repo.iter_disk(point, d.index), progress)
+            base += d.size
+    ctx.progress(total, total)
+    return f"{len(point.disks)} disk(s) of point {point.short_id} staged on {ctx.params['target']}"
+
+
 def _create_machine(ctx: StepContext) -> str:
-    vault, vm = ctx.vault, ctx.outputs["vm"]
+    vault, vm, target = ctx.vault, ctx.outputs["vm"], _target(ctx)
     machine = get_machine(vault, ctx.job.machine_name)
-    point = vault.repo.load_point_exact(ctx.outputs["point"])
-    disks = instant.start_point_servers(vault, machine, point, vm)
-    target = targets.provider(targets.get_target(vault, ctx.params["target"]))
-    paths = target.create_disks(vm, disks)
-    return f"{len(paths)} disk(s) served from point {point.short_id} (instant recovery) in {paths[0].parent}"
+    point = _point(ctx)
+    if target.capabilities.boots_from_nbd:
+        disks = instant.start_point_servers(vault, machine, point, vm)
+        how = "served from point {} (instant recovery)"
+    else:
+        disks = [PointDisk(d.index, d.size, point.id) for d in point.disks]
+        how = "staged from point {}"
+    placement = target.create(spec_of(machine), vm, disks)
+    ctx.save_outputs(placement=placement.to_json())
+    return f"{len(disks)} disk(s) {how.format(point.short_id)} in {placement.location}"
 
 
-def _start(network: str | None) -> Any:
-    """Start on ``network``, or (None) on the network the machine's network map names."""
+def _start(test: bool) -> Callable[[StepContext], str]:
+    """Start on the target's test network, or on the network the machine's map names."""
 
     def run(ctx: StepContext) -> str:
-        target = targets.provider(targets.get_target(ctx.vault, ctx.params["target"]))
-        net = network or get_machine(ctx.vault, ctx.job.machine_name).network_map.get("default", "production")
-        info = target.start(ctx.outputs["vm"], net)  # type: ignore[arg-type]
-        ctx.save_outputs(placement=info)
-        return f"{info['vm']} running (pid {info['pid']}) on the {net} network"
+        target = _target(ctx)
+        if test:
+            net = target.capabilities.test_network
+            assert net is not None  # start_job refused a target without one
+        else:
+            net = targets.network_for(target, get_machine(ctx.vault, ctx.job.machine_name))
+        placement = target.start(_placement(ctx, target), net)
+        ctx.save_outputs(placement=placement.to_json())
+        pid = placement.details.get("pid")
+        return f"{placement.vm} running" + (f" (pid {pid})" if pid else "") + f" on the {net} network"
 
     return run
 
 
 def _verify_boot(ctx: StepContext) -> str:
-    target = targets.provider(targets.get_target(ctx.vault, ctx.params["target"]))
-    line = target.wait_for_console(ctx.outputs["vm"], ctx.params.get("boot_marker", DEFAULT_BOOT_MARKER),
-                                   float(ctx.params.get("boot_timeout", DEFAULT_BOOT_TIMEOUT_S)))
+    target = _target(ctx)
+    line = target.boot_verdict(_placement(ctx, target), ctx.params.get("boot_marker", DEFAULT_BOOT_MARKER),
+                               float(ctx.params.get("boot_timeout", DEFAULT_BOOT_TIMEOUT_S)))
     ctx.save_outputs(boot_line=line)
-    return f"console: {line}"
+    source = target.capabilities.verdict
+    return f"{'console' if source == 'serial-console' else source}: {line}"
+
+
+def _hydrate(ctx: StepContext) -> str:
+    target = _target(ctx)
+    target.hydrate(_placement(ctx, target), ctx.progress)
+    instant.stop_point_servers(ctx.vault, ctx.outputs["vm"])
+    return "disks copied to the target; the machine no longer depends on the repository"
+
+
+def _materialize(caps: Capabilities, *, test: bool) -> list[Step]:
+    """Make the machine on the target from the chosen point, start it, see it boot."""
+    what = "test machine" if test else "machine"
+    steps = []
+    if caps.stages_disks:
+        steps.append(Step("stage_disks", "Copy the point's disks to the target", _stage_disks))
+    create = "Create test machine (copy-on-write overlay)" if test and caps.boots_from_nbd \
+        else f"Create {what} on target"
+    steps += [
+        Step("create_machine", create, _create_machine),
+        Step("start", "Start test machine on the isolated network" if test
+             else "Start machine on the mapped network", _start(test)),
+        Step("verify_boot", "Verify boot", _verify_boot),
+    ]
+    if caps.boots_from_nbd and not test:
+        steps.append(Step("hydrate", "Copy disks to target while running", _hydrate))
+    return steps
 
 
 def _choose_point(ctx: StepContext) -> str:
@@ -96,10 +184,14 @@ def _choose_point(ctx: StepContext) -> str:
 # -- test failover -------------------------------------------------------------------------------
 
 
+def test_vm(machine_name: str) -> str:
+    return f"{machine_name}-test"
+
+
 @plan("test-failover")
 def _test_failover_plan(vault: Vault, job: JobRow) -> list[Step]:
     def prerequisites(ctx: StepContext) -> str:
-        ctx.save_outputs(vm=f"{ctx.job.machine_name}-test")
+        ctx.save_outputs(vm=test_vm(ctx.job.machine_name))
         detail = _verify_target(ctx)
         machine = get_machine(ctx.vault, ctx.job.machine_name)
         set_state(ctx.vault, machine, S.TEST_FAILOVER, f"test failover job {ctx.job.id}")
@@ -108,21 +200,21 @@ def _test_failover_plan(vault: Vault, job: JobRow) -> list[Step]:
     return [
         Step("prerequisites", "Check prerequisites", prerequisites),
         Step("choose_point", "Choose recovery point", _choose_point),
-        Step("create_machine", "Create test machine (copy-on-write overlay)", _create_machine),
-        Step("start", "Start test machine on the isolated network", _start("isolated")),
-        Step("verify_boot", "Verify boot", _verify_boot),
+        *_materialize(_capabilities(vault, job), test=True),
     ]
 
 
 @plan("test-cleanup")
 def _test_cleanup_plan(vault: Vault, job: JobRow) -> list[Step]:
-    vm = f"{job.machine_name}-test"
+    vm = test_vm(job.machine_name)
 
     def remove_machine(ctx: StepContext) -> str:
-        for t in targets.list_targets(ctx.vault):
-            target = targets.provider(t)
-            if target.exists(vm):
-                target.remove(vm)
+        """On every target: the test job may have been cut before it recorded anything."""
+        for row in targets.list_targets(ctx.vault):
+            target = targets.provider(row)
+            placement = target.find(vm)
+            if placement is not None:
+                target.remove(placement)
         instant.stop_point_servers(ctx.vault, vm)
         return f"test machine {vm} and its disks removed"
 
@@ -148,11 +240,11 @@ def _failover_plan(vault: Vault, job: JobRow) -> list[Step]:
             raise SkipStep("not asked (--shutdown-source)")
         machine = get_machine(ctx.vault, ctx.job.machine_name)
         source = provider_for(machine, ctx.vault)
-        why_not = source.can_shutdown(machine)
+        why_not = source.can_shutdown(spec_of(machine))
         if why_not:
             raise SkipStep(why_not)
         try:
-            result = source.shutdown(machine, float(ctx.params.get("shutdown_timeout", 120)))
+            result = source.shutdown(spec_of(machine), float(ctx.params.get("shutdown_timeout", 120)))
         except RehostError as e:
             # Recorded (this step fails, the job goes on); the final sync cannot reach it either.
             ctx.save_outputs(source_unreachable=str(e))
@@ -171,7 +263,7 @@ def _failover_plan(vault: Vault, job: JobRow) -> list[Step]:
         detail = f"point {result.point.short_id}: {result.changed_bytes} changed bytes shipped"
         if ctx.outputs.get("source_stopped"):  # the source was kept readable for this sync
             machine = get_machine(ctx.vault, ctx.job.machine_name)
-            released = provider_for(machine, ctx.vault).release(machine)
+            released = provider_for(machine, ctx.vault).release(spec_of(machine))
             detail += f"; {released}" if released else ""
         return detail
 
@@ -181,25 +273,19 @@ def _failover_plan(vault: Vault, job: JobRow) -> list[Step]:
                   f"failover job {ctx.job.id}; if it stopped: rehost job resume {ctx.job.id}")
         return "replication stopped; from here the failover cannot be cancelled"
 
-    def hydrate(ctx: StepContext) -> str:
-        vm = ctx.outputs["vm"]
-        target = targets.provider(targets.get_target(ctx.vault, ctx.params["target"]))
-        target.hydrate(vm, ctx.progress)
-        instant.stop_point_servers(ctx.vault, vm)
-        return "disks copied to the target; the machine no longer depends on the repository"
-
     def finish(ctx: StepContext) -> str:
         machine = get_machine(ctx.vault, ctx.job.machine_name)
-        placement = {**ctx.outputs.get("placement", {}), "target_name": ctx.params["target"],
-                     "point": ctx.outputs["point"]}
+        placement = _placement(ctx, _target(ctx))
+        record = {**placement.to_json(), "dir": placement.location, "target_name": ctx.params["target"],
+                  "point": ctx.outputs["point"]}
         with ctx.vault.session() as s, s.begin():
             from rehost.vault.models import MachineRow
 
             row = s.get(MachineRow, machine.id)
             assert row is not None
-            row.placement = placement
+            row.placement = record
         set_state(ctx.vault, machine, S.FAILED_OVER, f"runs on target {ctx.params['target']}")
-        return f"{machine.name} runs on {ctx.params['target']} ({placement.get('dir')})"
+        return f"{machine.name} runs on {ctx.params['target']} ({placement.location})"
 
     return [
         Step("prerequisites", "Check prerequisites", prerequisites),
@@ -207,10 +293,7 @@ def _failover_plan(vault: Vault, job: JobRow) -> list[Step]:
         Step("final_sync", "Final sync", final_sync),
         Step("choose_point", "Choose recovery point", _choose_point),
         Step("stop_replication", "Stop replication", stop_replication, point_of_no_return=True),
-        Step("create_machine", "Create machine on target", _create_machine),
-        Step("start", "Start machine on the mapped network", _start(None)),
-        Step("verify_boot", "Verify boot", _verify_boot),
-        Step("hydrate", "Copy disks to target while running", hydrate),
+        *_materialize(_capabilities(vault, job), test=False),
         Step("finish", "Record placement", finish),
     ]
 
@@ -222,11 +305,11 @@ def _failover_plan(vault: Vault, job: JobRow) -> list[Step]:
 def _complete_plan(vault: Vault, job: JobRow) -> list[Step]:
     def purge(ctx: StepContext) -> str:
         machine = get_machine(ctx.vault, ctx.job.machine_name)
-        with ctx.vault.lock("write"), ctx.vault.lock("data"):
+        with leases.pruning(ctx.vault):
             points = {p.id for p in ctx.vault.repo.list_points(machine.id)}
-            report = prune(ctx.vault.repo, points)
+            report = prune(ctx.vault.repo, points, reading=leases.points_being_read(ctx.vault))
         ctx.vault.cache.drop(machine.id)
-        note = provider_for(machine, ctx.vault).stop_tracking(machine)
+        note = provider_for(machine, ctx.vault).stop_tracking(spec_of(machine))
         return f"{report.points_removed} point(s) and {report.packs_removed} pack(s) purged" + (
             f"; {note}" if note else "")
 
@@ -238,31 +321,3 @@ def _complete_plan(vault: Vault, job: JobRow) -> list[Step]:
 
     return [Step("purge", "Purge replica data", purge, point_of_no_return=True),
             Step("finish", "Mark migration complete", finish)]
-
-
-# -- replicate as a job (the portal's "Enable replication" shows the first copy's progress) ------
-
-
-REPLICATE = "replicate"
-
-
-def start_replicate_job(vault: Vault, name: str, *, app_consistent: bool = False) -> JobRow:
-    """Refuse at once what replicate would refuse (state, a job already running), then queue."""
-    machine = get_machine(vault, name)
-    busy = running_jobs(vault, machine.id)
-    if busy:
-        raise InvalidState(f"{name} has a {busy[0].kind} job running ({busy[0].id}); wait for it")
-    require("replicate", machine.state, name, machine.state_reason)
-    return create_job(vault, REPLICATE, machine.id, name, {"app_consistent": app_consistent})
-
-
-@plan(REPLICATE)
-def _replicate_plan(vault: Vault, job: JobRow) -> list[Step]:
-    def run(ctx: StepContext) -> str:
-        r = replicate(ctx.vault, ctx.job.machine_name, ctx.progress,
-                      app_consistent=bool(ctx.params.get("app_consistent")))
-        ctx.save_outputs(point=r.point.id)
-        return (f"point {r.point.short_id} ({r.point.consistency.value}): read {r.bytes_read} bytes, "
-                f"{r.changed_bytes} changed, stored {r.stats.stored_bytes}")
-
-    return [Step("replicate", "Replicate (a full copy first, then changed blocks)", run)]

@@ -20,7 +20,7 @@ from pathlib import Path
 from rehost.errors import DiskError
 from rehost.process import alive
 from rehost.repository.manifest import RecoveryPoint
-from rehost.targets.base import DiskSpec
+from rehost.targets.base import PointDisk
 from rehost.vault.models import MachineRow
 from rehost.vault.vault import Vault
 
@@ -47,7 +47,7 @@ def _pid(path: Path) -> int | None:
     return pid if alive(pid) else None
 
 
-def start_point_servers(vault: Vault, machine: MachineRow, point: RecoveryPoint, vm: str) -> list[DiskSpec]:
+def start_point_servers(vault: Vault, machine: MachineRow, point: RecoveryPoint, vm: str) -> list[PointDisk]:
     """One NBD export per disk of ``point``; servers that already run are reused."""
     run = _run_dir(vault, vm)
     run.mkdir(parents=True, exist_ok=True)
@@ -76,7 +76,7 @@ def start_point_servers(vault: Vault, machine: MachineRow, point: RecoveryPoint,
                     tail = (run / f"disk{d.index}.log").read_text(errors="replace")[-800:]
                     raise DiskError(f"the NBD server for disk {d.index} of {vm} did not start: {tail}")
                 time.sleep(0.05)
-        specs.append(DiskSpec(d.index, d.size, f"nbd+unix:///?socket={sock}"))
+        specs.append(PointDisk(d.index, d.size, point.id, f"nbd+unix:///?socket={sock}"))
     return specs
 
 

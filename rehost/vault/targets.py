@@ -1,39 +1,45 @@
-"""Targets in the vault: registering, verifying, and choosing one for a machine."""
+"""Targets in the vault: registering, verifying, and choosing one (and its network) for a
+machine. A target's kind is looked up in ``rehost.targets.registry``; nothing here knows one
+kind from another."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select
 
+from rehost import plugin_config
 from rehost.errors import AlreadyExists, InvalidState, NotFound, UsageError
-from rehost.targets.base import VerifyReport
-from rehost.targets.local import LocalSettings, LocalTarget
+from rehost.targets import registry
+from rehost.targets.base import Target, VerifyReport
 from rehost.vault.inventory import check_name
 from rehost.vault.models import MachineRow, TargetRow
 from rehost.vault.vault import Vault
 
 
-def add_local_target(
-    vault: Vault, name: str, path: Path, *, accel: str = "tcg", memory_mib: int = 256
-) -> TargetRow:
+def add_target(vault: Vault, kind: str, name: str, options: Mapping[str, Any]) -> TargetRow:
+    """Register a target of ``kind``; its options are checked against the kind's config."""
     check_name(name, "target")
-    if accel not in ("tcg", "kvm"):
-        raise UsageError(f"--accel must be tcg or kvm, not {accel!r}")
-    if not 64 <= memory_mib <= 1 << 20:
-        raise UsageError("--memory-mib must be between 64 and 1048576")
-    path = Path(path).absolute()
-    if path.exists() and not path.is_dir():
-        raise UsageError(f"{path} exists and is not a folder")
-    settings = LocalSettings(path=path, accel=accel, memory_mib=memory_mib)
+    plugin = registry.get(kind)
+    config = plugin.make_config(options)
     with vault.session() as s, s.begin():
         if s.scalar(select(TargetRow).where(TargetRow.name == name)) is not None:
             raise AlreadyExists(f"a target named {name!r} already exists")
-        path.mkdir(parents=True, exist_ok=True)
-        row = TargetRow(name=name, kind="local", settings=settings.to_json())
+        if plugin.prepare is not None:
+            plugin.prepare(config)
+        row = TargetRow(name=name, kind=kind, settings=plugin_config.to_json(config))
         s.add(row)
     return row
+
+
+def add_local_target(
+    vault: Vault, name: str, path: Path, *, accel: str = "tcg", memory_mib: int = 256
+) -> TargetRow:
+    """``rehost target add-local``: the spelling from before the registry."""
+    return add_target(vault, "local", name, {"path": path, "accel": accel, "memory_mib": memory_mib})
 
 
 def get_target(vault: Vault, name: str) -> TargetRow:
@@ -42,7 +48,7 @@ def get_target(vault: Vault, name: str) -> TargetRow:
         if row is None:
             known = ", ".join(s.scalars(select(TargetRow.name))) or "none"
             raise NotFound(
-                f"no target named {name!r} (targets: {known}; add one with rehost target add-local)"
+                f"no target named {name!r} (targets: {known}; add one with rehost target add KIND NAME)"
             )
         return row
 
@@ -52,10 +58,8 @@ def list_targets(vault: Vault) -> list[TargetRow]:
         return list(s.scalars(select(TargetRow).order_by(TargetRow.name)))
 
 
-def provider(row: TargetRow) -> LocalTarget:
-    if row.kind == "local":
-        return LocalTarget(LocalSettings.from_json(row.settings))
-    raise UsageError(f"target kind {row.kind!r} is not supported by this version")
+def provider(row: TargetRow) -> Target:
+    return registry.open_target(row.kind, row.settings)
 
 
 def verify_target(vault: Vault, name: str, needed_bytes: int = 0) -> VerifyReport:
@@ -84,12 +88,14 @@ def target_of(vault: Vault, machine: MachineRow, override: str | None = None) ->
     if len(targets) == 1:
         return targets[0]
     if not targets:
-        raise InvalidState("no target yet: add one with rehost target add-local NAME --path DIR")
+        raise InvalidState("no target yet: add one with rehost target add local NAME --path DIR")
     raise UsageError(f"{machine.name} has no target assigned: pass --target "
                      f"({', '.join(t.name for t in targets)})")
 
 
 def assign(vault: Vault, machine: MachineRow, target: TargetRow, network_map: dict[str, str]) -> None:
+    """Remember the machine's target and network map; the map must name the target's networks."""
+    check_network_map(target, network_map)
     with vault.session() as s, s.begin():
         m = s.get(MachineRow, machine.id)
         assert m is not None
@@ -99,13 +105,35 @@ def assign(vault: Vault, machine: MachineRow, target: TargetRow, network_map: di
 
 
 def parse_network_map(items: list[str]) -> dict[str, str]:
-    """``src=dst`` pairs; the destination must be a network the local target offers."""
+    """``src=dst`` pairs; ``assign`` checks the destinations against the target's networks."""
     out: dict[str, str] = {}
     for item in items:
         src, sep, dst = item.partition("=")
         if not sep or not src or not dst:
             raise UsageError(f"--network-map takes SOURCE=TARGET, not {item!r}")
-        if dst not in ("production", "isolated", "none"):
-            raise UsageError(f"target network {dst!r} does not exist (production, isolated, none)")
         out[src] = dst
     return out
+
+
+def check_network_map(target: TargetRow, network_map: Mapping[str, str]) -> None:
+    names = [n.name for n in provider(target).networks()]
+    for dst in network_map.values():
+        if dst not in names:
+            raise UsageError(f"target network {dst!r} does not exist on target {target.name} "
+                             f"({', '.join(names)})")
+
+
+def network_for(target: Target, machine: MachineRow) -> str:
+    """The network a failed-over machine starts on: its network map's entry for its source
+    network ("default" for an image), else the target's first network that is not isolated."""
+    nets = list(target.networks())
+    nics = (machine.spec or {}).get("nics") or [{}]
+    source_net = str(nics[0].get("network", "default"))
+    chosen = machine.network_map.get(source_net) or machine.network_map.get("default")
+    if chosen is None:
+        chosen = next((n.name for n in nets if not n.isolated), nets[0].name)
+    if chosen not in [n.name for n in nets]:
+        raise InvalidState(f"{machine.name} is mapped to network {chosen!r}, which its target does not "
+                           f"offer ({', '.join(n.name for n in nets)}); fix it with rehost replicate "
+                           f"{machine.name} --network-map default=NETWORK")
+    return chosen

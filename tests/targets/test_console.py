@@ -17,7 +17,7 @@ def _target(tmp_path: Path, text: str, running: list[bool]) -> LocalTarget:
     t = LocalTarget(LocalSettings(tmp_path))
     t.vm_dir("vm").mkdir(parents=True)
     t.console_log("vm").write_text(text)
-    t.is_running = lambda vm: running[0]  # type: ignore[method-assign]  # the VM process itself
+    t.running = lambda vm: running[0]  # type: ignore[method-assign]  # the VM process itself
     return t
 
 

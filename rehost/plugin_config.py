@@ -1,0 +1,134 @@
+"""Typed plug-in configs: one frozen dataclass per provider kind, read by the CLI and the API.
+
+A field's help text lives in ``field(metadata={"help": ...})`` next to its documented
+default, so ``rehost target add KIND --help`` and the API's input come from the same place.
+``make_config`` turns loose input (CLI options, JSON, a vault row) into the dataclass and
+refuses unknown, missing or mistyped options with one line naming the option.
+
+(The source registry has the same ideas in ``rehost.sources.registry``; this module is kept
+free of any provider so both registries can share it.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rehost.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Option:
+    """One config field as the CLI and the API present it."""
+
+    name: str
+    type: type[Any]
+    required: bool
+    default: Any
+    help: str
+    #: given as a positional CLI argument rather than ``--name``
+    argument: bool = False
+    #: takes a list of values (a ``tuple[X, ...]`` field)
+    many: bool = False
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+def options(config: type[Any]) -> list[Option]:
+    """The fields of a config dataclass with their types, defaults and help."""
+    hints = typing.get_type_hints(config)
+    out = []
+    for f in dataclasses.fields(config):
+        if not f.init:
+            continue
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        default = None if required else (
+            f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc,operator]
+        )
+        hint = hints[f.name]
+        many = typing.get_origin(hint) is tuple
+        out.append(Option(f.name, _unwrap(typing.get_args(hint)[0] if many else hint), required, default,
+                          str(f.metadata.get("help", "")), bool(f.metadata.get("argument")), many))
+    return out
+
+
+def _unwrap(hint: Any) -> type[Any]:
+    """``int | None`` -> int; a ``Literal`` of strings -> str."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    if typing.get_origin(hint) is typing.Literal:
+        return type(typing.get_args(hint)[0])
+    return typing.cast(type[Any], hint)
+
+
+def make_config(config: type[Any], raw: Mapping[str, Any], what: str) -> Any:
+    """``config`` from loose input; ``what`` names the kind in messages ("target kind local")."""
+    known = {o.name: o for o in options(config)}
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise UsageError(f"{what} has no option {unknown[0]!r} (options: {', '.join(known) or 'none'})")
+    values: dict[str, Any] = {}
+    for name, opt in known.items():
+        if raw.get(name) is None:
+            if opt.required:
+                raise UsageError(f"{what} needs {opt.flag} ({opt.help})")
+            continue
+        values[name] = _many(what, opt, raw[name]) if opt.many else _one(what, opt, raw[name])
+    try:
+        return config(**values)
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"{what}: {e}") from None
+
+
+def _many(what: str, opt: Option, value: Any) -> tuple[Any, ...]:
+    items = [value] if isinstance(value, str | Path) else value
+    if not isinstance(items, list | tuple):
+        raise UsageError(f"{what}: {opt.flag} takes a list, not {value!r}")
+    return tuple(_one(what, opt, v) for v in items)
+
+
+def _one(what: str, opt: Option, value: Any) -> Any:
+    want = opt.type
+    if want is bool and isinstance(value, bool):
+        return value
+    if want is int and not isinstance(value, bool):
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            return int(value)
+    if want is float and isinstance(value, int | float | str) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if want is str and isinstance(value, str | Path) and "\0" not in str(value):
+        return str(value)
+    if want is Path and isinstance(value, str | Path) and str(value) and "\0" not in str(value):
+        return Path(value)
+    raise UsageError(f"{what}: {opt.flag} must be {want.__name__}, not {value!r}")
+
+
+def to_json(config: Any) -> dict[str, Any]:
+    """The config as the vault stores it (paths as strings)."""
+    return {f.name: str(v) if isinstance(v := getattr(config, f.name), Path) else v
+            for f in dataclasses.fields(config) if f.init}
+
+
+def describe(config: type[Any]) -> list[dict[str, Any]]:
+    """The options for ``kinds`` listings and the API."""
+    return [{"name": o.name, "type": o.type.__name__, "required": o.required, "list": o.many,
+             "default": _plain(o.default), "help": o.help}
+            for o in options(config)]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return str(value) if isinstance(value, Path) else value
