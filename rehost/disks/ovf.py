@@ -29,12 +29,34 @@ MAX_DESCRIPTOR = 4 << 20
 _DISK_DRIVE = "17"
 
 
+#: rasd:ResourceType of processors, memory and network adapters (CIM_ResourceAllocationSettingData)
+_CPU, _MEMORY, _NIC = "3", "4", "10"
+#: rasd:AllocationUnits of memory -> bytes per unit ("byte * 2^20" is what VMware writes)
+_UNITS = {"byte": 1, "kilobytes": 1 << 10, "megabytes": 1 << 20, "mb": 1 << 20,
+          "gigabytes": 1 << 30, "gb": 1 << 30}
+
+
+@dataclass(frozen=True)
+class OvfHardware:
+    """What the descriptor says of the machine beyond its disks; None where it says nothing.
+
+    ``nics`` are (network name, MAC) pairs; exporters often leave the MAC out ("")."""
+
+    cpus: int | None = None
+    memory_mib: int | None = None
+    nics: tuple[tuple[str, str], ...] = ()
+    guest_os: str | None = None
+    #: "bios" or "uefi" when the descriptor names the firmware (VMware's vmw:Config, VirtualBox)
+    firmware: str | None = None
+
+
 @dataclass(frozen=True)
 class OvfMachine:
     """One virtual machine of an OVF export and its disks, in the machine's disk order."""
 
     name: str
     disks: list[DiskImage] = field(default_factory=list)
+    hardware: OvfHardware = field(default_factory=OvfHardware, compare=False)
 
 
 @dataclass(frozen=True)
@@ -61,14 +83,14 @@ def parse(path: Path) -> OvfMachine:
 def _parse_ovf_file(path: Path) -> OvfMachine:
     if path.stat().st_size > MAX_DESCRIPTOR:
         raise UsageError(f"{path}: too large for an OVF descriptor")
-    name, refs = _parse_descriptor(path.read_bytes(), str(path))
+    name, refs, hardware = _parse_descriptor(path.read_bytes(), str(path))
     disks = []
     for ref in refs:
         disk = path.parent / _safe_href(ref.href, path)
         if not disk.is_file():
             raise UsageError(f"{path}: disk file {ref.href!r} is missing next to the descriptor")
         disks.append(probe(disk, ref.fmt))
-    return OvfMachine(name or path.stem, disks)
+    return OvfMachine(name or path.stem, disks, hardware)
 
 
 def _parse_ova(path: Path) -> OvfMachine:
@@ -89,7 +111,7 @@ def _parse_ova(path: Path) -> OvfMachine:
     except tarfile.TarError as e:
         raise UsageError(f"{path}: damaged OVA ({e})") from None
 
-    name, refs = _parse_descriptor(text, f"{path}:{descriptors[0]}")
+    name, refs, hardware = _parse_descriptor(text, f"{path}:{descriptors[0]}")
     disks = []
     for ref in refs:
         member = members.get(_member_name(str(_safe_href(ref.href, path))))
@@ -102,7 +124,7 @@ def _parse_ova(path: Path) -> OvfMachine:
         if member.offset_data + length > size:
             raise UsageError(f"{path}: disk member {ref.href!r} is truncated")
         disks.append(probe(path, ref.fmt, offset=member.offset_data, length=length))
-    return OvfMachine(name or path.stem, disks)
+    return OvfMachine(name or path.stem, disks, hardware)
 
 
 def _member_name(name: str) -> str:
@@ -124,8 +146,9 @@ def _safe_href(href: str, where: Path) -> PurePosixPath:
     return PurePosixPath(*[p for p in parts if p != "."])
 
 
-def _parse_descriptor(text: bytes, where: str) -> tuple[str, list[_DiskRef]]:
-    """The machine name and its disks' file references, in the machine's disk order."""
+def _parse_descriptor(text: bytes, where: str) -> tuple[str, list[_DiskRef], OvfHardware]:
+    """The machine name, its disks' file references (in the machine's disk order) and its
+    hardware."""
     if b"<!DOCTYPE" in text or b"<!ENTITY" in text:
         raise UsageError(f"{where}: OVF descriptors may not contain DTDs or entities")
     try:
@@ -160,7 +183,64 @@ def _parse_descriptor(text: bytes, where: str) -> tuple[str, list[_DiskRef]]:
         if _attr(file, "chunkSize"):
             raise UsageError(f"{where}: disk file {href!r} is split in chunks; unsupported")
         refs.append(_DiskRef(disk_id, href, _format(_attr(disk, "format"), href)))
-    return name, refs
+    return name, refs, _hardware(system)
+
+
+def _hardware(system: ET.Element) -> OvfHardware:
+    """CPUs, memory, NICs, guest OS and firmware, each only if the descriptor states it
+    plainly: a value that does not parse is left unknown rather than guessed."""
+    cpus = memory = None
+    nics: list[tuple[str, str]] = []
+    for item in system.iter():
+        if _local(item.tag) not in ("Item", "EthernetPortItem"):
+            continue
+        kind = _text(item, "ResourceType")
+        quantity = _text(item, "VirtualQuantity")
+        if kind == _CPU and quantity.isdigit():
+            cpus = int(quantity)
+        elif kind == _MEMORY and quantity.isdigit():
+            memory = _mib(int(quantity), _text(item, "AllocationUnits"))
+        elif kind == _NIC:
+            mac = _text(item, "Address")
+            nics.append((_text(item, "Connection") or "default", mac if _MAC.fullmatch(mac) else ""))
+    return OvfHardware(cpus or None, memory or None, tuple(nics), _guest_os(system), _firmware(system))
+
+
+_MAC = re.compile(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}")
+
+
+def _mib(quantity: int, units: str) -> int | None:
+    """``2048`` in ``byte * 2^20`` -> 2048; None for units it cannot read."""
+    unit = units.replace(" ", "").lower()
+    if unit in _UNITS:
+        return quantity * _UNITS[unit] >> 20
+    m = re.fullmatch(r"byte\*(\d+)\^(\d+)", unit)
+    if m is None:
+        return None if unit else quantity  # no units: OVF's default for memory is MB
+    factor: int = int(m[1]) ** int(m[2])
+    return quantity * factor >> 20
+
+
+def _guest_os(system: ET.Element) -> str | None:
+    """VMware's vmw:osType (e.g. debian11_64Guest), else the section's description."""
+    for sect in system:
+        if _local(sect.tag) == "OperatingSystemSection":
+            return _attr(sect, "osType") or _text(sect, "Description") or None
+    return None
+
+
+def _firmware(system: ET.Element) -> str | None:
+    """VMware: <vmw:Config vmw:key="firmware" vmw:value="efi"/>; VirtualBox: <Firmware type="EFI"/>."""
+    for e in system.iter():
+        tag = _local(e.tag)
+        value = ""
+        if tag == "Config" and _attr(e, "key") == "firmware":
+            value = _attr(e, "value")
+        elif tag == "Firmware":
+            value = _attr(e, "type")
+        if value:
+            return "uefi" if value.lower() in ("efi", "efi64", "uefi") else "bios"
+    return None
 
 
 def _disk_order(system: ET.Element, disk_ids: list[str]) -> list[str]:

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from rehost.disks.extent import Extent
 from rehost.replication.cycle import ReadableDisk
 from rehost.repository.manifest import Consistency, RecoveryPoint
-from rehost.vault.models import MachineRow
+from rehost.spec import MachineSpec
 
 
 @dataclass
@@ -44,10 +44,13 @@ class Snapshot:
 
 
 class SourceProvider(Protocol):
+    """One opened source. Every operation takes the machine as a frozen ``MachineSpec`` (the
+    vault's id in ``machine.id`` names bitmaps and digest caches): never a database row."""
+
     kind: str
 
     def snapshot(
-        self, machine: MachineRow, parent: RecoveryPoint | None, *, app_consistent: bool = False
+        self, machine: MachineSpec, parent: RecoveryPoint | None, *, app_consistent: bool = False
     ) -> AbstractContextManager[Snapshot]:
         """Open every disk of the machine at one instant for one cycle.
 
@@ -57,19 +60,19 @@ class SourceProvider(Protocol):
         """
         ...
 
-    def can_shutdown(self, machine: MachineRow) -> str | None:
+    def can_shutdown(self, machine: MachineSpec) -> str | None:
         """None if the source machine can be shut down, else why not (capability query)."""
         ...
 
-    def shutdown(self, machine: MachineRow, timeout: float) -> str:
+    def shutdown(self, machine: MachineSpec, timeout: float) -> str:
         """Shut the source machine down before a failover, keeping its disks readable for the
         final sync where the source can; returns what happened."""
         ...
 
-    def release(self, machine: MachineRow) -> str | None:
+    def release(self, machine: MachineSpec) -> str | None:
         """After the final sync of a shut-down source: let it go (e.g. QEMU quits)."""
         ...
 
-    def stop_tracking(self, machine: MachineRow) -> str | None:
+    def stop_tracking(self, machine: MachineSpec) -> str | None:
         """Replication has ended for good: remove change tracking from the source."""
         ...

@@ -1,4 +1,4 @@
-"""Source ``agent``: a physical (or any unmanaged) machine running ``rehost-agent``.
+"""Source ``physical``: a physical (or any unmanaged) machine running ``rehost-agent``.
 
 One cycle: (optionally) freeze the file systems, ask the agent which 4 KiB blocks changed
 since the parent point, read only those over NBD+TLS from the agent's exports, and once the
@@ -14,15 +14,16 @@ import base64
 import contextlib
 import socket
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 import nbd
 
 from rehost.agent.client import AgentClient, AgentError
-from rehost.agent.pki import CertificateAuthority
+from rehost.agent.pki import PASSPHRASE_TTL, CertificateAuthority
 from rehost.agent.tracker import apply_digests, block_count, pack_digests, zero_digests
 from rehost.disks.extent import Extent
 from rehost.disks.nbd_disk import BASE_ALLOCATION, NbdDisk
@@ -30,9 +31,11 @@ from rehost.errors import DiskError, UsageError
 from rehost.replication.cycle import ReadableDisk
 from rehost.replication.digests import DigestCache
 from rehost.replication.resume import ResumeJournal
+from rehost.replication.retention import parse_duration
 from rehost.repository.manifest import Consistency, RecoveryPoint
+from rehost.sources import registry
 from rehost.sources.base import Snapshot
-from rehost.vault.models import MachineRow
+from rehost.spec import DiskSpec, MachineSpec, NicSpec
 
 #: a dead link fails a read after this many seconds instead of hanging
 LINK_TIMEOUT = 20
@@ -81,7 +84,7 @@ class PhysicalSource:
     before ``on_commit``); ``endpoint`` overrides the address enrollment recorded.
     """
 
-    kind = "agent"
+    kind = "physical"
 
     def __init__(
         self,
@@ -112,7 +115,8 @@ class PhysicalSource:
             ca, cache, agent_name=settings.get("agent"), host=settings.get("host"), port=settings.get("port")
         )
 
-    def client(self, machine: MachineRow | str) -> AgentClient:
+    def client(self, machine: MachineSpec | str) -> AgentClient:
+        """A client of the machine's enrolled agent (``UsageError`` if it has none yet)."""
         name = self.agent_name or (machine if isinstance(machine, str) else machine.name)
         entry = self.ca.machine(name)
         if entry is None:
@@ -126,7 +130,7 @@ class PhysicalSource:
 
     @contextmanager
     def snapshot(
-        self, machine: MachineRow, parent: RecoveryPoint | None, *, app_consistent: bool = False
+        self, machine: MachineSpec, parent: RecoveryPoint | None, *, app_consistent: bool = False
     ) -> Iterator[Snapshot]:
         client = self.client(machine)
         notes: list[str] = []
@@ -242,7 +246,7 @@ class PhysicalSource:
 
     def _expected(
         self,
-        machine: MachineRow,
+        machine: MachineSpec,
         parent: RecoveryPoint | None,
         index: int,
         size: int,
@@ -265,14 +269,14 @@ class PhysicalSource:
         except (ValueError, zlib.error):
             return None  # not what it should be: read everything, trust nothing
 
-    def can_shutdown(self, machine: MachineRow) -> str | None:
+    def can_shutdown(self, machine: MachineSpec) -> str | None:
         try:
             self.client(machine)
         except UsageError as e:
             return str(e)
         return None
 
-    def shutdown(self, machine: MachineRow, timeout: float) -> str:
+    def shutdown(self, machine: MachineSpec, timeout: float) -> str:
         """Freeze the machine's file systems and hold them for the final sync; the machine
         powers off in ``release``. (Powering off first would stop the agent, and with it the
         final sync.) An unreachable agent raises: the failover records it and goes on from
@@ -284,7 +288,7 @@ class PhysicalSource:
         held = f"{len(frozen)} file system(s) frozen" if frozen else "no mounted file system to freeze"
         return f"{held} on the agent until the final sync; the machine powers off after it"
 
-    def release(self, machine: MachineRow) -> str | None:
+    def release(self, machine: MachineSpec) -> str | None:
         """After the final sync: the agent thaws and powers the machine off."""
         try:
             self.client(machine).request("POST", "/shutdown", timeout=60)
@@ -292,7 +296,116 @@ class PhysicalSource:
             return f"could not ask the agent to power the machine off: {e}"
         return "the agent is powering the machine off"
 
-    def stop_tracking(self, machine: MachineRow) -> str | None:
+    def stop_tracking(self, machine: MachineSpec) -> str | None:
         name = self.agent_name or machine.name
         serial = self.ca.revoke(name)
         return f"revoked the certificate of {name}'s agent" if serial is not None else None
+
+
+# -- the registry's view: config, discovery (the agent brings it later), enrollment ---------
+
+
+@dataclass(frozen=True)
+class PhysicalConfig:
+    """A physical (or any unmanaged) machine that runs rehost-agent; its disks, CPUs, memory
+    and NICs come with the agent's registration."""
+
+    expires: str = field(default="1h", metadata={
+        "help": "How long the one-time passphrase for the agent's registration is valid "
+                "(1m to 7d, e.g. 30m, 2d; default 1h)."})
+    host: str | None = field(default=None, metadata={
+        "help": "Address to reach the agent at (default: the address it registers from; set it "
+                "behind NAT)."})
+    port: int | None = field(default=None, metadata={
+        "help": "The agent's HTTPS port (default: the one it reports, 8743)."})
+
+    def __post_init__(self) -> None:
+        if not 60 <= self.ttl_s <= 7 * 24 * 3600:
+            raise UsageError(
+                f"a passphrase must be valid between 1 minute and 7 days, not {self.ttl_s:.0f} s")
+        if self.port is not None and not 0 < self.port < 65536:
+            raise UsageError(f"port {self.port} is not a TCP port")
+
+    @property
+    def ttl_s(self) -> float:
+        return parse_duration(self.expires).total_seconds()
+
+
+@dataclass(frozen=True)
+class Invitation:
+    """What the operator needs on the source machine (the passphrase is shown once)."""
+
+    machine: str
+    passphrase: str
+    fingerprint: str
+    expires_in_s: float
+
+    def command(self, server: str) -> str:
+        return (
+            f"rehost-agent register --server {server} --passphrase {self.passphrase} "
+            f"--fingerprint {self.fingerprint} --disk /dev/sda"
+        )
+
+
+def discover(name: str, config: PhysicalConfig) -> MachineSpec:
+    """Nothing to ask yet: the machine is known by name until its agent registers."""
+    settings: dict[str, Any] = {"agent": name}
+    if config.host:
+        settings["host"] = config.host
+    if config.port:
+        settings["port"] = config.port
+    return MachineSpec(name=name, settings=settings)
+
+
+def invite(machine: str, agent: str, ca: CertificateAuthority, ttl: float = PASSPHRASE_TTL) -> Invitation:
+    """A one-time passphrase for the registration of ``machine``'s agent (named ``agent`` in
+    its certificate); re-enrolling replaces and revokes the previous certificate."""
+    return Invitation(machine, ca.issue_passphrase(agent, ttl), ca.server_fingerprint, ttl)
+
+
+def _enroll(machine: MachineSpec, config: PhysicalConfig, context: registry.SourceContext) -> Invitation:
+    agent = str(machine.settings.get("agent") or machine.name)
+    return invite(machine.name, agent, context.authority(), config.ttl_s)
+
+
+def with_inventory(machine: MachineSpec, inventory: Mapping[str, Any]) -> MachineSpec:
+    """The machine as its agent reported it at registration: disks, CPUs, memory, NICs (not
+    loopback) and OS. Raises ``UsageError`` when no disk is usable."""
+    reported = inventory.get("disks") or []
+    bad = [d for d in reported if "size" not in d]
+    if not reported or bad:
+        why = "; ".join(f"{d.get('path')}: {d.get('error', 'no size')}" for d in bad) or "no disks"
+        raise UsageError(f"{machine.name}'s agent reported no usable disk ({why})")
+    nics = tuple(
+        NicSpec(mac=str(n["mac"])) for n in inventory.get("nics") or []
+        if n.get("mac") and n.get("name") != "lo" and str(n["mac"]).strip("0:")
+    )
+    os_name = (inventory.get("os") or {}).get("pretty_name")
+    memory = int(inventory.get("memory") or 0) >> 20
+    return replace(
+        machine,
+        disks=tuple(DiskSpec(index=int(d["index"]), size=int(d["size"]), ref=str(d["path"]),
+                             format="agent") for d in reported),
+        cpus=int(inventory.get("cpus") or 0) or machine.cpus,
+        memory_mib=memory or machine.memory_mib,
+        nics=nics,
+        guest_os=str(os_name) if os_name else machine.guest_os,
+    )
+
+
+def _open(settings: Mapping[str, Any], context: registry.SourceContext) -> PhysicalSource:
+    return PhysicalSource.from_settings(dict(settings), context.authority(), context.digests)
+
+
+PLUGIN = registry.register(registry.SourcePlugin(
+    kind="physical",
+    summary="A physical (or any unmanaged) Linux machine running rehost-agent: prints a one-time "
+            "passphrase; disks and hardware come with the agent's registration.",
+    config=PhysicalConfig,
+    capabilities=registry.Capabilities(
+        change_tracking="agent-digests", can_shutdown=True, app_consistent="fsfreeze",
+        has_heartbeat=True, disks_arrive_later=True),
+    discover=discover,
+    open=_open,
+    enroll=_enroll,
+))

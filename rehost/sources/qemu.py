@@ -47,8 +47,8 @@ from rehost.sources.qemu_cbt import (
     remove_workdir,
     union_extents,
 )
+from rehost.spec import MachineSpec
 from rehost.targets.qmp import QmpClient, QmpError
-from rehost.vault.models import MachineRow
 
 #: Bitmap granularity. Measured on QEMU 7.2 (test_granularity_cost: 496 scattered 4 KiB
 #: writes on 256 MiB; and 4954 on 1 GiB): a delta cycle reads 1.0x what was written at
@@ -232,7 +232,7 @@ class QemuSource:
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any], guest_agent: GuestFreezer | None = None) -> QemuSource:
-        """Build from a SourceRow's settings: ``qmp_socket``, optional ``granularity``, ``workdir``."""
+        """Build from the stored settings: ``qmp_socket``, optional ``granularity``, ``workdir``."""
         if not settings.get("qmp_socket"):
             raise UsageError("source qemu needs a qmp_socket setting")
         workdir = settings.get("workdir")
@@ -243,25 +243,25 @@ class QemuSource:
 
     # -- one cycle ----------------------------------------------------------------------
 
-    def _resolve(self, qmp: QmpClient, machine: MachineRow) -> list[tuple[int, QemuDisk]]:
+    def _resolve(self, qmp: QmpClient, machine: MachineSpec) -> list[tuple[int, QemuDisk]]:
         current = list_disks(qmp)
         out = []
-        for row in machine.disks:
-            disk = next((d for d in current if d.matches(row.path)), None)
+        for spec in machine.disks:
+            disk = next((d for d in current if d.matches(spec.ref)), None)
             if disk is None:
                 have = ", ".join(d.ref for d in current) or "none"
                 raise UsageError(
-                    f"disk {row.index} of {machine.name} ({row.path}) is not a writable disk of the "
+                    f"disk {spec.index} of {machine.name} ({spec.ref}) is not a writable disk of the "
                     f"QEMU behind {self.qmp_socket} any more (it has: {have}); rediscover the machine"
                 )
-            out.append((row.index, disk))
+            out.append((spec.index, disk))
         if not out:
             raise UsageError(f"{machine.name} has no disks to replicate")
         return out
 
     @contextmanager
     def snapshot(
-        self, machine: MachineRow, parent: RecoveryPoint | None, *, app_consistent: bool = False
+        self, machine: MachineSpec, parent: RecoveryPoint | None, *, app_consistent: bool = False
     ) -> Iterator[Snapshot]:
         """Open every disk at one instant (fleecing) with the dirty extents since ``parent``.
 
@@ -404,7 +404,7 @@ class QemuSource:
                          for f in remove_bitmaps(qmp, plan.node, old)]
         return problems
 
-    def drop_tracking(self, machine: MachineRow) -> list[str]:
+    def drop_tracking(self, machine: MachineSpec) -> list[str]:
         """Remove every dirty bitmap of this machine from QEMU (replication disabled or the
         migration completed): they would otherwise cost QEMU memory forever."""
         tag = machine_tag(machine.id)
@@ -423,7 +423,7 @@ class QemuSource:
 
     # -- shutting the source down ---------------------------------------------------------
 
-    def can_shutdown(self, machine: MachineRow) -> str | None:
+    def can_shutdown(self, machine: MachineSpec) -> str | None:
         try:
             qmp = connect_qmp(self.qmp_socket)
         except UsageError as exc:
@@ -435,7 +435,7 @@ class QemuSource:
         finally:
             qmp.close()
 
-    def shutdown(self, machine: MachineRow, timeout: float, *, keep_alive: bool = True) -> str:
+    def shutdown(self, machine: MachineSpec, timeout: float, *, keep_alive: bool = True) -> str:
         """ACPI power button, wait up to ``timeout`` s, then a hard stop; says which.
 
         ``keep_alive`` (default) first sets QEMU's shutdown action to ``pause`` (what
@@ -486,17 +486,17 @@ class QemuSource:
         finally:
             qmp.close()
 
-    def release(self, machine: MachineRow) -> str | None:
+    def release(self, machine: MachineSpec) -> str | None:
         return self.quit_qemu(machine)
 
-    def stop_tracking(self, machine: MachineRow) -> str | None:
+    def stop_tracking(self, machine: MachineSpec) -> str | None:
         try:
             dropped = self.drop_tracking(machine)
         except UsageError as exc:  # QEMU gone: its non-persistent bitmaps went with it
             return f"could not reach QEMU to remove dirty bitmaps: {exc}"
         return f"removed {len(dropped)} dirty bitmap(s)" if dropped else None
 
-    def quit_qemu(self, machine: MachineRow) -> str:
+    def quit_qemu(self, machine: MachineSpec) -> str:
         """End the QEMU process (after the final sync of a failover); fine if it is gone."""
         try:
             qmp = connect_qmp(self.qmp_socket, timeout=5)

@@ -9,20 +9,22 @@ reports its disks, which become the machine's disks at the next look (replicate,
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
-
 from rehost.agent.client import AgentClient, AgentError
 from rehost.agent.pki import PASSPHRASE_TTL, CertificateAuthority, EnrollmentServer
-from rehost.errors import AlreadyExists, UsageError
-from rehost.vault.inventory import check_name, get_machine
-from rehost.vault.models import DiskRow, MachineRow, SourceRow
+from rehost.errors import UsageError
+from rehost.sources import physical, registry
+from rehost.sources.physical import Invitation
+from rehost.vault.inventory import add_source, get_machine, spec_json, spec_of
+from rehost.vault.models import DiskRow, MachineRow
 from rehost.vault.vault import Vault
 
-KIND = "agent"
+__all__ = ["Invitation"]
+
+#: the stored kind of agent-backed sources (it was "agent" before schema 0004)
+KIND = physical.PLUGIN.kind
 DEFAULT_ENROLL_PORT = 8744
 #: how often ``rehost serve`` asks each agent for a heartbeat
 HEARTBEAT_EVERY_S = 30.0
@@ -32,22 +34,6 @@ def authority(vault: Vault) -> CertificateAuthority:
     return CertificateAuthority(vault.root / "agents")
 
 
-@dataclass(frozen=True)
-class Invitation:
-    """What the operator needs on the source machine (the passphrase is shown once)."""
-
-    machine: str
-    passphrase: str
-    fingerprint: str
-    expires_in_s: float
-
-    def command(self, server: str) -> str:
-        return (
-            f"rehost-agent register --server {server} --passphrase {self.passphrase} "
-            f"--fingerprint {self.fingerprint} --disk /dev/sda"
-        )
-
-
 def enrollment_url(host: str | None = None, port: int = DEFAULT_ENROLL_PORT) -> str:
     host = host or socket.getfqdn()
     return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
@@ -55,18 +41,10 @@ def enrollment_url(host: str | None = None, port: int = DEFAULT_ENROLL_PORT) -> 
 
 def add_physical_source(vault: Vault, name: str, ttl: float = PASSPHRASE_TTL) -> Invitation:
     """Register ``name`` (disks come with its agent) and issue its first passphrase."""
-    check_name(name)
     _check_ttl(ttl)
-    ca = authority(vault)
-    with vault.session() as s, s.begin():
-        if s.scalar(select(MachineRow).where(MachineRow.name == name)) is not None:
-            raise AlreadyExists(f"a machine named {name!r} is already registered")
-        if s.scalar(select(SourceRow).where(SourceRow.name == name)) is not None:
-            raise AlreadyExists(f"a source named {name!r} is already registered")
-        src = SourceRow(name=name, kind=KIND, settings={"agent": name})
-        s.add_all([src, MachineRow(name=name, source=src, state="registered",
-                                   state_reason="waiting for its agent to register")])
-    return Invitation(name, ca.issue_passphrase(name, ttl), ca.server_fingerprint, ttl)
+    invitation = add_source(vault, KIND, name, {"expires": f"{int(ttl)}s"}).invitation
+    assert invitation is not None  # the physical plugin always enrolls
+    return invitation
 
 
 def reissue_passphrase(vault: Vault, name: str, ttl: float = PASSPHRASE_TTL) -> Invitation:
@@ -76,13 +54,17 @@ def reissue_passphrase(vault: Vault, name: str, ttl: float = PASSPHRASE_TTL) -> 
     machine = get_machine(vault, name)
     if machine.source.kind != KIND:
         raise UsageError(f"{name} is a {machine.source.kind} source, not a physical machine with an agent")
-    ca = authority(vault)
-    return Invitation(name, ca.issue_passphrase(_agent(machine), ttl), ca.server_fingerprint, ttl)
+    return physical.invite(name, _agent(machine), authority(vault), ttl)
 
 
 def _check_ttl(ttl: float) -> None:
-    if not 60 <= ttl <= 7 * 24 * 3600:
-        raise UsageError(f"a passphrase must be valid between 1 minute and 7 days, not {ttl:.0f} s")
+    physical.PhysicalConfig(expires=f"{int(ttl)}s")  # refuses what the registry refuses
+
+
+def has_agent(machine: MachineRow) -> bool:
+    """The machine's source has an agent of its own (enrollment, heartbeats): a capability of
+    its kind, not a kind name."""
+    return registry.capabilities(machine.source.kind).has_heartbeat
 
 
 def _agent(machine: MachineRow) -> str:
@@ -90,8 +72,10 @@ def _agent(machine: MachineRow) -> str:
 
 
 def sync_disks(vault: Vault, machine: MachineRow) -> MachineRow:
-    """Adopt the disks the machine's agent reported at enrollment (first look after it)."""
-    if machine.source.kind != KIND or machine.disks:
+    """Adopt what the machine's agent reported at enrollment (first look after it): its
+    disks, and CPUs, memory, NICs and OS into the machine's spec. Machines of sources whose
+    disks are known at registration come back as they are."""
+    if machine.disks or not registry.capabilities(machine.source.kind).disks_arrive_later:
         return machine
     entry = authority(vault).machine(_agent(machine))
     if entry is None:
@@ -99,18 +83,12 @@ def sync_disks(vault: Vault, machine: MachineRow) -> MachineRow:
             f"{machine.name}'s agent has not registered yet: run rehost-agent register on it "
             f"(a new passphrase: rehost source passphrase {machine.name})"
         )
-    reported = (entry.get("inventory") or {}).get("disks") or []
-    bad = [d for d in reported if "size" not in d]
-    if not reported or bad:
-        why = "; ".join(f"{d.get('path')}: {d.get('error', 'no size')}" for d in bad) or "no disks"
-        raise UsageError(f"{machine.name}'s agent reported no usable disk ({why})")
+    spec = physical.with_inventory(spec_of(machine), entry.get("inventory") or {})
     with vault.session() as s, s.begin():
         row = s.get(MachineRow, machine.id)
         assert row is not None
-        row.disks = [
-            DiskRow(index=int(d["index"]), path=str(d["path"]), format="agent", size=int(d["size"]))
-            for d in reported
-        ]
+        row.disks = [DiskRow(index=d.index, path=d.ref, format=d.format, size=d.size) for d in spec.disks]
+        row.spec = spec_json(spec)
         if row.state == "registered":
             row.state_reason = ""
     return get_machine(vault, machine.name)
@@ -142,14 +120,14 @@ def check_heartbeats(
 
     seen: dict[str, dict[str, Any]] = {}
     for m in machines:
-        if m.source.kind != KIND or m.state in ("migration_completed", "failed_over"):
+        if not has_agent(m) or m.state in ("migration_completed", "failed_over"):
             continue
         record: dict[str, Any] = dict(m.heartbeat or {})
         record["checked"] = now.isoformat()
         try:
             client: AgentClient = PhysicalSource.from_settings(
                 m.source.settings, ca, vault.cache
-            ).client(m)
+            ).client(m.name)
             client.timeout = timeout
             answer = client.heartbeat()
             record.update(seen=now.isoformat(), error="", version=answer.get("version"),

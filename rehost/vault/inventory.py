@@ -1,19 +1,32 @@
-"""Sources and machines: registering them and looking them up by name."""
+"""Sources and machines: registering them and looking them up by name.
+
+Every kind of source registers through one service, ``add_source``, driven by the source
+registry (``rehost.sources.registry``): the kind's typed config validates the input, its
+``discover`` finds the machine, and the vault stores the ``MachineSpec`` it returns (disks as
+``DiskRow``s, the rest in ``MachineRow.spec``). ``spec_of`` gives that frozen value back to
+sources and targets, which never see a row.
+"""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from rehost.errors import AlreadyExists, NotFound, UsageError
-from rehost.sources import image
+from rehost.sources import registry
 from rehost.sources.base import SourceProvider
+from rehost.spec import DiskSpec, Firmware, MachineSpec, NicSpec
 from rehost.vault.models import DiskRow, MachineRow, SourceRow
 from rehost.vault.vault import Vault
+
+if TYPE_CHECKING:
+    from rehost.sources.physical import Invitation
 
 #: what a machine is loaded with: its disks, source and policy (one query each for a list)
 _LOAD = (selectinload(MachineRow.disks), selectinload(MachineRow.source), selectinload(MachineRow.policy))
@@ -29,34 +42,84 @@ def check_name(name: str, what: str = "machine") -> str:
     return name
 
 
-def add_image_source(vault: Vault, name: str | None, paths: Sequence[Path]) -> MachineRow:
-    """Register a machine made of image files (or an OVA/OVF) as a source of its own.
+@dataclass(frozen=True)
+class Registered:
+    """A newly registered machine, and what the operator must be shown once (a physical
+    machine's one-time passphrase for its agent)."""
 
-    Everything is validated before anything is written, so a bad input leaves the vault as
-    it was.
+    machine: MachineRow
+    invitation: Invitation | None = None
+
+
+def add_source(vault: Vault, kind: str, name: str, options: Mapping[str, Any]) -> Registered:
+    """Register a machine from a source of ``kind`` (image, qemu, physical, ...) with the
+    kind's config options.
+
+    Everything is validated, and the machine discovered, before anything is written: a bad
+    input leaves the vault as it was. ``name`` may be empty when the source names the machine
+    (an OVA).
     """
-    ovf_name, images = image.discover(paths)
-    name = check_name(name or ovf_name or "")
+    plugin = registry.get(kind)
+    config = registry.make_config(kind, options)
+    if name:
+        check_name(name)
+        with vault.session() as s:
+            _refuse_taken(s, name)
+    spec = plugin.discover(name, config)
+    check_name(spec.name)
     with vault.session() as s, s.begin():
-        if s.scalar(select(MachineRow).where(MachineRow.name == name)) is not None:
-            raise AlreadyExists(f"a machine named {name!r} is already registered")
-        if s.scalar(select(SourceRow).where(SourceRow.name == name)) is not None:
-            raise AlreadyExists(f"a source named {name!r} is already registered")
-        src = SourceRow(name=name, kind="image", settings={"paths": [str(p) for p in paths]})
-        m = MachineRow(name=name, source=src, state="registered")
-        m.disks = [
-            DiskRow(
-                index=i,
-                path=str(img.path.absolute()),
-                format=img.format,
-                offset=img.offset,
-                length=img.length,
-                size=img.virtual_size,
-            )
-            for i, img in enumerate(images)
-        ]
+        _refuse_taken(s, spec.name)
+        src = SourceRow(name=spec.name, kind=kind, settings=dict(spec.settings))
+        waiting = "waiting for its agent to register" if plugin.capabilities.disks_arrive_later else ""
+        m = MachineRow(name=spec.name, source=src, state="registered", state_reason=waiting,
+                       spec=spec_json(spec), disks=_disk_rows(spec))
         s.add_all([src, m])
-    return get_machine(vault, name)
+    invitation = plugin.enroll(spec, config, source_context(vault)) if plugin.enroll else None
+    return Registered(get_machine(vault, spec.name), invitation)
+
+
+def _refuse_taken(s: Session, name: str) -> None:
+    if s.scalar(select(MachineRow).where(MachineRow.name == name)) is not None:
+        raise AlreadyExists(f"a machine named {name!r} is already registered")
+    if s.scalar(select(SourceRow).where(SourceRow.name == name)) is not None:
+        raise AlreadyExists(f"a source named {name!r} is already registered")
+
+
+def _disk_rows(spec: MachineSpec) -> list[DiskRow]:
+    return [DiskRow(index=d.index, path=d.ref, format=d.format, offset=d.offset, length=d.length,
+                    size=d.size) for d in spec.disks]
+
+
+def add_image_source(vault: Vault, name: str | None, paths: Sequence[Path]) -> MachineRow:
+    """Register a machine made of image files (or an OVA/OVF) as a source of its own."""
+    return add_source(vault, "image", name or "", {"paths": [str(p) for p in paths]}).machine
+
+
+def spec_json(spec: MachineSpec) -> dict[str, Any]:
+    """What ``MachineRow.spec`` keeps: the spec beyond its disks (those are DiskRows)."""
+    return {"firmware": spec.firmware.value, "cpus": spec.cpus, "memory_mib": spec.memory_mib,
+            "nics": [{"mac": n.mac, "network": n.network} for n in spec.nics],
+            "guest_os": spec.guest_os}
+
+
+def spec_of(machine: MachineRow) -> MachineSpec:
+    """The machine as a frozen value for sources and targets: disks from its DiskRows, the
+    hardware its source discovered (defaults where it knew nothing), its source's settings and
+    the vault's id for it."""
+    stored = machine.spec or {}
+    default = MachineSpec(name=machine.name)
+    return MachineSpec(
+        name=machine.name, id=machine.id,
+        disks=tuple(DiskSpec(index=d.index, size=d.size, ref=d.path, format=d.format,
+                             offset=d.offset or 0, length=d.length) for d in machine.disks),
+        firmware=Firmware(stored.get("firmware") or default.firmware),
+        cpus=int(stored.get("cpus") or default.cpus),
+        memory_mib=int(stored.get("memory_mib") or default.memory_mib),
+        nics=tuple(NicSpec(mac=str(n.get("mac") or ""), network=str(n.get("network") or "default"))
+                   for n in stored.get("nics") or []),
+        guest_os=stored.get("guest_os"),
+        settings=dict(machine.source.settings),
+    )
 
 
 def get_machine(vault: Vault, name: str, session: Session | None = None) -> MachineRow:
@@ -100,46 +163,16 @@ def add_qemu_source(
     vault: Vault, name: str, qmp_socket: Path, guest_agent: Path | None = None, granularity: int | None = None
 ) -> MachineRow:
     """Register a running QEMU (or qemu-storage-daemon): its disks are discovered over QMP."""
-    from rehost.sources import qemu
+    options = {"qmp_socket": str(qmp_socket), "guest_agent": guest_agent and str(guest_agent),
+               "granularity": granularity}
+    return add_source(vault, "qemu", name, options).machine
 
-    check_name(name)
-    if guest_agent is not None and not guest_agent.exists():
-        raise UsageError(f"guest agent socket {guest_agent} does not exist")
-    disks = qemu.discover(qmp_socket)
-    if not disks:
-        raise UsageError(f"the QEMU behind {qmp_socket} has no writable disk to replicate")
-    settings: dict[str, object] = {"qmp_socket": str(Path(qmp_socket).absolute())}
-    if guest_agent is not None:
-        settings["guest_agent"] = str(guest_agent.absolute())
-    if granularity is not None:
-        qemu.QemuSource(qmp_socket, granularity=granularity)  # validates it
-        settings["granularity"] = granularity
-    with vault.session() as s, s.begin():
-        if s.scalar(select(MachineRow).where(MachineRow.name == name)) is not None:
-            raise AlreadyExists(f"a machine named {name!r} is already registered")
-        if s.scalar(select(SourceRow).where(SourceRow.name == name)) is not None:
-            raise AlreadyExists(f"a source named {name!r} is already registered")
-        src = SourceRow(name=name, kind="qemu", settings=settings)
-        m = MachineRow(name=name, source=src, state="registered")
-        m.disks = [DiskRow(index=d.index, path=d.ref, format="qemu", size=d.size) for d in disks]
-        s.add_all([src, m])
-    return get_machine(vault, name)
+
+def source_context(vault: Vault) -> registry.SourceContext:
+    """What source providers may use of the vault, as values (never the vault itself)."""
+    return registry.SourceContext(agents_dir=vault.root / "agents", digests=vault.cache)
 
 
 def provider_for(machine: MachineRow, vault: Vault) -> SourceProvider:
-    if machine.source.kind == "image":
-        return image.ImageSource()
-    if machine.source.kind == "qemu":
-        from rehost.guest.agent import GuestAgent
-        from rehost.sources.qemu import QemuSource
-
-        sock = machine.source.settings.get("guest_agent")
-        return QemuSource.from_settings(
-            machine.source.settings, GuestAgent(Path(sock), timeout=10) if sock else None
-        )
-    if machine.source.kind == "agent":
-        from rehost.sources.physical import PhysicalSource
-        from rehost.vault.agents import authority
-
-        return PhysicalSource.from_settings(machine.source.settings, authority(vault), vault.cache)
-    raise UsageError(f"source kind {machine.source.kind!r} is not supported by this version")
+    """The provider of the machine's source, built by its kind's plugin."""
+    return registry.get(machine.source.kind).open(machine.source.settings, source_context(vault))

@@ -36,7 +36,7 @@ def machine_view(vault: Vault, m: MachineRow, points: list[RecoveryPoint],
         "policy": policy,
         "health": policies.health_of(vault, m, points).to_json(),
         "last_cycle": m.last_cycle,
-        "agent": agents.agent_view(vault, m, enrolled) if m.source.kind == agents.KIND else None,
+        "agent": agents.agent_view(vault, m, enrolled) if agents.has_agent(m) else None,
         "placement": m.placement,
         "assigned_target": None,
     }
@@ -46,6 +46,6 @@ def machine_views(vault: Vault) -> list[dict[str, Any]]:
     """Every machine; points and agent enrollments are read once for all of them."""
     by_machine = points_by_machine(vault)
     machines = inventory.list_machines(vault)
-    has_agents = any(m.source.kind == agents.KIND for m in machines)
+    has_agents = any(agents.has_agent(m) for m in machines)
     enrolled = agents.authority(vault).machines() if has_agents else {}
     return [machine_view(vault, m, by_machine.get(m.id, []), enrolled) for m in machines]

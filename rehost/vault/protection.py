@@ -12,7 +12,7 @@ from rehost.replication.throttle import throttled
 from rehost.repository.manifest import Consistency, RecoveryPoint
 from rehost.repository.prune import PruneReport, prune
 from rehost.vault import agents
-from rehost.vault.inventory import get_machine, provider_for, set_state
+from rehost.vault.inventory import get_machine, provider_for, set_state, spec_of
 from rehost.vault.states import ItemState as S
 from rehost.vault.states import require
 from rehost.vault.vault import Vault
@@ -30,8 +30,7 @@ def replicate(
     caps what is read from the source (the repository side is capped by the caller)."""
     machine = get_machine(vault, name)
     require("replicate", machine.state, name, machine.state_reason)
-    if machine.source.kind == agents.KIND:
-        machine = agents.sync_disks(vault, machine)
+    machine = agents.sync_disks(vault, machine)  # a physical machine's disks come with its agent
     provider = provider_for(machine, vault)
     with vault.lock("write"):
         points = vault.repo.list_points(machine.id)
@@ -47,7 +46,7 @@ def replicate(
 
         if parent is None:
             set_state(vault, machine, S.INITIAL_REPLICATION, "first full copy in progress")
-        with provider.snapshot(machine, parent, app_consistent=app_consistent) as snap:
+        with provider.snapshot(spec_of(machine), parent, app_consistent=app_consistent) as snap:
             resume = Resume.of(vault.cache, machine.id, parent, snap.expected)
             result = run_cycle(
                 vault.repo, vault.cache, machine.id, throttled(snap.disks, bandwidth_bps), parent=parent,

@@ -109,7 +109,7 @@ class Scheduler:
         if now - self._last_heartbeats < agents.HEARTBEAT_EVERY_S:
             return
         self._last_heartbeats = now
-        watched = [m for m in machines if m.source.kind == agents.KIND]
+        watched = [m for m in machines if agents.has_agent(m)]
         for name, record in agents.check_heartbeats(
             self.vault, watched, datetime.fromtimestamp(now, UTC), timeout=5
         ).items():

@@ -24,7 +24,7 @@ from rehost.replication.digests import DigestCache
 from rehost.repository.repository import Repository
 from rehost.repository.storage import LocalStorage
 from rehost.sources.physical import PhysicalSource
-from rehost.vault.models import MachineRow
+from rehost.spec import MachineSpec
 
 from .conftest import run_cmd
 from .test_replication import _CutAfter, _cycle, _point_bytes
@@ -120,7 +120,7 @@ def test_agent_across_a_veth_link(
     try:
         repo = Repository.create(LocalStorage.create(tmp_path / "repo"))
         cache = DigestCache(tmp_path / "cache")
-        machine = MachineRow(id="m-far1", name="far1")
+        machine = MachineSpec(id="m-far1", name="far1")
         source = PhysicalSource(ca, cache, link_timeout=3, timeout=20)
         client = AgentClient(ca, "far1", AGENT_IP, 8743, timeout=5)
 

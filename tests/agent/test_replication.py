@@ -25,7 +25,7 @@ from rehost.repository.repository import Repository
 from rehost.repository.restore import iter_chunks
 from rehost.repository.storage import LocalStorage
 from rehost.sources.physical import PhysicalSource
-from rehost.vault.models import MachineRow
+from rehost.spec import MachineSpec
 
 from .conftest import Registrar, run_cmd
 
@@ -53,7 +53,7 @@ def _point_bytes(repo: Repository, point: RecoveryPoint) -> bytes:
     return b"".join(d if d is not None else bytes(min(MiB, size - o)) for o, d in iter_chunks(repo, point, 0))
 
 
-def _cycle(source: PhysicalSource, repo: Repository, cache: DigestCache, machine: MachineRow,
+def _cycle(source: PhysicalSource, repo: Repository, cache: DigestCache, machine: MachineSpec,
            parent: RecoveryPoint | None, app: bool = False) -> CycleResult:
     with source.snapshot(machine, parent, app_consistent=app) as snap:
         result = run_cycle(repo, cache, machine.id, snap.disks, parent=parent, consistency=snap.consistency,
@@ -75,7 +75,7 @@ def test_replicate_ext4_loop_device(
     agent = run_agent(registered("phys1", [str(dev)]))
     repo = Repository.create(LocalStorage.create(tmp_path / "repo"))
     cache = DigestCache(tmp_path / "cache")
-    machine = MachineRow(id="m-phys1", name="phys1")
+    machine = MachineSpec(id="m-phys1", name="phys1")
     source = PhysicalSource(ca, cache)
 
     first = _cycle(source, repo, cache, machine, None)
@@ -139,7 +139,7 @@ def test_cut_cycle_commits_nothing(
     agent = run_agent(registered("phys2", [str(disk)]))
     repo = Repository.create(LocalStorage.create(tmp_path / "repo"))
     cache = DigestCache(tmp_path / "cache")
-    machine = MachineRow(id="m-phys2", name="phys2")
+    machine = MachineSpec(id="m-phys2", name="phys2")
     source = PhysicalSource(ca, cache)
     first = _cycle(source, repo, cache, machine, None)
     with open(disk, "r+b") as f:
@@ -192,7 +192,7 @@ def test_cut_cycle_resumes_without_sending_again(
     agent = run_agent(registered("phys3", [str(disk)]))
     repo = Repository.create(LocalStorage.create(tmp_path / "repo"))
     cache = DigestCache(tmp_path / "cache")
-    machine = MachineRow(id="m-phys3", name="phys3")
+    machine = MachineSpec(id="m-phys3", name="phys3")
     source = PhysicalSource(ca, cache)
     parent = None
     if not initial:

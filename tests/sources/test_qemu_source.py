@@ -42,9 +42,9 @@ from rehost.repository.storage import MemoryStorage
 from rehost.sources.base import Snapshot
 from rehost.sources.qemu import QemuDisk, QemuSource, discover
 from rehost.sources.qemu_cbt import Bitmap, DiskPlan, machine_tag, plan_disk, union_extents
+from rehost.spec import DiskSpec, MachineSpec
 from rehost.testkit.qemu import Drive, QemuVM
 from rehost.testkit.tinylinux import READY_LINE, set_mode
-from rehost.vault.models import DiskRow, MachineRow
 
 pytestmark = pytest.mark.usefixtures("need_qemu")
 
@@ -113,8 +113,8 @@ class Replica:
     last_snapshot: Snapshot | None = None
 
     def __post_init__(self) -> None:
-        self.machine = MachineRow(id=uuid.uuid4().hex, name="vm1", disks=[
-            DiskRow(index=d.index, path=d.ref, format=d.format, size=d.size) for d in self.disks])
+        self.machine = MachineSpec(id=uuid.uuid4().hex, name="vm1", disks=tuple(
+            DiskSpec(index=d.index, ref=d.ref, format=d.format, size=d.size) for d in self.disks))
         self.cache = DigestCache(self.tmp / "cache")
         self.model = {d.index: bytearray(d.size) for d in self.disks}
         self.source = QemuSource(self.vm_sock, granularity=self.granularity)
@@ -546,9 +546,9 @@ def test_rehost_killed_inside_a_cycle_leaves_nothing_behind(tmp_path: Path, sock
             from pathlib import Path
             from rehost.repository.manifest import RecoveryPoint
             from rehost.sources.qemu import QemuSource
-            from rehost.vault.models import DiskRow, MachineRow
-            m = MachineRow(id={replica.machine.id!r}, name="vm1",
-                           disks=[DiskRow(index=0, path="drive0", format="qcow2", size={SIZE})])
+            from rehost.spec import DiskSpec, MachineSpec
+            m = MachineSpec(id={replica.machine.id!r}, name="vm1",
+                            disks=(DiskSpec(index=0, ref="drive0", format="qcow2", size={SIZE}),))
             parent = RecoveryPoint(machine=m.id, time="", consistency="crash-consistent", parent=None,
                                    sequence=0, disks=[], source={parent.source!r})
             with QemuSource(Path({str(sock)!r})).snapshot(m, parent) as snap:

@@ -1,0 +1,152 @@
+"""The source plug-in registry: every kind of source, its typed config and its capabilities.
+
+A source kind (``image``, ``qemu``, ``physical``; ``vsphere`` and ``hyperv`` later) is one
+``SourcePlugin``. The CLI (``rehost source add KIND``) and the API (``POST /api/v1/sources``)
+build their inputs from the plugin's config dataclass, and the vault asks the plugin, never
+a kind string, what a source can do (``capabilities``) and how to open it (``open``). So a
+new source touches no service code: it declares a plugin and registers it here.
+
+Config dataclasses are frozen; each field carries its help text in
+``field(metadata={"help": ...})`` and its documented default; ``__post_init__`` refuses a
+bad value with a ``UsageError`` that names it. ``make_config`` turns loose input (CLI
+options, JSON) into that dataclass, refusing unknown and missing options.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from rehost import plugin_config
+from rehost.errors import UsageError
+from rehost.spec import MachineSpec
+
+if TYPE_CHECKING:
+    from rehost.agent.pki import CertificateAuthority
+    from rehost.replication.digests import DigestCache
+    from rehost.sources.base import SourceProvider
+
+#: how a source tells a cycle what changed since the parent point
+ChangeTracking = Literal["dirty-bitmap", "agent-digests", "hash-diff"]
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a kind of source can do, asked apart from doing it (nbdcopy's capability queries)."""
+
+    #: dirty-bitmap: QEMU's changed-block tracking; agent-digests: the agent compares 4 KiB
+    #: digests itself; hash-diff: every cycle reads all allocated data and compares digests
+    change_tracking: ChangeTracking
+    #: a failover can shut the source machine down (``--shutdown-source``)
+    can_shutdown: bool = False
+    #: how app-consistent points freeze the guest ("guest-agent", "fsfreeze"), None: cannot
+    app_consistent: str | None = None
+    #: the source has an agent of its own that the server asks for heartbeats
+    has_heartbeat: bool = False
+    #: the machine's disks arrive after registration (with its agent's enrollment)
+    disks_arrive_later: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class SourceContext:
+    """What a provider may need from the vault around it, handed in as values: the agents'
+    certificate authority (physical machines) and the server's digest cache. Built by the
+    vault side (``rehost.vault.inventory.source_context``); a source never imports the vault.
+    """
+
+    #: the agents' CA folder (``<vault>/agents``); the CA is created on first use
+    agents_dir: Path
+    digests: DigestCache
+
+    def authority(self) -> CertificateAuthority:
+        from rehost.agent.pki import CertificateAuthority
+
+        return CertificateAuthority(self.agents_dir)
+
+
+@dataclass(frozen=True)
+class SourcePlugin:
+    """One kind of source.
+
+    ``discover(name, config)`` finds the machine (disks, and firmware, CPUs, memory, NICs,
+    guest OS where the source knows them cheaply) and returns its ``MachineSpec``, whose
+    ``settings`` are what the vault stores for ``open``. ``open(settings, context)`` builds the
+    provider a cycle or a failover talks to. ``enroll`` (optional) runs once the machine is
+    registered (the agent's one-time passphrase) and returns what the operator must be shown.
+    """
+
+    kind: str
+    summary: str
+    config: type[Any]
+    capabilities: Capabilities
+    discover: Callable[[str, Any], MachineSpec]
+    open: Callable[[Mapping[str, Any], SourceContext], SourceProvider]
+    enroll: Callable[[MachineSpec, Any, SourceContext], Any] | None = None
+
+
+_PLUGINS: dict[str, SourcePlugin] = {}
+#: modules that define the built-in plugins; imported on first lookup (they import QEMU,
+#: libnbd and the agent's PKI, which an ``import rehost.sources.registry`` should not pay for)
+_BUILTIN = ("rehost.sources.image", "rehost.sources.qemu_plugin", "rehost.sources.physical")
+
+
+def register(plugin: SourcePlugin) -> SourcePlugin:
+    if plugin.kind in _PLUGINS and _PLUGINS[plugin.kind] is not plugin:
+        raise ValueError(f"source kind {plugin.kind!r} is registered twice")
+    _PLUGINS[plugin.kind] = plugin
+    return plugin
+
+
+def _load() -> None:
+    for module in _BUILTIN:
+        importlib.import_module(module)
+
+
+def plugins() -> list[SourcePlugin]:
+    """Every source kind, in registration order."""
+    _load()
+    return list(_PLUGINS.values())
+
+
+def get(kind: str) -> SourcePlugin:
+    """The plugin of ``kind``, or a UsageError that lists the kinds there are."""
+    _load()
+    plugin = _PLUGINS.get(kind)
+    if plugin is None:
+        known = ", ".join(_PLUGINS)
+        raise UsageError(f"unknown source kind {kind!r} (kinds: {known})")
+    return plugin
+
+
+def capabilities(kind: str) -> Capabilities:
+    return get(kind).capabilities
+
+
+# -- typed configs (shared with the target registry: ``rehost.plugin_config``) -------------
+
+
+def options(config: type[Any]) -> list[plugin_config.Option]:
+    """The fields of a kind's config dataclass with their types, defaults and help."""
+    return plugin_config.options(config)
+
+
+def make_config(kind: str, raw: Mapping[str, Any]) -> Any:
+    """The kind's config from loose input (CLI options, API JSON): unknown options, missing
+    ones and values of the wrong type are refused with one line naming the option."""
+    return plugin_config.make_config(get(kind).config, raw, f"source kind {kind}")
+
+
+def describe() -> list[dict[str, Any]]:
+    """Every kind with its options and capabilities (``rehost source kinds``, the API)."""
+    return [
+        {"kind": p.kind, "summary": p.summary, "capabilities": p.capabilities.to_json(),
+         "options": plugin_config.describe(p.config)}
+        for p in plugins()
+    ]
