@@ -95,6 +95,9 @@ def _stage_disks(ctx: StepContext) -> str:
     target, point, vm = _target(ctx), _point(ctx), ctx.outputs["vm"]
     total, base = sum(d.size for d in point.disks), 0
     with leases.reading(ctx.vault, [point.id], "stage disks"):  # prune keeps what is read
+        # the point may be newer than this process's index (another process's final sync,
+        # before this job was resumed): a stale index would call its blobs missing
+        ctx.vault.repo.refresh_index()
         for d in point.disks:
             def progress(done: int, _size: int, base: int = base) -> None:
                 ctx.progress(base + done, total)

@@ -157,15 +157,15 @@ def test_live_hydration_leaves_a_disk_that_boots_on_its_own(tmp_path: Path, tiny
         job = rehost(vault, "failover", "app", "--json").json()
         assert job["state"] == "succeeded"
         assert rehost(vault, "machines", "--json").json()[0]["state"] == "failed_over"
-        assert vm.is_running("app"), "the migrated machine keeps running after failover"
+        assert vm.running("app"), "the migrated machine keeps running after failover"
         assert not [p for p in _processes("serve-point") if str(vault) in p]  # repository no longer needed
         pid = vm.pid("app")
         assert pid is not None
         os.kill(pid, signal.SIGKILL)  # a crash right after hydration must not lose the disk
         deadline = time.monotonic() + 10
-        while vm.is_running("app") and time.monotonic() < deadline:
+        while vm.running("app") and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not vm.is_running("app")
+        assert not vm.running("app")
     finally:
         for line in _processes(str(tmp_path)):
             subprocess.run(["kill", "-9", line.split()[0]], check=False)
