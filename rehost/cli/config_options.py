@@ -27,9 +27,14 @@ def config_command(config: type[Any], handler: Handler, name_help: str) -> Calla
                           default=typer.Argument(..., help=name_help)),
     ]
     opts = options(config)
-    for o in opts:
+    for o in sorted(opts, key=lambda o: not o.argument):  # positional arguments first
         default = ... if o.required else o.default
-        kind = bool if o.type is bool else o.type
+        kind: Any = list[o.type] if o.many else o.type  # type: ignore[name-defined]
+        if o.argument:
+            params.append(inspect.Parameter(
+                o.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=kind,
+                default=typer.Argument(default, help=o.help, show_default=not o.required)))
+            continue
         params.append(inspect.Parameter(
             o.name, inspect.Parameter.KEYWORD_ONLY, annotation=kind,
             default=typer.Option(default, o.flag, help=o.help, show_default=not o.required)))

@@ -1,4 +1,5 @@
-"""rehost source add-image | machines | replicate | points | export."""
+"""rehost source add KIND | add-image | add-qemu | add-physical | kinds | machines | replicate | points
+| export."""
 
 from __future__ import annotations
 
@@ -6,22 +7,97 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from typer.core import TyperGroup
 
+from rehost.cli.config_options import config_command
 from rehost.cli.context import byte_progress, emit_json, human, open_vault, out
 from rehost.replication.retention import parse_duration
+from rehost.sources import registry
 from rehost.vault import agents, inventory, policies, protection, targets
 from rehost.vault.export import export_disk
 from rehost.vault.overview import machine_views
 
-source_app = typer.Typer(help="Register the machines to protect or migrate.", no_args_is_help=True)
+source_app = typer.Typer(
+    help="Register the machines to protect or migrate: rehost source add KIND NAME ... "
+    "(kinds and their options: rehost source kinds).", no_args_is_help=True)
 
+
+class _Kinds(TyperGroup):
+    """``source add KIND``: an unknown kind is the registry's one-line error, with the kinds."""
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:  # typer's own (vendored) click Context
+        if args and not args[0].startswith("-") and self.get_command(ctx, args[0]) is None:
+            registry.get(args[0])  # raises UsageError naming the kinds there are
+        return super().resolve_command(ctx, args)
+
+
+add_app = typer.Typer(
+    cls=_Kinds, help="Register a machine from a source of one KIND; each kind has its own options "
+    "(rehost source add KIND --help).", no_args_is_help=True)
 
 def register(app: typer.Typer) -> None:
+    for plugin in registry.plugins():
+        add_app.command(plugin.kind, help=_kind_help(plugin), no_args_is_help=True)(
+            config_command(plugin.config, _adder(plugin.kind), _name_help(plugin)))
+    source_app.add_typer(add_app, name="add")
     app.add_typer(source_app, name="source")
     app.command("machines")(machines)
     app.command("replicate")(replicate)
     app.command("points")(points)
     app.command("export")(export)
+
+
+def _name_help(plugin: registry.SourcePlugin) -> str:
+    hint = f"; {plugin.name_hint}" if plugin.name_hint else ""
+    return f"Name of the machine (1-64 letters, digits, '.', '_', '-'{hint})."
+
+
+def _kind_help(plugin: registry.SourcePlugin) -> str:
+    caps = plugin.capabilities
+    return (f"{plugin.summary}\n\nChanged blocks: {caps.change_tracking}; shut down at failover: "
+            f"{'yes' if caps.can_shutdown else 'no'}; app-consistent points: "
+            f"{caps.app_consistent or 'no'}.")
+
+
+def _adder(kind: str) -> Any:
+    def add(ctx: typer.Context, name: str, options: dict[str, Any]) -> None:
+        _add(ctx, kind, name, options)
+
+    return add
+
+
+def _add(ctx: typer.Context, kind: str, name: str, options: dict[str, Any],
+         server_url: str | None = None) -> None:
+    """Register through the registry (every spelling ends here) and say what was found."""
+    with open_vault(ctx) as vault:
+        done = inventory.add_source(vault, kind, "" if name == "-" else name, options)
+    if done.invitation is not None:
+        _print_invitation(done.invitation, server_url)
+        return
+    m = done.machine
+    spec = inventory.spec_of(m)
+    hardware = f"; {spec.cpus} CPU(s), {spec.memory_mib} MiB, {len(spec.nics)} NIC(s)" if m.spec else ""
+    out.print(f"registered {m.name}: {len(m.disks)} disk(s), "
+              + ", ".join(f"{d.path if d.format == 'qemu' else d.format} {human(d.size)}" for d in m.disks)
+              + hardware, highlight=False)
+
+
+@source_app.command("kinds")
+def kinds(as_json: bool = typer.Option(False, "--json")) -> None:
+    """The kinds of source, their options and what they can do."""
+    if as_json:
+        emit_json(registry.describe())
+        return
+    for plugin in registry.plugins():
+        out.print(f"{plugin.kind:9} {plugin.summary}", highlight=False)
+        caps = plugin.capabilities
+        out.print(f"          changed blocks: {caps.change_tracking}; shut down at failover: "
+                  f"{'yes' if caps.can_shutdown else 'no'}; app-consistent: {caps.app_consistent or 'no'}",
+                  highlight=False)
+        for o in registry.options(plugin.config):
+            flag = f"{o.name.upper()}..." if o.argument else o.flag
+            need = "required" if o.required else "optional" if o.default is None else f"default {o.default}"
+            out.print(f"          {flag:16} {o.help} ({need})", highlight=False)
 
 
 @source_app.command("add-image")
@@ -30,11 +106,10 @@ def add_image(
     name: str = typer.Argument(..., help="Machine name (for an OVA, '-' takes the name inside it)."),
     disks: list[Path] = typer.Argument(..., help="Disk images (raw, qcow2, vmdk, vhd, vhdx) or one OVA/OVF."),
 ) -> None:
-    """Register a machine made of disk image files (a VMware or Hyper-V export)."""
-    with open_vault(ctx) as vault:
-        m = inventory.add_image_source(vault, None if name == "-" else name, disks)
-    out.print(f"registered {m.name}: {len(m.disks)} disk(s), "
-              + ", ".join(f"{d.format} {human(d.size)}" for d in m.disks))
+    """Register a machine made of disk image files (a VMware or Hyper-V export).
+
+    The same as: rehost source add image NAME DISK..."""
+    _add(ctx, "image", name, {"paths": [str(d) for d in disks]})
 
 
 @source_app.command("add-qemu")
@@ -46,11 +121,11 @@ def add_qemu(
                                      "app-consistent points."),
     granularity: int = typer.Option(None, help="Dirty-bitmap granularity in bytes (default 4096)."),
 ) -> None:
-    """Register a running KVM/QEMU VM; its disks are discovered over QMP, no restart needed."""
-    with open_vault(ctx) as vault:
-        m = inventory.add_qemu_source(vault, name, qmp, guest_agent, granularity)
-    out.print(f"registered {m.name}: {len(m.disks)} disk(s), "
-              + ", ".join(f"{d.path} {human(d.size)}" for d in m.disks), highlight=False)
+    """Register a running KVM/QEMU VM; its disks are discovered over QMP, no restart needed.
+
+    The same as: rehost source add qemu NAME --qmp-socket PATH"""
+    _add(ctx, "qemu", name, {"qmp_socket": str(qmp), "guest_agent": guest_agent and str(guest_agent),
+                             "granularity": granularity})
 
 
 @source_app.command("add-physical")
@@ -61,11 +136,11 @@ def add_physical(
     server: str = typer.Option(None, "--server-url", help="Enrollment URL agents reach "
                                "(default https://<this host>:8744, where rehost serve listens)."),
 ) -> None:
-    """Register a physical (or any unmanaged) machine: prints the one-time passphrase and the
-    command to run on it. Its disks come with its agent's registration."""
-    with open_vault(ctx) as vault:
-        invitation = agents.add_physical_source(vault, name, parse_duration(ttl).total_seconds())
-    _print_invitation(invitation, server)
+    """Register a physical (or any unmanaged) machine: prints its agent's one-time passphrase.
+
+    Prints the command to run on it too; its disks come with its agent's registration. The
+    same as: rehost source add physical NAME"""
+    _add(ctx, agents.KIND, name, {"expires": ttl}, server)
 
 
 @source_app.command("passphrase")
@@ -99,7 +174,7 @@ def machines(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) 
         emit_json(data)
         return
     if not data:
-        out.print("no machines yet: rehost source add-image NAME DISK...")
+        out.print("no machines yet: rehost source add image NAME DISK...")
     for d in data:
         lt = d["latest_time"] or "never"
         where = f"  runs on {d['target']} ({d['runs_at']})" if d["runs_at"] else ""

@@ -128,4 +128,5 @@ PLUGIN = registry.register(registry.SourcePlugin(
     capabilities=registry.Capabilities(change_tracking="hash-diff"),
     discover=discover,
     open=_open,
+    name_hint="'-' takes the name inside an OVA/OVF",
 ))

@@ -408,4 +408,5 @@ PLUGIN = registry.register(registry.SourcePlugin(
     discover=discover,
     open=_open,
     enroll=_enroll,
+    name_hint="the name its agent's certificate will carry",
 ))

@@ -89,11 +89,14 @@ class SourcePlugin:
     discover: Callable[[str, Any], MachineSpec]
     open: Callable[[Mapping[str, Any], SourceContext], SourceProvider]
     enroll: Callable[[MachineSpec, Any, SourceContext], Any] | None = None
+    #: what the machine name means for this kind, beyond the rules every name follows
+    name_hint: str = ""
 
 
 _PLUGINS: dict[str, SourcePlugin] = {}
-#: modules that define the built-in plugins; imported on first lookup (they import QEMU,
-#: libnbd and the agent's PKI, which an ``import rehost.sources.registry`` should not pay for)
+#: modules that define the built-in plugins, in the order listings show them; imported on
+#: first lookup (they import QEMU, libnbd and the agent's PKI, which an ``import
+#: rehost.sources.registry`` should not pay for)
 _BUILTIN = ("rehost.sources.image", "rehost.sources.qemu_plugin", "rehost.sources.physical")
 
 
@@ -110,9 +113,10 @@ def _load() -> None:
 
 
 def plugins() -> list[SourcePlugin]:
-    """Every source kind, in registration order."""
+    """Every source kind: the built-in ones first, in ``_BUILTIN`` order."""
     _load()
-    return list(_PLUGINS.values())
+    order = [m.rsplit(".", 1)[-1].removesuffix("_plugin") for m in _BUILTIN]
+    return sorted(_PLUGINS.values(), key=lambda p: order.index(p.kind) if p.kind in order else len(order))
 
 
 def get(kind: str) -> SourcePlugin:
@@ -120,7 +124,7 @@ def get(kind: str) -> SourcePlugin:
     _load()
     plugin = _PLUGINS.get(kind)
     if plugin is None:
-        known = ", ".join(_PLUGINS)
+        known = ", ".join(p.kind for p in plugins())
         raise UsageError(f"unknown source kind {kind!r} (kinds: {known})")
     return plugin
 
