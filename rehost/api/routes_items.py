@@ -20,7 +20,7 @@ from rehost.api.background import JobLauncher
 from rehost.jobs.models import JobRow
 from rehost.replication.retention import parse_duration
 from rehost.vault import agents, failover, inventory, overview, protection
-from rehost.vault.failover import start_replicate_job
+from rehost.vault.cycles import start_replicate_job
 from rehost.vault.vault import Vault
 
 router = APIRouter(tags=["replicated items"])

@@ -47,13 +47,13 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def scheduler_loop(vault_root: Path, password: Callable[[], str] | None, stop: threading.Event,
-                   tick: float, log: Callable[[str], None]) -> None:
+                   tick: float, log: Callable[[str], None], workers: int = 1) -> None:
     """Run the scheduler until ``stop``; an unexpected error is logged and the loop restarts,
     because a portal whose replication silently died is worse than a noisy log."""
     while not stop.is_set():
         vault = Vault.open(vault_root, password)
         try:
-            Scheduler(vault, log=log).run_forever(stop, tick)
+            Scheduler(vault, log=log, workers=workers, resume_jobs=True).run_forever(stop, tick)
         except Exception as e:
             log(f"scheduler stopped by {type(e).__name__}: {e}; restarting in 5s")
             logging.getLogger("rehost.scheduler").exception("scheduler error")
@@ -72,6 +72,7 @@ def serve(
     tick: float = 1.0,
     log: Callable[[str], None] = print,
     enroll_listen: str | None = None,
+    workers: int = 1,
 ) -> None:
     """Serve until stopped. ``listen=None`` runs the scheduler alone (no API).
 
@@ -94,9 +95,10 @@ def serve(
             if listen is None or sock is None:
                 log(f"serving vault {vault_root}: continuous replication (Ctrl-C stops)")
                 with _stop_on_signals(stop):
-                    scheduler_loop(vault_root, once.callback, stop, tick, log)
+                    scheduler_loop(vault_root, once.callback, stop, tick, log, workers)
                 return
-            _serve_portal(vault_root, once, stop, sock, listen=listen, cert=cert, tick=tick, log=log, key=key)
+            _serve_portal(vault_root, once, stop, sock, listen=listen, cert=cert, tick=tick, log=log, key=key,
+                          workers=workers)
     finally:
         if sock is not None:
             sock.close()
@@ -125,7 +127,7 @@ def _enrollment(vault_root: Path, password: Callable[[], str] | None, listen: st
 
 def _serve_portal(vault_root: Path, once: OncePassword, stop: threading.Event, sock: socket.socket, *,
                   listen: str, cert: Path | None, key: Path | None, tick: float,
-                  log: Callable[[str], None]) -> None:
+                  log: Callable[[str], None], workers: int = 1) -> None:
     host, port = parse_listen(listen)
 
     import uvicorn
@@ -141,8 +143,8 @@ def _serve_portal(vault_root: Path, once: OncePassword, stop: threading.Event, s
     with app.state.pool.borrow() as vault:
         if not list_tokens(vault):
             log("no API tokens yet: make one with rehost token create NAME --role admin")
-    worker = threading.Thread(target=scheduler_loop, args=(vault_root, once.callback, stop, tick, log),
-                              name="rehost-scheduler", daemon=True)
+    worker = threading.Thread(target=scheduler_loop, name="rehost-scheduler", daemon=True,
+                              args=(vault_root, once.callback, stop, tick, log, workers))
     worker.start()
     scheme = "https" if cert else "http"
     log(f"serving vault {vault_root}: API and dashboard at {scheme}://{listen}/ui/, "

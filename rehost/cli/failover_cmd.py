@@ -80,13 +80,15 @@ def serve_point(
 ) -> None:
     """Serve one disk of a recovery point over NBD until stopped (started by failover)."""
     from rehost.disks.nbd_serve import NbdExportServer
+    from rehost.jobs import leases
     from rehost.repository.point_reader import PointReader
 
-    with open_vault(ctx) as vault, vault.lock("data", exclusive=False):
+    with open_vault(ctx) as vault:
         p = find_point(vault, name, point)
-        reader = PointReader(vault.repo, p, disk)
-        stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
-        with NbdExportServer(reader, socket):
-            while not stop.wait(0.5):
-                pass
+        with leases.reading(vault, [p.id], "serve-point"):  # prune keeps the point and its packs
+            reader = PointReader(vault.repo, p, disk)
+            stop = threading.Event()
+            signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+            with NbdExportServer(reader, socket):
+                while not stop.wait(0.5):
+                    pass

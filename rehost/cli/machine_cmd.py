@@ -13,7 +13,7 @@ from rehost.cli.config_options import config_command
 from rehost.cli.context import byte_progress, emit_json, human, open_vault, out
 from rehost.replication.retention import parse_duration
 from rehost.sources import registry
-from rehost.vault import agents, inventory, policies, protection, targets
+from rehost.vault import agents, cycles, inventory, policies, protection, targets
 from rehost.vault.export import export_disk
 from rehost.vault.overview import machine_views
 
@@ -208,15 +208,10 @@ def replicate(
             machine = inventory.get_machine(vault, name)
             targets.assign(vault, machine, targets.target_of(vault, machine, target), mapping)
         with byte_progress(f"replicating {name}", enabled=not as_json) as bar:
-            r = protection.replicate(vault, name, bar, app_consistent=app_consistent)
+            r = cycles.replicate_job(vault, name, bar, app_consistent=app_consistent)
     s = r.stats
     if as_json:
-        emit_json({"point": r.point.id, "time": r.point.time, "consistency": r.point.consistency.value,
-                   "bytes_read": r.bytes_read, "changed_bytes": r.changed_bytes,
-                   "new_blobs": s.blobs_new, "new_bytes": s.raw_bytes_new,
-                   "stored_bytes": s.stored_bytes, "seconds": round(r.seconds, 3),
-                   "digests": r.digest_source, "notes": r.notes,
-                   "resumed_bytes": r.resumed_bytes})
+        emit_json(cycles.cycle_summary(r))
         return
     out.print(r.point.id)
     typer.echo(f"read {human(r.bytes_read)}, changed {human(r.changed_bytes)}, "

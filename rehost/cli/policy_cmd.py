@@ -9,7 +9,7 @@ import typer
 
 from rehost.cli.context import emit_json, err, open_vault, options, out, password_from_env_or_prompt
 from rehost.vault import policies
-from rehost.vault.scheduler import Scheduler
+from rehost.vault.scheduler import Scheduler, default_workers
 
 policy_app = typer.Typer(
     help="Replication policies: RPO, retention, consistency, bandwidth.", no_args_is_help=True
@@ -128,6 +128,9 @@ def serve(
         None, help="Where agents register (HOST:PORT, HTTPS); default 0.0.0.0:8744 with the API, "
         "'off' to refuse registrations."
     ),
+    workers: int = typer.Option(
+        None, min=1, max=256, help="Cycles of different machines run at once (default: two per CPU core)."
+    ),
 ) -> None:
     """Keep every machine with a policy within its RPO (replicate, thin, report health), and
     serve the REST API and dashboard."""
@@ -135,12 +138,17 @@ def serve(
     def log(msg: str) -> None:
         err.print(f"{datetime.now(UTC):%H:%M:%S} {msg}", highlight=False, markup=False)
 
+    workers = workers or default_workers()
     if once:
         with open_vault(ctx) as vault:
-            Scheduler(vault, log=log).tick()
+            scheduler = Scheduler(vault, log=log, workers=workers)
+            try:
+                scheduler.tick()
+            finally:
+                scheduler.close()
         return
     from rehost.api.server import serve as serve_portal
 
     serve_portal(options(ctx).vault_path, password_from_env_or_prompt,
                  listen=None if listen == "off" else listen, cert=cert, key=key, tick=tick, log=log,
-                 enroll_listen=enroll_listen)
+                 enroll_listen=enroll_listen, workers=workers)

@@ -15,6 +15,7 @@ from rehost.cli.context import (
     password_from_env_or_prompt,
 )
 from rehost.errors import IntegrityError
+from rehost.jobs import leases
 from rehost.replication.retention import RetentionPolicy, parse_duration
 from rehost.repository.check import check
 from rehost.vault.protection import prune_vault
@@ -47,7 +48,7 @@ def check_cmd(
     """Verify the repository: every reference, and with --read-data every byte."""
     with (
         open_vault(ctx) as vault,
-        vault.lock("data", exclusive=False),
+        leases.reading(vault, [p.id for p in vault.repo.list_points()], "check"),
         byte_progress("reading packs", enabled=read_data and not as_json) as bar,
     ):
         total = 0

@@ -29,10 +29,9 @@ class JobRow(Base):
     outputs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # what steps hand on
     error: Mapped[str] = mapped_column(Text, default="")
     pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    #: the runner that claimed the job (host:pid:nonce) and when it last said it is alive:
-    #: a job whose runner stopped beating is picked up again (``rehost.jobs.leases``)
+    #: the runner that claimed the job (host:pid:nonce); it holds the lease ``job:<id>`` while
+    #: it runs, and a job whose lease lapsed is interrupted and picked up again
     holder: Mapped[str | None] = mapped_column(String(200), nullable=True)
-    heartbeat_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=_now)
     started_at: Mapped[datetime | None] = mapped_column(nullable=True)
     ended_at: Mapped[datetime | None] = mapped_column(nullable=True)

@@ -12,14 +12,16 @@ import os
 import time
 import traceback
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
 from rehost.errors import InvalidState, NotFound, RehostError
+from rehost.jobs import leases
 from rehost.jobs.models import JobRow, StepRow
 from rehost.process import alive
 from rehost.vault.vault import Vault
@@ -126,27 +128,77 @@ def list_jobs(vault: Vault, machine_id: str | None = None, limit: int = 50) -> l
         return list(s.scalars(q.limit(limit)))
 
 
-def effective_state(job: JobRow) -> str:
-    """``interrupted`` when the database says running but the process that ran it is gone."""
-    if job.state == "running" and (job.pid is None or not alive(job.pid)):
-        return "interrupted"
-    return job.state
+def effective_state(job: JobRow, live: set[str] | None = None) -> str:
+    """``interrupted`` when the database says running but its runner is gone: its process on
+    this host has died, or (``live``: the job ids whose lease is held) its lease lapsed."""
+    if job.state != "running":
+        return job.state
+    if live is not None:
+        return "running" if job.id in live else "interrupted"
+    if job.holder:
+        return "interrupted" if leases.holder_dead(job.holder) else "running"
+    return "interrupted" if job.pid is None or not alive(job.pid) else "running"
+
+
+def live_jobs(vault: Vault) -> set[str]:
+    """Ids of the jobs whose runner holds their lease now (on any host)."""
+    return {r.resource.partition(":")[2] for r in leases.holders(vault, "job:")}
 
 
 def running_jobs(vault: Vault, machine_id: str) -> list[JobRow]:
-    return [j for j in list_jobs(vault, machine_id) if effective_state(j) in ("running", "queued")]
+    live = live_jobs(vault)
+    return [j for j in list_jobs(vault, machine_id) if effective_state(j, live) in ("running", "queued")]
+
+
+def resumable_jobs(vault: Vault, queued_for: float = leases.TTL_S) -> list[JobRow]:
+    """Jobs queued for ``queued_for`` seconds that nobody runs, and running ones whose runner
+    died: what ``rehost serve`` picks up again, oldest first. (A job just queued is left to
+    the command or request that queued it, which runs it at once.)"""
+    live = live_jobs(vault)
+    old = datetime.now(UTC) - timedelta(seconds=queued_for)
+    with vault.session() as s:
+        jobs = list(s.scalars(select(JobRow).where(JobRow.state.in_(("queued", "running")))
+                              .options(selectinload(JobRow.steps)).order_by(JobRow.created_at)))
+    return [j for j in jobs if (j.state == "queued" and j.id not in live and _aware(j.created_at) < old)
+            or effective_state(j, live) == "interrupted"]
+
+
+def _aware(t: datetime) -> datetime:
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
 def run_job(vault: Vault, job_id: str, observer: Observer | None = None) -> JobRow:
-    """Run (or continue) a job's steps in order; returns the job in its final state."""
+    """Run (or continue) a job's steps in order; returns the job in its final state.
+
+    The runner claims the job by its lease (a second runner is refused, and one that died
+    frees it), and holds the job's machine for the whole job: another operation on that
+    machine is refused with the reason, other machines are not affected.
+    """
     job = get_job(vault, job_id)
-    state = effective_state(job)
-    if state == "running":
-        raise InvalidState(f"job {job.id} is running in process {job.pid}")
-    if state in ("succeeded", "cancelled"):
-        raise InvalidState(f"job {job.id} has already {state}")
+    claim = leases.try_acquire(vault, f"job:{job.id}", job.kind, machine_id=job.machine_id, job_id=job.id)
+    if not isinstance(claim, leases.Lease):
+        raise InvalidState(f"job {job.id} is running in {claim.holder.rsplit(':', 1)[0]}")
+    try:
+        job = get_job(vault, job.id)  # as it is now that it is ours
+        if job.state in ("succeeded", "cancelled"):
+            raise InvalidState(f"job {job.id} has already {job.state}")
+        with ExitStack() as stack:
+            if job.machine_id is not None:
+                try:
+                    stack.enter_context(
+                        leases.machine(vault, job.machine_id, job.machine_name, job.kind, job.id))
+                except InvalidState as e:
+                    if job.state == "queued":  # it never started: it failed, and says why
+                        _update_job(vault, job, state="failed", error=str(e), ended_at=_now())
+                    raise
+            return _run_steps(vault, job, claim.holder, observer)
+    finally:
+        claim.release()
+
+
+def _run_steps(vault: Vault, job: JobRow, holder: str, observer: Observer | None) -> JobRow:
     steps = _PLANS[job.kind](vault, job)
-    _update_job(vault, job, state="running", pid=os.getpid(), error="",
+    _update_job(vault, job, state="running", pid=os.getpid(), holder=holder, error="",
                 started_at=job.started_at or _now(), ended_at=None)
     for spec, row in zip(steps, job.steps, strict=True):
         if row.state in DONE_STATES:
@@ -180,6 +232,21 @@ def run_job(vault: Vault, job_id: str, observer: Observer | None = None) -> JobR
     return get_job(vault, job.id)
 
 
+def forget_jobs(vault: Vault, machine_id: str | None, kind: str, *, keep: int,
+                where: dict[str, Any] | None = None) -> int:
+    """Delete all but the newest ``keep`` ended jobs of one kind and machine whose parameters
+    include ``where`` (the scheduler's cycles: the job list stays readable)."""
+    ended = ("succeeded", "failed", "cancelled")
+    with vault.session() as s, s.begin():
+        jobs = list(s.scalars(select(JobRow).where(JobRow.kind == kind, JobRow.machine_id == machine_id,
+                                                   JobRow.state.in_(ended))
+                              .order_by(JobRow.created_at.desc())))
+        old = [j for j in jobs if all(j.params.get(k) == v for k, v in (where or {}).items())][keep:]
+        for j in old:
+            s.delete(j)
+    return len(old)
+
+
 def can_cancel(vault: Vault, job: JobRow) -> bool:
     steps = _PLANS[job.kind](vault, job)
     return not any(spec.point_of_no_return and row.state != "pending"
@@ -188,7 +255,7 @@ def can_cancel(vault: Vault, job: JobRow) -> bool:
 
 def cancel_job(vault: Vault, job_id: str) -> JobRow:
     job = get_job(vault, job_id)
-    state = effective_state(job)
+    state = effective_state(job, live_jobs(vault))
     if state in ("succeeded", "cancelled"):
         raise InvalidState(f"job {job.id} has already {state}")
     if state == "running":

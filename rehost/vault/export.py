@@ -9,6 +9,7 @@ from pathlib import Path
 
 from rehost.disks import DiskImage, open_disk
 from rehost.errors import DiskError, NotFound, UsageError
+from rehost.jobs import leases
 from rehost.repository.restore import iter_chunks
 from rehost.vault.inventory import get_machine
 from rehost.vault.protection import find_point
@@ -43,7 +44,7 @@ def export_disk(
     tmp = output.with_name(f".{output.name}.rehost-partial")
     tmp.unlink(missing_ok=True)
     try:
-        with vault.lock("data", exclusive=False):
+        with leases.reading(vault, [point.id], "export"):
             if fmt == "raw":
                 _write_raw(vault, point, disk, tmp, size, progress)
             else:

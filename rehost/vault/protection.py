@@ -6,13 +6,16 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from rehost.errors import NotFound, UsageError
+from rehost.jobs import leases
 from rehost.replication.cycle import CycleResult, Resume, run_cycle
 from rehost.replication.retention import PointTime, RetentionPolicy, points_to_keep
 from rehost.replication.throttle import throttled
 from rehost.repository.manifest import Consistency, RecoveryPoint
 from rehost.repository.prune import PruneReport, prune
+from rehost.repository.storage import ThrottledStorage
 from rehost.vault import agents
 from rehost.vault.inventory import get_machine, provider_for, set_state, spec_of
+from rehost.vault.models import MachineRow
 from rehost.vault.states import ItemState as S
 from rehost.vault.states import require
 from rehost.vault.vault import Vault
@@ -26,14 +29,32 @@ def replicate(
     app_consistent: bool = False,
     bandwidth_bps: int | None = None,
 ) -> CycleResult:
-    """One cycle: the first copies everything, later ones only what changed. ``bandwidth_bps``
-    caps what is read from the source (the repository side is capped by the caller)."""
+    """One cycle: the first copies everything, later ones only what changed.
+
+    The machine is held for the cycle (another operation on it is refused with the reason);
+    other machines replicate at the same time, each cycle through its own repository
+    writer. ``bandwidth_bps`` caps what the cycle reads from the source and what it writes
+    to the repository.
+    """
     machine = get_machine(vault, name)
+    require("replicate", machine.state, name, machine.state_reason)
+    with leases.machine(vault, machine.id, name, "replicate"), leases.writing(vault, "replicate", machine.id):
+        return _cycle(vault, machine, progress, app_consistent, bandwidth_bps)
+
+
+def _cycle(
+    vault: Vault, machine: MachineRow, progress: Callable[[int, int], None] | None,
+    app_consistent: bool, bandwidth_bps: int | None,
+) -> CycleResult:
+    name = machine.name
+    machine = get_machine(vault, name)  # as it is now that we hold it
     require("replicate", machine.state, name, machine.state_reason)
     machine = agents.sync_disks(vault, machine)  # a physical machine's disks come with its agent
     provider = provider_for(machine, vault)
-    with vault.lock("write"):
-        points = vault.repo.list_points(machine.id)
+    repo = vault.repo
+    storage = ThrottledStorage(repo.storage, bandwidth_bps) if bandwidth_bps else None
+    with repo.writer(storage) as writer:
+        points = repo.list_points(machine.id)
         parent = points[-1] if points else None
         total = sum(d.size for d in machine.disks)
         done = 0
@@ -49,9 +70,9 @@ def replicate(
         with provider.snapshot(spec_of(machine), parent, app_consistent=app_consistent) as snap:
             resume = Resume.of(vault.cache, machine.id, parent, snap.expected)
             result = run_cycle(
-                vault.repo, vault.cache, machine.id, throttled(snap.disks, bandwidth_bps), parent=parent,
+                repo, vault.cache, machine.id, throttled(snap.disks, bandwidth_bps), parent=parent,
                 consistency=snap.consistency, source=snap.metadata, progress=step, changed=snap.changed,
-                taken_at=snap.taken_at, resume=resume,
+                taken_at=snap.taken_at, resume=resume, writer=writer,
             )
             if snap.on_commit:
                 snap.on_commit(result.point)
@@ -92,10 +113,11 @@ def find_point(vault: Vault, name: str, spec: str) -> RecoveryPoint:
 def prune_vault(
     vault: Vault, policy: RetentionPolicy | None = None, now: datetime | None = None
 ) -> PruneReport:
-    """Apply retention to every machine, then delete what no point needs."""
+    """Apply retention to every machine, then delete what no point needs (alone among writers;
+    points being read are kept)."""
     policy = policy or RetentionPolicy()
     now = now or datetime.now(UTC)
-    with vault.lock("write"), vault.lock("data"):
+    with leases.pruning(vault):
         forget: set[str] = set()
         by_machine: dict[str, list[RecoveryPoint]] = {}
         for p in vault.repo.list_points():
@@ -104,7 +126,7 @@ def prune_vault(
             times = [PointTime(p.id, _when(p), p.consistency == Consistency.APP) for p in points]
             keep = points_to_keep(times, policy, now)
             forget |= {p.id for p in points} - keep
-        return prune(vault.repo, forget)
+        return prune(vault.repo, forget, reading=leases.points_being_read(vault))
 
 
 def _when(p: RecoveryPoint) -> datetime:

@@ -1,33 +1,47 @@
 """Continuous replication: keep every protected item within its policy (``rehost serve``).
 
 Each tick looks at every item that has a policy and is in a replicating state, decides
-whether a cycle is due (crash-consistent every N seconds, app-consistent every M), runs it,
-and records the attempt on the item (time, duration, error) so health can explain a miss.
-Policies are re-read every tick, so changes apply to running replication. Retention is
-applied per item now and then.
+whether a cycle is due (crash-consistent every N seconds, app-consistent every M), hands it
+to a bounded pool of workers (cycles of different machines run side by side, one machine
+never twice), and records the attempt on the item (time, duration, error) so health can
+explain a miss. Each cycle is a job. Policies are re-read every tick, so changes apply to
+running replication. Retention is applied now and then, in one prune for all items; jobs
+whose runner died (a killed server) are picked up again.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import traceback
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from rehost.errors import RehostError
+from rehost.jobs import leases
+from rehost.jobs.runner import resumable_jobs, run_job
 from rehost.replication.retention import PointTime, points_to_keep
 from rehost.repository.manifest import Consistency, RecoveryPoint
 from rehost.repository.prune import prune
 from rehost.vault import agents, inventory, policies
+from rehost.vault.cycles import replicate_job
 from rehost.vault.models import MachineRow, PolicyRow
-from rehost.vault.protection import replicate
 from rehost.vault.states import ALLOWED
 from rehost.vault.vault import Vault
 
 RETENTION_EVERY_S = 600
+#: how often ``rehost serve`` looks for jobs whose runner died
+RESUME_EVERY_S = 15.0
+
+
+def default_workers() -> int:
+    """Cycles are mostly waiting on disks and the network, hashing and compressing in C
+    libraries that release the GIL: two per core, at least two."""
+    return max(2, 2 * (os.cpu_count() or 1))
 #: after the n-th failure in a row the next attempt waits BACKOFF_BASE_S * 2**(n-1), at most MAX
 BACKOFF_BASE_S = 5.0
 BACKOFF_MAX_S = 900.0
@@ -59,13 +73,22 @@ class Scheduler:
         *,
         clock: Callable[[], float] = time.time,
         log: Callable[[str], None] | None = None,
+        workers: int = 1,
+        resume_jobs: bool = False,
     ) -> None:
         self.vault = vault
         self.clock = clock
         self.log = log or (lambda _msg: None)
-        self._last_retention: dict[str, float] = {}
+        self.workers = workers
+        self.resume_jobs = resume_jobs
+        self._last_retention = float("-inf")
         self._last_app_attempt: dict[str, float] = {}
         self._last_heartbeats = float("-inf")
+        self._last_resume = float("-inf")
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="rehost-cycle")
+        #: machine id -> its cycle in the pool (a machine never runs two at once)
+        self._running: dict[str, Future[TickResult]] = {}
+        self._retention_thread: threading.Thread | None = None
 
     def due(self, machine: MachineRow, policy: PolicyRow, points: list[RecoveryPoint]) -> tuple[bool, bool]:
         """(a cycle is due, it should be app-consistent)."""
@@ -84,24 +107,72 @@ class Scheduler:
             return True, app
         return now - last >= policy.crash_consistent_every_s, False
 
-    def tick(self) -> list[TickResult]:
+    def tick(self, *, wait: bool = True) -> list[TickResult]:
+        """One scheduling pass: start the cycles that are due. ``wait``: return their results
+        (``rehost serve --once``, tests); else return at once with those that ended."""
         self.vault.beat()
-        results = []
         points_by_machine: dict[str, list[RecoveryPoint]] = {}
         for p in self.vault.repo.list_points():
             points_by_machine.setdefault(p.machine, []).append(p)
         machines = inventory.list_machines(self.vault)
         self._heartbeats(machines)
+        if self.resume_jobs:
+            self._resume_jobs()
+        started: list[Future[TickResult]] = []
+        with_policy: list[tuple[MachineRow, PolicyRow]] = []
         for machine in machines:
             policy = policies.policy_of(self.vault, machine)
             if policy is None or machine.state not in ALLOWED["replicate"]:
                 continue
-            points = points_by_machine.get(machine.id, [])
-            run, app = self.due(machine, policy, points)
+            with_policy.append((machine, policy))
+            if machine.id in self._running:
+                continue
+            run, app = self.due(machine, policy, points_by_machine.get(machine.id, []))
             if run:
-                results.append(self._cycle(machine, policy, app))
-            self._retention(machine, policy)
-        return results
+                fut = self._pool.submit(self._cycle, machine, policy, app)
+                self._running[machine.id] = fut
+                started.append(fut)
+        self._retention(with_policy, wait=wait)
+        if wait:
+            for f in started:
+                f.result()
+        return self._reap()
+
+    def _reap(self) -> list[TickResult]:
+        done = [mid for mid, f in self._running.items() if f.done()]
+        return [self._running.pop(mid).result() for mid in done]
+
+    def close(self) -> None:
+        """Let running cycles finish (each is a job: a kill instead leaves it resumable)."""
+        self._pool.shutdown(wait=True)
+        if self._retention_thread is not None:
+            self._retention_thread.join()
+
+    def _resume_jobs(self) -> None:
+        """Pick up jobs whose runner died (a killed server, a killed CLI) or that were queued
+        and never started; the plan re-runs the step that was cut short. A machine's job
+        counts as its running cycle: no new cycle of that machine starts meanwhile."""
+        now = self.clock()
+        if now - self._last_resume < RESUME_EVERY_S:
+            return
+        self._last_resume = now
+        for job in resumable_jobs(self.vault):
+            key = job.machine_id or f"job:{job.id}"
+            if key in self._running:
+                continue
+            self.log(f"{job.machine_name}: picking up {job.kind} job {job.id}")
+            self._running[key] = self._pool.submit(self._resume, job.id, job.machine_name)
+
+    def _resume(self, job_id: str, machine: str) -> TickResult:
+        started = self.clock()
+        try:
+            job = run_job(self.vault, job_id)
+        except RehostError as e:  # another runner took it first, or it ended meanwhile
+            self.log(f"{machine}: job {job_id} not resumed: {e}")
+            return TickResult(machine, False, error=str(e))
+        self.log(f"{machine}: {job.kind} job {job.id} {job.state}" + (f": {job.error}" if job.error else ""))
+        return TickResult(machine, True, point=job.outputs.get("point"), error=job.error,
+                          seconds=round(self.clock() - started, 3))
 
     def _heartbeats(self, machines: list[MachineRow]) -> None:
         """Ask the agents of physical machines how they are, now and then (health shows it)."""
@@ -122,9 +193,9 @@ class Scheduler:
             self._last_app_attempt[machine.id] = started
         record: dict[str, Any] = {"time": datetime.fromtimestamp(started, UTC).isoformat()}
         try:
-            limit = self._limit(machine, policy, started)
-            with _bandwidth(self.vault, limit):  # source reads and repository writes alike
-                r = replicate(self.vault, machine.name, app_consistent=app, bandwidth_bps=limit)
+            limit = self._limit(machine, policy, started)  # source reads and repository writes alike
+            r = replicate_job(self.vault, machine.name, app_consistent=app, bandwidth_bps=limit,
+                              scheduled=True)
             record.update(
                 seconds=round(self.clock() - started, 3),
                 bytes_read=r.bytes_read,
@@ -165,50 +236,52 @@ class Scheduler:
         self.log(f"{machine.name}: bandwidth window {policies.window_spec(window)} applies: {limit}")
         return bps
 
-    def _retention(self, machine: MachineRow, policy: PolicyRow) -> None:
+    def _retention(self, items: list[tuple[MachineRow, PolicyRow]], *, wait: bool) -> None:
+        """Now and then, thin every item's points by its policy in one prune. Prune's delete
+        phase runs alone among writers, so it runs in a thread of its own, not in a worker."""
         now = self.clock()
-        if now - self._last_retention.get(machine.id, 0.0) < RETENTION_EVERY_S:
+        if now - self._last_retention < RETENTION_EVERY_S or not items:
             return
-        self._last_retention[machine.id] = now
+        if self._retention_thread is not None and self._retention_thread.is_alive():
+            return
+        self._last_retention = now
+        t = threading.Thread(target=self._thin, args=(items, now), name="rehost-retention", daemon=True)
+        self._retention_thread = t
+        t.start()
+        if wait:
+            t.join()
+
+    def _thin(self, items: list[tuple[MachineRow, PolicyRow]], now: float) -> None:
         try:
-            with self.vault.lock("write"), self.vault.lock("data"):
-                points = self.vault.repo.list_points(machine.id)
-                times = [
-                    PointTime(p.id, datetime.fromtimestamp(_when(p), UTC), p.consistency == Consistency.APP)
-                    for p in points
-                ]
-                keep = points_to_keep(times, policies.retention_of(policy), datetime.fromtimestamp(now, UTC))
-                forget = {p.id for p in points} - keep
+            with leases.pruning(self.vault):
+                reading = leases.points_being_read(self.vault)
+                by_machine: dict[str, list[RecoveryPoint]] = {}
+                for p in self.vault.repo.list_points():
+                    by_machine.setdefault(p.machine, []).append(p)
+                forget: dict[str, set[str]] = {}
+                for machine, policy in items:
+                    points = by_machine.get(machine.id, [])
+                    times = [PointTime(p.id, datetime.fromtimestamp(_when(p), UTC),
+                                       p.consistency == Consistency.APP) for p in points]
+                    when = datetime.fromtimestamp(now, UTC)
+                    keep = points_to_keep(times, policies.retention_of(policy), when)
+                    gone = {p.id for p in points} - keep - reading
+                    if gone:
+                        forget[machine.name] = gone
                 if forget:
-                    report = prune(self.vault.repo, forget)
-                    self.log(f"{machine.name}: retention removed {report.points_removed} point(s)")
-        except RehostError as e:  # busy (a failover serves points): try again next time
-            self.log(f"{machine.name}: retention postponed: {e}")
+                    prune(self.vault.repo, set().union(*forget.values()), reading=reading)
+                    for name, ids in sorted(forget.items()):
+                        self.log(f"{name}: retention removed {len(ids)} point(s)")
+        except Exception as e:  # the next pass tries again; replication goes on meanwhile
+            self.log(f"retention postponed: {type(e).__name__}: {e}")
 
     def run_forever(self, stop: threading.Event, tick_s: float = 1.0) -> None:
-        while not stop.is_set():
-            self.tick()
-            stop.wait(tick_s)
-
-
-class _bandwidth:
-    """Throttle the repository's writes for one cycle (a wrapper, not an if in the backends)."""
-
-    def __init__(self, vault: Vault, bps: int | None) -> None:
-        self.vault, self.bps = vault, bps
-        self._saved: Any = None
-
-    def __enter__(self) -> None:
-        if self.bps:
-            from rehost.repository.storage import ThrottledStorage
-
-            repo = self.vault.repo
-            self._saved = repo.storage
-            repo.storage = ThrottledStorage(repo.storage, self.bps)
-
-    def __exit__(self, *exc: object) -> None:
-        if self._saved is not None:
-            self.vault.repo.storage = self._saved
+        try:
+            while not stop.is_set():
+                self.tick(wait=False)
+                stop.wait(tick_s)
+        finally:
+            self.close()
 
 
 def _record(vault: Vault, machine: MachineRow, record: dict[str, Any]) -> None:

@@ -6,11 +6,9 @@ repository by URL, so a vault at scale is the same code with other URLs.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -37,7 +35,9 @@ class Vault:
         #: the password that unlocked the repository, for daemons this process starts
         self.unlocked_password: str | None = None
         self.engine: Engine = create_engine(self._url(str(config["state"])))
-        event.listen(self.engine, "connect", _sqlite_pragmas)
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine, "begin", _sqlite_begin_immediate)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.cache = DigestCache(root / "cache")
 
@@ -106,26 +106,6 @@ class Vault:
     def session(self) -> Session:
         return self.sessions()
 
-    @contextmanager
-    def lock(self, name: str = "write", *, exclusive: bool = True) -> Iterator[None]:
-        """Advisory locks between rehost processes on this vault (design §3).
-
-        ``write``: one repository writer at a time (replicate, prune). ``data``: held
-        shared by every reader of stored data (export, check, a served point) and
-        exclusive by prune, so prune never deletes what someone is reading. The kernel
-        drops a lock when its process dies, so a kill -9 never leaves the vault locked.
-        """
-        with open(self.root / f"{name}.lock", "a") as f:
-            try:
-                fcntl.flock(f, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
-            except BlockingIOError:
-                what = "writing to" if name == "write" else "reading"
-                raise UsageError(f"vault {self.root} is busy: another rehost process is {what} it") from None
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
-
     def beat(self) -> None:
         """The scheduler says it is alive (health tells "no scheduler running" otherwise)."""
         path = self.root / "run" / "scheduler.heartbeat"
@@ -145,11 +125,20 @@ class Vault:
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+    dbapi_conn.isolation_level = None  # transactions are begun by _sqlite_begin_immediate
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA busy_timeout=5000")
+    cur.execute("PRAGMA busy_timeout=30000")
     cur.close()
+
+
+def _sqlite_begin_immediate(conn) -> None:  # type: ignore[no-untyped-def]
+    """Take SQLite's write lock when a transaction begins. A deferred transaction that read
+    first and writes later fails at once ("database is locked", no waiting) when another
+    process wrote in between; with many processes replicating side by side that happens.
+    Immediate transactions queue on the busy timeout instead; they are all short here."""
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _remove_partial(root: Path) -> None:

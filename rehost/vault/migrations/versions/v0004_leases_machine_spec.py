@@ -29,7 +29,6 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("jobs") as batch:
         batch.add_column(sa.Column("holder", sa.String(200), nullable=True))
-        batch.add_column(sa.Column("heartbeat_at", sa.Float(), nullable=True))
     with op.batch_alter_table("machines") as batch:
         batch.add_column(sa.Column("spec", sa.JSON(), nullable=False, server_default="{}"))
     op.execute("UPDATE sources SET kind = 'physical' WHERE kind = 'agent'")
@@ -40,6 +39,5 @@ def downgrade() -> None:
     with op.batch_alter_table("machines") as batch:
         batch.drop_column("spec")
     with op.batch_alter_table("jobs") as batch:
-        batch.drop_column("heartbeat_at")
         batch.drop_column("holder")
     op.drop_table("leases")

@@ -1,0 +1,119 @@
+"""Replication cycles as jobs: from the CLI, the API and the scheduler alike (design §4).
+
+A cycle is a job of one step, so it shows in ``rehost jobs`` with its progress, claims its
+machine by lease like every other operation, and a cycle cut short by a crash is visible as
+interrupted and picked up again by ``rehost serve``. The scheduler's cycles would fill the
+job list, so only the last few of each machine are kept.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from rehost.errors import InvalidState
+from rehost.jobs.models import JobRow
+from rehost.jobs.runner import Step, StepContext, create_job, forget_jobs, plan, run_job, running_jobs
+from rehost.replication.cycle import CycleResult
+from rehost.vault.inventory import get_machine
+from rehost.vault.protection import replicate
+from rehost.vault.states import require
+from rehost.vault.vault import Vault
+
+REPLICATE = "replicate"
+#: scheduled cycles kept in the job list per machine (older ones are forgotten)
+KEEP_SCHEDULED = 20
+
+
+def start_replicate_job(
+    vault: Vault, name: str, *, app_consistent: bool = False, bandwidth_bps: int | None = None,
+    scheduled: bool = False,
+) -> JobRow:
+    """Refuse at once what replicate would refuse (state, a job already running), then queue."""
+    machine = get_machine(vault, name)
+    busy = running_jobs(vault, machine.id)
+    if busy:
+        raise InvalidState(f"{name} has a {busy[0].kind} job running ({busy[0].id}); wait for it")
+    require("replicate", machine.state, name, machine.state_reason)
+    params: dict[str, Any] = {"app_consistent": app_consistent}
+    if bandwidth_bps:
+        params["bandwidth_bps"] = bandwidth_bps
+    if scheduled:
+        params["scheduled"] = True
+    return create_job(vault, REPLICATE, machine.id, name, params)
+
+
+class _InProcess:
+    """What a caller in this process hands its job (a progress bar) and gets back (the
+    cycle's result, or the very exception, so the CLI reports it as before)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.progress: dict[str, Callable[[int, int], None]] = {}
+        self.results: dict[str, CycleResult | BaseException] = {}
+
+    def pop(self, job_id: str) -> CycleResult | BaseException | None:
+        with self._lock:
+            self.progress.pop(job_id, None)
+            return self.results.pop(job_id, None)
+
+
+_here = _InProcess()
+
+
+def replicate_job(
+    vault: Vault, name: str, progress: Callable[[int, int], None] | None = None, *,
+    app_consistent: bool = False, bandwidth_bps: int | None = None, scheduled: bool = False,
+) -> CycleResult:
+    """One cycle as a job run here and now; raises what the cycle raised."""
+    job = start_replicate_job(vault, name, app_consistent=app_consistent, bandwidth_bps=bandwidth_bps,
+                              scheduled=scheduled)
+    if progress is not None:
+        _here.progress[job.id] = progress
+    try:
+        done = run_job(vault, job.id)
+    finally:
+        outcome = _here.pop(job.id)
+    if scheduled:
+        forget_jobs(vault, done.machine_id, REPLICATE, keep=KEEP_SCHEDULED, where={"scheduled": True})
+    if isinstance(outcome, CycleResult):
+        return outcome
+    if isinstance(outcome, BaseException):
+        raise outcome
+    raise InvalidState(f"replication job {done.id} of {name} ended {done.state}: {done.error}")
+
+
+def cycle_summary(r: CycleResult) -> dict[str, Any]:
+    """What a cycle did, as the job's outputs and the CLI's --json show it."""
+    s = r.stats
+    return {"point": r.point.id, "time": r.point.time, "consistency": r.point.consistency.value,
+            "bytes_read": r.bytes_read, "changed_bytes": r.changed_bytes,
+            "new_blobs": s.blobs_new, "new_bytes": s.raw_bytes_new,
+            "stored_bytes": s.stored_bytes, "seconds": round(r.seconds, 3),
+            "digests": r.digest_source, "notes": r.notes, "resumed_bytes": r.resumed_bytes}
+
+
+@plan(REPLICATE)
+def _replicate_plan(vault: Vault, job: JobRow) -> list[Step]:
+    def run(ctx: StepContext) -> str:
+        hook = _here.progress.get(ctx.job.id)
+
+        def progress(done: int, total: int) -> None:
+            ctx.progress(done, total)
+            if hook:
+                hook(done, total)
+
+        try:
+            r = replicate(ctx.vault, ctx.job.machine_name, progress,
+                          app_consistent=bool(ctx.params.get("app_consistent")),
+                          bandwidth_bps=ctx.params.get("bandwidth_bps"))
+        except BaseException as e:
+            _here.results[ctx.job.id] = e
+            raise
+        _here.results[ctx.job.id] = r
+        ctx.save_outputs(**cycle_summary(r))
+        return (f"point {r.point.short_id} ({r.point.consistency.value}): read {r.bytes_read} bytes, "
+                f"{r.changed_bytes} changed, stored {r.stats.stored_bytes}")
+
+    return [Step("replicate", "Replicate (a full copy first, then changed blocks)", run)]
