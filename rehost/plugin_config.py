@@ -1,4 +1,5 @@
-"""Typed plug-in configs: one frozen dataclass per provider kind, read by the CLI and the API.
+"""Plug-in registries and typed plug-in configs: one frozen dataclass per provider kind, read
+by the CLI and the API.
 
 A field's help text lives in ``field(metadata={"help": ...})`` next to its documented
 default, so ``rehost target add KIND --help`` and the API's input come from the same place.
@@ -12,14 +13,53 @@ free of any provider so both registries can share it.)
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 from rehost.errors import UsageError
+
+
+class _Plugin(Protocol):
+    @property
+    def kind(self) -> str: ...
+
+
+P = TypeVar("P", bound=_Plugin)
+
+
+class Registry(Generic[P]):
+    """Kinds of one sort of provider (``what``: "target"). The built-in kinds register when
+    their modules (``builtin``) are imported, on the first lookup: importing the registry does
+    not pay for QEMU or SDK imports."""
+
+    def __init__(self, what: str, builtin: tuple[str, ...]) -> None:
+        self.what = what
+        self.builtin = builtin
+        self._plugins: dict[str, P] = {}
+
+    def register(self, plugin: P) -> P:
+        if plugin.kind in self._plugins and self._plugins[plugin.kind] is not plugin:
+            raise ValueError(f"{self.what} kind {plugin.kind!r} is registered twice")
+        self._plugins[plugin.kind] = plugin
+        return plugin
+
+    def plugins(self) -> list[P]:
+        """Every kind, in registration order."""
+        for module in self.builtin:
+            importlib.import_module(module)
+        return list(self._plugins.values())
+
+    def get(self, kind: str) -> P:
+        """The plugin of ``kind``, or a UsageError that lists the kinds there are."""
+        known = {p.kind: p for p in self.plugins()}
+        if kind not in known:
+            raise UsageError(f"unknown {self.what} kind {kind!r} (kinds: {', '.join(known)})")
+        return known[kind]
 
 
 @dataclass(frozen=True)

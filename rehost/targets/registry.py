@@ -4,18 +4,16 @@ A target kind (``local``; ``azure`` later; ``memory``, the test double) is one
 ``TargetPlugin``. ``rehost target add KIND NAME`` and ``POST /api/v1/targets/{kind}`` build their
 inputs from the plugin's config dataclass (``rehost.plugin_config``), and the failover
 services ask the target's ``capabilities``, never its kind, how to run a plan. A new target
-touches no service code: it declares a plugin and is listed in ``_BUILTIN``.
+touches no service code: it declares a plugin, in a module listed in ``REGISTRY``.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from rehost import plugin_config
-from rehost.errors import UsageError
 from rehost.targets.base import Capabilities, Target
 
 
@@ -40,37 +38,13 @@ class TargetPlugin:
         return plugin_config.make_config(self.config, raw, f"target kind {self.kind}")
 
 
-_PLUGINS: dict[str, TargetPlugin] = {}
-#: modules that register the built-in kinds, imported on first lookup (the local target
-#: pulls in QEMU helpers that ``import rehost.targets.registry`` should not pay for)
-_BUILTIN = ("rehost.targets.local", "rehost.targets.memory")
-
-
-def register(plugin: TargetPlugin) -> TargetPlugin:
-    if plugin.kind in _PLUGINS and _PLUGINS[plugin.kind] is not plugin:
-        raise ValueError(f"target kind {plugin.kind!r} is registered twice")
-    _PLUGINS[plugin.kind] = plugin
-    return plugin
-
-
-def _load() -> None:
-    for module in _BUILTIN:
-        importlib.import_module(module)
-
-
-def plugins() -> list[TargetPlugin]:
-    """Every target kind, in registration order."""
-    _load()
-    return list(_PLUGINS.values())
-
-
-def get(kind: str) -> TargetPlugin:
-    """The plugin of ``kind``, or a UsageError that lists the kinds there are."""
-    _load()
-    plugin = _PLUGINS.get(kind)
-    if plugin is None:
-        raise UsageError(f"unknown target kind {kind!r} (kinds: {', '.join(_PLUGINS)})")
-    return plugin
+#: the built-in kinds' modules (the local target pulls in QEMU helpers that
+#: ``import rehost.targets.registry`` should not pay for)
+REGISTRY: plugin_config.Registry[TargetPlugin] = plugin_config.Registry(
+    "target", ("rehost.targets.local", "rehost.targets.memory"))
+register = REGISTRY.register
+plugins = REGISTRY.plugins
+get = REGISTRY.get
 
 
 def open_target(kind: str, settings: Mapping[str, Any]) -> Target:
