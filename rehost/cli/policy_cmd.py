@@ -147,7 +147,7 @@ def serve(
             finally:
                 scheduler.close()
         return
-    from rehost.api.server import serve as serve_portal
+    from rehost.portal.server import serve as serve_portal
 
     serve_portal(options(ctx).vault_path, password_from_env_or_prompt,
                  listen=None if listen == "off" else listen, cert=cert, key=key, tick=tick, log=log,

@@ -20,8 +20,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from rehost.api.server import parse_listen
 from rehost.errors import UsageError
+from rehost.portal.server import parse_listen
 from rehost.process import free_port
 from tests.api.portal import make_disk, make_vault
 from tests.cli_helpers import REPO
@@ -54,7 +54,7 @@ def test_parse_listen() -> None:
 
 
 def test_a_busy_port_is_one_clear_error(tmp_path: Path) -> None:
-    from rehost.api.server import serve
+    from rehost.portal.server import serve
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -68,7 +68,7 @@ def test_serve_speaks_https_and_runs_the_scheduler(tmp_path: Path) -> None:
     tokens = make_vault(tmp_path, make_disk(tmp_path / "disk.raw"))
     cert, key = self_signed(tmp_path)
     port = free_port()
-    code = ("import sys; from pathlib import Path; from rehost.api.server import serve; "
+    code = ("import sys; from pathlib import Path; from rehost.portal.server import serve; "
             "serve(Path(sys.argv[1]), None, listen=sys.argv[2], cert=Path(sys.argv[3]), "
             "key=Path(sys.argv[4]), tick=0.2)")
     proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "vault"), f"127.0.0.1:{port}",
