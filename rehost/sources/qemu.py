@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from rehost.disks import BASE_ALLOCATION, Extent, NbdDisk, open_nbd
+from rehost.disks.qmp import QmpClient, QmpError
 from rehost.errors import UsageError
 from rehost.guest.agent import GuestFreezer
 from rehost.replication.cycle import ReadableDisk
@@ -48,7 +49,6 @@ from rehost.sources.qemu_cbt import (
     union_extents,
 )
 from rehost.spec import MachineSpec
-from rehost.targets.qmp import QmpClient, QmpError
 
 #: Bitmap granularity. Measured on QEMU 7.2 (test_granularity_cost: 496 scattered 4 KiB
 #: writes on 256 MiB; and 4954 on 1 GiB): a delta cycle reads 1.0x what was written at

@@ -36,8 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from rehost.disks.extent import Extent
+from rehost.disks.qmp import QmpClient, QmpError
 from rehost.errors import DiskError, UsageError
-from rehost.targets.qmp import QmpClient, QmpError
 
 PREFIX = "rehost-"
 #: Our leftovers wait at most this long to go away (export drain, job cancel).

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rehost.disks.qmp import QmpClient, QmpError
 from rehost.errors import UsageError
 from rehost.sources import registry
 from rehost.sources.qemu import DEFAULT_GRANULARITY, QemuSource, _commands, connect_qmp, list_disks
 from rehost.spec import DiskSpec, Firmware, MachineSpec, NicSpec
-from rehost.targets.qmp import QmpClient, QmpError
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rehost.disks.qmp import QmpClient, QmpError
 from rehost.errors import DiskError, InvalidState, UsageError
 from rehost.process import alive
 from rehost.spec import MachineSpec
@@ -40,7 +41,6 @@ from rehost.targets.base import (
     VerifyCheck,
     VerifyReport,
 )
-from rehost.targets.qmp import QmpClient, QmpError
 from rehost.targets.registry import TargetPlugin, register
 
 GiB = 1 << 30

@@ -34,9 +34,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO, Literal
 
+from rehost.disks.qmp import QmpClient, QmpError
 from rehost.errors import RehostError
 from rehost.guest.agent import GuestAgent
-from rehost.targets.qmp import QmpClient, QmpError
 
 Network = Literal["none", "user-restrict", "user"]
 
