@@ -46,3 +46,16 @@ def test_demo_never_deletes_a_folder_it_did_not_make(tmp_path: Path) -> None:
     r = _demo("--workdir", str(mine))
     assert r.returncode != 0 and "was not made by rehost demo" in r.stderr
     assert (mine / "data.txt").read_text() == "keep me"
+
+
+def test_demo_kinds_come_from_the_registries(tmp_path: Path) -> None:
+    workdir = tmp_path / "demo"
+    r = _demo("--workdir", str(workdir), "--target", "cloud")
+    assert r.returncode == 2 and "unknown target kind 'cloud' (kinds: local, memory" in r.stderr
+    r = _demo("--workdir", str(workdir), "--source", "floppy")
+    assert r.returncode == 2 and "unknown source kind 'floppy'" in r.stderr
+    r = _demo("--workdir", str(workdir), "--target", "memory")
+    assert r.returncode == 2 and "memory is a test double" in r.stderr
+    r = _demo("--workdir", str(workdir), "--source", "qemu")
+    assert r.returncode == 2 and "no machine for source kind qemu" in r.stderr
+    assert not workdir.exists()  # refused before anything was made
