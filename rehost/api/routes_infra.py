@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +10,8 @@ from fastapi import APIRouter, Response
 
 from rehost.api import schemas, tokens, views
 from rehost.api.auth import Admin, Operator, Reader, VaultDep
-from rehost.vault import policies, targets
+from rehost.sources import registry
+from rehost.vault import inventory, policies, targets
 
 router = APIRouter(tags=["infrastructure"])
 
@@ -35,6 +37,21 @@ def verify_target(name: str, vault: VaultDep, _: Operator) -> dict[str, Any]:
     report = targets.verify_target(vault, name)
     checks = [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in report.checks]
     return {"ok": report.ok, "checks": checks}
+
+
+@router.get("/sources/kinds", response_model=list[schemas.SourceKindOut])
+def list_source_kinds(_: Reader) -> list[dict[str, Any]]:
+    """The kinds of source, their options (``config`` of ``POST /sources``) and capabilities."""
+    return registry.describe()
+
+
+@router.post("/sources", response_model=schemas.SourceAddedOut, status_code=201)
+def add_source(body: schemas.AddSourceIn, vault: VaultDep, _: Admin) -> dict[str, Any]:
+    """Register a machine from a source of any kind; ``config`` is validated by the kind's typed
+    config (as ``rehost source add KIND``): a bad option is a 400 naming it, the vault untouched."""
+    done = inventory.add_source(vault, body.kind, body.name or "", body.config)
+    invitation = dataclasses.asdict(done.invitation) if done.invitation is not None else None
+    return {"machine": views.machine_detail(vault, done.machine.name), "invitation": invitation}
 
 
 @router.get("/policies", response_model=list[schemas.PolicyOut])

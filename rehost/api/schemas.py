@@ -135,6 +135,27 @@ class InvitationOut(BaseModel):
     expires_in_s: float
 
 
+class AddSourceIn(_In):
+    kind: str = Field(min_length=1, max_length=32, description="image, qemu, physical (GET /sources/kinds)")
+    name: Name | None = Field(None, description="Machine name; omitted: the name the source gives it "
+                              "(an OVA/OVF's)")
+    config: dict[str, Any] = Field(default_factory=dict,
+                                   description="The kind's options, as GET /sources/kinds lists them")
+
+
+class SourceAddedOut(BaseModel):
+    machine: MachineOut
+    invitation: InvitationOut | None = Field(
+        None, description="A physical machine's one-time passphrase for its agent (shown once)")
+
+
+class SourceKindOut(BaseModel):
+    kind: str
+    summary: str
+    capabilities: dict[str, Any]
+    options: list[dict[str, Any]]
+
+
 class SourceOut(BaseModel):
     name: str
     kind: str

@@ -118,7 +118,7 @@ def test_add_physical_source_gives_the_passphrase_once(portal: Portal) -> None:
     assert invitation["machine"] == "srv1" and invitation["expires_in_s"] == 1800
     assert len(invitation["passphrase"]) >= 24 and len(invitation["fingerprint"]) >= 64
     m = portal.get("/machines/srv1").json()
-    assert m["source"] == "agent" and m["disks"] == []
+    assert m["source"] == "physical" and m["disks"] == []
     assert m["agent"] == {"enrolled_at": None, "address": None, "inventory": {}}  # not registered yet
     assert "waiting for its agent" in m["state_reason"]
     assert invitation["passphrase"] not in portal.get("/machines").text  # shown once, stored hashed

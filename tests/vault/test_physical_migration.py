@@ -120,7 +120,7 @@ def test_physical_machine_migrates_end_to_end(lab: Lab, tmp_path: Path) -> None:
 
     first = rehost(lab.vault, "replicate", "srv1", "--json").json()
     machine = rehost(lab.vault, "machines", "--json").json()[0]
-    assert machine["source"] == "agent" and machine["state"] == "protected"
+    assert machine["source"] == "physical" and machine["state"] == "protected"
     reported = machine["agent"]["inventory"]  # what the agent told the server when it registered
     assert reported["disks"][0]["size"] == lab.disk.stat().st_size == machine["disks"][0]["size"]
     assert reported["disks"][0]["partition_table"]["type"] in ("msdos", "gpt")  # the image is bootable
