@@ -82,7 +82,9 @@ def _point(ctx: StepContext) -> RecoveryPoint:
 
 def _verify_target(ctx: StepContext) -> str:
     machine = get_machine(ctx.vault, ctx.job.machine_name)
-    needed = sum(d.size for d in machine.disks) // 4  # overlays grow with the data, not the disk
+    needed = sum(d.size for d in machine.disks)
+    if _target(ctx).capabilities.boots_from_nbd:
+        needed //= 4  # overlays grow with the data, not the disk
     report = targets.verify_target(ctx.vault, ctx.params["target"], needed)
     if not report.ok:
         raise InvalidState(f"target {ctx.params['target']} failed verification: {report.failures()}")
@@ -187,14 +189,15 @@ def _choose_point(ctx: StepContext) -> str:
 # -- test failover -------------------------------------------------------------------------------
 
 
-def test_vm(machine_name: str) -> str:
+def vm_for_test(machine_name: str) -> str:
+    """The test machine's name on the target (cleanup finds it by this name alone)."""
     return f"{machine_name}-test"
 
 
 @plan("test-failover")
 def _test_failover_plan(vault: Vault, job: JobRow) -> list[Step]:
     def prerequisites(ctx: StepContext) -> str:
-        ctx.save_outputs(vm=test_vm(ctx.job.machine_name))
+        ctx.save_outputs(vm=vm_for_test(ctx.job.machine_name))
         detail = _verify_target(ctx)
         machine = get_machine(ctx.vault, ctx.job.machine_name)
         set_state(ctx.vault, machine, S.TEST_FAILOVER, f"test failover job {ctx.job.id}")
@@ -209,7 +212,7 @@ def _test_failover_plan(vault: Vault, job: JobRow) -> list[Step]:
 
 @plan("test-cleanup")
 def _test_cleanup_plan(vault: Vault, job: JobRow) -> list[Step]:
-    vm = test_vm(job.machine_name)
+    vm = vm_for_test(job.machine_name)
 
     def remove_machine(ctx: StepContext) -> str:
         """On every target: the test job may have been cut before it recorded anything."""
