@@ -159,15 +159,6 @@ def set_state(vault: Vault, machine: MachineRow, state: str, reason: str = "") -
     machine.state, machine.state_reason = state, reason
 
 
-def add_qemu_source(
-    vault: Vault, name: str, qmp_socket: Path, guest_agent: Path | None = None, granularity: int | None = None
-) -> MachineRow:
-    """Register a running QEMU (or qemu-storage-daemon): its disks are discovered over QMP."""
-    options = {"qmp_socket": str(qmp_socket), "guest_agent": guest_agent and str(guest_agent),
-               "granularity": granularity}
-    return add_source(vault, "qemu", name, options).machine
-
-
 def source_context(vault: Vault) -> registry.SourceContext:
     """What source providers may use of the vault, as values (never the vault itself)."""
     return registry.SourceContext(agents_dir=vault.root / "agents", digests=vault.cache)
