@@ -19,10 +19,10 @@ import pytest
 from rehost.errors import InvalidState, UsageError
 from rehost.jobs.models import JobRow
 from rehost.jobs.runner import cancel_job, effective_state, get_job, live_jobs, run_job
-from rehost.targets.memory import MemoryTarget
+from rehost.targets.memory import MemorySettings, MemoryTarget
 from rehost.vault import failover, protection, targets
 from rehost.vault.inventory import get_machine
-from tests.cli_helpers import REPO
+from tests.cli_helpers import REPO, rehost
 from tests.targets.helpers import World, make_disk, world
 
 FAILOVER_STEPS = ["prerequisites", "shutdown_source", "final_sync", "choose_point", "stop_replication",
@@ -195,3 +195,26 @@ def test_an_operation_on_a_machine_with_a_running_failover_is_refused(w: World) 
         child.kill()
         child.wait()
     assert run_job(w.vault, job.id).state == "succeeded"
+
+
+def test_cli_failover_killed_by_the_target_then_job_resume(tmp_path: Path) -> None:
+    """The memory target keeps its state in its folder, so separate rehost processes share it:
+    a failover process dies inside the target's create (as a kill -9), ``rehost job resume``
+    finishes it."""
+    vault, double = tmp_path / "vault", tmp_path / "double"
+    rehost(vault, "init")
+    rehost(vault, "target", "add", "memory", "double", "--path", str(double))
+    rehost(vault, "source", "add-image", "web", str(make_disk(tmp_path / "web.img", "cli")))
+    rehost(vault, "replicate", "web")
+    r = rehost(vault, "failover", "web", "--test", "--json")
+    assert "REHOST-BOOT-OK marker=cli" in r.json()["steps"][-1]["detail"]
+    rehost(vault, "failover", "web", "--cleanup")
+
+    MemoryTarget(MemorySettings(double)).inject("create", "exit", when="after")
+    assert rehost(vault, "failover", "web", check=False).code == 137
+    job = rehost(vault, "jobs", "--json").json()[0]
+    assert job["kind"] == "failover" and job["state"] == "interrupted"
+    rehost(vault, "job", "resume", job["id"])
+    job = rehost(vault, "job", job["id"], "--json").json()
+    assert job["state"] == "succeeded" and "marker=cli" in job["steps"][-2]["detail"]
+    assert rehost(vault, "machines", "--json").json()[0]["runs_at"] == str(double / "web")
