@@ -11,6 +11,7 @@ from fastapi import APIRouter, Response
 from rehost.api import schemas, tokens, views
 from rehost.api.auth import Admin, Operator, Reader, VaultDep
 from rehost.sources import registry
+from rehost.targets import registry as target_registry
 from rehost.vault import inventory, policies, targets
 
 router = APIRouter(tags=["infrastructure"])
@@ -27,6 +28,20 @@ def add_local_target(body: schemas.AddLocalTargetIn, vault: VaultDep, _: Admin) 
     """Register the rehost server's own QEMU as a target; machines live under ``path``."""
     row = targets.add_local_target(vault, body.name, Path(body.path), accel=body.accel,
                                    memory_mib=body.memory_mib)
+    return views.target_view(targets.get_target(vault, row.name))
+
+
+@router.get("/targets/kinds", response_model=list[schemas.TargetKindOut])
+def list_target_kinds(_: Reader) -> list[dict[str, Any]]:
+    """The kinds of target, their options (``config`` of ``POST /targets``) and capabilities."""
+    return target_registry.describe()
+
+
+@router.post("/targets", response_model=schemas.TargetOut, status_code=201)
+def add_target(body: schemas.AddTargetIn, vault: VaultDep, _: Admin) -> dict[str, Any]:
+    """Register a target of any kind; ``config`` is validated by the kind's typed config (as
+    ``rehost target add KIND``): a bad option is a 400 naming it, the vault untouched."""
+    row = targets.add_target(vault, body.kind, body.name, body.config)
     return views.target_view(targets.get_target(vault, row.name))
 
 

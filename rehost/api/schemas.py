@@ -196,6 +196,21 @@ class AddLocalTargetIn(_In):
     memory_mib: int = Field(256, ge=64, le=1 << 20)
 
 
+class AddTargetIn(_In):
+    kind: str = Field(min_length=1, max_length=32, description="local, memory (GET /targets/kinds)")
+    name: Name
+    config: dict[str, Any] = Field(default_factory=dict,
+                                   description="The kind's options, as GET /targets/kinds lists them")
+
+
+class TargetKindOut(BaseModel):
+    kind: str
+    summary: str
+    test_double: bool
+    capabilities: dict[str, Any]
+    options: list[dict[str, Any]]
+
+
 class CheckOut(BaseModel):
     name: str
     ok: bool
