@@ -28,6 +28,8 @@ MIN_ROLE = {
     ("POST", "/api/v1/machines/{name}/complete"): "operator",
     ("GET", "/api/v1/targets"): "reader",
     ("POST", "/api/v1/targets/local"): "admin",
+    ("GET", "/api/v1/targets/kinds"): "reader",
+    ("POST", "/api/v1/targets"): "admin",
     ("POST", "/api/v1/targets/{name}/verify"): "operator",
     ("GET", "/api/v1/policies"): "reader",
     ("POST", "/api/v1/policies"): "admin",

@@ -42,6 +42,7 @@ def test_no_server_errors_and_responses_match_the_schema(fuzz_portal: Portal, mo
     with this pytest, so the operations are walked here)."""
     schema = schemathesis.openapi.from_asgi("/openapi.json", fuzz_portal.app)
     schema = schema.exclude(path="/api/v1/sources/image").exclude(path="/api/v1/targets/local")
+    schema = schema.exclude(path="/api/v1/targets")  # a fuzzed config would make folders anywhere
     headers = fuzz_portal.auth("admin")
     tested = []
     for result in schema.get_all_operations():
