@@ -119,10 +119,16 @@ def plugins() -> list[SourcePlugin]:
     return sorted(_PLUGINS.values(), key=lambda p: order.index(p.kind) if p.kind in order else len(order))
 
 
+def find(kind: str) -> SourcePlugin | None:
+    """The plugin of ``kind``; None for a kind this version does not know (listings still
+    show such a machine; operating on it says why it cannot)."""
+    _load()
+    return _PLUGINS.get(kind)
+
+
 def get(kind: str) -> SourcePlugin:
     """The plugin of ``kind``, or a UsageError that lists the kinds there are."""
-    _load()
-    plugin = _PLUGINS.get(kind)
+    plugin = find(kind)
     if plugin is None:
         known = ", ".join(p.kind for p in plugins())
         raise UsageError(f"unknown source kind {kind!r} (kinds: {known})")

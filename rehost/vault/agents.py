@@ -64,7 +64,8 @@ def _check_ttl(ttl: float) -> None:
 def has_agent(machine: MachineRow) -> bool:
     """The machine's source has an agent of its own (enrollment, heartbeats): a capability of
     its kind, not a kind name."""
-    return registry.capabilities(machine.source.kind).has_heartbeat
+    plugin = registry.find(machine.source.kind)
+    return plugin is not None and plugin.capabilities.has_heartbeat
 
 
 def _agent(machine: MachineRow) -> str:

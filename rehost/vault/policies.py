@@ -13,7 +13,7 @@ from rehost.errors import AlreadyExists, NotFound, UsageError
 from rehost.replication.health import Health, HealthInput, assess
 from rehost.replication.retention import RetentionPolicy, parse_duration
 from rehost.repository.manifest import Consistency, RecoveryPoint
-from rehost.sources import registry
+from rehost.vault import agents
 from rehost.vault.inventory import check_name, get_machine
 from rehost.vault.models import MachineRow, PolicyRow
 from rehost.vault.vault import Vault
@@ -346,7 +346,7 @@ def health_of(
             last_cycle_s=lc.get("seconds"),
             scheduler_seen=seen,
             failures=int(lc.get("failures", 0)),
-            agent=registry.capabilities(machine.source.kind).has_heartbeat,
+            agent=agents.has_agent(machine),
             agent_seen=datetime.fromisoformat(hb["seen"]) if hb.get("seen") else None,
             agent_error=str(hb.get("error") or ""),
         ),

@@ -12,7 +12,8 @@ import pytest
 from rehost.errors import AlreadyExists, UsageError
 from rehost.sources import image, registry
 from rehost.spec import Firmware
-from rehost.vault import agents, inventory
+from rehost.vault import agents, inventory, overview
+from rehost.vault.models import SourceRow
 from rehost.vault.vault import Vault
 from tests.sources.test_discovery import ovf
 
@@ -90,3 +91,15 @@ def test_a_physical_machine_is_registered_with_its_invitation(vault: Vault) -> N
     assert agents.has_agent(m) and registry.capabilities(m.source.kind).disks_arrive_later
     with pytest.raises(UsageError, match="has not registered yet"):
         agents.sync_disks(vault, m)
+
+
+def test_a_kind_this_version_does_not_know_still_lists(vault: Vault, exported: Path) -> None:
+    """A vault written by a newer rehost (a source kind unknown here): listings and health
+    still work, operations say why they cannot."""
+    m = inventory.add_image_source(vault, "vm", [exported.parent / "app-disk1.qcow2"])
+    with vault.session() as s, s.begin():
+        s.get(SourceRow, m.source.id).kind = "hyperv-next"  # type: ignore[union-attr]
+    [view] = overview.machine_views(vault)
+    assert view["source"] == "hyperv-next" and view["agent"] is None
+    with pytest.raises(UsageError, match="unknown source kind 'hyperv-next'"):
+        inventory.provider_for(inventory.get_machine(vault, "vm"), vault)
