@@ -184,7 +184,7 @@ def machines(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) 
         if agent:
             seen = agent.get("seen") or "never"
             where += f"  agent seen {seen}" + (f" ({agent['error']})" if agent.get("error") else "")
-        out.print(f"{d['name']:20} {d['source']:6} {d['state']:20} points={d['points']:<4} "
+        out.print(f"{d['name']:20} {d['source']:8} {d['state']:20} points={d['points']:<4} "
                   f"latest={lt}{where}", highlight=False)
 
 
