@@ -13,6 +13,7 @@ from rehost.cli.config_options import config_command
 from rehost.cli.context import byte_progress, emit_json, human, open_vault, out
 from rehost.replication.retention import parse_duration
 from rehost.sources import registry
+from rehost.spec import MachineSpec
 from rehost.vault import agents, cycles, inventory, policies, protection, targets
 from rehost.vault.export import export_disk
 from rehost.vault.overview import machine_views
@@ -75,11 +76,20 @@ def _add(ctx: typer.Context, kind: str, name: str, options: dict[str, Any],
         _print_invitation(done.invitation, server_url)
         return
     m = done.machine
-    spec = inventory.spec_of(m)
-    hardware = f"; {spec.cpus} CPU(s), {spec.memory_mib} MiB, {len(spec.nics)} NIC(s)" if m.spec else ""
     out.print(f"registered {m.name}: {len(m.disks)} disk(s), "
               + ", ".join(f"{d.path if d.format == 'qemu' else d.format} {human(d.size)}" for d in m.disks)
-              + hardware, highlight=False)
+              + _hardware(inventory.spec_of(m)), highlight=False)
+
+
+def _hardware(spec: MachineSpec) -> str:
+    """What the source discovered beyond the disks; nothing where it knew nothing (defaults)."""
+    default = MachineSpec(name=spec.name)
+    said = [f"{spec.cpus} CPU(s)" if spec.cpus != default.cpus else "",
+            f"{spec.memory_mib} MiB" if spec.memory_mib != default.memory_mib else "",
+            f"{len(spec.nics)} NIC(s)" if spec.nics else "",
+            spec.firmware.value.upper() if spec.firmware != default.firmware else "",
+            spec.guest_os or ""]
+    return "; " + ", ".join(s for s in said if s) if any(said) else ""
 
 
 @source_app.command("kinds")
