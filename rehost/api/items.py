@@ -20,6 +20,8 @@ def enable(vault: Vault, name: str, *, policy: str | None, target: str | None,
     if policy:
         policies.get_policy(vault, policy)  # NotFound before the target is touched
     chosen = targets.target_of(vault, machine, target) if (target or mapping) else None
+    if chosen is not None:
+        targets.check_network_map(chosen, mapping)  # the chosen target's networks
     if policy:
         policies.attach(vault, name, policy)
     if chosen is not None:

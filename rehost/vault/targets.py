@@ -15,7 +15,7 @@ from rehost import plugin_config
 from rehost.errors import AlreadyExists, InvalidState, NotFound, UsageError
 from rehost.targets import registry
 from rehost.targets.base import Target, VerifyReport
-from rehost.vault.inventory import check_name
+from rehost.vault.inventory import check_name, spec_of
 from rehost.vault.models import MachineRow, TargetRow
 from rehost.vault.vault import Vault
 
@@ -127,8 +127,8 @@ def network_for(target: Target, machine: MachineRow) -> str:
     """The network a failed-over machine starts on: its network map's entry for its source
     network ("default" for an image), else the target's first network that is not isolated."""
     nets = list(target.networks())
-    nics = (machine.spec or {}).get("nics") or [{}]
-    source_net = str(nics[0].get("network", "default"))
+    nics = spec_of(machine).nics
+    source_net = nics[0].network if nics else "default"
     chosen = machine.network_map.get(source_net) or machine.network_map.get("default")
     if chosen is None:
         chosen = next((n.name for n in nets if not n.isolated), nets[0].name)
