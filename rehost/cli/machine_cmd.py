@@ -204,7 +204,7 @@ def replicate(
     target: str = typer.Option(None, help="Target this machine fails over to (remembered)."),
     network_map: list[str] = typer.Option(
         [], "--network-map", help="SOURCE=TARGET network pairs (remembered); an image's network is "
-        "'default'; target networks: production, isolated, none."),
+        "'default'; the target's networks: rehost target list (local: production, isolated, none)."),
     policy: str = typer.Option(None, help="Attach this replication policy (for rehost serve)."),
     app_consistent: bool = typer.Option(False, "--app-consistent", help="Freeze the guest's file systems."),
     as_json: bool = typer.Option(False, "--json"),

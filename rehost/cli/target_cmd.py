@@ -87,7 +87,7 @@ def list_cmd(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) 
         rows = targets.list_targets(vault)
     data: list[dict[str, Any]] = [
         {"name": t.name, "kind": t.kind, "settings": t.settings, "verified_ok": t.verified_ok,
-         "verified_at": t.verified_at}
+         "verified_at": t.verified_at, "networks": [n.name for n in targets.provider(t).networks()]}
         for t in rows
     ]
     if as_json:
@@ -95,4 +95,5 @@ def list_cmd(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) 
         return
     for d in data:
         v = {None: "never verified", True: "verified", False: "FAILED verification"}[d["verified_ok"]]
-        out.print(f"{d['name']:16} {d['kind']:6} {d['settings'].get('path', '')}  {v}")
+        out.print(f"{d['name']:16} {d['kind']:6} {d['settings'].get('path', '')}  {v}  "
+                  f"networks: {', '.join(d['networks'])}", highlight=False)

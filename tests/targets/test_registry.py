@@ -39,6 +39,8 @@ def test_target_add_kind_from_the_cli(tmp_path: Path) -> None:
     listed = {t["name"]: t for t in rehost(vault, "target", "list", "--json").json()}
     assert listed["double"]["kind"] == "memory" and listed["here"]["settings"]["memory_mib"] == 128
     assert listed["old-spelling"]["settings"]["accel"] == "tcg"  # the config's default
+    assert listed["double"]["networks"] == ["production", "isolated"]
+    assert listed["here"]["networks"] == ["production", "isolated", "none"]
     assert (tmp_path / "double").is_dir() and (tmp_path / "here").is_dir()
     bad = rehost(vault, "target", "add", "local", "x", "--path", str(tmp_path / "x"), "--accel", "xen",
                  check=False)
