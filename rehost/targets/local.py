@@ -184,7 +184,11 @@ class LocalTarget:
                     raise DiskError(f"cannot create disk {disk.index} of {vm}: {r.stderr.strip()}")
                 os.replace(tmp, path)
             paths.append(path)
-        self._write_meta(vm, {"disks": [str(p) for p in paths], "machine": spec.name})
+        # the machine's CPUs come from its spec; memory from the target's setting (a test host
+        # rarely has the source's); firmware is recorded: BIOS only here (no OVMF wiring yet)
+        self._write_meta(vm, {"disks": [str(p) for p in paths], "machine": spec.name,
+                              "cpus": max(1, min(spec.cpus, os.cpu_count() or 1)),
+                              "firmware": spec.firmware.value})
         return self.describe(vm)
 
     def _meta(self, vm: str) -> dict[str, Any]:
@@ -235,6 +239,7 @@ class LocalTarget:
                 (rt / sock).unlink()
         cmd = [
             s.qemu_binary, "-name", vm, "-accel", s.accel, "-machine", "pc", "-m", str(s.memory_mib),
+            "-smp", str(self._meta(vm).get("cpus", 1)),
             "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
             "-daemonize", "-pidfile", str(d / "qemu.pid"),
             "-chardev", f"socket,id=serial0,path={rt / 'serial.sock'},server=on,wait=off,"

@@ -8,6 +8,7 @@ the resumed job's result; faults the target injects; and the conflict rules.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -140,6 +141,8 @@ def test_failover_on_the_mapped_network_then_complete(w: World) -> None:
     m = get_machine(w.vault, "web")
     assert m.state == "failed_over" and m.placement["target_name"] == "t"
     assert m.placement["dir"] == str(w.target_path / "web")
+    made = json.loads((w.target_path / "web" / "machine.json").read_text())  # the spec crossed the seam
+    assert (made["machine"], made["cpus"], made["firmware"], made["disks"]) == ("web", 1, "bios", [0])
 
     assert _run(w, "complete").state == "succeeded"
     assert _state(w) == "migration_completed" and protection.list_points(w.vault, "web") == []
