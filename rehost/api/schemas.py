@@ -101,6 +101,9 @@ class MachineOut(BaseModel):
         None, description="A physical machine's agent as the server last saw it (seen, checked, error)"
     )
     placement: dict[str, Any]
+    spec: dict[str, Any] = Field(
+        default_factory=dict, description="What the source discovered beyond the disks: firmware, cpus, "
+        "memory_mib, nics (mac, network), guest_os; defaults where it knew nothing")
     assigned_target: str | None = Field(description="The target it fails over to (detail only)")
 
 

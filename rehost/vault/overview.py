@@ -38,6 +38,7 @@ def machine_view(vault: Vault, m: MachineRow, points: list[RecoveryPoint],
         "last_cycle": m.last_cycle,
         "agent": agents.agent_view(vault, m, enrolled) if agents.has_agent(m) else None,
         "placement": m.placement,
+        "spec": inventory.spec_json(inventory.spec_of(m)),
         "assigned_target": None,
     }
 

@@ -38,6 +38,7 @@ def test_add_image_equals_source_add_image(vault: Path, disk: Path) -> None:
     assert new.out.replace("registered a", "") == old.out.replace("registered b", "")
     a, b = _machines(vault)
     assert {**a, "name": "b"} == b and a["source"] == "image" and a["disks"]
+    assert a["spec"] == {"firmware": "bios", "cpus": 1, "memory_mib": 512, "nics": [], "guest_os": None}
 
 
 def test_help_comes_from_the_config(vault: Path) -> None:

@@ -127,6 +127,10 @@ def test_physical_machine_migrates_end_to_end(lab: Lab, tmp_path: Path) -> None:
     assert reported["os"] and reported["cpus"] >= 1 and any(n["name"] == "lo" for n in reported["nics"])
     assert reported["capabilities"]["block_snapshot"] is False
     assert machine["agent"]["address"] == "127.0.0.1"
+    spec = machine["spec"]  # the agent's inventory became the machine's spec at its first look
+    assert spec["cpus"] == reported["cpus"] and spec["memory_mib"] == reported["memory"] >> 20
+    assert {n["mac"] for n in spec["nics"]} == {n["mac"] for n in reported["nics"]
+                                                if n["name"] != "lo" and n["mac"].strip("0:")}
     assert "not crash-consistent" in "; ".join(first["notes"])
     set_marker(lab.disk, "second")
     second = rehost(lab.vault, "replicate", "srv1", "--json").json()
