@@ -38,6 +38,8 @@ class QemuConfig:
                 "multi-TiB disks)."})
 
     def __post_init__(self) -> None:
+        if not self.qmp_socket.strip():
+            raise UsageError("give the QMP socket of the running QEMU (--qmp-socket PATH)")
         if self.granularity < 512 or self.granularity & (self.granularity - 1):
             raise UsageError(f"granularity must be a power of two >= 512, not {self.granularity}")
         if self.guest_agent is not None and not Path(self.guest_agent).exists():

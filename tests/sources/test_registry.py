@@ -52,6 +52,7 @@ def test_loose_input_becomes_the_typed_config() -> None:
     ("vmware", {}, "unknown source kind 'vmware' (kinds: image, qemu, physical)"),
     ("image", {"paths": ["a"], "colour": "blue"}, "source kind image has no option 'colour'"),
     ("qemu", {}, "source kind qemu needs --qmp-socket"),
+    ("qemu", {"qmp_socket": " "}, "give the QMP socket of the running QEMU"),
     ("qemu", {"qmp_socket": "/x", "granularity": "lots"}, "--granularity must be int, not 'lots'"),
     ("qemu", {"qmp_socket": "/x", "granularity": 1000}, "granularity must be a power of two >= 512"),
     ("qemu", {"qmp_socket": "/x", "guest_agent": "/no/such.sock"}, "guest agent socket /no/such.sock"),
