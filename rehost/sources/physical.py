@@ -134,23 +134,8 @@ class PhysicalSource:
     ) -> Iterator[Snapshot]:
         client = self.client(machine)
         notes: list[str] = []
-        consistency = Consistency.NONE
-        frozen = False
-        if app_consistent:
-            try:
-                answer = client.request("POST", "/freeze", {"timeout": self.freeze_timeout})
-                if answer.get("frozen"):
-                    frozen, consistency = True, Consistency.APP
-                else:
-                    notes.append(
-                        "no mounted file system on the agent's disks to freeze: not crash-consistent"
-                    )
-            except AgentError as e:
-                notes.append(f"could not freeze the file systems ({e}): not crash-consistent")
-        else:
-            inventory = (self.ca.machine(client.machine) or {}).get("inventory") or {}
-            why = (inventory.get("capabilities") or {}).get("block_snapshot_why") or "no block snapshots"
-            notes.append(f"read from a live disk without a snapshot ({why}): not crash-consistent")
+        frozen = self._freeze(client, app_consistent, notes)
+        consistency = Consistency.APP if frozen else Consistency.NONE
 
         def thaw() -> None:
             nonlocal frozen
@@ -202,24 +187,7 @@ class PhysicalSource:
 
                 def commit(point: RecoveryPoint) -> None:
                     thaw()
-                    try:
-                        digests = {}
-                        for index, (size, extents) in reported.items():
-                            got = self.cache.load(machine.id, index, point.id, block_count(size))
-                            if got is None:
-                                notes.append(
-                                    "the server's digests of the point are missing: the agent "
-                                    "will compare with nothing next time (full read)"
-                                )
-                                return
-                            digests[str(index)] = base64.b64encode(pack_digests(bytes(got), extents)).decode()
-                        client.request(
-                            "POST", "/commit", {"cycle": cycle, "point": point.id, "disks": digests}
-                        )
-                    except AgentError as e:
-                        notes.append(
-                            f"the agent did not adopt the point ({e}): the next cycle reads all data"
-                        )
+                    self._send_digests(client, machine, cycle, reported, point, notes)
 
                 yield Snapshot(
                     disks,
@@ -243,6 +211,48 @@ class PhysicalSource:
             raise
         finally:
             thaw()
+
+    def _freeze(self, client: AgentClient, app_consistent: bool, notes: list[str]) -> bool:
+        """Freeze the file systems on the agent's disks if asked; True if they are frozen.
+        Otherwise (not asked, nothing mounted, the agent refused) say why in ``notes``."""
+        if not app_consistent:
+            inventory = (self.ca.machine(client.machine) or {}).get("inventory") or {}
+            why = (inventory.get("capabilities") or {}).get("block_snapshot_why") or "no block snapshots"
+            notes.append(f"read from a live disk without a snapshot ({why}): not crash-consistent")
+            return False
+        try:
+            answer = client.request("POST", "/freeze", {"timeout": self.freeze_timeout})
+        except AgentError as e:
+            notes.append(f"could not freeze the file systems ({e}): not crash-consistent")
+            return False
+        if not answer.get("frozen"):
+            notes.append("no mounted file system on the agent's disks to freeze: not crash-consistent")
+            return False
+        return True
+
+    def _send_digests(
+        self,
+        client: AgentClient,
+        machine: MachineSpec,
+        cycle: str,
+        reported: dict[int, tuple[int, list[tuple[int, int]]]],
+        point: RecoveryPoint,
+        notes: list[str],
+    ) -> None:
+        """Once the point is stored: send the agent the server's digests of what it stored
+        (only the reported runs), so it compares with exactly that next time."""
+        try:
+            digests = {}
+            for index, (size, extents) in reported.items():
+                got = self.cache.load(machine.id, index, point.id, block_count(size))
+                if got is None:
+                    notes.append("the server's digests of the point are missing: the agent "
+                                 "will compare with nothing next time (full read)")
+                    return
+                digests[str(index)] = base64.b64encode(pack_digests(bytes(got), extents)).decode()
+            client.request("POST", "/commit", {"cycle": cycle, "point": point.id, "disks": digests})
+        except AgentError as e:
+            notes.append(f"the agent did not adopt the point ({e}): the next cycle reads all data")
 
     def _expected(
         self,
