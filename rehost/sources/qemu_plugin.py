@@ -18,7 +18,8 @@ from typing import Any
 from rehost.disks.qmp import QmpClient, QmpError
 from rehost.errors import UsageError
 from rehost.sources import registry
-from rehost.sources.qemu import DEFAULT_GRANULARITY, QemuSource, _commands, connect_qmp, list_disks
+from rehost.sources.qemu import DEFAULT_GRANULARITY, QemuSource
+from rehost.sources.qemu_qmp import commands, connect_qmp, list_disks
 from rehost.spec import DiskSpec, Firmware, MachineSpec, NicSpec
 
 
@@ -70,7 +71,7 @@ def discover(name: str, config: QemuConfig) -> MachineSpec:
 
 def _hardware(qmp: QmpClient) -> dict[str, Any]:
     """CPUs, memory, NICs and firmware of a VM; {} for a qemu-storage-daemon."""
-    if "system_powerdown" not in _commands(qmp):
+    if "system_powerdown" not in commands(qmp):
         return {}
     out: dict[str, Any] = {
         "cpus": max(1, len(qmp.execute("query-cpus-fast"))),

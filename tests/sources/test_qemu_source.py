@@ -40,8 +40,9 @@ from rehost.repository.repository import Repository
 from rehost.repository.restore import iter_chunks
 from rehost.repository.storage import MemoryStorage
 from rehost.sources.base import Snapshot
-from rehost.sources.qemu import QemuDisk, QemuSource, discover
+from rehost.sources.qemu import QemuSource
 from rehost.sources.qemu_cbt import Bitmap, DiskPlan, machine_tag, plan_disk, union_extents
+from rehost.sources.qemu_qmp import QemuDisk, discover
 from rehost.spec import DiskSpec, MachineSpec
 from rehost.testkit.qemu import Drive, QemuVM
 from rehost.testkit.tinylinux import READY_LINE, set_mode
