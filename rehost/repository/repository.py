@@ -273,6 +273,9 @@ class Repository:
                 return cached
         self._ensure_index()
         loc = self.index.get(bid)
+        if loc is None:  # written by another process since this one loaded the index?
+            self.refresh_index()
+            loc = self.index.get(bid)
         if loc is None:
             raise IntegrityError(f"blob {bid[:12]} is not in the index (missing index or pack)")
         try:

@@ -27,3 +27,47 @@ def test_a_pack_stored_before_a_crash_is_rebuilt_identically_without_error(tmp_p
     again.flush()  # the same pack bytes again: no AlreadyExists
     assert again.read_blob(bid) == blob
     assert check(again, read_data=True).ok
+
+
+def test_writers_side_by_side_each_count_their_own_and_store_everything(tmp_path: Path) -> None:
+    """Two cycles at once in one process: each writer has its own pack and statistics; a blob
+    both store is stored (at worst twice), and every blob reads back."""
+    import threading
+
+    repo = Repository.create(LocalStorage.create(tmp_path / "repo"))
+    repo.load_index()
+    rnd = random.Random(2)
+    shared = [rnd.randbytes(200_000) for _ in range(20)]
+    own = {w: [rnd.randbytes(200_000) for _ in range(30)] for w in ("a", "b")}
+    ids: dict[str, list[str]] = {}
+
+    def cycle(name: str) -> None:
+        with repo.writer() as w:
+            ids[name] = [w.put_blob(b) for b in [*shared, *own[name]]]
+            w.flush()
+            stats[name] = w.stats
+
+    stats: dict[str, object] = {}
+    threads = [threading.Thread(target=cycle, args=(n,)) for n in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for name in ("a", "b"):
+        s = stats[name]
+        assert s.blobs_new + s.blobs_known == 50  # type: ignore[attr-defined]
+        assert s.blobs_new >= 30  # type: ignore[attr-defined]  its own blobs are new to it
+        for bid, data in zip(ids[name], [*shared, *own[name]], strict=True):
+            assert repo.read_blob(bid) == data
+    assert repo.stats.blobs_new == 0  # the repository's own writer wrote nothing
+    assert check(repo, read_data=True).ok
+
+
+def test_a_reader_finds_blobs_another_process_stored_after_it_loaded_the_index(tmp_path: Path) -> None:
+    storage = LocalStorage.create(tmp_path / "repo")
+    reader = Repository.create(storage)
+    reader.load_index()
+    writer = Repository.open(LocalStorage(tmp_path / "repo"))
+    bid = writer.put_blob(b"written later by someone else" * 100)
+    writer.flush()
+    assert reader.read_blob(bid) == b"written later by someone else" * 100
