@@ -123,7 +123,6 @@ class QemuSource:
         a cycle that dies before the commit leaves them for the next cycle to union.
         """
         tag = machine_tag(machine.id)
-        sequence = parent.sequence + 1 if parent is not None else 0
         notes: list[str] = []
         committed: list[RecoveryPoint] = []
         plans: list[DiskPlan] = []
@@ -136,38 +135,11 @@ class QemuSource:
             if left:
                 notes.append(f"removed leftovers of an interrupted cycle: {', '.join(left)}")
             disks = self._resolve(qmp, machine)
-            recorded = _parent_bitmaps(parent)
-            on_node = node_bitmaps(qmp)
-            for index, disk in disks:
-                # A disk the parent does not have (added since) is read whole, like a first copy.
-                before = {d.index: d.size for d in parent.disks} if parent is not None else {}
-                if index in before and before[index] != disk.size:
-                    notes.append(f"disk {index} was resized from {before[index]} to {disk.size} bytes: "
-                                 "read in full")
-                plan = plan_disk(
-                    index, disk.node_name, on_node.get(disk.node_name, []), tag=tag,
-                    new=bitmap_name(tag, sequence), parent_bitmap=recorded.get(str(index)),
-                    parent_sequence=parent.sequence if parent is not None and index in before else None,
-                    persistent=disk.bitmaps_persist,
-                )
-                notes += [f"disk {index}: could not remove {f}" for f in
-                          remove_bitmaps(qmp, disk.node_name, plan.remove_now)]
-                if plan.note:
-                    notes.append(plan.note)
-                plans.append(plan)
+            plans += self._plans(qmp, tag, disks, parent, notes)
             session.start_server()  # first: it may refuse (someone else's exports)
             for index, disk in disks:
                 session.prepare(index, disk.node_name, disk.size)
-            actions: list[dict[str, Any]] = []
-            for plan, (index, disk) in zip(plans, disks, strict=True):
-                actions.append({"type": "block-dirty-bitmap-add", "data": {
-                    "node": disk.node_name, "name": plan.new, "granularity": self.granularity,
-                    "persistent": disk.bitmaps_persist}})
-                actions += [
-                    {"type": "block-dirty-bitmap-disable", "data": {"node": disk.node_name, "name": n}}
-                    for n in plan.disable
-                ]
-                actions.append(session.backup_action(index, disk.node_name))
+            actions = self._actions(session, plans, disks)
             instant = datetime.now(UTC)  # the point's time: when the transaction fixes the data
             consistency, freeze = self._instant(qmp, actions, app_consistent, notes)
 
@@ -203,6 +175,49 @@ class QemuSource:
                 notes += self._drop_old(qmp, tag, plans)
             qmp.close()
             remove_workdir(workdir)
+
+    def _plans(self, qmp: QmpClient, tag: str, disks: list[tuple[int, QemuDisk]],
+               parent: RecoveryPoint | None, notes: list[str]) -> list[DiskPlan]:
+        """Per disk, which bitmap starts now and which say what changed since ``parent``
+        (``qemu_cbt.plan_disk`` decides; stale bitmaps it names are removed here)."""
+        sequence = parent.sequence + 1 if parent is not None else 0
+        recorded = _parent_bitmaps(parent)
+        on_node = node_bitmaps(qmp)
+        # A disk the parent does not have (added since) is read whole, like a first copy.
+        before = {d.index: d.size for d in parent.disks} if parent is not None else {}
+        plans = []
+        for index, disk in disks:
+            if index in before and before[index] != disk.size:
+                notes.append(f"disk {index} was resized from {before[index]} to {disk.size} bytes: "
+                             "read in full")
+            plan = plan_disk(
+                index, disk.node_name, on_node.get(disk.node_name, []), tag=tag,
+                new=bitmap_name(tag, sequence), parent_bitmap=recorded.get(str(index)),
+                parent_sequence=parent.sequence if parent is not None and index in before else None,
+                persistent=disk.bitmaps_persist,
+            )
+            notes += [f"disk {index}: could not remove {f}" for f in
+                      remove_bitmaps(qmp, disk.node_name, plan.remove_now)]
+            if plan.note:
+                notes.append(plan.note)
+            plans.append(plan)
+        return plans
+
+    def _actions(self, session: FleeceSession, plans: list[DiskPlan],
+                 disks: list[tuple[int, QemuDisk]]) -> list[dict[str, Any]]:
+        """The one QMP transaction of the cycle's instant: per disk, add the new bitmap,
+        disable the ones that end here, start the fleecing backup."""
+        actions: list[dict[str, Any]] = []
+        for plan, (index, disk) in zip(plans, disks, strict=True):
+            actions.append({"type": "block-dirty-bitmap-add", "data": {
+                "node": disk.node_name, "name": plan.new, "granularity": self.granularity,
+                "persistent": disk.bitmaps_persist}})
+            actions += [
+                {"type": "block-dirty-bitmap-disable", "data": {"node": disk.node_name, "name": n}}
+                for n in plan.disable
+            ]
+            actions.append(session.backup_action(index, disk.node_name))
+        return actions
 
     def _instant(
         self, qmp: QmpClient, actions: list[dict[str, Any]], app_consistent: bool, notes: list[str]
