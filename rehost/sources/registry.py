@@ -15,7 +15,6 @@ options, JSON) into that dataclass, refusing unknown and missing options.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,37 +92,26 @@ class SourcePlugin:
     name_hint: str = ""
 
 
-_PLUGINS: dict[str, SourcePlugin] = {}
 #: modules that define the built-in plugins, in the order listings show them; imported on
 #: first lookup (they import QEMU, libnbd and the agent's PKI, which an ``import
 #: rehost.sources.registry`` should not pay for)
 _BUILTIN = ("rehost.sources.image", "rehost.sources.qemu_plugin", "rehost.sources.physical")
-
-
-def register(plugin: SourcePlugin) -> SourcePlugin:
-    if plugin.kind in _PLUGINS and _PLUGINS[plugin.kind] is not plugin:
-        raise ValueError(f"source kind {plugin.kind!r} is registered twice")
-    _PLUGINS[plugin.kind] = plugin
-    return plugin
-
-
-def _load() -> None:
-    for module in _BUILTIN:
-        importlib.import_module(module)
+_ORDER = ("image", "qemu", "physical")
+REGISTRY: plugin_config.Registry[SourcePlugin] = plugin_config.Registry("source", _BUILTIN)
+register = REGISTRY.register
 
 
 def plugins() -> list[SourcePlugin]:
-    """Every source kind: the built-in ones first, in ``_BUILTIN`` order."""
-    _load()
-    order = [m.rsplit(".", 1)[-1].removesuffix("_plugin") for m in _BUILTIN]
-    return sorted(_PLUGINS.values(), key=lambda p: order.index(p.kind) if p.kind in order else len(order))
+    """Every source kind, the built-in ones first in a fixed order (registration order depends
+    on which module happened to be imported first)."""
+    return sorted(REGISTRY.plugins(),
+                  key=lambda p: _ORDER.index(p.kind) if p.kind in _ORDER else len(_ORDER))
 
 
 def find(kind: str) -> SourcePlugin | None:
     """The plugin of ``kind``; None for a kind this version does not know (listings still
     show such a machine; operating on it says why it cannot)."""
-    _load()
-    return _PLUGINS.get(kind)
+    return next((p for p in REGISTRY.plugins() if p.kind == kind), None)
 
 
 def get(kind: str) -> SourcePlugin:
