@@ -116,9 +116,9 @@ class Azurite:
     def stop(self) -> None:
         proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
+            os.killpg(proc.pid, signal.SIGINT)  # its own clean stop; it ignores SIGTERM a while
             try:
-                proc.wait(10)
+                proc.wait(3)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()

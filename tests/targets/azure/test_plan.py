@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 from rehost.repository.manifest import MapEntry
@@ -44,7 +45,7 @@ def test_plan_turns_old_into_new_and_follows_azure_rules() -> None:
         # Rules: aligned, in order, not overlapping, writes <= 4 MiB.
         for r in reqs:
             r.check()
-        assert all(x.end <= y.offset for x, y in zip(reqs, reqs[1:], strict=False))
+        assert all(x.end <= y.offset for x, y in itertools.pairwise(reqs))
         # Every byte that differs is covered, and cleared only if the new disk has no data on its page.
         changed = changed_ranges(old, new, size * scale)
         covered = [(r.offset, r.end, r.clear) for r in reqs]

@@ -1,0 +1,173 @@
+"""Replica page blobs against a real Azurite: exact bytes (qemu-img is the oracle), only the
+changed pages written, resume after a cut, retries on injected 500/429, no secret leaked."""
+
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+
+import pytest
+
+from rehost.errors import BackendError
+from rehost.targets.azure.blob import BlobEndpoint, PageBlob
+from rehost.targets.azure.pageblob import sync_disk
+from rehost.targets.azure.plan import PAGE
+from rehost.testkit.azurite import Azurite
+from rehost.testkit.faultproxy import FaultProxy
+from tests.targets.azure.conftest import key_credential, scatter
+from tests.targets.azure.helpers import MiB, Points, check_replica
+
+SIZE = 24 * MiB + 7 * 512  # not a whole MiB: the replica pads it
+
+
+def _image(path: Path, seed: int = 1) -> Path:
+    """Data in a few regions (one ending off a page boundary), holes elsewhere."""
+    rng = random.Random(seed)
+    with open(path, "wb") as f:
+        f.truncate(SIZE)
+        for off, n in ((0, 3 * MiB), (5 * MiB + 4096, 6 * MiB + 1000), (20 * MiB, 2 * MiB),
+                       (SIZE - 9000, 9000)):
+            f.seek(off)
+            f.write(rng.randbytes(n))
+    return path
+
+
+def _blob(az: Azurite | FaultProxy, container: str, **kw: object) -> PageBlob:
+    url = az.account_url if isinstance(az, Azurite) else f"http://127.0.0.1:{az.port}/devstoreaccount1"
+    return PageBlob(BlobEndpoint(url, container, key_credential()), "disk0.vhd", backoff=0.01, **kw)  # type: ignore[arg-type]
+
+
+def test_sync_writes_only_what_changed(azurite: Azurite, container: str, tmp_path: Path) -> None:
+    pts = Points(tmp_path, _image(tmp_path / "disk.raw"))
+    a = pts.cycle()
+    blob = _blob(azurite, container)
+    first = sync_disk(pts.repo, a, 0, blob, last=None, journal_dir=tmp_path / "j")
+    data = sum(e.length for e in pts.repo.resolve_map(a, 0) if e.blob)
+    assert data <= first.bytes_written <= data + 4 * PAGE + 512  # page edges and the footer
+    assert first.pages_cleared == 0 and first.parent is None
+    check_replica(blob, pts.repo, a, tmp_path, first.snapshot)
+    print(f"\nfirst sync: {first.bytes_written} bytes, {first.requests} requests, {first.seconds}s")
+
+    again = sync_disk(pts.repo, a, 0, blob, last=a, journal_dir=tmp_path / "j")
+    assert again.bytes_written == 0 and again.snapshot == first.snapshot
+
+    b = pts.cycle()  # nothing changed on the source
+    same = sync_disk(pts.repo, b, 0, blob, last=a, journal_dir=tmp_path / "j")
+    assert same.pages_written == 0 and same.pages_cleared == 0 and same.parent == a.id
+    assert same.snapshot != first.snapshot
+
+    with open(pts.image, "r+b") as f:  # a region becomes zeros
+        f.seek(21 * MiB)
+        f.write(bytes(MiB))
+    changed = scatter(pts.image, 0.01, seed=3)
+    c = pts.cycle()
+    delta = sync_disk(pts.repo, c, 0, blob, last=b, journal_dir=tmp_path / "j")
+    print(f"1% scattered change: {changed} bytes changed, {delta.bytes_written} written, "
+          f"{delta.pages_cleared} pages cleared, {delta.requests} requests, {delta.seconds}s")
+    assert changed <= delta.bytes_written <= changed * 1.05
+    assert MiB // 2 <= delta.pages_cleared * PAGE <= MiB  # the zeroed MiB, less scattered blocks in it
+    check_replica(blob, pts.repo, c, tmp_path, delta.snapshot)
+    # Every snapshot still holds its own point.
+    check_replica(blob, pts.repo, a, tmp_path, first.snapshot)
+    snaps = blob.snapshots()
+    assert {md["rehost_point"] for md in snaps.values()} == {a.id, b.id, c.id}
+
+
+class _CutAfter(PageBlob):
+    """The real blob, failing every page write after the first ``n`` (a cut connection)."""
+
+    def __init__(self, *args: object, n: int, **kw: object) -> None:
+        super().__init__(*args, **kw)  # type: ignore[arg-type]
+        self.n = n
+        self.puts = 0
+
+    def put(self, offset: int, data: bytes) -> None:
+        self.puts += 1
+        if self.puts > self.n:
+            raise BackendError("injected: connection cut", retryable=True)
+        super().put(offset, data)
+
+
+def test_a_cut_sync_resumes_without_rewriting(azurite: Azurite, container: str, tmp_path: Path) -> None:
+    pts = Points(tmp_path, _image(tmp_path / "disk.raw"))
+    a = pts.cycle()
+    url = azurite.account_url
+    cut = _CutAfter(BlobEndpoint(url, container, key_credential()), "disk0.vhd", n=3, backoff=0.01)
+    with pytest.raises(BackendError, match="injected"):
+        sync_disk(pts.repo, a, 0, cut, last=None, journal_dir=tmp_path / "j", workers=2)
+    blob = _blob(azurite, container)
+    assert "rehost_syncing" in (blob.state() or pytest.fail("no blob")).metadata
+    resumed = sync_disk(pts.repo, a, 0, blob, last=None, journal_dir=tmp_path / "j")
+    full = sum(e.length for e in pts.repo.resolve_map(a, 0) if e.blob)
+    assert resumed.resumed_skipped >= 3
+    assert resumed.bytes_written <= full - 3 * 512 * 1024  # the landed requests (>= 3) not sent again
+    check_replica(blob, pts.repo, a, tmp_path, resumed.snapshot)
+
+    # A delta cut, the source changes again, and the next sync goes to the newer point:
+    # it first finishes the interrupted target, then syncs on.
+    scatter(pts.image, 0.02, seed=5)
+    b = pts.cycle()
+    cut = _CutAfter(BlobEndpoint(url, container, key_credential()), "disk0.vhd", n=4, backoff=0.01)
+    with pytest.raises(BackendError):
+        sync_disk(pts.repo, b, 0, cut, last=a, journal_dir=tmp_path / "j", workers=1)
+    scatter(pts.image, 0.01, seed=6)
+    c = pts.cycle()
+    on = sync_disk(pts.repo, c, 0, blob, last=a, journal_dir=tmp_path / "j")
+    assert on.resumed_skipped >= 4 and "interrupted sync" in on.note
+    check_replica(blob, pts.repo, c, tmp_path, on.snapshot)
+    snaps = {md["rehost_point"]: s for s, md in blob.snapshots().items()}
+    check_replica(blob, pts.repo, b, tmp_path, snaps[b.id])
+
+
+@pytest.mark.parametrize("status", [500, 429, 503])
+def test_injected_errors_are_retried(azurite: Azurite, container: str, tmp_path: Path, status: int) -> None:
+    pts = Points(tmp_path, _image(tmp_path / "disk.raw"))
+    a = pts.cycle()
+    proxy = FaultProxy(azurite.port, every=3, status=status)
+    try:
+        report = sync_disk(pts.repo, a, 0, _blob(proxy, container), last=None, journal_dir=tmp_path / "j")
+    finally:
+        proxy.close()
+    assert proxy.failed > 0 and report.retries == proxy.failed
+    check_replica(_blob(azurite, container), pts.repo, a, tmp_path, report.snapshot)
+
+
+def test_no_secret_in_logs_errors_or_reports(azurite: Azurite, container: str, tmp_path: Path,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+
+    from rehost.testkit.azurite import ACCOUNT, ACCOUNT_KEY
+
+    pts = Points(tmp_path, _image(tmp_path / "disk.raw"))
+    a = pts.cycle()
+    _blob(azurite, container).create(1024, {})  # the container exists; SAS cannot create it
+    rights = ContainerSasPermissions(read=True, write=True, list=True, create=True)
+    sas = generate_container_sas(ACCOUNT, container, account_key=ACCOUNT_KEY, permission=rights,
+                                 expiry=datetime.now(UTC) + timedelta(hours=1))
+    signature = dict(p.split("=", 1) for p in sas.split("&"))["sig"]
+    caplog.set_level(logging.DEBUG)
+    ok = PageBlob(BlobEndpoint(azurite.account_url, container, sas), "sas.vhd", backoff=0.01)
+    report = sync_disk(pts.repo, a, 0, ok, last=None, journal_dir=tmp_path / "j")
+    proxy = FaultProxy(azurite.port, every=1, status=503)
+    try:
+        bad = PageBlob(BlobEndpoint(f"http://127.0.0.1:{proxy.port}/{ACCOUNT}", container, sas), "x.vhd",
+                       retries=1, backoff=0.01)
+        with pytest.raises(BackendError) as err:
+            sync_disk(pts.repo, a, 0, bad, last=None, journal_dir=tmp_path / "j2")
+    finally:
+        proxy.close()
+    wrong = sas.replace(signature, ("B" if signature[0] == "A" else "A") + signature[1:])
+    forged = PageBlob(BlobEndpoint(azurite.account_url, container, wrong), "y.vhd", retries=0)
+    with pytest.raises(BackendError) as denied:
+        forged.state()
+    texts = [caplog.text, str(err.value), repr(err.value), str(denied.value), str(report.to_json()),
+             repr(ok.endpoint)]
+    for text in texts:
+        assert signature not in text and signature[1:] not in text
+    for text in texts[1:]:
+        assert "sig=" not in text
+    # The SDK's own request log shows the parameter's name only, value replaced.
+    assert caplog.text.count("sig=") == caplog.text.count("sig=REDACTED")
