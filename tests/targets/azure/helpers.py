@@ -65,3 +65,24 @@ def check_replica(blob: PageBlob, repo: Repository, point: RecoveryPoint, folder
     r = subprocess.run(["qemu-img", "compare", "-f", "vpc", "-F", "raw", str(vhd), str(export)],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def slow_sync_main(repo_path: str, point_id: str, account_url: str, container: str, journal: str) -> None:
+    """The child of the kill -9 test: a sync whose page writes take 20 ms more each, so the
+    parent can kill it half way (run as ``python -c``)."""
+    import time
+
+    from rehost.repository.storage import LocalStorage
+    from rehost.targets.azure.blob import BlobEndpoint
+    from rehost.targets.azure.pageblob import sync_disk
+    from rehost.testkit.azurite import ACCOUNT, ACCOUNT_KEY
+
+    class Slow(PageBlob):
+        def put(self, offset: int, data: bytes) -> None:
+            time.sleep(0.02)
+            super().put(offset, data)
+
+    repo = Repository.open(LocalStorage(repo_path))
+    blob = Slow(BlobEndpoint(account_url, container, {"account_name": ACCOUNT, "account_key": ACCOUNT_KEY}),
+                "disk0.vhd")
+    sync_disk(repo, repo.load_point_exact(point_id), 0, blob, last=None, journal_dir=Path(journal), workers=1)

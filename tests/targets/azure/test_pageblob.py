@@ -3,8 +3,14 @@ changed pages written, resume after a cut, retries on injected 500/429, no secre
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import random
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -171,3 +177,33 @@ def test_no_secret_in_logs_errors_or_reports(azurite: Azurite, container: str, t
         assert "sig=" not in text
     # The SDK's own request log shows the parameter's name only, value replaced.
     assert caplog.text.count("sig=") == caplog.text.count("sig=REDACTED")
+
+
+def test_kill_9_during_a_sync_resumes(azurite: Azurite, container: str, tmp_path: Path) -> None:
+    pts = Points(tmp_path, _image(tmp_path / "disk.raw"))
+    scatter(pts.image, 0.03, seed=8)  # many small requests, to be killed among them
+    a = pts.cycle()
+    journal = tmp_path / "j"
+    code = ("import sys; from tests.targets.azure.helpers import slow_sync_main; "
+            "slow_sync_main(*sys.argv[1:])")
+    child = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "repo"), a.id, azurite.account_url,
+                              container, str(journal)], cwd=Path(__file__).parents[3])
+    deadline = time.monotonic() + 30
+    landed = 0
+    while landed < 20 and time.monotonic() < deadline and child.poll() is None:
+        time.sleep(0.02)
+        files = list(journal.glob("*.jsonl")) if journal.exists() else []
+        landed = len(files[0].read_text().splitlines()) - 1 if files else 0
+    assert child.poll() is None, "the sync ended before it could be killed"
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    lines = next(journal.glob("*.jsonl")).read_text().splitlines()[1:]
+    landed_bytes = sum(json.loads(x)["n"] for x in lines if x.endswith("}"))
+    blob = _blob(azurite, container)
+    resumed = sync_disk(pts.repo, a, 0, blob, last=None, journal_dir=journal)
+    full = sum(e.length for e in pts.repo.resolve_map(a, 0) if e.blob)
+    print(f"\nkill -9 after {landed} requests: resume wrote {resumed.bytes_written} of {full} bytes, "
+          f"skipped {resumed.resumed_skipped} requests")
+    assert resumed.resumed_skipped >= landed
+    assert full - landed_bytes <= resumed.bytes_written <= full - landed_bytes + 64 * 1024
+    check_replica(blob, pts.repo, a, tmp_path, resumed.snapshot)
