@@ -20,7 +20,7 @@ import re
 import threading
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, quote, urlsplit, urlunsplit
 
 from rehost.errors import BackendError
 
@@ -83,7 +83,8 @@ class BlobEndpoint:
         if isinstance(c, dict):
             return tuple(str(v) for k, v in c.items() if k != "account_name")
         if isinstance(c, str):
-            return (c,)
+            sig = parse_qs(c.lstrip("?")).get("sig", [])
+            return (c, *sig, *(quote(v, safe="") for v in sig))
         return ()
 
 
@@ -157,6 +158,17 @@ class PageBlob:
         )
         self._container = service.get_container_client(endpoint.container)
         self._blob = self._container.get_blob_client(name)
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> PageBlob:
+        """A blob named by one URL with its SAS (what a managed disk's grant-access returns:
+        ``https://md-....blob.storage.azure.net/<container>/<blob>?sv=...&sig=...``)."""
+        parts = urlsplit(url)
+        path = parts.path.rstrip("/")
+        head, name = path.rsplit("/", 1)
+        base, container = head.rsplit("/", 1)
+        account_url = urlunsplit((parts.scheme, parts.netloc, base, "", ""))
+        return cls(BlobEndpoint(account_url, container, parts.query or None), name, **options)
 
     @property
     def url(self) -> str:
