@@ -53,7 +53,8 @@ def test_upload_a_point_through_a_blob_sas(azurite: Azurite, container: str, tmp
     PageBlob(BlobEndpoint(azurite.account_url, container, key_credential()), "md.vhd").create(
         padded_size(size) + FOOTER_SIZE, {})
     sas = generate_blob_sas(ACCOUNT, container, "md.vhd", account_key=ACCOUNT_KEY,
-                            permission=BlobSasPermissions(write=True), expiry=datetime.now(UTC) + timedelta(hours=1))
+                            permission=BlobSasPermissions(write=True),
+                            expiry=datetime.now(UTC) + timedelta(hours=1))
     blob = PageBlob.from_url(f"{azurite.account_url}/{container}/md.vhd?{sas}", backoff=0.01)
     report = upload_disk(blob, size, pts.repo.iter_disk(a, 0))
     data = sum(e.length for e in pts.repo.resolve_map(a, 0) if e.blob)
