@@ -241,5 +241,9 @@ class PageBlob:
         data = self._call("read", lambda: client.download_blob(offset=offset, length=length).readall())
         return bytes(data)
 
+    def delete_snapshot(self, snapshot: str) -> None:
+        client = self._container.get_blob_client(self.name, snapshot=snapshot)
+        self._call("delete a snapshot of", client.delete_blob, tolerate=(404,))
+
     def delete(self) -> None:
         self._call("delete", self._blob.delete_blob, delete_snapshots="include")

@@ -30,7 +30,7 @@ import hashlib
 import json
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -317,6 +317,28 @@ def _finish(blob: PageBlob, target: RecoveryPoint, disk: int) -> str:
     md = {"rehost_point": target.id, "rehost_size": str(size)}
     blob.set_metadata(md)
     return blob.snapshot(md)
+
+
+def point_snapshots(blob: PageBlob) -> dict[str, str]:
+    """point id -> the blob snapshot holding it (what failover makes a managed disk from)."""
+    out: dict[str, str] = {}
+    for snap, md in sorted(blob.snapshots().items()):
+        if "rehost_point" in md:
+            out[md["rehost_point"]] = snap
+    return out
+
+
+def forget_snapshots(blob: PageBlob, keep: Iterable[str]) -> list[str]:
+    """Delete the snapshots of points not in ``keep`` (retention removed them from the
+    repository); returns the point ids forgotten. The base blob is never touched."""
+    keep = set(keep)
+    gone = []
+    for snap, md in blob.snapshots().items():
+        point = md.get("rehost_point")
+        if point not in keep:
+            blob.delete_snapshot(snap)
+            gone.append(point or snap)
+    return gone
 
 
 def _snapshot_of(blob: PageBlob, point_id: str) -> str:

@@ -17,7 +17,7 @@ import pytest
 
 from rehost.errors import BackendError
 from rehost.targets.azure.blob import BlobEndpoint, PageBlob
-from rehost.targets.azure.pageblob import sync_disk
+from rehost.targets.azure.pageblob import forget_snapshots, point_snapshots, sync_disk
 from rehost.targets.azure.plan import PAGE
 from rehost.testkit.azurite import Azurite
 from rehost.testkit.faultproxy import FaultProxy
@@ -76,8 +76,10 @@ def test_sync_writes_only_what_changed(azurite: Azurite, container: str, tmp_pat
     check_replica(blob, pts.repo, c, tmp_path, delta.snapshot)
     # Every snapshot still holds its own point.
     check_replica(blob, pts.repo, a, tmp_path, first.snapshot)
-    snaps = blob.snapshots()
-    assert {md["rehost_point"] for md in snaps.values()} == {a.id, b.id, c.id}
+    assert set(point_snapshots(blob)) == {a.id, b.id, c.id}
+    assert forget_snapshots(blob, {a.id, c.id}) == [b.id]
+    assert point_snapshots(blob) == {a.id: first.snapshot, c.id: delta.snapshot}
+    check_replica(blob, pts.repo, c, tmp_path)  # the base blob is the newest point
 
 
 class _CutAfter(PageBlob):
