@@ -97,3 +97,13 @@ def test_unchanged_and_unknown() -> None:
     assert full[-1].end == 8 * MiB
     assert page_requests([], m, 8 * MiB)[0] == PageRequest(0, 5120, False)
     assert not any(r.clear for r in page_requests([], m, 8 * MiB))  # a fresh blob: only data
+
+
+def test_requests_over_azure_limits_are_refused() -> None:
+    import pytest
+
+    for bad in (PageRequest(0, MAX_PUT + PAGE, False), PageRequest(100, PAGE, False),
+                PageRequest(0, 1000, True), PageRequest(0, 0, False)):
+        with pytest.raises(ValueError):
+            bad.check()
+    PageRequest(0, 64 * MiB, True).check()  # clears may be larger than 4 MiB
