@@ -68,7 +68,9 @@ def _cover(entries: Sequence[MapEntry], size: int) -> Iterator[tuple[int, int, K
         yield pos, size, None
 
 
-def changed_ranges(old: Sequence[MapEntry] | None, new: Sequence[MapEntry], size: int) -> list[tuple[int, int]]:
+def changed_ranges(
+    old: Sequence[MapEntry] | None, new: Sequence[MapEntry], size: int
+) -> list[tuple[int, int]]:
     """Merged [start, end) byte ranges of [0, size) where ``new`` may differ from ``old``.
     ``old`` None means the replica's content is unknown: everything is changed."""
     if old is None:
