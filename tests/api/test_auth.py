@@ -16,6 +16,8 @@ MIN_ROLE = {
     ("GET", "/api/v1/sources"): "reader",
     ("POST", "/api/v1/sources/image"): "admin",
     ("POST", "/api/v1/sources/physical"): "admin",
+    ("GET", "/api/v1/sources/kinds"): "reader",
+    ("POST", "/api/v1/sources"): "admin",
     ("GET", "/api/v1/machines"): "reader",
     ("GET", "/api/v1/machines/{name}"): "reader",
     ("GET", "/api/v1/machines/{name}/points"): "reader",
