@@ -209,3 +209,22 @@ def test_kill_9_during_a_sync_resumes(azurite: Azurite, container: str, tmp_path
     assert resumed.resumed_skipped >= landed
     assert full - landed_bytes <= resumed.bytes_written <= full - landed_bytes + 64 * 1024
     check_replica(blob, pts.repo, a, tmp_path, resumed.snapshot)
+
+
+def test_a_disk_that_grows_is_rewritten_at_its_new_size(
+    azurite: Azurite, container: str, tmp_path: Path
+) -> None:
+    pts = Points(tmp_path, _image(tmp_path / "disk.raw"))
+    a = pts.cycle()
+    blob = _blob(azurite, container)
+    sync_disk(pts.repo, a, 0, blob, last=None, journal_dir=tmp_path / "j")
+    with open(pts.image, "r+b") as f:  # 3 MiB more, data right after the old end
+        f.truncate(SIZE + 3 * MiB)
+        f.seek(SIZE)
+        f.write(b"\x42" * 8192)
+    b = pts.cycle()
+    grown = sync_disk(pts.repo, b, 0, blob, last=a, journal_dir=tmp_path / "j")
+    assert grown.parent is None  # rewritten whole: the old footer sits inside the new data
+    check_replica(blob, pts.repo, b, tmp_path, grown.snapshot)
+    # The old point's snapshot keeps its own size and footer.
+    check_replica(blob, pts.repo, a, tmp_path, point_snapshots(blob)[a.id])
