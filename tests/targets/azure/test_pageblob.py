@@ -228,3 +228,24 @@ def test_a_disk_that_grows_is_rewritten_at_its_new_size(
     check_replica(blob, pts.repo, b, tmp_path, grown.snapshot)
     # The old point's snapshot keeps its own size and footer.
     check_replica(blob, pts.repo, a, tmp_path, point_snapshots(blob)[a.id])
+
+
+def test_an_interrupted_target_pruned_meanwhile_means_a_full_rewrite(
+    azurite: Azurite, container: str, tmp_path: Path
+) -> None:
+    pts = Points(tmp_path, _image(tmp_path / "disk.raw"))
+    a = pts.cycle()
+    blob = _blob(azurite, container)
+    sync_disk(pts.repo, a, 0, blob, last=None, journal_dir=tmp_path / "j")
+    scatter(pts.image, 0.05, seed=11)
+    b = pts.cycle()
+    cut = _CutAfter(BlobEndpoint(azurite.account_url, container, key_credential()), "disk0.vhd", n=2,
+                    backoff=0.01)
+    with pytest.raises(BackendError):
+        sync_disk(pts.repo, b, 0, cut, last=a, journal_dir=tmp_path / "j", workers=1)
+    scatter(pts.image, 0.01, seed=12)
+    c = pts.cycle()
+    pts.repo.forget_point(b.id)  # retention took the point the cut sync was going to
+    report = sync_disk(pts.repo, c, 0, blob, last=a, journal_dir=tmp_path / "j")
+    assert report.parent is None and report.pages_cleared > 0  # content unknown: every page set
+    check_replica(blob, pts.repo, c, tmp_path, report.snapshot)
