@@ -39,6 +39,14 @@ def _image(path: Path, seed: int = 1) -> Path:
     return path
 
 
+def _synced(az: Azurite, container: str, tmp_path: Path) -> tuple[Points, PageBlob]:
+    """A repository with one point of a fresh image, synced into a new blob."""
+    pts = Points(tmp_path, _image(tmp_path / "disk.raw"))
+    blob = _blob(az, container)
+    sync_disk(pts.repo, pts.cycle(), 0, blob, last=None, journal_dir=tmp_path / "j")
+    return pts, blob
+
+
 def _blob(az: Azurite | FaultProxy, container: str, **kw: object) -> PageBlob:
     url = az.account_url if isinstance(az, Azurite) else f"http://127.0.0.1:{az.port}/devstoreaccount1"
     return PageBlob(BlobEndpoint(url, container, key_credential()), "disk0.vhd", backoff=0.01, **kw)  # type: ignore[arg-type]
@@ -214,10 +222,8 @@ def test_kill_9_during_a_sync_resumes(azurite: Azurite, container: str, tmp_path
 def test_a_disk_that_grows_is_rewritten_at_its_new_size(
     azurite: Azurite, container: str, tmp_path: Path
 ) -> None:
-    pts = Points(tmp_path, _image(tmp_path / "disk.raw"))
-    a = pts.cycle()
-    blob = _blob(azurite, container)
-    sync_disk(pts.repo, a, 0, blob, last=None, journal_dir=tmp_path / "j")
+    pts, blob = _synced(azurite, container, tmp_path)
+    a = pts.points[0]
     with open(pts.image, "r+b") as f:  # 3 MiB more, data right after the old end
         f.truncate(SIZE + 3 * MiB)
         f.seek(SIZE)
@@ -233,10 +239,8 @@ def test_a_disk_that_grows_is_rewritten_at_its_new_size(
 def test_an_interrupted_target_pruned_meanwhile_means_a_full_rewrite(
     azurite: Azurite, container: str, tmp_path: Path
 ) -> None:
-    pts = Points(tmp_path, _image(tmp_path / "disk.raw"))
-    a = pts.cycle()
-    blob = _blob(azurite, container)
-    sync_disk(pts.repo, a, 0, blob, last=None, journal_dir=tmp_path / "j")
+    pts, blob = _synced(azurite, container, tmp_path)
+    a = pts.points[0]
     scatter(pts.image, 0.05, seed=11)
     b = pts.cycle()
     cut = _CutAfter(BlobEndpoint(azurite.account_url, container, key_credential()), "disk0.vhd", n=2,
