@@ -15,9 +15,11 @@ from typing import ClassVar
 
 class FaultProxy:
     def __init__(
-        self, upstream_port: int, *, every: int, status: int = 500, match: str = "comp=page"
+        self, upstream_port: int, *, every: int, status: int = 500, match: str = "comp=page",
+        retry_after: float = 0,
     ) -> None:
         self.every, self.status, self.match = every, status, match
+        self.retry_after = retry_after
         self.seen = 0
         self.failed = 0
         self._lock = threading.Lock()
@@ -32,7 +34,7 @@ class FaultProxy:
                 if proxy._should_fail(self.path):
                     self.send_response(proxy.status)
                     self.send_header("Content-Length", "0")
-                    self.send_header("Retry-After", "0")
+                    self.send_header("Retry-After", f"{proxy.retry_after:g}")
                     self.end_headers()
                     return
                 conn = http.client.HTTPConnection("127.0.0.1", upstream_port, timeout=60)

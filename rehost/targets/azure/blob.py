@@ -5,8 +5,9 @@ Azure package costs 0.2-0.35 s to import, and most rehost commands never talk to
 
 Retries: the storage SDK's own policy retries 408 and 5xx but not 429, and sleeps 15 s
 first. ``PageBlob`` installs a subclass of it (so the storage pipeline's per-request
-settings keep working) that also retries 429, waits ``backoff`` seconds doubling each time,
-and counts every retry, so a sync can report them.
+settings keep working) that also retries 429, waits ``backoff`` seconds doubling each time
+(or the server's Retry-After, up to 60 s, when longer), and counts every retry, so a sync
+can report them.
 
 Secrets: an account key or a SAS token must never reach a log, an exception or a report.
 Every error leaves this module as a ``BackendError`` whose text went through ``redact``:
@@ -94,6 +95,14 @@ class BlobState:
     metadata: dict[str, str]
 
 
+def _seconds(retry_after: str | None) -> float:
+    """A Retry-After in seconds (at most 60); 0 when absent or a date."""
+    try:
+        return min(60.0, max(0.0, float(retry_after or 0)))
+    except ValueError:
+        return 0.0
+
+
 class _Counter:
     def __init__(self) -> None:
         self.value = 0
@@ -132,8 +141,10 @@ def _retry_policy(counter: _Counter, retries: int, backoff: float) -> Any:
                     ):
                         response.http_response.location_mode = settings["mode"]  # as the SDK's own
                         return response
+                    settings["retry_after"] = _seconds(response.http_response.headers.get("Retry-After"))
                 counter.add()
-                self.sleep(settings, request.context.transport)  # type: ignore[no-untyped-call]
+                delay = max(self.get_backoff_time(settings), settings.pop("retry_after", 0.0))
+                request.context.transport.sleep(delay)
 
     return CountingRetry(retry_total=retries, retry_status=retries, retry_connect=retries,
                          retry_read=retries)

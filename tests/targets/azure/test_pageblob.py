@@ -149,6 +149,18 @@ def test_injected_errors_are_retried(azurite: Azurite, container: str, tmp_path:
     check_replica(_blob(azurite, container), pts.repo, a, tmp_path, report.snapshot)
 
 
+def test_retry_after_is_honoured(azurite: Azurite, container: str, tmp_path: Path) -> None:
+    pts = Points(tmp_path, _image(tmp_path / "disk.raw"))
+    proxy = FaultProxy(azurite.port, every=4, status=429, retry_after=0.5)
+    try:
+        report = sync_disk(pts.repo, pts.cycle(), 0, _blob(proxy, container), last=None,
+                           journal_dir=tmp_path / "j", workers=1)
+    finally:
+        proxy.close()
+    assert proxy.failed >= 1 and report.retries == proxy.failed
+    assert report.seconds >= 0.5 * proxy.failed  # the server's wait, not our 10 ms backoff
+
+
 def test_no_secret_in_logs_errors_or_reports(azurite: Azurite, container: str, tmp_path: Path,
                                              caplog: pytest.LogCaptureFixture) -> None:
     from datetime import UTC, datetime, timedelta
