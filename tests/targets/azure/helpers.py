@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 from pathlib import Path
 
@@ -13,8 +14,25 @@ from rehost.repository.manifest import RecoveryPoint
 from rehost.repository.repository import Repository
 from rehost.targets.azure.blob import PageBlob
 from rehost.targets.azure.vhd import FOOTER_SIZE, check_fixed_vhd, padded_size
+from rehost.testkit.azurite import ACCOUNT, ACCOUNT_KEY
 
 MiB = 1 << 20
+
+
+def key_credential() -> dict[str, str]:
+    return {"account_name": ACCOUNT, "account_key": ACCOUNT_KEY}
+
+
+def scatter(path: Path, fraction: float, seed: int, block: int = 4096) -> int:
+    """Overwrite ``fraction`` of the 4 KiB blocks of ``path`` at random places; bytes changed."""
+    rng = random.Random(seed)
+    size = path.stat().st_size
+    blocks = rng.sample(range(size // block), int(size // block * fraction))
+    with open(path, "r+b") as f:
+        for b in blocks:
+            f.seek(b * block)
+            f.write(rng.randbytes(block))
+    return len(blocks) * block
 
 
 class Points:

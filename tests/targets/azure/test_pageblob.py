@@ -21,8 +21,7 @@ from rehost.targets.azure.pageblob import forget_snapshots, point_snapshots, syn
 from rehost.targets.azure.plan import PAGE
 from rehost.testkit.azurite import Azurite
 from rehost.testkit.faultproxy import FaultProxy
-from tests.targets.azure.conftest import key_credential, scatter
-from tests.targets.azure.helpers import MiB, Points, check_replica
+from tests.targets.azure.helpers import MiB, Points, check_replica, key_credential, scatter
 
 SIZE = 24 * MiB + 7 * 512  # not a whole MiB: the replica pads it
 

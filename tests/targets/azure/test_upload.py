@@ -11,8 +11,7 @@ from rehost.targets.azure.plan import MAX_PUT, PAGE
 from rehost.targets.azure.upload import page_writes, upload_disk
 from rehost.targets.azure.vhd import FOOTER_SIZE, padded_size
 from rehost.testkit.azurite import ACCOUNT, ACCOUNT_KEY, Azurite
-from tests.targets.azure.conftest import key_credential, scatter
-from tests.targets.azure.helpers import MiB, Points, check_replica
+from tests.targets.azure.helpers import MiB, Points, check_replica, key_credential, scatter
 
 
 def test_page_writes_rebuild_the_disk() -> None:
