@@ -93,14 +93,11 @@ def slow_sync_main(repo_path: str, point_id: str, account_url: str, container: s
     from rehost.repository.storage import LocalStorage
     from rehost.targets.azure.blob import BlobEndpoint
     from rehost.targets.azure.pageblob import sync_disk
-    from rehost.testkit.azurite import ACCOUNT, ACCOUNT_KEY
-
     class Slow(PageBlob):
         def put(self, offset: int, data: bytes) -> None:
             time.sleep(0.02)
             super().put(offset, data)
 
     repo = Repository.open(LocalStorage(repo_path))
-    blob = Slow(BlobEndpoint(account_url, container, {"account_name": ACCOUNT, "account_key": ACCOUNT_KEY}),
-                "disk0.vhd")
+    blob = Slow(BlobEndpoint(account_url, container, key_credential()), "disk0.vhd")
     sync_disk(repo, repo.load_point_exact(point_id), 0, blob, last=None, journal_dir=Path(journal), workers=1)
