@@ -252,6 +252,27 @@ class PageBlob:
         data = self._call("read", lambda: client.download_blob(offset=offset, length=length).readall())
         return bytes(data)
 
+    def source_url(self, snapshot: str | None = None) -> str:
+        """The blob's (or a snapshot's) URL as a copy source: with its SAS, if it has one.
+        Secret: never log it."""
+        return str(self._container.get_blob_client(self.name, snapshot=snapshot).url)
+
+    def copy_from(self, source_url: str, *, timeout: float = 3600.0, poll: float = 2.0) -> None:
+        """Copy a blob (a snapshot: ``source_url(snapshot)``) into this one, which it creates or
+        replaces, and wait until the copy is done (Azure copies asynchronously)."""
+        import time
+
+        r = self._call("copy into", self._blob.start_copy_from_url, source_url)
+        status = str(r.get("copy_status"))
+        deadline = time.monotonic() + timeout
+        while status == "pending":
+            if time.monotonic() > deadline:
+                raise BackendError(f"copy into {self.url} still pending after {timeout:.0f}s", retryable=True)
+            time.sleep(poll)
+            status = str(self._call("read the copy status of", self._blob.get_blob_properties).copy.status)
+        if status != "success":
+            raise BackendError(f"copy into {self.url} ended {status}", retryable=status == "aborted")
+
     def delete_snapshot(self, snapshot: str) -> None:
         client = self._container.get_blob_client(self.name, snapshot=snapshot)
         self._call("delete a snapshot of", client.delete_blob, tolerate=(404,))

@@ -55,10 +55,10 @@ class Points:
 
 
 def check_replica(blob: PageBlob, repo: Repository, point: RecoveryPoint, folder: Path,
-                  snapshot: str | None = None) -> None:
+                  snapshot: str | None = None, disk: int = 0) -> None:
     """The blob (or its snapshot) is a fixed VHD that qemu-img reads at the exact padded size,
     and its data part equals the point's export, by qemu-img compare."""
-    size = point.disks[0].size
+    size = next(d.size for d in point.disks if d.index == disk)
     padded = padded_size(size)
     whole = blob.read(0, padded + FOOTER_SIZE, snapshot)
     assert len(whole) == padded + FOOTER_SIZE
@@ -73,7 +73,7 @@ def check_replica(blob: PageBlob, repo: Repository, point: RecoveryPoint, folder
     export = folder / "export.raw"
     with open(export, "wb") as f:
         f.truncate(padded)
-        for off, _n, piece in repo.iter_disk(point, 0):
+        for off, _n, piece in repo.iter_disk(point, disk):
             if piece is not None:
                 f.seek(off)
                 f.write(piece)
