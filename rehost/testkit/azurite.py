@@ -14,6 +14,7 @@ metadata store: page blobs do not work with the SQL one.
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import signal
@@ -86,6 +87,7 @@ class Azurite:
             )
         finally:
             log.close()
+        atexit.register(self.stop)  # a test run that ends without the fixture's teardown
         self._wait_ready()
         return self
 
@@ -114,6 +116,7 @@ class Azurite:
             return ""
 
     def stop(self) -> None:
+        atexit.unregister(self.stop)
         proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:
             os.killpg(proc.pid, signal.SIGINT)  # its own clean stop; it ignores SIGTERM a while
