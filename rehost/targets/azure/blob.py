@@ -17,6 +17,7 @@ query strings (where a SAS signature lives) are dropped and known secrets remove
 from __future__ import annotations
 
 import logging
+import random
 import re
 import threading
 from dataclasses import dataclass, field
@@ -122,7 +123,8 @@ def _retry_policy(counter: _Counter, retries: int, backoff: float) -> Any:
         """The storage retry policy, with 429 among the retried answers and a count."""
 
         def get_backoff_time(self, settings: dict[str, Any]) -> float:
-            return float(backoff * (2 ** settings["count"]))
+            # doubling from ``backoff``, at most 30 s, +-20 % so parallel requests spread out
+            return min(30.0, backoff * (2 ** settings["count"])) * random.uniform(0.8, 1.2)
 
         def send(self, request: Any) -> Any:
             settings = self.configure_retries(request)
