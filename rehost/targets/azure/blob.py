@@ -124,7 +124,7 @@ def _retry_policy(counter: _Counter, retries: int, backoff: float) -> Any:
 
         def get_backoff_time(self, settings: dict[str, Any]) -> float:
             # doubling from ``backoff``, at most 30 s, +-20 % so parallel requests spread out
-            return min(30.0, backoff * (2 ** settings["count"])) * random.uniform(0.8, 1.2)
+            return min(30.0, backoff * 2.0 ** int(settings["count"])) * random.uniform(0.8, 1.2)
 
         def send(self, request: Any) -> Any:
             settings = self.configure_retries(request)
