@@ -9,7 +9,11 @@
   secrets kept out of every message.
 - ``pageblob``: keep one disk's page blob in sync with the recovery points (one blob
   snapshot per point), resumable after a cut or a kill.
+- ``replica``: a machine's replica blobs: names, every disk of a point, a point's snapshot
+  copied into a blob of its own for failover.
+- ``upload``: a whole disk from the target seam's extent stream into a new blob (Put Page
+  only: a managed disk opened for upload), for targets without a replica.
 
 Nothing here imports the vault or the services: ``AzureTarget.stage_disks`` (to come, on
-top of the target seam) calls ``sync_disk`` once per disk.
+top of the target seam) calls ``sync_disk``/``materialize`` once per disk.
 """
