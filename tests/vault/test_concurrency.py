@@ -111,8 +111,11 @@ def test_five_machines_at_once_from_cli_processes_and_from_one_server(
         for name in NAMES[:4]:
             _equal_to_source(vault, tmp_path, name, images[name])
         jobs = rehost(vault, "jobs", "--json").json()
+        # none was refused as busy (one vault-wide writer used to make two of them fail); how much
+        # they overlap depends on when each process got going, so that is checked in one server below
         cycles = [j for j in jobs if j["kind"] == "replicate" and j["machine"] in NAMES[:3]][:3]
-        assert {j["machine"] for j in cycles} == set(NAMES[:3]) and _overlap(cycles), cycles
+        assert {j["machine"] for j in cycles} == set(NAMES[:3]), cycles
+        assert all(j["state"] == "succeeded" for j in cycles), cycles
         m4 = next(j for j in jobs if j["kind"] == "test-failover")
         assert m4["state"] == "succeeded"
         boot = next(s for s in m4["steps"] if s["name"] == "verify_boot")
