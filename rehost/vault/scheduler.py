@@ -252,28 +252,38 @@ class Scheduler:
             t.join()
 
     def _thin(self, items: list[tuple[MachineRow, PolicyRow]], now: float) -> None:
+        """Decide first, without holding anything; only when some point is due to go does
+        prune take the repository (cycles pause while it deletes)."""
         try:
+            forget = self._due_to_go(items, now)
+            if not forget:
+                return
             with leases.pruning(self.vault):
-                reading = leases.points_being_read(self.vault)
-                by_machine: dict[str, list[RecoveryPoint]] = {}
-                for p in self.vault.repo.list_points():
-                    by_machine.setdefault(p.machine, []).append(p)
-                forget: dict[str, set[str]] = {}
-                for machine, policy in items:
-                    points = by_machine.get(machine.id, [])
-                    times = [PointTime(p.id, datetime.fromtimestamp(_when(p), UTC),
-                                       p.consistency == Consistency.APP) for p in points]
-                    when = datetime.fromtimestamp(now, UTC)
-                    keep = points_to_keep(times, policies.retention_of(policy), when)
-                    gone = {p.id for p in points} - keep - reading
-                    if gone:
-                        forget[machine.name] = gone
-                if forget:
-                    prune(self.vault.repo, set().union(*forget.values()), reading=reading)
-                    for name, ids in sorted(forget.items()):
-                        self.log(f"{name}: retention removed {len(ids)} point(s)")
+                reading = leases.points_being_read(self.vault)  # read since we decided: kept
+                gone = set().union(*forget.values()) - reading
+                prune(self.vault.repo, gone, reading=reading)
+            for name, ids in sorted(forget.items()):
+                self.log(f"{name}: retention removed {len(ids - reading)} point(s)")
         except Exception as e:  # the next pass tries again; replication goes on meanwhile
             self.log(f"retention postponed: {type(e).__name__}: {e}")
+
+    def _due_to_go(self, items: list[tuple[MachineRow, PolicyRow]], now: float) -> dict[str, set[str]]:
+        """Per machine name, the points its policy's retention lets go now."""
+        reading = leases.points_being_read(self.vault)
+        by_machine: dict[str, list[RecoveryPoint]] = {}
+        for p in self.vault.repo.list_points():
+            by_machine.setdefault(p.machine, []).append(p)
+        when = datetime.fromtimestamp(now, UTC)
+        forget: dict[str, set[str]] = {}
+        for machine, policy in items:
+            points = by_machine.get(machine.id, [])
+            times = [PointTime(p.id, datetime.fromtimestamp(_when(p), UTC), p.consistency == Consistency.APP)
+                     for p in points]
+            keep = points_to_keep(times, policies.retention_of(policy), when)
+            gone = {p.id for p in points} - keep - reading
+            if gone:
+                forget[machine.name] = gone
+        return forget
 
     def run_forever(self, stop: threading.Event, tick_s: float = 1.0) -> None:
         try:
