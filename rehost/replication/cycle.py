@@ -235,12 +235,13 @@ def _old_digests(
     if cached is not None:
         return cached, "cache"
     digests = bytearray()
+    no_writes = repo.writer()  # _diff_chunk of a hole seals nothing
     for off, data in iter_chunks(repo, parent, index):
         length = min(CHUNK_SIZE, size - off)
         if data is not None:
             digests += digest_blocks(data)
         else:
-            digests += _diff_chunk(repo.writer(), off, None, length, b"").digests  # seals nothing
+            digests += _diff_chunk(no_writes, off, None, length, b"").digests
     return digests, "rebuilt"
 
 
