@@ -104,6 +104,9 @@ class MachineOut(BaseModel):
     spec: dict[str, Any] = Field(
         default_factory=dict, description="What the source discovered beyond the disks: firmware, cpus, "
         "memory_mib, nics (mac, network), guest_os; defaults where it knew nothing")
+    replica: dict[str, Any] | None = Field(
+        None, description="Its copy on a target that keeps one (Azure page blobs): target, the point "
+        "it holds (point, point_time, synced_at), the last sync's figures (last) or error")
     assigned_target: str | None = Field(description="The target it fails over to (detail only)")
 
 

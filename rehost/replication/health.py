@@ -27,6 +27,9 @@ class HealthInput:
     agent: bool = False  # the source is a machine's own agent
     agent_seen: datetime | None = None  # its last heartbeat answer
     agent_error: str = ""  # why the last heartbeat got no answer
+    replica_target: str = ""  # the target that keeps a replica of the disks (Azure), if any
+    replica_point_time: datetime | None = None  # the time of the point the replica holds
+    replica_error: str = ""  # why the last sync of the replica failed
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +59,9 @@ def assess(h: HealthInput, now: datetime) -> Health:
     if h.rpo_threshold_s is None:
         if h.agent and h.agent_error:
             return Health("warning", rpo, _agent(h, now))
+        lag = _replica_lag(h, now)
+        if lag:
+            return Health("warning", rpo, lag)
         return Health("healthy", rpo, "no policy attached: replicated on demand only")
     status = "healthy"
     if rpo > 2 * h.rpo_threshold_s:
@@ -68,6 +74,10 @@ def assess(h: HealthInput, now: datetime) -> Health:
     elif h.agent and h.agent_error:  # within the RPO still, but the next cycle will fail
         status = "warning"
         reasons.append(_agent(h, now))
+    lag = _replica_lag(h, now)
+    if lag:
+        status = "warning" if status == "healthy" else status
+        reasons.append(lag)
     if h.app_every_s and (
         h.last_app_point is None or (now - h.last_app_point).total_seconds() > 2 * h.app_every_s
     ):
@@ -98,6 +108,25 @@ def _why_behind(h: HealthInput, now: datetime, rpo: float) -> str:
     if h.backlog_bytes:
         return f"{head}: {h.backlog_bytes} changed bytes waiting"
     return f"{head}: cycles are not keeping up"
+
+
+def _replica_lag(h: HealthInput, now: datetime) -> str:
+    """The replica on the target (Azure page blobs) lags the newest point: a failover would
+    first have to write the difference. Right after a cycle the sync is still running, so a
+    lag without an error counts only once it is older than a minute (or the RPO threshold)."""
+    if not h.replica_target or h.last_point is None:
+        return ""
+    held = h.replica_point_time
+    if held is not None and held >= h.last_point:
+        return ""
+    holds = f"it holds the point of {_ago(now, held)}" if held else "it holds no point yet"
+    if h.replica_error:
+        return (f"the replica on target {h.replica_target} is behind ({holds}): "
+                f"last sync failed: {h.replica_error}")
+    if (now - h.last_point).total_seconds() > max(60.0, h.rpo_threshold_s or 0):
+        return (f"the replica on target {h.replica_target} is behind ({holds}; newest point "
+                f"{_ago(now, h.last_point)}): no sync has run since")
+    return ""
 
 
 def _agent(h: HealthInput, now: datetime) -> str:

@@ -18,11 +18,16 @@ step that was cut short) it finds what it already made and does not make it agai
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from rehost.spec import MachineSpec
+
+if TYPE_CHECKING:
+    from rehost.repository.manifest import RecoveryPoint
+    from rehost.repository.repository import Repository
 
 #: (offset, length, data or None for zeros), in offset order, covering a whole disk; what
 #: ``Repository.iter_disk(point, disk)`` yields
@@ -67,6 +72,10 @@ class Capabilities:
     verdict: VerdictSource = "serial-console"
     #: ``stage_disk`` writes in multiples of this (Azure page blobs: 512)
     stage_alignment: int = 512
+    #: keeps a copy of every replicated disk in sync with the recovery points
+    #: (``ReplicaKeeper.sync_replica`` after each committed point), so a failover stages
+    #: only what changed since the last sync instead of uploading whole disks
+    keeps_replicas: bool = False
 
     def __post_init__(self) -> None:
         if self.boots_from_nbd == self.stages_disks:
@@ -75,7 +84,7 @@ class Capabilities:
     def to_json(self) -> dict[str, Any]:
         return {"boots_from_nbd": self.boots_from_nbd, "stages_disks": self.stages_disks,
                 "test_network": self.test_network, "verdict": self.verdict,
-                "stage_alignment": self.stage_alignment}
+                "stage_alignment": self.stage_alignment, "keeps_replicas": self.keeps_replicas}
 
 
 @dataclass(frozen=True)
@@ -101,6 +110,8 @@ class PointDisk:
     size: int
     point: str
     uri: str | None = None
+    #: the replicated item's name, under which a ``keeps_replicas`` target keeps its copy
+    machine: str = ""
 
 
 @dataclass(frozen=True)
@@ -154,6 +165,11 @@ class Target(Protocol):
 
     def is_running(self, placement: Placement) -> bool: ...
 
+    def check_machine(self, spec: MachineSpec) -> list[VerifyCheck]:
+        """The target's limits for this machine (disk sizes, disk count, firmware), each a
+        named check; checked before replication starts and before a failover."""
+        ...
+
     # -- operations -----------------------------------------------------------------------
 
     def stage_disk(self, vm: str, disk: PointDisk, data: Iterable[Extent],
@@ -186,6 +202,47 @@ class Target(Protocol):
 
     def remove(self, placement: Placement) -> None:
         """Stop the machine and delete everything the target made for it."""
+        ...
+
+
+@dataclass(frozen=True)
+class ReplicaSync:
+    """What one ``sync_replica`` did (no secret in it: URLs without their query)."""
+
+    point: str
+    bytes_written: int
+    requests: int
+    retries: int
+    seconds: float
+    #: points whose copies were dropped because the repository no longer has them
+    forgotten: int = 0
+    note: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"point": self.point, "bytes_written": self.bytes_written, "requests": self.requests,
+                "retries": self.retries, "seconds": round(self.seconds, 3), "forgotten": self.forgotten,
+                "note": self.note}
+
+
+@runtime_checkable
+class ReplicaKeeper(Protocol):
+    """What a ``keeps_replicas`` target adds: a copy of each disk of a machine, brought to a
+    recovery point after it is committed. The repository is handed in, not opened: the
+    target reads the points' manifests to write only what changed."""
+
+    def sync_replica(self, machine: str, point: RecoveryPoint, repo: Repository, *,
+                     keep: Collection[str], journal_dir: Path,
+                     progress: Progress | None = None) -> ReplicaSync:
+        """Bring ``machine``'s copy to ``point`` (resuming a cut sync, writing only what
+        changed) and forget the copies of points not in ``keep`` (retention dropped them)."""
+        ...
+
+    def has_replica_point(self, machine: str, point: RecoveryPoint) -> bool:
+        """Every disk of ``point`` is held (a failover to it needs no sync)."""
+        ...
+
+    def drop_replicas(self, machine: str, disks: Sequence[int]) -> str:
+        """Delete the copies (complete migration); the machines made from them stay."""
         ...
 
 

@@ -99,6 +99,10 @@ class LocalTarget:
 
     # -- verification ------------------------------------------------------------------------
 
+    def check_machine(self, spec: MachineSpec) -> list[VerifyCheck]:
+        """No limits beyond the host's: any disk size or count QEMU takes."""
+        return []
+
     def verify(self, needed_bytes: int = 0) -> VerifyReport:
         """Check compute, storage and network prerequisites before anything depends on them."""
         s = self.settings

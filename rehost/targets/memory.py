@@ -171,6 +171,10 @@ class MemoryTarget:
 
     # -- queries ------------------------------------------------------------------------
 
+    def check_machine(self, spec: MachineSpec) -> list[VerifyCheck]:
+        """No limits beyond the host's: any disk size or count QEMU takes."""
+        return []
+
     def verify(self, needed_bytes: int = 0) -> VerifyReport:
         self._fault("verify", "before")
         p = self.settings.path

@@ -14,8 +14,19 @@ from typing import Any
 
 from rehost.errors import InvalidState
 from rehost.jobs.models import JobRow
-from rehost.jobs.runner import Step, StepContext, create_job, forget_jobs, plan, run_job, running_jobs
+from rehost.jobs.runner import (
+    SkipStep,
+    Step,
+    StepContext,
+    create_job,
+    forget_jobs,
+    plan,
+    run_job,
+    running_jobs,
+)
 from rehost.replication.cycle import CycleResult
+from rehost.units import human
+from rehost.vault import replicas, targets
 from rehost.vault.inventory import get_machine
 from rehost.vault.protection import replicate
 from rehost.vault.states import require
@@ -36,6 +47,9 @@ def start_replicate_job(
     if busy:
         raise InvalidState(f"{name} has a {busy[0].kind} job running ({busy[0].id}); wait for it")
     require("replicate", machine.state, name, machine.state_reason)
+    misfit = targets.misfits(vault, machine)
+    if misfit:
+        raise InvalidState(misfit)
     params: dict[str, Any] = {"app_consistent": app_consistent}
     if bandwidth_bps:
         params["bandwidth_bps"] = bandwidth_bps
@@ -116,4 +130,20 @@ def _replicate_plan(vault: Vault, job: JobRow) -> list[Step]:
         return (f"point {r.point.short_id} ({r.point.consistency.value}): read {r.bytes_read} bytes, "
                 f"{r.changed_bytes} changed, stored {r.stats.stored_bytes}")
 
-    return [Step("replicate", "Replicate (a full copy first, then changed blocks)", run)]
+    def sync_replica(ctx: StepContext) -> str:
+        machine = get_machine(ctx.vault, ctx.job.machine_name)
+        point = ctx.vault.repo.load_point_exact(ctx.outputs["point"])
+        r = replicas.sync(ctx.vault, machine, point, ctx.progress)
+        if r is None:
+            raise SkipStep("the machine's target keeps no replica")
+        ctx.save_outputs(replica=r.to_json())
+        note = f"; {r.note}" if r.note else ""
+        return (f"replica on {machine.replica.get('target')} at point {point.short_id}: "
+                f"{human(r.bytes_written)} written in {r.requests} requests ({r.seconds:.1f}s){note}")
+
+    steps = [Step("replicate", "Replicate (a full copy first, then changed blocks)", run)]
+    machine = get_machine(vault, job.machine_name)
+    if replicas.keeper_for(vault, machine) is not None:
+        # a failed sync leaves the point committed; the copy catches up next time
+        steps.append(Step("sync_replica", "Sync the replica on the target", sync_replica, must_succeed=False))
+    return steps

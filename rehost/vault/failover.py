@@ -21,7 +21,8 @@ from rehost.jobs.runner import SkipStep, Step, StepContext, create_job, plan, ru
 from rehost.repository.manifest import RecoveryPoint
 from rehost.repository.prune import prune
 from rehost.targets.base import Capabilities, Placement, PointDisk, Target
-from rehost.vault import instant, targets
+from rehost.units import human
+from rehost.vault import instant, replicas, targets
 from rehost.vault.inventory import get_machine, provider_for, set_state, spec_of
 from rehost.vault.protection import find_point, list_points, replicate
 from rehost.vault.states import ItemState as S
@@ -88,6 +89,9 @@ def _verify_target(ctx: StepContext) -> str:
     report = targets.verify_target(ctx.vault, ctx.params["target"], needed)
     if not report.ok:
         raise InvalidState(f"target {ctx.params['target']} failed verification: {report.failures()}")
+    misfit = targets.misfits(ctx.vault, machine, ctx.params["target"])
+    if misfit:
+        raise InvalidState(misfit)
     return "; ".join(f"{c.name}: {c.detail}" for c in report.checks)
 
 
@@ -95,20 +99,30 @@ def _stage_disks(ctx: StepContext) -> str:
     """Copy every disk of the point into the target (zeros are not sent); a disk the target
     already holds from this point is not read again."""
     target, point, vm = _target(ctx), _point(ctx), ctx.outputs["vm"]
+    name = ctx.job.machine_name
     total, base = sum(d.size for d in point.disks), 0
+    synced = ""
     with leases.reading(ctx.vault, [point.id], "stage disks"):  # prune keeps what is read
         # the point may be newer than this process's index (another process's final sync,
         # before this job was resumed): a stale index would call its blobs missing
         ctx.vault.repo.refresh_index()
+        if target.capabilities.keeps_replicas:
+            machine = get_machine(ctx.vault, name)
+            if not replicas.ready_for(ctx.vault, machine, point, ctx.params["target"]):
+                # only what changed since the last sync (the final sync's delta) is written
+                r = replicas.sync(ctx.vault, machine, point, ctx.progress, target=ctx.params["target"])
+                if r is not None:
+                    ctx.save_outputs(replica_sync=r.to_json())
+                    synced = f"; replica synced to it first: {human(r.bytes_written)} written"
         for d in point.disks:
             def progress(done: int, _size: int, base: int = base) -> None:
                 ctx.progress(base + done, total)
 
-            target.stage_disk(vm, PointDisk(d.index, d.size, point.id),
+            target.stage_disk(vm, PointDisk(d.index, d.size, point.id, machine=name),
                               ctx.vault.repo.iter_disk(point, d.index), progress)
             base += d.size
     ctx.progress(total, total)
-    return f"{len(point.disks)} disk(s) of point {point.short_id} staged on {ctx.params['target']}"
+    return f"{len(point.disks)} disk(s) of point {point.short_id} staged on {ctx.params['target']}{synced}"
 
 
 def _create_machine(ctx: StepContext) -> str:
@@ -119,7 +133,7 @@ def _create_machine(ctx: StepContext) -> str:
         disks = instant.start_point_servers(vault, machine, point, vm)
         how = "served from point {} (instant recovery)"
     else:
-        disks = [PointDisk(d.index, d.size, point.id) for d in point.disks]
+        disks = [PointDisk(d.index, d.size, point.id, machine=machine.name) for d in point.disks]
         how = "staged from point {}"
     placement = target.create(spec_of(machine), vm, disks)
     ctx.save_outputs(placement=placement.to_json())
@@ -325,5 +339,14 @@ def _complete_plan(vault: Vault, job: JobRow) -> list[Step]:
         set_state(ctx.vault, machine, S.MIGRATION_COMPLETED, f"runs on {where}")
         return "replication stopped for good; the migrated machine and its disks are kept"
 
-    return [Step("purge", "Purge replica data", purge, point_of_no_return=True),
-            Step("finish", "Mark migration complete", finish)]
+    def drop_replicas(ctx: StepContext) -> str:
+        note = replicas.drop(ctx.vault, get_machine(ctx.vault, ctx.job.machine_name))
+        if note is None:
+            raise SkipStep("the target keeps no replica")
+        return note
+
+    steps = [Step("purge", "Purge replica data", purge, point_of_no_return=True)]
+    machine = get_machine(vault, job.machine_name)
+    if replicas.keeper_for(vault, machine, machine.placement.get("target_name")):
+        steps.append(Step("drop_replicas", "Delete the replica disks on the target", drop_replicas))
+    return [*steps, Step("finish", "Mark migration complete", finish)]

@@ -55,6 +55,9 @@ class MachineRow(Base):
     #: what the source discovered beyond the disks: firmware, CPUs, memory, NICs, guest OS
     #: (``rehost.spec.MachineSpec`` fields; the disks are the DiskRows)
     spec: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    #: its copy on a target that keeps replicas (``rehost.vault.replicas``): the target, the
+    #: point the copy holds and when it was synced, the last sync's figures or error
+    replica: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     source: Mapped[SourceRow] = relationship(back_populates="machines")
     target: Mapped[TargetRow | None] = relationship()
     policy: Mapped[PolicyRow | None] = relationship()

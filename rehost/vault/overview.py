@@ -39,6 +39,7 @@ def machine_view(vault: Vault, m: MachineRow, points: list[RecoveryPoint],
         "agent": agents.agent_view(vault, m, enrolled) if agents.has_agent(m) else None,
         "placement": m.placement,
         "spec": inventory.spec_json(inventory.spec_of(m)),
+        "replica": m.replica or None,
         "assigned_target": None,
     }
 

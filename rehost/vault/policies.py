@@ -332,6 +332,7 @@ def health_of(
     app = [p for p in points if p.consistency == Consistency.APP]
     lc = machine.last_cycle or {}
     hb = machine.heartbeat or {}
+    rp = machine.replica or {}
     seen = vault.scheduler_heartbeat()
     return assess(
         HealthInput(
@@ -349,10 +350,17 @@ def health_of(
             agent=agents.has_agent(machine),
             agent_seen=datetime.fromisoformat(hb["seen"]) if hb.get("seen") else None,
             agent_error=str(hb.get("error") or ""),
+            replica_target=str(rp.get("target") or ""),
+            replica_point_time=_parse_point_time(rp["point_time"]) if rp.get("point_time") else None,
+            replica_error=str(rp.get("error") or ""),
         ),
         now,
     )
 
 
 def _when(p: RecoveryPoint) -> datetime:
-    return datetime.strptime(p.time, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    return _parse_point_time(p.time)
+
+
+def _parse_point_time(text: str) -> datetime:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)

@@ -93,6 +93,21 @@ def target_of(vault: Vault, machine: MachineRow, override: str | None = None) ->
                      f"({', '.join(t.name for t in targets)})")
 
 
+def misfits(vault: Vault, machine: MachineRow, target: str | None = None) -> str:
+    """Why the machine does not fit its target's limits ("" when it does, or when it has no
+    target yet): checked before replication starts, so a disk Azure would refuse is found
+    before hours of copying, not at failover."""
+    try:
+        row = target_of(vault, machine, target)
+    except (InvalidState, UsageError):
+        return ""
+    failed = [c for c in provider(row).check_machine(spec_of(machine)) if not c.ok]
+    if not failed:
+        return ""
+    return f"{machine.name} does not fit target {row.name}: " + "; ".join(
+        f"{c.name}: {c.detail}" for c in failed)
+
+
 def assign(vault: Vault, machine: MachineRow, target: TargetRow, network_map: dict[str, str]) -> None:
     """Remember the machine's target and network map; the map must name the target's networks."""
     check_network_map(target, network_map)
