@@ -226,6 +226,8 @@ def replicate(
     out.print(r.point.id)
     typer.echo(f"read {human(r.bytes_read)}, changed {human(r.changed_bytes)}, "
                f"stored {human(s.stored_bytes)} in {r.seconds:.1f}s", err=True)
+    if r.replica:
+        typer.echo(("" if r.replica["state"] == "succeeded" else "warning: ") + r.replica["detail"], err=True)
 
 
 def points(ctx: typer.Context, name: str, as_json: bool = typer.Option(False, "--json")) -> None:

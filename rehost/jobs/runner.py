@@ -198,6 +198,12 @@ def run_job(vault: Vault, job_id: str, observer: Observer | None = None) -> JobR
 
 def _run_steps(vault: Vault, job: JobRow, holder: str, observer: Observer | None) -> JobRow:
     steps = _PLANS[job.kind](vault, job)
+    if [s.name for s in steps] != [r.name for r in job.steps]:
+        # the plan depends on the target's capabilities, which changed since the job was made
+        _update_job(vault, job, state="failed", ended_at=_now(),
+                    error=f"the steps of a {job.kind} job changed since it was created (was the "
+                    "machine's target changed?): start a new one")
+        return get_job(vault, job.id)
     _update_job(vault, job, state="running", pid=os.getpid(), holder=holder, error="",
                 started_at=job.started_at or _now(), ended_at=None)
     for spec, row in zip(steps, job.steps, strict=True):

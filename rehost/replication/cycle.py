@@ -69,6 +69,8 @@ class CycleResult:
     digest_source: dict[int, str] = field(default_factory=dict)  # per disk: cache|rebuilt|initial
     resumed_bytes: int = 0  # taken from an interrupted try's journal instead of the source
     notes: list[str] = field(default_factory=list)  # the source's word on fallbacks
+    #: what the sync of the target's replica did after the cycle (figures, or its error)
+    replica: dict[str, Any] | None = None
 
 
 @dataclass

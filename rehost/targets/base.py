@@ -173,10 +173,11 @@ class Target(Protocol):
     # -- operations -----------------------------------------------------------------------
 
     def stage_disk(self, vm: str, disk: PointDisk, data: Iterable[Extent],
-                   progress: Progress | None = None) -> None:
+                   progress: Progress | None = None, *, spec: MachineSpec | None = None) -> None:
         """``stages_disks`` targets: copy one disk of the point in (zeros need not be
         written). ``data`` is lazy: a target that already holds ``disk.point`` need not read
-        it. Targets that boot from NBD raise ``InvalidState``."""
+        it. ``spec``: the machine the disk belongs to (Azure makes a boot disk of its
+        firmware's generation). Targets that boot from NBD raise ``InvalidState``."""
         ...
 
     def create(self, spec: MachineSpec, vm: str, disks: Sequence[PointDisk]) -> Placement:

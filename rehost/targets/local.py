@@ -167,7 +167,8 @@ class LocalTarget:
         return self.describe(vm) if self.vm_dir(vm).is_dir() else None
 
     def stage_disk(self, vm: str, disk: PointDisk, data: Iterable[Extent],
-                   progress: Progress | None = None) -> None:
+                   progress: Progress | None = None, *,
+                   spec: MachineSpec | None = None) -> None:
         raise InvalidState("the local target boots from NBD (instant recovery): it stages no disks")
 
     def create(self, spec: MachineSpec, vm: str, disks: Sequence[PointDisk]) -> Placement:

@@ -195,7 +195,8 @@ class MemoryTarget:
     # -- operations ---------------------------------------------------------------------
 
     def stage_disk(self, vm: str, disk: PointDisk, data: Iterable[Extent],
-                   progress: Progress | None = None) -> None:
+                   progress: Progress | None = None, *,
+                   spec: MachineSpec | None = None) -> None:
         """Keep the disk's bytes; a disk already staged from the same point is not read again."""
         self._fault("stage_disk", "before")
         d = self._dir(vm)

@@ -92,6 +92,9 @@ def replicate_job(
     if scheduled:
         forget_jobs(vault, done.machine_id, REPLICATE, keep=KEEP_SCHEDULED, where={"scheduled": True})
     if isinstance(outcome, CycleResult):
+        sync = next((st for st in done.steps if st.name == "sync_replica"), None)
+        if sync is not None and sync.state != "skipped":
+            outcome.replica = {**done.outputs.get("replica", {}), "state": sync.state, "detail": sync.detail}
         return outcome
     if isinstance(outcome, BaseException):
         raise outcome
@@ -105,7 +108,8 @@ def cycle_summary(r: CycleResult) -> dict[str, Any]:
             "bytes_read": r.bytes_read, "changed_bytes": r.changed_bytes,
             "new_blobs": s.blobs_new, "new_bytes": s.raw_bytes_new,
             "stored_bytes": s.stored_bytes, "seconds": round(r.seconds, 3),
-            "digests": r.digest_source, "notes": r.notes, "resumed_bytes": r.resumed_bytes}
+            "digests": r.digest_source, "notes": r.notes, "resumed_bytes": r.resumed_bytes,
+            "replica": r.replica}
 
 
 @plan(REPLICATE)

@@ -102,6 +102,7 @@ def _stage_disks(ctx: StepContext) -> str:
     name = ctx.job.machine_name
     total, base = sum(d.size for d in point.disks), 0
     synced = ""
+    spec = spec_of(get_machine(ctx.vault, name))
     with leases.reading(ctx.vault, [point.id], "stage disks"):  # prune keeps what is read
         # the point may be newer than this process's index (another process's final sync,
         # before this job was resumed): a stale index would call its blobs missing
@@ -119,7 +120,7 @@ def _stage_disks(ctx: StepContext) -> str:
                 ctx.progress(base + done, total)
 
             target.stage_disk(vm, PointDisk(d.index, d.size, point.id, machine=name),
-                              ctx.vault.repo.iter_disk(point, d.index), progress)
+                              ctx.vault.repo.iter_disk(point, d.index), progress, spec=spec)
             base += d.size
     ctx.progress(total, total)
     return f"{len(point.disks)} disk(s) of point {point.short_id} staged on {ctx.params['target']}{synced}"

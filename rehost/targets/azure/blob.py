@@ -280,4 +280,4 @@ class PageBlob:
         self._call("delete a snapshot of", client.delete_blob, tolerate=(404,))
 
     def delete(self) -> None:
-        self._call("delete", self._blob.delete_blob, delete_snapshots="include")
+        self._call("delete", self._blob.delete_blob, delete_snapshots="include", tolerate=(404,))
