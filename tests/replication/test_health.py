@@ -52,3 +52,27 @@ def test_an_agent_that_does_not_answer_is_named_with_backoff_and_since_when() ->
                   last_error="boom", failures=4), NOW)
     assert "4 failures in a row" in h.reason
     assert assess(_h(agent=True, agent_seen=NOW), NOW).status == "healthy"
+
+
+
+def test_a_replica_that_lags_names_its_target_and_the_last_error() -> None:
+    last = NOW - timedelta(seconds=20)
+    # in step: the replica holds the newest point
+    assert assess(_h(replica_target="az", replica_point_time=last), NOW).status == "healthy"
+    # the sync right after a cycle has not run yet: not a lag worth a warning
+    pending = _h(replica_target="az", replica_point_time=last - timedelta(seconds=60))
+    assert assess(pending, NOW).status == "healthy"
+    # the last sync failed: warning, with the target, what it holds and the error
+    h = assess(_h(replica_target="az", replica_point_time=last - timedelta(seconds=600),
+                  replica_error="BackendError: 503 ServerBusy"), NOW)
+    assert h.status == "warning"
+    assert "replica on target az is behind" in h.reason and "10m ago" in h.reason and "ServerBusy" in h.reason
+    # never synced, and the newest point is old enough that the sync should have run
+    h = assess(_h(replica_target="az", last_point=NOW - timedelta(seconds=400)), NOW)
+    assert h.status in ("warning", "critical") and "holds no point yet" in h.reason
+    # no policy: still said
+    h = assess(_h(replica_target="az", rpo_threshold_s=None, replica_error="boom"), NOW)
+    assert h.status == "warning" and "boom" in h.reason
+    # no replica kept (local target): nothing said
+    h = assess(_h(replica_error="x"), NOW)
+    assert h.status == "healthy" and "replica" not in h.reason
