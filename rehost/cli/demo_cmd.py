@@ -5,7 +5,9 @@ does: vault, target, source, replicate, change, replicate the delta, test failov
 cleanup, failover with source shutdown, verified boot, complete migration.
 
 ``--source KIND`` / ``--target KIND`` pick the kinds from the source and target registries
-(default: image files onto this host's QEMU). ``--source physical`` (or ``--physical``): the
+(default: image files onto this host's QEMU). ``--target azure`` runs the same lifecycle
+against test services that stand in for a subscription (``rehost.cli.demo_azure``: Azurite and
+rehost's Resource Manager contract fake; not Azure). ``--source physical`` (or ``--physical``): the
 machine is a "physical server" instead of disk image files. Its disk is
 served by a real ``rehost-agent`` process on 127.0.0.1, which registers with a one-time
 passphrase, is replicated over mutual TLS, is shut down through the agent, and has its
@@ -19,20 +21,22 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from rehost import plugin_config
 from rehost.agent.config import uninstall
+from rehost.cli import demo_azure
 from rehost.cli.context import err, human, out
 from rehost.cli.job_cmd import ConsoleObserver
 from rehost.errors import InvalidState, UsageError
 from rehost.jobs.runner import run_job
 from rehost.process import free_port
-from rehost.vault import failover, inventory, protection, targets
+from rehost.targets.base import VerifyReport
+from rehost.vault import cycles, failover, inventory, targets
 from rehost.vault.vault import Vault
 
 _STAMP = ".rehost-demo"
@@ -68,7 +72,9 @@ def demo(
         False, "--physical", help="Same as --source physical: a physical server through rehost-agent."
     ),
     source_kind: str = typer.Option("image", "--source", help="Source kind: image or physical."),
-    target_kind: str = typer.Option("local", "--target", help="Target kind (see: rehost target kinds)."),
+    target_kind: str = typer.Option("local", "--target", help=(
+        "Target kind: local (this host's QEMU) or azure (Azurite + rehost's Azure Resource Manager "
+        "contract fake, both started here: a stand-in for a subscription, NOT Azure).")),
 ) -> None:
     """Run the demo migration: a tiny Linux machine moved to this host's QEMU."""
     from rehost.testkit.tinylinux import build_tiny_linux, set_marker
@@ -87,18 +93,20 @@ def demo(
 
     _prepare(workdir)
     source = workdir / "onprem-web01.img"
+    modules = demo_azure.GUEST_MODULES if target_kind == "azure" else ()
     step("Build the on-premises machine (tiny Linux, 64 MiB)",
-         lambda: build_tiny_linux(source, marker="v1", mode="stay"), lambda _: "marker v1")
+         lambda: build_tiny_linux(source, marker="v1", mode="stay", extra_modules=modules),
+         lambda _: "marker v1" + (", IDE and Hyper-V drivers in its initramfs" if modules else ""))
     vault = step("Create the vault", lambda: Vault.init(workdir / "vault"))
     try:
-        if source_kind == "physical":
-            with _physical_server(vault, workdir, source, step, target_kind) as name:
-                _lifecycle(vault, workdir, source, step, set_marker, keep, name, registered=True,
-                           target_kind=target_kind)
-            step("Uninstall the agent (its keys and digests)", lambda: uninstall(workdir / "agent"),
-                 lambda removed: f"{len(removed)} item(s) removed")
-        else:
-            _lifecycle(vault, workdir, source, step, set_marker, keep, target_kind=target_kind)
+        with _target_services(target_kind, workdir, step, keep) as scenario:
+            if source_kind == "physical":
+                with _physical_server(vault, scenario, source, step) as name:
+                    _lifecycle(vault, scenario, source, step, set_marker, keep, name, registered=True)
+                step("Uninstall the agent (its keys and digests)", lambda: uninstall(workdir / "agent"),
+                     lambda removed: f"{len(removed)} item(s) removed")
+            else:
+                _lifecycle(vault, scenario, source, step, set_marker, keep)
     finally:
         vault.close()
     out.print("\n[bold]rehost demo: summary[/]")
@@ -125,44 +133,91 @@ def _check_kinds(source_kind: str, target_kind: str) -> None:
     if plugin.test_double:
         raise UsageError(f"target kind {target_kind} is a test double: the demo needs a target "
                          "that boots the machine")
-    if "path" not in {o["name"] for o in plugin_config.describe(plugin.config)}:
-        raise UsageError(f"the demo does not know how to set up a {target_kind} target yet")
+    if target_kind not in DEMO_TARGETS:
+        raise UsageError(f"the demo does not know how to set up a {target_kind} target yet "
+                         f"(demo targets: {', '.join(DEMO_TARGETS)})")
 
 
-def _lifecycle(vault: Vault, workdir: Path, source: Path, step: Any, set_marker: Any, keep: bool,
-               name: str = "web01", registered: bool = False, target_kind: str = "local") -> None:
+#: the target kinds the demo can set up (local: a folder; azure: Azurite + the ARM fake)
+DEMO_TARGETS = ("local", "azure")
+
+
+@dataclass
+class _Scenario:
+    kind: str
+    options: dict[str, Any]
+    workdir: Path
+    azure: demo_azure.AzureDemo | None = None
+
+
+@contextmanager
+def _target_services(kind: str, workdir: Path, step: Any, keep: bool) -> Iterator[_Scenario]:
+    if kind != "azure":
+        yield _Scenario(kind, {"path": workdir / "target"}, workdir)
+        return
+    with ExitStack() as stack:
+        az = step("Start Azurite and the Azure Resource Manager fake (NOT Azure: test services on this host)",
+                  lambda: stack.enter_context(demo_azure.services(workdir, keep)),
+                  lambda _: "blob storage: Azurite; Resource Manager: rehost.testkit.azure_arm over HTTPS")
+        yield _Scenario(kind, az.options, workdir, az)
+
+
+def _replicate(vault: Vault, name: str) -> Any:
+    return cycles.replicate_job(vault, name)
+
+
+def _replica_note(r: Any) -> str:
+    if not r.replica:
+        return ""
+    return f"; replica on the target: {human(r.replica.get('bytes_written', 0))} written" \
+        if r.replica.get("state") == "succeeded" else f"; replica sync: {r.replica.get('detail')}"
+
+
+def _lifecycle(vault: Vault, scenario: _Scenario, source: Path, step: Any, set_marker: Any, keep: bool,
+               name: str = "web01", registered: bool = False) -> None:
+    kind = scenario.kind
     if not registered:  # an image source; a physical server registers through its agent
-        step(_target_title(target_kind), lambda: _target(vault, workdir / "target", target_kind))
+        step(_target_title(kind), lambda: _target(vault, scenario), _verify_note)
         step("Register the source machine", lambda: inventory.add_image_source(vault, name, [source]))
-    step("Initial replication", lambda: protection.replicate(vault, name),
-         lambda r: f"{human(r.stats.stored_bytes)} stored, point {r.point.short_id}")
+    step("Initial replication", lambda: _replicate(vault, name),
+         lambda r: f"{human(r.stats.stored_bytes)} stored, point {r.point.short_id}{_replica_note(r)}")
     step("Write on the source (marker v1 -> v2)", lambda: set_marker(source, "v2"))
-    step("Delta replication", lambda: protection.replicate(vault, name),
+    step("Delta replication", lambda: _replicate(vault, name),
          lambda r: f"read {human(r.bytes_read)}, changed {human(r.changed_bytes)}, "
-         f"stored {human(r.stats.stored_bytes)}")
+         f"stored {human(r.stats.stored_bytes)}{_replica_note(r)}")
     _job(step, vault, name, "Test failover (isolated network)", "test-failover", point="latest")
     _job(step, vault, name, "Clean up the test failover", "test-cleanup")
+    provider = targets.provider(targets.get_target(vault, kind))
+    if scenario.azure is not None:
+        az = scenario.azure
+        step("Check that the cleanup left no Azure resource",
+             lambda: az.leftovers(provider, failover.vm_for_test(name)),
+             lambda left: "none left" if not left else f"LEFT BEHIND: {', '.join(left)}")
     _job(step, vault, name, "Failover with source shutdown", "failover", point="latest", shutdown_source=True)
     _job(step, vault, name, "Complete the migration", "complete")
+    if scenario.azure is not None:
+        az = scenario.azure
+        step("Check that the replica disks are gone from the storage account", lambda: az.replica_blobs(name),
+             lambda b: "none left" if not b else f"LEFT BEHIND: {', '.join(b)}")
     m = inventory.get_machine(vault, name)
     out.print(f"\n{name} is {m.state}: it runs on target {m.placement.get('target_name')} "
               f"({m.placement.get('dir')}), console log {m.placement.get('console')}", highlight=False)
     if not keep:
-        t = targets.provider(targets.get_target(vault, target_kind))
-        placement = t.find(name)
+        placement = provider.find(name)
         if placement is not None:
-            step("Stop the migrated machine (demo only; --keep leaves it running)", lambda: t.stop(placement))
+            step("Stop the migrated machine (demo only; --keep leaves it running)",
+                 lambda: provider.stop(placement))
 
 
 @contextmanager
-def _physical_server(vault: Vault, workdir: Path, disk: Path, step: Any, target_kind: str) -> Iterator[str]:
+def _physical_server(vault: Vault, scenario: _Scenario, disk: Path, step: Any) -> Iterator[str]:
     """A physical server stand-in: ``disk`` served by a real ``rehost-agent`` on 127.0.0.1,
     registered the way an operator does it (one-time passphrase, pinned fingerprint)."""
     from rehost.agent.register import register
     from rehost.vault import agents
 
-    name, state = "app01", workdir / "agent"
-    step(_target_title(target_kind), lambda: _target(vault, workdir / "target", target_kind))
+    name, state = "app01", scenario.workdir / "agent"
+    step(_target_title(scenario.kind), lambda: _target(vault, scenario), _verify_note)
     invitation = step("Register the physical server (one-time passphrase)",
                       lambda: agents.add_physical_source(vault, name), lambda _: "expires in 60 min")
     enrollment = agents.start_enrollment(vault, "127.0.0.1", free_port(), log=lambda _m: None)
@@ -211,12 +266,18 @@ def _target_title(kind: str) -> str:
     return "Add and verify the local QEMU target" if kind == "local" else f"Add and verify the {kind} target"
 
 
-def _target(vault: Vault, path: Path, kind: str) -> None:
-    """The target is named after its kind; its folder is ``<workdir>/target``."""
-    targets.add_target(vault, kind, kind, {"path": path})
+def _target(vault: Vault, scenario: _Scenario) -> VerifyReport:
+    """The target is named after its kind (local: its folder is ``<workdir>/target``)."""
+    kind = scenario.kind
+    targets.add_target(vault, kind, kind, scenario.options)
     report = targets.verify_target(vault, kind)
     if not report.ok:
         raise InvalidState(f"the {kind} target failed verification: {report.failures()}")
+    return report
+
+
+def _verify_note(report: VerifyReport) -> str:
+    return f"{len(report.checks)} checks passed: " + ", ".join(c.name for c in report.checks)
 
 
 def _job(step: Any, vault: Vault, name: str, title: str, kind: str, **params: Any) -> None:

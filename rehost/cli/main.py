@@ -6,6 +6,7 @@ import os
 import sys
 import traceback
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -22,6 +23,35 @@ from rehost.cli import (
 )
 from rehost.cli.context import Options, err
 from rehost.errors import RehostError
+
+
+def _plain_help_types() -> None:
+    """Typer 0.29 prints a type after every option, ``<bool>`` after each flag included; a flag
+    takes no value, so show none, and show other types the way help texts usually name them
+    (``TEXT``, ``PATH``, ``INT``), not as ``<str>``."""
+    core = getattr(typer, "core", None)
+    for cls_name in ("TyperOption", "TyperArgument"):
+        cls = getattr(core, cls_name, None)
+        original = getattr(cls, "display_type_rich", None)
+        if cls is None or original is None or getattr(original, "_rehost", False):
+            continue
+        cls.display_type_rich = _plain(original)
+
+
+def _plain(original: Any) -> Any:
+    def display_type_rich(self: Any, ctx: typer.Context) -> str | None:
+        if getattr(self, "is_flag", False) and self.metavar is None:
+            return None
+        shown = original(self, ctx)
+        if not isinstance(shown, str) or self.metavar is not None:
+            return shown  # type: ignore[no-any-return]
+        return shown.strip("<>").replace("str", "text").upper()
+
+    display_type_rich._rehost = True  # type: ignore[attr-defined]
+    return display_type_rich
+
+
+_plain_help_types()
 
 app = typer.Typer(
     name="rehost",
