@@ -13,7 +13,7 @@ from rehost.errors import InvalidState
 from rehost.targets import registry
 from rehost.vault import targets
 
-target_app = typer.Typer(help="Where machines fail over to (this host's QEMU; see: rehost target kinds).",
+target_app = typer.Typer(help="Where machines fail over to: this host's QEMU, Azure (rehost target kinds).",
                          no_args_is_help=True)
 add_app = typer.Typer(help="Register a target of a kind (see: rehost target kinds).", no_args_is_help=True)
 
