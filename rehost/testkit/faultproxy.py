@@ -2,7 +2,9 @@
 
 Put in front of Azurite, it makes the storage SDK meet real 500/429/503 answers on the wire,
 so the retry policy is tested as it runs in production. Requests it fails never reach
-Azurite. Loopback only; it stops with ``close``.
+Azurite. With ``every=0`` it fails nothing and only counts: ``bytes_up`` is what clients
+sent upstream in request bodies (the bytes "written to Azure", measured on the wire rather
+than taken from rehost's own report). Loopback only; it stops with ``close``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ class FaultProxy:
         self.retry_after = retry_after
         self.seen = 0
         self.failed = 0
+        self.bytes_up = 0
+        self.requests = 0
         self._lock = threading.Lock()
         proxy = self
 
@@ -31,6 +35,8 @@ class FaultProxy:
 
             def _handle(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with proxy._lock:
+                    proxy.requests += 1
                 if proxy._should_fail(self.path):
                     self.send_response(proxy.status)
                     self.send_header("Content-Length", "0")
@@ -38,6 +44,8 @@ class FaultProxy:
                     self.end_headers()
                     return
                 conn = http.client.HTTPConnection("127.0.0.1", upstream_port, timeout=60)
+                with proxy._lock:
+                    proxy.bytes_up += len(body)
                 try:
                     conn.request(self.command, self.path, body=body,
                                  headers={k: v for k, v in self.headers.items() if k.lower() != "connection"})
@@ -66,7 +74,7 @@ class FaultProxy:
         self._thread.start()
 
     def _should_fail(self, path: str) -> bool:
-        if self.match not in path:
+        if not self.every or self.match not in path:
             return False
         with self._lock:
             self.seen += 1
