@@ -5,7 +5,11 @@
 - ``local:/path`` or a plain path (``/srv/repo``, ``./repo``): ``LocalStorage``;
   option ``create=True`` makes a new repository folder tree first;
 - ``memory:``: a fresh ``MemoryStorage``; ``memory:NAME``: the in-process one called NAME,
-  so two opens see the same objects.
+  so two opens see the same objects;
+- ``s3:BUCKET[/PREFIX]``: ``S3Storage`` (options ``endpoint``, ``region``; credentials from
+  the environment), see ``s3.py``;
+- ``azure:CONTAINER[/PREFIX]``: ``AzureBlobStorage`` (option ``account_url``; credential from
+  the environment), see ``azure_blob.py``.
 
 Options every backend accepts (applied as wrappers, innermost first):
 
@@ -22,12 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from rehost.errors import UsageError
+from rehost.repository.storage.azure_blob import open_azure_storage
 from rehost.repository.storage.base import Kind, ObjectInfo, Storage
 from rehost.repository.storage.faults import FaultyStorage
 from rehost.repository.storage.local import LocalStorage
 from rehost.repository.storage.memory import MemoryStorage, shared_memory_storage
 from rehost.repository.storage.readonly import ReadOnlyStorage
 from rehost.repository.storage.retry import RetryingStorage
+from rehost.repository.storage.s3 import open_s3_storage
 from rehost.repository.storage.throttle import ThrottledStorage
 
 __all__ = [
@@ -65,13 +71,11 @@ def _open_memory(rest: str, options: dict[str, Any]) -> Storage:
 _OPENERS: dict[str, tuple[Opener, frozenset[str]]] = {
     "local": (_open_local, frozenset({"create"})),
     "memory": (_open_memory, frozenset()),
-    # Object stores go here, each in its own module, e.g.
-    #   "s3": (s3.open_s3_storage, frozenset({"endpoint", "region", ...})),
-    #         s3:bucket/prefix
-    #   "azure": (azure.open_azure_storage, frozenset({"account_url", ...})),
-    #         azure:container/prefix
-    # Their openers should wrap themselves in RetryingStorage: object stores fail
-    # transiently, local disks do not.
+    # Object stores, each in its own module (its SDK imported only when one opens); their
+    # openers wrap themselves in RetryingStorage: object stores fail transiently, local disks
+    # do not. Credentials come from the environment, never from options.
+    "s3": (open_s3_storage, frozenset({"endpoint", "region"})),  # s3:bucket[/prefix]
+    "azure": (open_azure_storage, frozenset({"account_url"})),  # azure:container[/prefix]
 }
 
 
