@@ -58,6 +58,7 @@ from rehost.repository.storage.s3 import (
     content_range_total,
     parse_location,
     redact,
+    shown_url,
 )
 
 log = logging.getLogger(__name__)
@@ -116,9 +117,9 @@ class AzureBlobStorage:
         self.layout = ObjectLayout(prefix)
         env = os.environ if env is None else env
         self._secret_values = _secret_values(env)
-        service, shown_url = _service_client(account_url, env)
+        service, endpoint_shown = _service_client(account_url, env)
         self.location = redact(
-            f"azure:{container}" + (f"/{prefix}" if prefix else "") + f" at {shown_url}",
+            f"azure:{container}" + (f"/{prefix}" if prefix else "") + f" at {endpoint_shown}",
             *self._secret_values,
         )
         self._client: Any = service.get_container_client(container)
@@ -260,7 +261,7 @@ def account_name(account_url: str) -> str:
         pass
     name = parts.path.strip("/").split("/")[0] if path_style else host.split(".")[0]
     if not name:
-        raise UsageError(f"cannot tell the storage account from account_url {_shown(account_url)!r}")
+        raise UsageError(f"cannot tell the storage account from account_url {shown_url(account_url)!r}")
     return name
 
 
@@ -279,7 +280,7 @@ def _service_client(account_url: str | None, env: Mapping[str, str]) -> tuple[An
     conn_fields = _parse_connection_string(conn) if conn else {}
     if account_url:
         if not re.match(r"https?://", account_url):
-            raise UsageError(f"account_url must be an http(s) URL, not {_shown(account_url)!r}")
+            raise UsageError(f"account_url must be an http(s) URL, not {shown_url(account_url)!r}")
         credential: Any
         if key:
             credential = AzureNamedKeyCredential(account_name(account_url), key)
@@ -296,13 +297,13 @@ def _service_client(account_url: str | None, env: Mapping[str, str]) -> tuple[An
                 f"no Azure credential: set {ENV_KEY} (the account key), {ENV_SAS} or "
                 f"{ENV_CONNECTION_STRING} in the environment"
             )
-        return BlobServiceClient(account_url, credential=credential, **options), _shown(account_url)
+        return BlobServiceClient(account_url, credential=credential, **options), shown_url(account_url)
     if conn:
         try:
             service = BlobServiceClient.from_connection_string(conn, **options)
         except ValueError:
             raise UsageError(f"{ENV_CONNECTION_STRING} is not a valid connection string") from None
-        return service, _shown(service.url)
+        return service, shown_url(service.url)
     raise UsageError(
         "azure: needs account_url=https://ACCOUNT.blob.core.windows.net with "
         f"{ENV_KEY} or {ENV_SAS} in the environment, or {ENV_CONNECTION_STRING}"
@@ -325,14 +326,6 @@ def _secret_values(env: Mapping[str, str]) -> builtins.list[str]:
     fields = _parse_connection_string(found[2]) if found[2] else {}
     found += [fields.get("accountkey", ""), fields.get("sharedaccesssignature", "").lstrip("?")]
     return [s for s in found if s]
-
-
-def _shown(url: str) -> str:
-    """A URL as messages show it: without a query (a SAS) or user info."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}{parts.path}".rstrip("/")
 
 
 def _is(e: Exception, *names: str) -> bool:

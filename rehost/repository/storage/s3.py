@@ -40,6 +40,7 @@ import re
 import threading
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 from rehost.errors import (
     AlreadyExists,
@@ -143,6 +144,14 @@ def redact(text: str, *secrets: str | None) -> str:
     return text
 
 
+def shown_url(url: str) -> str:
+    """A URL as messages show it: without a query (a SAS) or user info."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}".rstrip("/")
+
+
 # -- the S3 backend ------------------------------------------------------------------------
 
 
@@ -178,13 +187,13 @@ class S3Storage:
                 "starting and ending with a letter or digit"
             )
         if endpoint is not None and not re.match(r"https?://", str(endpoint)):
-            raise UsageError(f"the s3 endpoint must be an http(s) URL, not {endpoint!r}")
+            raise UsageError(f"the s3 endpoint must be an http(s) URL, not {shown_url(str(endpoint))!r}")
         self.bucket = bucket
         self.prefix = prefix
         self.endpoint = endpoint
         self.layout = ObjectLayout(prefix)
         self.location = f"s3:{bucket}" + (f"/{prefix}" if prefix else "") + (
-            f" at {endpoint}" if endpoint else ""
+            f" at {shown_url(endpoint)}" if endpoint else ""
         )
         boto3, config_cls = _import_boto3()
         self._session = _new_session(boto3)
@@ -297,7 +306,8 @@ class S3Storage:
         except Exception as e:
             if _status(e) == 404 or _code(e) in {"NoSuchBucket", "404"}:
                 raise NotFound(
-                    f"no S3 bucket {self.bucket!r}" + (f" at {self.endpoint}" if self.endpoint else "")
+                    f"no S3 bucket {self.bucket!r}"
+                    + (f" at {shown_url(self.endpoint)}" if self.endpoint else "")
                     + ": create it first (rehost does not create buckets)"
                 ) from None
             raise self._error(e, "open", None, None) from None

