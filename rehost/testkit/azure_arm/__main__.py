@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"rehost Resource Manager test fake (NOT Azure) on {url}", file=sys.stderr, flush=True)
     uvicorn.run(build_app(fake), host="127.0.0.1", port=port, ssl_keyfile=str(certs.key_file),
                 ssl_certfile=str(certs.cert_file), log_level="warning", access_log=False,
-                timeout_graceful_shutdown=5)
+                timeout_graceful_shutdown=1)
     return 0
 
 

@@ -37,6 +37,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from rehost.process import alive
 from rehost.targets.azure.vhd import FOOTER_SIZE, check_fixed_vhd
 from rehost.testkit.azure_arm.blobs import Storage
 
@@ -77,9 +78,7 @@ def kill_pid(pid: int, grace: float = 3.0) -> None:
         return
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not alive(pid):  # gone, or a zombie its parent has yet to reap
             return
         time.sleep(0.05)
     with contextlib.suppress(ProcessLookupError):
@@ -185,8 +184,12 @@ class VmRunner:
         with self._lock:
             proc = self._procs.pop(name.lower(), None)
         if proc is not None and proc.poll() is None:
-            kill_pid(proc.pid)
-            proc.wait()
+            proc.terminate()
+            try:
+                proc.wait(3)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         (self.vm_dir(name) / "qemu.pid").unlink(missing_ok=True)
 
     def forget(self, name: str) -> None:
