@@ -65,14 +65,17 @@ class ArmFake:
     """One Resource Manager fake process; ``with ArmFake(folder, azurite) as fake: ...``.
 
     ``azurite``: a started ``Azurite`` or its account URL (``http://127.0.0.1:P/devstoreaccount1``).
+    ``port``: the HTTPS port (default: a free one at each start).
     """
 
-    def __init__(self, folder: Path, azurite: Azurite | str, *, accel: str = "tcg",
+    def __init__(self, folder: Path, azurite: Azurite | str, *, port: int = 0, accel: str = "tcg",
                  start_timeout: float = 30.0) -> None:
         self.folder = Path(folder)
         self.azurite_url = azurite if isinstance(azurite, str) else azurite.account_url
         self.accel = accel
         self.start_timeout = start_timeout
+        #: 0: a free port at each start; a restart on the same port keeps clients' cached tokens valid
+        self.want_port = port
         self.port = 0
         self._proc: subprocess.Popen[bytes] | None = None
         self._ssl: ssl.SSLContext | None = None
@@ -119,7 +122,7 @@ class ArmFake:
     def start(self) -> ArmFake:
         self.folder.mkdir(parents=True, exist_ok=True)
         self._principal()
-        self.port = free_port()
+        self.port = self.want_port or free_port()
         log = open(self.folder / "fake.log", "ab")  # noqa: SIM115 - the child keeps it
         try:
             self._proc = subprocess.Popen(

@@ -309,8 +309,16 @@ def test_vm_lifecycle(env: Env) -> None:
         assert arm.vm(rg, "vm1").power_state == "deallocated"  # type: ignore[union-attr]
         made = sorted([vm.id, disk.id, data.id, v2.id, nsg, nic.id])
         assert sorted(arm.tagged(rg, "rehost-vm", "vm1")) == made
+        # generation 2: q35 with UEFI firmware (the disk boots nothing: OVMF ends in its shell)
+        nic2 = arm.create_nic(rg, "vm2-nic", LOCATION, env.subnet_id(), None, None, tags)
+        assert arm.create_vm(rg, "vm2", LOCATION, "Standard_B1s", v2.id, [], nic2.id, os_type="Linux",
+                             tags=tags).power_state == "running"
+        cmd = (env.fake.folder / "vm-vm2" / "qemu.cmd").read_text()
+        assert "-machine q35" in cmd and "OVMF_CODE.fd" in cmd and "format=vpc,if=ide" in cmd
     finally:
         arm.delete_vm(rg, "vm1")
+        arm.delete_vm(rg, "vm2")
+        arm.delete_nic(rg, "vm2-nic")
     arm.delete_vm(rg, "vm1")
     assert arm.vm(rg, "vm1") is None and not (env.fake.folder / "vm-vm1").exists()
     assert arm.disk(rg, "vm1-disk0").state == "Unattached"  # type: ignore[union-attr]
@@ -319,6 +327,33 @@ def test_vm_lifecycle(env: Env) -> None:
     for d in ("vm1-disk0", "vm1-disk1", "vm1-v2"):
         arm.delete_disk(rg, d)
     assert arm.tagged(rg, "rehost-vm", "vm1") == []
+
+
+def test_state_survives_a_restart_of_the_fake(azurite: Azurite, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fake is a process many CLI commands share; its state (and issued tokens) outlive
+    a restart on the same folder."""
+    with ArmFake(tmp_path / "fake", azurite) as fake:
+        monkeypatch.setenv("AZURE_CLIENT_SECRET", fake.client_secret)
+        rg = seed(fake)
+        arm = make_arm(fake)
+        arm.create_nsg(rg, "kept", LOCATION, {"k": "v"})
+        first = fake.requests()
+    with ArmFake(tmp_path / "fake", azurite, port=fake.port) as again:
+        # same folder and port: same principal and CA; the credential's cached token still works
+        later = Arm(SUB, arm.credential, again.endpoints())
+        assert later.tagged(rg, "k", "v") == [arm._rid(rg, "Microsoft.Network/networkSecurityGroups", "kept")]
+        assert not any(q["path"].endswith("/token") for q in again.requests())
+    assert any(q["path"].endswith("/token") for q in first)
+
+
+def test_fake_says_it_is_a_fake() -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "rehost.testkit.azure_arm", "serve", "--help"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "NOT Azure" in out and "CONTRACT FAKE" in out
 
 
 # -- faults, sign-in, secrets ------------------------------------------------------------------------
