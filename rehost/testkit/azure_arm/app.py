@@ -188,7 +188,10 @@ class Fake:
             found = router.find(method, path)
             if found is not None:
                 handler, ctx.params = found
-                return handler(ctx)
+                # one request at a time: handlers change resources in place, and a test fake
+                # gains nothing from running them in parallel
+                with self.state.lock:
+                    return handler(ctx)
         raise ArmError(404, "NotFound" if "/providers/" in path else "ResourceNotFound",
                        f"The fake has no resource or operation at {method} {path}.")
 
