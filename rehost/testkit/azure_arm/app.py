@@ -180,6 +180,9 @@ class Fake:
             raise ArmError(401, "InvalidAuthenticationToken" if token else "AuthenticationFailed", what,
                            {"WWW-Authenticate": f'Bearer authorization_uri="{base_url}/{tenant}", '
                                                 'error="invalid_token"'})
+        if not query.get("api-version"):
+            raise ArmError(400, "MissingApiVersionParameter", "The api-version query parameter "
+                           "(?api-version=) is required for all requests.")
         fault = self._fault(method, path)
         if fault is not None:
             raise fault

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import math
+import re
 import uuid
 from typing import Any
 
@@ -211,7 +212,7 @@ def register(r: Router, storage: Storage, runner: VmRunner) -> None:
             raise ArmError(409, "OperationNotAllowed",
                            f"Boot diagnostics are not enabled on VM {vm['name']}.")
         vmid = vm["properties"]["vmId"]
-        container = f"bootdiagnostics-{vm['name'].lower()[:9]}-{vmid}"
+        container = f"bootdiagnostics-{re.sub('[^a-z0-9]', '', vm['name'].lower())[:9]}-{vmid}"
         blob = f"{vm['name']}.{vmid}.serialconsole.log"
         storage.upload_text(container, blob, runner.serial_log(vm["name"]))
         minutes = int(ctx.query.get("sasUriExpirationTimeInMinutes") or 120)
