@@ -76,7 +76,7 @@ def demo(
         "Target kind: local (this host's QEMU) or azure (Azurite + rehost's Azure Resource Manager "
         "contract fake, both started here: a stand-in for a subscription, NOT Azure).")),
 ) -> None:
-    """Run the demo migration: a tiny Linux machine moved to this host's QEMU."""
+    """Run the demo migration: a tiny Linux machine moved to this host's QEMU (or --target azure)."""
     from rehost.testkit.tinylinux import build_tiny_linux, set_marker
 
     source_kind = "physical" if physical else source_kind

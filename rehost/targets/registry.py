@@ -41,7 +41,7 @@ class TargetPlugin:
 #: the built-in kinds' modules (the local target pulls in QEMU helpers that
 #: ``import rehost.targets.registry`` should not pay for)
 REGISTRY: plugin_config.Registry[TargetPlugin] = plugin_config.Registry(
-    "target", ("rehost.targets.local", "rehost.targets.memory"))
+    "target", ("rehost.targets.local", "rehost.targets.azure.target", "rehost.targets.memory"))
 register = REGISTRY.register
 plugins = REGISTRY.plugins
 get = REGISTRY.get
