@@ -69,6 +69,7 @@ def services(workdir: Path, keep: bool = False) -> Iterator[AzureDemo]:
     from rehost.testkit.azure_arm import ArmFake
     from rehost.testkit.azurite import Azurite
 
+    (workdir / "azurite").mkdir(parents=True, exist_ok=True)
     azurite = Azurite(workdir / "azurite").start()
     fake = None
     try:
