@@ -294,5 +294,21 @@ def test_migrate_to_azure_through_the_cli(arm_fake: ArmFake, secret: str, azure_
     jobs = run("jobs", "--json").json()
     for j in jobs:
         outputs.append(json.dumps(run("job", j["id"], "--json").json()))
+    # what the API answers about it
+    from fastapi.testclient import TestClient
+
+    from rehost.api.tokens import create_token
+    from rehost.portal.app import create_app
+
+    v = Vault.open(vault_dir)
+    try:
+        token = create_token(v, "reader", "reader")[1]
+    finally:
+        v.close()
+    with TestClient(create_app(vault_dir)) as api:
+        for path in ("/machines", "/jobs", "/targets", *(f"/jobs/{j['id']}" for j in jobs)):
+            answer = api.get(f"/api/v1{path}", headers={"Authorization": f"Bearer {token}"})
+            assert answer.status_code == 200, answer.text
+            outputs.append(answer.text)
     text = "\n".join(outputs)
     assert "sig=" not in text and secret not in text and "AccountKey" not in text
