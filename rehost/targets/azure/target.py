@@ -442,7 +442,10 @@ class AzureTarget:
         account = self.arm.storage_account(s.resource_group, s.storage_account)
         if account is None:
             raise NotFound(f"storage account {s.storage_account} not found in {s.resource_group}")
-        self.arm.create_disk_import(s.resource_group, name, s.location, staged.url, account.id,
+        # the account's own endpoint, not --blob-endpoint (a private endpoint or proxy this host
+        # reaches the account through): Azure imports from the account's canonical URL
+        source = f"{account.blob_endpoint.rstrip('/')}/{s.container}/{staged.name}"
+        self.arm.create_disk_import(s.resource_group, name, s.location, source, account.id,
                                     generation=generation, os_type=os_type, sku=s.disk_sku, tags=tags)
         staged.delete()
         if progress:
