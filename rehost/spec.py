@@ -44,6 +44,9 @@ class NicSpec:
 
     mac: str
     network: str = "default"
+    #: the addresses the source saw on it ("10.0.0.5/24"), when it knows them (an agent does):
+    #: a target may keep the private IP at failover
+    addresses: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,24 @@
 """Fixtures shared by every suite: one tiny bootable Linux image per session, a private copy
-per test (built by rehost.testkit from Debian packages, see scripts/build-tiny-linux)."""
+per test (built by rehost.testkit from Debian packages, see scripts/build-tiny-linux); one
+Azurite (a real blob service) and one Azure Resource Manager contract fake (a test fake, not
+Azure) per session, for the Azure target and the azure: repository backend."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from rehost.testkit.tinylinux import build_tiny_linux
+
+if TYPE_CHECKING:
+    from rehost.testkit.azure_arm import ArmFake
+    from rehost.testkit.azurite import Azurite
 
 TOOLS = ("losetup", "mount", "parted", "mkfs.ext4", "extlinux", "partx")
 
@@ -37,6 +45,20 @@ def tiny_linux_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return dest
 
 
+@pytest.fixture(scope="session")
+def azure_linux_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Linux as a guest prepared for Azure carries it: IDE/SCSI drivers (what the
+    Resource Manager fake's Gen1 VMs boot from) and the Hyper-V ones in its initramfs; it
+    stays up after printing its marker (``initial``). Do not modify it."""
+    from rehost.cli.demo_azure import GUEST_MODULES
+
+    reason = _can_build()
+    if reason:
+        pytest.skip(reason)
+    return build_tiny_linux(tmp_path_factory.mktemp("azlinux") / "base.img", mode="stay",
+                            extra_modules=GUEST_MODULES)
+
+
 @pytest.fixture
 def tiny_image(tiny_linux_base: Path, tmp_path: Path) -> Path:
     """A private copy of the session image that the test may change."""
@@ -49,3 +71,23 @@ def tiny_image(tiny_linux_base: Path, tmp_path: Path) -> Path:
 def need_qemu() -> None:
     if shutil.which("qemu-system-x86_64") is None:
         pytest.skip("qemu-system-x86_64 is not installed (run scripts/install)")
+
+
+@pytest.fixture(scope="session")
+def azurite() -> Iterator[Azurite]:
+    from rehost.testkit.azurite import Azurite, azurite_bin
+
+    if azurite_bin() is None:
+        pytest.skip("azurite is not installed (run scripts/install)")
+    with Azurite() as az:
+        yield az
+
+
+@pytest.fixture(scope="session")
+def arm_fake(azurite: Azurite, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ArmFake]:
+    """One Resource Manager contract fake (a test fake, not Azure) per test run, on the
+    session's Azurite; each test seeds a resource group of its own."""
+    from rehost.testkit.azure_arm import ArmFake
+
+    with ArmFake(tmp_path_factory.mktemp("armfake"), azurite) as fake:
+        yield fake

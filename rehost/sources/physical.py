@@ -387,7 +387,8 @@ def with_inventory(machine: MachineSpec, inventory: Mapping[str, Any]) -> Machin
         why = "; ".join(f"{d.get('path')}: {d.get('error', 'no size')}" for d in bad) or "no disks"
         raise UsageError(f"{machine.name}'s agent reported no usable disk ({why})")
     nics = tuple(
-        NicSpec(mac=str(n["mac"])) for n in inventory.get("nics") or []
+        NicSpec(mac=str(n["mac"]), addresses=tuple(str(a) for a in n.get("addresses") or ()))
+        for n in inventory.get("nics") or []
         if n.get("mac") and n.get("name") != "lo" and str(n["mac"]).strip("0:")
     )
     os_name = (inventory.get("os") or {}).get("pretty_name")

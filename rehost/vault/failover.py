@@ -153,8 +153,10 @@ def _start(test: bool) -> Callable[[StepContext], str]:
             net = targets.network_for(target, get_machine(ctx.vault, ctx.job.machine_name))
         placement = target.start(_placement(ctx, target), net)
         ctx.save_outputs(placement=placement.to_json())
-        pid = placement.details.get("pid")
-        return f"{placement.vm} running" + (f" (pid {pid})" if pid else "") + f" on the {net} network"
+        pid, ip = placement.details.get("pid"), placement.details.get("private_ip")
+        note = placement.details.get("ip_note")  # e.g. the source's IP could not be kept
+        return (f"{placement.vm} running" + (f" (pid {pid})" if pid else "") + f" on the {net} network"
+                + (f", address {ip}" if ip else "") + (f"; {note}" if note else ""))
 
     return run
 

@@ -98,7 +98,8 @@ def add_image_source(vault: Vault, name: str | None, paths: Sequence[Path]) -> M
 def spec_json(spec: MachineSpec) -> dict[str, Any]:
     """What ``MachineRow.spec`` keeps: the spec beyond its disks (those are DiskRows)."""
     return {"firmware": spec.firmware.value, "cpus": spec.cpus, "memory_mib": spec.memory_mib,
-            "nics": [{"mac": n.mac, "network": n.network} for n in spec.nics],
+            "nics": [{"mac": n.mac, "network": n.network, **({"addresses": list(n.addresses)}
+                                                             if n.addresses else {})} for n in spec.nics],
             "guest_os": spec.guest_os}
 
 
@@ -115,7 +116,8 @@ def spec_of(machine: MachineRow) -> MachineSpec:
         firmware=Firmware(stored.get("firmware") or default.firmware),
         cpus=int(stored.get("cpus") or default.cpus),
         memory_mib=int(stored.get("memory_mib") or default.memory_mib),
-        nics=tuple(NicSpec(mac=str(n.get("mac") or ""), network=str(n.get("network") or "default"))
+        nics=tuple(NicSpec(mac=str(n.get("mac") or ""), network=str(n.get("network") or "default"),
+                           addresses=tuple(str(a) for a in n.get("addresses") or ()))
                    for n in stored.get("nics") or []),
         guest_os=stored.get("guest_os"),
         settings=dict(machine.source.settings),

@@ -71,7 +71,12 @@ def world(tmp_path: Path, kind: str, image: Path | None = None,
         synthetic = image is None
         image = make_disk(tmp_path / "web.img", markers[0]) if image is None else image
         inventory.add_image_source(vault, "web", [image])
-        targets.add_target(vault, kind, "t", {"path": tmp_path / "target", **target_options})
+        from rehost import plugin_config
+        from rehost.targets import registry
+
+        folder = {"path": tmp_path / "target"} if "path" in {
+            o["name"] for o in plugin_config.describe(registry.get(kind).config)} else {}
+        targets.add_target(vault, kind, "t", {**folder, **target_options})
         w = World(vault, image, tmp_path / "target")
         for marker in markers if synthetic else ("as-is",):
             w.replicate(marker if synthetic else None)

@@ -6,20 +6,23 @@ with a real recovery point; disks reach the target the way the failover services
 over (NBD exports for targets that boot from NBD, ``stage_disk`` for the others). Every
 operation is run twice and must come out the same: a job resumed after a kill -9 does that.
 
-``local`` boots the tiny Linux under TCG (slow); ``memory`` is the labelled test double (fast).
+``local`` boots the tiny Linux under TCG (slow); ``azure`` talks to Azurite and the Resource
+Manager contract fake (not Azure), whose VMs boot the tiny Linux under QEMU (slow); ``memory``
+is the labelled test double (fast).
 """
 
 from __future__ import annotations
 
 import subprocess
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 
 from rehost.errors import InvalidState
 from rehost.targets import registry
+from rehost.targets.azure.target import AzureTarget
 from rehost.targets.base import Extent, Placement, PointDisk, Target, VerifyReport
 from rehost.vault import instant
 from rehost.vault.failover import DEFAULT_BOOT_MARKER
@@ -27,12 +30,15 @@ from rehost.vault.inventory import get_machine, spec_of
 from tests.cli_helpers import qemu_img_compare
 from tests.targets.helpers import World, world
 
+SUB = "33333333-4444-4555-8666-777777777777"
+
 VM = "conformance-vm"
-KINDS = [pytest.param("memory", id="memory"), pytest.param("local", id="local", marks=pytest.mark.slow)]
+KINDS = [pytest.param("memory", id="memory"), pytest.param("local", id="local", marks=pytest.mark.slow),
+         pytest.param("azure", id="azure", marks=pytest.mark.slow)]
 
 
 def test_every_registered_kind_is_covered() -> None:
-    assert {p.kind for p in registry.plugins()} == {"local", "memory"}  # add new kinds to KINDS
+    assert {p.kind for p in registry.plugins()} == {"local", "memory", "azure"}  # add new kinds to KINDS
 
 
 @dataclass
@@ -48,9 +54,10 @@ class Case:
         if self.target.capabilities.boots_from_nbd:
             return instant.start_point_servers(w.vault, get_machine(w.vault, w.machine), point, VM)
         out = []
+        spec = spec_of(get_machine(w.vault, w.machine))
         for d in point.disks:
             disk = PointDisk(d.index, d.size, point.id)
-            self.target.stage_disk(VM, disk, w.vault.repo.iter_disk(point, d.index))
+            self.target.stage_disk(VM, disk, w.vault.repo.iter_disk(point, d.index), spec=spec)
             out.append(disk)
         return out
 
@@ -60,9 +67,32 @@ class Case:
 
     def disk0_equals_point(self) -> bool:
         """What the machine's first disk reads now, against the source image (the latest point)."""
+        if isinstance(self.target, AzureTarget):  # the managed disk, downloaded through a read SAS
+            return _managed_disk0_equals(self.target, self.world)
         disk = next(p for p in self.world.target_path.joinpath(VM).iterdir()
                     if p.name.startswith("disk0.") and p.suffix in (".img", ".qcow2"))
         return qemu_img_compare(disk, self.world.image, "qcow2" if disk.suffix == ".qcow2" else "raw", "raw")
+
+
+def _managed_disk0_equals(target: AzureTarget, w: World) -> bool:
+    from rehost.targets.azure.blob import PageBlob
+    from rehost.targets.azure.vhd import FOOTER_SIZE, check_fixed_vhd
+
+    rg = target.settings.resource_group
+    sas = target.arm.grant_disk_access(rg, f"{VM}-disk0", write=False)
+    try:
+        blob = PageBlob.from_url(sas)
+        state = blob.state()
+        assert state is not None
+        whole = blob.read(0, state.size)
+    finally:
+        target.arm.revoke_disk_access(rg, f"{VM}-disk0")
+    check_fixed_vhd(whole[-FOOTER_SIZE:], len(whole))
+    raw = w.target_path.parent / "managed-disk0.raw"
+    raw.write_bytes(whole[:-FOOTER_SIZE])
+    padded = w.target_path.parent / "source-padded.raw"
+    padded.write_bytes(w.image.read_bytes().ljust(len(whole) - FOOTER_SIZE, b"\0"))
+    return qemu_img_compare(raw, padded, "raw", "raw")
 
 
 @pytest.fixture(params=KINDS)
@@ -76,7 +106,28 @@ def case(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Case]:
         image = request.getfixturevalue("tiny_image")
         set_marker(image, marker)
         set_mode(image, "stay")  # it keeps running until stopped
-    with world(tmp_path, request.param, image, markers=(marker,)) as w:
+    options: dict[str, object] = {}
+    if request.param == "azure":
+        import secrets
+        import shutil
+
+        from rehost.testkit.tinylinux import set_marker
+
+        fake = request.getfixturevalue("arm_fake")
+        request.getfixturevalue("monkeypatch").setenv("AZURE_CLIENT_SECRET", fake.client_secret)
+        image = tmp_path / "azure-guest.img"
+        shutil.copyfile(request.getfixturevalue("azure_linux_base"), image)
+        set_marker(image, marker)
+        rg = "conf-" + secrets.token_hex(4)
+        fake.seed(SUB, rg, "westeurope", storage_account="devstoreaccount1", vnets={
+            "prod": {"address_prefix": "10.1.0.0/16", "subnets": {"default": "10.1.0.0/24"}},
+            "test": {"address_prefix": "10.2.0.0/16", "subnets": {"default": "10.2.0.0/24"}}})
+        options = {"subscription": SUB, "resource_group": rg, "location": "westeurope", "network": "prod",
+                   "subnet": "default", "test_network": "test", "storage_account": "devstoreaccount1",
+                   "container": rg, "tenant_id": fake.tenant_id, "client_id": fake.client_id,
+                   "resource_manager": fake.url, "authority_host": fake.url, "ca_bundle": str(fake.ca_file)}
+        (tmp_path / "target").mkdir()
+    with world(tmp_path, request.param, image, markers=(marker,), **options) as w:
         target = w.target()
         try:
             yield Case(w, target, f"REHOST-BOOT-OK marker={marker}")
@@ -94,7 +145,10 @@ def test_capabilities_and_networks(case: Case) -> None:
     assert len(names) == len(set(names)) and any(not n.isolated for n in case.target.networks())
     if caps.test_network is not None:
         assert next(n for n in case.target.networks() if n.name == caps.test_network).isolated
-    assert registry.get(case.target.kind).capabilities == caps
+    # what the kind declares is what an instance does (the test network's name aside: Azure's
+    # comes from the target's config)
+    assert replace(registry.get(case.target.kind).capabilities, test_network=caps.test_network) == caps
+    assert (registry.get(case.target.kind).capabilities.test_network is None) == (caps.test_network is None)
 
 
 def test_verify_twice_changes_nothing(case: Case) -> None:

@@ -35,11 +35,12 @@ CLI's help and every other target pay nothing for them.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import time
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -68,6 +69,8 @@ if TYPE_CHECKING:
 
 #: tags on every resource rehost makes: cleanup finds a test's resources by them
 TAG_VM, TAG_MACHINE, TAG_POINT = "rehost-vm", "rehost-machine", "rehost-point"
+#: on a staged OS disk: the VM size, OS type and source IP ``create`` chose (``find`` reads them)
+TAG_SIZE, TAG_OS, TAG_IP = "rehost-size", "rehost-os-type", "rehost-source-ip"
 #: the permissions a failover needs (checked by verify against the resource group)
 NEEDED_ACTIONS = (
     "Microsoft.Compute/disks/write",
@@ -123,6 +126,9 @@ class AzureSettings:
     direct_upload: bool = field(default=False, metadata=_help(
         "Keep no replica: upload the chosen point into new managed disks at failover (small fleets)."))
     sync_workers: int = field(default=4, metadata=_help("Page writes in flight per disk during a sync."))
+    keep_private_ip: bool = field(default=False, metadata=_help(
+        "Give the failed-over NIC the source's private IP (as its agent reported it) when it lies "
+        "in the subnet and is free; else Azure picks one, and the job says why."))
 
     def __post_init__(self) -> None:
         for name in ("subscription", "resource_group", "location", "network", "subnet", "test_network",
@@ -336,10 +342,23 @@ class AzureTarget:
             return self._placement(vm, {"vm_id": found.id, "disk_ids": disk_ids,
                                         "nic_ids": list(found.nic_ids), "size": found.size},
                                    network=found.tags.get("rehost-network"))
-        disk0 = self.arm.disk(s.resource_group, self._disk_name(vm, 0))
-        if disk0 is None:
+        return self._staged(vm)
+
+    def _staged(self, vm: str) -> Placement | None:
+        """The machine as its staged disks describe it (no VM yet): disk 0's tags carry what
+        ``create`` chose from the spec, so a job resumed after a kill finds the same."""
+        s = self.settings
+        disks: list[Any] = []
+        while (d := self.arm.disk(s.resource_group, self._disk_name(vm, len(disks)))) is not None:
+            disks.append(d)
+        if not disks:
             return None
-        return self._placement(vm, {"disk_ids": [disk0.id]})
+        t = disks[0].tags
+        details: dict[str, Any] = {"disk_ids": [d.id for d in disks], "size": t.get(TAG_SIZE),
+                                   "generation": disks[0].generation or "V1",
+                                   "os_type": t.get(TAG_OS, "Linux"), "machine": t.get(TAG_MACHINE, ""),
+                                   "source_ip": t.get(TAG_IP) or None}
+        return self._placement(vm, details)
 
     def is_running(self, placement: Placement) -> bool:
         found = self.arm.vm(self.settings.resource_group, _safe(placement.vm))
@@ -405,6 +424,8 @@ class AzureTarget:
         generation = sizing.generation(spec) if spec is not None and disk.index == 0 else "V1"
         os_type = _os_type(spec) if disk.index == 0 else None
         tags = self._tags(vm, disk.machine, **{TAG_POINT: disk.point})
+        if spec is not None and disk.index == 0:  # what create() needs, kept where find() sees it
+            tags.update(self._machine_tags(spec))
         if self.settings.direct_upload or not disk.machine:
             self._upload(name, disk, data, progress, generation, os_type, tags)
             return
@@ -421,8 +442,13 @@ class AzureTarget:
         sas = self.arm.grant_disk_access(s.resource_group, name, write=True)
         try:
             upload_disk(PageBlob.from_url(sas), disk.size, data, workers=s.sync_workers, progress=progress)
-        finally:
+        except BaseException:
+            # a half-written disk must not pass for the point (a kill -9 leaves it
+            # ActiveUpload instead, which the next try deletes)
             self.arm.revoke_disk_access(s.resource_group, name)
+            self.arm.delete_disk(s.resource_group, name)
+            raise
+        self.arm.revoke_disk_access(s.resource_group, name)
 
     def _import(self, vm: str, name: str, disk: PointDisk, data: Iterable[Extent], progress: Progress | None,
                 generation: str, os_type: str | None, tags: dict[str, str]) -> None:
@@ -451,6 +477,12 @@ class AzureTarget:
         if progress:
             progress(disk.size, disk.size)
 
+    def _machine_tags(self, spec: MachineSpec) -> dict[str, str]:
+        size = sizing.pick_size(spec, self._catalog(), data_disks=max(0, len(spec.disks) - 1),
+                                requested=self.settings.vm_size or None)
+        wanted = next((a.split("/")[0] for n in spec.nics[:1] for a in n.addresses if "." in a), "")
+        return {TAG_SIZE: size.name, TAG_OS: _os_type(spec), TAG_MACHINE: spec.name, TAG_IP: wanted}
+
     def create(self, spec: MachineSpec, vm: str, disks: Sequence[PointDisk]) -> Placement:
         """Check the staged disks and choose the size; the VM itself is made by ``start``,
         because Azure starts a VM when it creates it and its NIC needs the network."""
@@ -458,13 +490,17 @@ class AzureTarget:
         ids = []
         for d in sorted(disks, key=lambda d: d.index):
             made = self.arm.disk(s.resource_group, self._disk_name(vm, d.index))
-            if made is None or made.tags.get(TAG_POINT) != d.point:
+            ready = made is not None and made.state in ("Unattached", "Attached")
+            if made is None or not ready or made.tags.get(TAG_POINT) != d.point:
                 raise InvalidState(f"disk {d.index} of {vm} is not staged from point {d.point[:12]}")
             ids.append(made.id)
-        size = sizing.pick_size(spec, self._catalog(), data_disks=len(ids) - 1,
-                                requested=s.vm_size or None)
-        return self._placement(vm, {"disk_ids": ids, "size": size.name, "generation": sizing.generation(spec),
-                                    "os_type": _os_type(spec), "machine": spec.name})
+        staged = self._staged(vm)
+        assert staged is not None
+        if staged.details.get("size") is None:  # staged without the machine's spec
+            t = self._machine_tags(spec)
+            staged = self._placement(vm, {**staged.details, "size": t[TAG_SIZE], "os_type": t[TAG_OS],
+                                          "machine": t[TAG_MACHINE], "source_ip": t[TAG_IP] or None})
+        return staged
 
     def start(self, placement: Placement, network: str) -> Placement:
         s, vm = self.settings, placement.vm
@@ -484,13 +520,33 @@ class AzureTarget:
         details = dict(placement.details)
         tags = self._tags(vm, str(details.get("machine", "")), **{"rehost-network": network})
         nsg_id = self.arm.create_nsg(s.resource_group, f"{vm}-nsg", s.location, tags)
-        nic = self.arm.create_nic(s.resource_group, f"{vm}-nic", s.location, sub.id, nsg_id, None, tags)
+        nic, ip_note = self._nic(vm, sub, nsg_id, details.get("source_ip"), tags)
+        if ip_note:
+            details["ip_note"] = ip_note
         disk_ids = list(details["disk_ids"])
         made = self.arm.create_vm(s.resource_group, vm, s.location, str(details["size"]), disk_ids[0],
                                   disk_ids[1:], nic.id, os_type=str(details.get("os_type", "Linux")),
                                   tags=tags)
         details.update(vm_id=made.id, nic_ids=[nic.id], nsg_id=nsg_id, private_ip=nic.private_ip)
         return self._placement(vm, details, network)
+
+    def _nic(self, vm: str, subnet: Any, nsg_id: str, source_ip: str | None,
+             tags: dict[str, str]) -> tuple[Any, str]:
+        """The NIC, with the source's private IP when asked for, in the subnet and free."""
+        s = self.settings
+        make = partial(self.arm.create_nic, s.resource_group, f"{vm}-nic", s.location, subnet.id, nsg_id)
+        existing = self.arm.nic(s.resource_group, f"{vm}-nic")
+        if existing is not None or not (s.keep_private_ip and source_ip):
+            return existing or make(None, tags), ""
+        if ipaddress.ip_address(source_ip) not in ipaddress.ip_network(subnet.address_prefix, strict=False):
+            return make(None, tags), (f"source IP {source_ip} is not in subnet {subnet.name} "
+                                      f"({subnet.address_prefix}): Azure chose one")
+        try:
+            return make(source_ip, tags), ""
+        except BackendError as e:
+            if "PrivateIPAddressInUse" not in str(e) and "InUse" not in str(e):
+                raise
+            return make(None, tags), f"source IP {source_ip} is in use in {subnet.name}: Azure chose one"
 
     def boot_verdict(self, placement: Placement, pattern: str, timeout: float) -> str:
         """The first match of ``pattern`` in the VM's serial log (boot diagnostics)."""

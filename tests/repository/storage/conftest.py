@@ -29,7 +29,6 @@ from rehost.repository.storage import (
     ThrottledStorage,
 )
 from rehost.repository.storage.faults import random_failures
-from rehost.testkit.azurite import Azurite, azurite_bin
 from rehost.testkit.seaweedfs import SeaweedFS, weed_bin
 
 
@@ -63,8 +62,7 @@ def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]
 
 
 # -- real object stores for test_s3.py and test_azure_blob.py ------------------------------
-# One SeaweedFS and one Azurite per test run. (tests/targets/azure/conftest.py has its own
-# session Azurite: sharing one across both folders needs the fixture in tests/conftest.py.)
+# One SeaweedFS per test run; the session's one Azurite comes from tests/conftest.py.
 
 
 @pytest.fixture(scope="session")
@@ -74,14 +72,6 @@ def seaweedfs() -> Iterator[SeaweedFS]:
     pytest.importorskip("boto3", reason="the s3: backend needs boto3 (pip install boto3)")
     with SeaweedFS() as server:
         yield server
-
-
-@pytest.fixture(scope="session")
-def azurite() -> Iterator[Azurite]:
-    if azurite_bin() is None:
-        pytest.skip("azurite is not installed (run scripts/install)")
-    with Azurite() as az:
-        yield az
 
 
 MiB = 1 << 20

@@ -220,25 +220,12 @@ def test_kill9_during_a_sync_then_the_next_cycle_resumes(arm_fake: ArmFake, secr
     assert health["replica"]["point"] == r["point"]
 
 
-@pytest.fixture(scope="module")
-def azure_guest(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny Linux with the drivers a guest prepared for Azure carries (IDE for Gen1 under
-    the fake's QEMU, and the Hyper-V ones Azure itself needs)."""
-    from rehost.cli.demo_azure import GUEST_MODULES
-    from rehost.testkit.tinylinux import build_tiny_linux
-
-    if os.geteuid() != 0 or shutil.which("extlinux") is None:
-        pytest.skip("building the tiny Linux image needs root and extlinux")
-    return build_tiny_linux(tmp_path_factory.mktemp("azguest") / "guest.img", marker="az1", mode="stay",
-                            extra_modules=GUEST_MODULES)
-
-
 def step(job: dict[str, Any], name: str) -> dict[str, Any]:
     return next(s for s in job["steps"] if s["name"] == name)
 
 
 @pytest.mark.slow
-def test_migrate_to_azure_through_the_cli(arm_fake: ArmFake, secret: str, azure_guest: Path,
+def test_migrate_to_azure_through_the_cli(arm_fake: ArmFake, secret: str, azure_linux_base: Path,
                                           tmp_path: Path) -> None:
     """A user's lifecycle, each command its own process: the boot verdict comes from the
     serial log of a VM that booted exactly the uploaded bytes; cleanup leaves nothing; complete
@@ -246,7 +233,8 @@ def test_migrate_to_azure_through_the_cli(arm_fake: ArmFake, secret: str, azure_
     from rehost.testkit.tinylinux import set_marker
 
     image = tmp_path / "web.img"
-    shutil.copyfile(azure_guest, image)
+    shutil.copyfile(azure_linux_base, image)
+    set_marker(image, "az1")
     vault_dir = tmp_path / "vault"
     env = {"AZURE_CLIENT_SECRET": secret}
     outputs: list[str] = []
@@ -312,3 +300,49 @@ def test_migrate_to_azure_through_the_cli(arm_fake: ArmFake, secret: str, azure_
             outputs.append(answer.text)
     text = "\n".join(outputs)
     assert "sig=" not in text and secret not in text and "AccountKey" not in text
+
+
+def test_direct_upload_and_the_source_private_ip(arm_fake: ArmFake, secret: str, vault: Vault,
+                                                 tmp_path: Path) -> None:
+    """``--direct-upload``: no replica; the point goes straight into a managed disk opened for
+    upload (grant write, Put Page, revoke), equal to the point. ``--keep-private-ip``: the NIC
+    gets the source's address when it is in the subnet and free, else Azure picks and the
+    placement says why."""
+    from dataclasses import replace
+
+    from rehost.spec import NicSpec
+
+    rg = seed(arm_fake)
+    targets.add_target(vault, "azure", "az", options(arm_fake, rg, direct_upload=True, keep_private_ip=True))
+    target = targets.provider(targets.get_target(vault, "az"))
+    assert isinstance(target, AzureTarget) and not target.capabilities.keeps_replicas
+    image = random_image(tmp_path / "d.img", 24 * MiB, 5)
+    inventory.add_image_source(vault, "app", [image])
+    r = cycles.replicate_job(vault, "app")
+    assert r.replica is None  # no replica kept: no sync step
+    spec = replace(inventory.spec_of(inventory.get_machine(vault, "app")),
+                   nics=(NicSpec("52:54:00:12:34:56", addresses=("10.1.0.50/24", "fe80::1/64")),))
+    disk = PointDisk(0, spec.disks[0].size, r.point.id, machine="app")
+    target.stage_disk("app", disk, vault.repo.iter_disk(r.point, 0), spec=spec)
+    made = target.arm.disk(rg, "app-disk0")
+    assert made is not None and made.state == "Unattached"  # upload closed (revoked)
+    sas = target.arm.grant_disk_access(rg, "app-disk0", write=False)
+    try:
+        check_replica(PageBlob.from_url(sas), vault.repo, r.point, tmp_path)
+    finally:
+        target.arm.revoke_disk_access(rg, "app-disk0")
+    placement = target.start(target.create(spec, "app", [disk]), "prod/default")
+    assert placement.details["private_ip"] == "10.1.0.50" and "ip_note" not in placement.details
+    target.remove(placement)
+    assert target.arm.tagged(rg, "rehost-vm", "app") == []
+    # the address is taken now: Azure picks one, and the placement says why
+    prod = target.arm.virtual_network(rg, "prod")
+    assert prod is not None
+    other = target.arm.create_nic(rg, "squatter", LOCATION, prod.subnets[0].id, None, "10.1.0.50", {})
+    assert other.private_ip == "10.1.0.50"
+    target.stage_disk("app", disk, vault.repo.iter_disk(r.point, 0), spec=spec)
+    placement = target.start(target.create(spec, "app", [disk]), "prod/default")
+    assert placement.details["private_ip"] != "10.1.0.50"
+    assert "10.1.0.50 is in use" in placement.details["ip_note"]
+    target.remove(placement)
+    target.arm.delete_nic(rg, "squatter")
