@@ -19,7 +19,7 @@ from rehost.jobs import leases
 from rehost.replication.retention import RetentionPolicy, parse_duration
 from rehost.repository.check import check
 from rehost.vault.protection import prune_vault
-from rehost.vault.vault import Vault
+from rehost.vault.vault import Vault, database_url
 
 
 def register(app: typer.Typer) -> None:
@@ -32,12 +32,23 @@ def init(
     ctx: typer.Context,
     encrypt: bool = typer.Option(False, "--encrypt", help="Encrypt the repository (AES-256-GCM); "
                                  "the password comes from $REHOST_PASSWORD or a prompt."),
+    database: str | None = typer.Option(
+        None, "--database", envvar="REHOST_DATABASE_URL", metavar="URL",
+        help="Keep the state in PostgreSQL (postgresql://USER@HOST[:PORT]/DB, an empty database) "
+        "instead of a SQLite file in the folder, so many hosts can share the vault. No password "
+        "in the URL (vault.json is shared): it comes from PGPASSWORD, ~/.pgpass or "
+        "$REHOST_DATABASE_PASSWORD on each host."),
 ) -> None:
     """Create a vault: state database and replica repository in one folder."""
     path = options(ctx).vault_path
+    database = database or None  # an empty REHOST_DATABASE_URL means the default
+    if database is not None:
+        database_url(database)  # a bad URL is refused before the password prompt
     password = password_from_env_or_prompt(confirm=True) if encrypt else None
-    Vault.init(path, password=password).close()
-    out.print(f"created vault {path}" + (" (encrypted)" if encrypt else ""))
+    vault = Vault.init(path, password=password, database=database)
+    where = "" if database is None else f", state in {vault.database}"
+    vault.close()
+    out.print(f"created vault {path}" + (" (encrypted)" if encrypt else "") + where)
 
 
 def check_cmd(

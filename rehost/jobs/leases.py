@@ -3,9 +3,22 @@
 A lease is a row naming a resource (``machine:<id>``, ``prune``, ``writer:<n>``,
 ``reader:<n>``), its holder and an expiry. The holder renews it while it works (a keeper
 thread per process), so a runner killed with -9 frees its machines after one lease term, at
-once when it ran on this host (its pid is gone). Each statement is a single INSERT, UPDATE or
-DELETE that either takes effect or does not, so processes and threads race safely on SQLite
-and PostgreSQL alike.
+once when it ran on this host (its pid is gone).
+
+Why taking a lease is race-free on SQLite and PostgreSQL alike (``try_acquire``): it is
+made of single statements, each of which takes effect or does not, and never of a read
+followed by a blind write.
+- A free resource is taken by ``INSERT ... ON CONFLICT DO NOTHING`` on the primary key. Of
+  two processes inserting at once, PostgreSQL makes the second wait for the first's
+  transaction and then do nothing (SQLite's write lock queues them): one row, one winner.
+- A stale lease (expired, or its holder's process on this host is gone) is taken over by
+  ``UPDATE ... WHERE resource = r AND holder = h AND expires_at = e``, with the holder and
+  expiry as read: a compare-and-swap. Under READ COMMITTED PostgreSQL locks the row, and a
+  second UPDATE waiting on that lock re-checks its WHERE against the committed new row, which
+  no longer matches; so exactly one of two racing takers wins, and a holder that renewed
+  meanwhile (a new ``expires_at``) keeps its lease.
+No SELECT ... FOR UPDATE or table lock is needed, and no isolation level beyond PostgreSQL's
+default READ COMMITTED (``Vault`` sets it explicitly).
 
 - A machine's lease makes operations on one machine exclusive (a cycle, a failover, a
   completion); different machines replicate, fail over and complete at the same time.
@@ -27,7 +40,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import Insert, delete, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from rehost.errors import InvalidState
@@ -81,27 +95,28 @@ def try_acquire(
     vault: Vault, resource: str, operation: str, *, machine_id: str | None = None,
     job_id: str | None = None, detail: dict[str, Any] | None = None,
 ) -> Lease | LeaseRow:
-    """The lease, or the row of whoever holds it (to say why not)."""
+    """The lease, or the row of whoever holds it (to say why not).
+
+    Insert-if-absent, else read the holder, else compare-and-swap a stale one (module doc).
+    """
     holder = new_holder()
     now = time.time()
     values = {"holder": holder, "operation": operation, "machine_id": machine_id, "job_id": job_id,
               "detail": detail or {}, "acquired_at": now, "expires_at": now + TTL_S}
     for _ in range(3):
-        try:
-            with vault.session() as s, s.begin():
-                s.execute(insert(LeaseRow).values(resource=resource, **values))
+        if _insert_if_absent(vault, resource, values):
             return _keeper.keep(Lease(resource, holder, operation, vault))
-        except IntegrityError:
-            pass
         with vault.session() as s:
             row = s.get(LeaseRow, resource)
         if row is None:
             continue  # released meanwhile: insert again
         if not _stale(row, now):
             return row
-        with vault.session() as s, s.begin():  # take it over only from the holder we saw
+        with vault.session() as s, s.begin():  # take it over only from the holder and term we saw
             taken = s.execute(update(LeaseRow).where(LeaseRow.resource == resource,
-                                                     LeaseRow.holder == row.holder).values(**values))
+                                                     LeaseRow.holder == row.holder,
+                                                     LeaseRow.expires_at == row.expires_at)
+                              .values(**values))
         if taken.rowcount == 1:  # type: ignore[attr-defined]
             return _keeper.keep(Lease(resource, holder, operation, vault))
     with vault.session() as s:
@@ -109,6 +124,30 @@ def try_acquire(
     if row is None:
         raise InvalidState(f"could not take the lease on {resource}: it changed hands too often; try again")
     return row
+
+
+def _insert_if_absent(vault: Vault, resource: str, values: dict[str, Any]) -> bool:
+    """Insert the lease row unless the resource has one; True when this call inserted it.
+
+    ``ON CONFLICT DO NOTHING`` rather than catching the unique violation: on PostgreSQL a
+    failed INSERT is an error the server logs, and every busy machine would log one.
+    """
+    dialect = vault.engine.dialect.name
+    stmt: Insert
+    if dialect == "postgresql":
+        stmt = postgresql.insert(LeaseRow).values(resource=resource, **values).on_conflict_do_nothing(
+            index_elements=[LeaseRow.resource])
+    elif dialect == "sqlite":
+        stmt = sqlite.insert(LeaseRow).values(resource=resource, **values).on_conflict_do_nothing(
+            index_elements=[LeaseRow.resource])
+    else:
+        stmt = insert(LeaseRow).values(resource=resource, **values)
+    try:
+        with vault.session() as s, s.begin():
+            result = s.execute(stmt)
+    except IntegrityError:
+        return False
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
 
 def busy_reason(row: LeaseRow) -> str:

@@ -1,16 +1,60 @@
-"""Bringing a vault's database to the current schema with Alembic (ARCHITECTURE §4)."""
+"""Bringing a vault's database to the current schema with Alembic (ARCHITECTURE §4).
+
+The same migrations run on SQLite (the embedded default) and PostgreSQL (a fleet's shared
+state). Two things differ on PostgreSQL and are handled here rather than in every migration:
+- ``Integer`` is 32-bit there (SQLite's is 64-bit), and the vault keeps byte counts in
+  Integer columns (disk sizes and offsets, step progress): see ``bigint_on_postgresql``;
+- many processes on many hosts open the vault at once, and each runs ``upgrade``: on
+  PostgreSQL DDL is transactional, and an advisory lock makes the upgrades queue, so a new
+  migration is applied once and the others find it done.
+"""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from sqlalchemy import Column, Integer
 from sqlalchemy.engine import Engine
+from sqlalchemy.ext.compiler import compiles
 
 import rehost.jobs.models  # noqa: F401  (registers the job tables on Base.metadata)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+#: the advisory lock key that serializes schema upgrades of one PostgreSQL database ("rehost")
+UPGRADE_LOCK = 0x7265686F7374
+_bigint_lock = threading.Lock()
+_bigint_done = False
+
+
+def bigint_on_postgresql() -> None:
+    """Create every plain ``Integer`` column as BIGINT on PostgreSQL.
+
+    Why: rehost stores byte counts in ``Integer`` columns (``disks.size``, ``offset``,
+    ``length``, ``job_steps.done``/``total``, ``policies.bandwidth_bps``). SQLite's INTEGER
+    holds 64 bits; PostgreSQL's holds 32, so a disk over 2 GiB would fail to register
+    ("integer out of range"). Rendering Integer as BIGINT in PostgreSQL DDL makes the same
+    migrations build 64-bit columns there; autoincrement keys stay SERIAL (SQLAlchemy renders
+    those itself), and other databases are unaffected. The lasting fix is BigInteger in the
+    models with a migration; this hook is harmless once that exists.
+    """
+    global _bigint_done
+    with _bigint_lock:
+        if _bigint_done:
+            return
+
+        @compiles(Integer, "postgresql")
+        def _bigint(element: Integer, compiler: Any, **kw: Any) -> str:
+            # Only a column's type in DDL: casts and bind parameters in queries (SQLAlchemy's
+            # own catalog queries among them) keep INTEGER.
+            if isinstance(kw.get("type_expression"), Column):
+                return "BIGINT"
+            return str(compiler.visit_integer(element, **kw))
+
+        _bigint_done = True
 
 
 def alembic_config(engine: Engine) -> Config:
@@ -21,9 +65,17 @@ def alembic_config(engine: Engine) -> Config:
 
 
 def upgrade(engine: Engine) -> None:
-    """Apply every migration not yet applied; a no-op on an up-to-date vault."""
+    """Apply every migration not yet applied; a no-op on an up-to-date vault.
+
+    One transaction: on PostgreSQL it first takes a transaction-level advisory lock, so
+    processes that open the vault together upgrade one after the other (SQLite's
+    ``BEGIN IMMEDIATE`` does the same there).
+    """
     cfg = alembic_config(engine)
     with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            bigint_on_postgresql()
+            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({UPGRADE_LOCK})")
         cfg.attributes["connection"] = connection
         command.upgrade(cfg, "head")
 

@@ -1,7 +1,13 @@
 """A vault: one folder holding state (SQLite) and the replica repository (design §2).
 
 The embedded default needs no server: ``vault.json`` names the state database and the
-repository by URL, so a vault at scale is the same code with other URLs.
+repository by URL, so a vault at scale is the same code with other URLs. At scale the state
+is a PostgreSQL database (``rehost init --database postgresql://USER@HOST[:PORT]/DB``): many
+hosts and processes share it, and its row locks keep leases exclusive across hosts.
+
+``vault.json`` is copied between hosts and read by anyone who can read the vault folder, so
+it never holds the database password: libpq finds it in ``PGPASSWORD`` or ``~/.pgpass``
+(``PGPASSFILE``), or rehost passes ``REHOST_DATABASE_PASSWORD``, when the vault is opened.
 """
 
 from __future__ import annotations
@@ -11,12 +17,14 @@ import os
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Engine
+from sqlalchemy import create_engine, event, inspect
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from rehost.errors import AlreadyExists, NotFound, UsageError
+from rehost.errors import AlreadyExists, NotFound, RehostError, UsageError
 from rehost.replication.digests import DigestCache
 from rehost.repository.repository import Repository
 from rehost.repository.storage import Storage, open_storage
@@ -24,6 +32,85 @@ from rehost.vault import schema
 
 CONFIG = "vault.json"
 VERSION = 1
+SQLITE_STATE = "sqlite:///./vault.db"
+#: the environment variable with the PostgreSQL password, for hosts without a ~/.pgpass
+PASSWORD_ENV = "REHOST_DATABASE_PASSWORD"
+_PG_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg")
+
+
+class DatabaseUnavailable(RehostError):
+    """The vault's state database cannot be reached or refused the login."""
+
+    exit_code = 11
+
+
+def database_url(url: str) -> str:
+    """Check a ``--database`` URL and return it as vault.json stores it.
+
+    Only PostgreSQL is accepted (the SQLite default lives in the vault folder and needs no
+    URL). A password in the URL is refused: vault.json is copied to every host of a fleet
+    and readable by whoever reads the folder, so the password belongs in the environment or
+    in ``~/.pgpass`` of the hosts that open the vault.
+    """
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise UsageError(f"{_shown(url)} is not a database URL; expected "
+                         "postgresql://USER@HOST[:PORT]/DATABASE") from None
+    if parsed.drivername not in _PG_SCHEMES:
+        raise UsageError(f"database {parsed.drivername}: only PostgreSQL is supported "
+                         "(postgresql://USER@HOST[:PORT]/DATABASE); without --database the vault "
+                         "keeps its state in a SQLite file in its folder")
+    if parsed.password is not None or "password" in parsed.query:
+        raise UsageError("the database URL must not contain a password: it would be stored in "
+                         f"vault.json. Put it in PGPASSWORD, in ~/.pgpass, or in {PASSWORD_ENV} "
+                         "on each host that opens the vault, and give the URL without it: "
+                         f"{_shown(url)}")
+    if not parsed.database:
+        raise UsageError(f"{_shown(url)} names no database: postgresql://USER@HOST[:PORT]/DATABASE")
+    return parsed.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def _shown(url: str) -> str:
+    """A URL as it may be printed: any password replaced with ***."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return "the given value"
+    query = {k: ("***" if k == "password" else v) for k, v in parsed.query.items()}
+    return parsed.set(query=query).render_as_string(hide_password=True)
+
+
+def open_engine(url: str) -> Engine:
+    """The SQLAlchemy engine for a state URL, set up for its database.
+
+    SQLite: WAL, foreign keys, a 30 s busy timeout and ``BEGIN IMMEDIATE`` (see
+    ``_sqlite_begin_immediate``). PostgreSQL: the psycopg 3 driver (imported only here, when
+    a vault uses PostgreSQL), READ COMMITTED (what the lease and claim statements are
+    written for), session time zone UTC (the ``DateTime`` columns hold naive UTC, as SQLite
+    does: an aware value converted in a server's local zone would shift every time), and a
+    liveness check on pooled connections (a server restart must not fail the next command).
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        engine = create_engine(parsed)
+        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin_immediate)
+        return engine
+    if parsed.drivername not in _PG_SCHEMES:
+        raise UsageError(f"vault state {parsed.drivername}: only sqlite and postgresql are supported")
+    try:
+        import psycopg  # noqa: F401  (only PostgreSQL vaults need it)
+    except ImportError:
+        raise UsageError("this vault keeps its state in PostgreSQL, and psycopg is not installed: "
+                         "pip install 'psycopg[binary]'") from None
+    connect_args: dict[str, Any] = {"options": "-c timezone=UTC", "application_name": "rehost",
+                                    "connect_timeout": 10}
+    if os.environ.get(PASSWORD_ENV):
+        connect_args["password"] = os.environ[PASSWORD_ENV]
+    schema.bigint_on_postgresql()
+    return create_engine(parsed.set(drivername="postgresql+psycopg"), connect_args=connect_args,
+                         isolation_level="READ COMMITTED", pool_pre_ping=True)
 
 
 class Vault:
@@ -34,41 +121,83 @@ class Vault:
         self._repo: Repository | None = None
         #: the password that unlocked the repository, for daemons this process starts
         self.unlocked_password: str | None = None
-        self.engine: Engine = create_engine(self._url(str(config["state"])))
-        if self.engine.dialect.name == "sqlite":
-            event.listen(self.engine, "connect", _sqlite_pragmas)
-            event.listen(self.engine, "begin", _sqlite_begin_immediate)
+        self.engine: Engine = open_engine(self._url(str(config["state"])))
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.cache = DigestCache(root / "cache")
 
     def _url(self, url: str) -> str:
         return url.replace("sqlite:///./", f"sqlite:///{self.root}/")
 
+    @property
+    def database(self) -> str:
+        """The state database for messages: its URL (never with a password) or "sqlite"."""
+        url = make_url(str(self.config["state"]))
+        return "sqlite" if url.get_backend_name() == "sqlite" else _shown(str(url))
+
     @classmethod
-    def init(cls, root: Path, *, password: str | None = None) -> Vault:
-        """Create a vault; refuses a folder that is already a vault or is not empty."""
+    def init(cls, root: Path, *, password: str | None = None, database: str | None = None) -> Vault:
+        """Create a vault; refuses a folder that is already a vault or is not empty.
+
+        ``database``: a PostgreSQL URL (no password: see ``database_url``) for the state
+        instead of the SQLite file in the folder. Its database must be empty: two vaults in
+        one database would see each other's machines and leases.
+        """
         root = Path(root)
+        state = SQLITE_STATE if database is None else database_url(database)
         if (root / CONFIG).exists():
             raise AlreadyExists(f"{root} is already a vault")
         if root.exists() and (not root.is_dir() or any(root.iterdir())):
             raise UsageError(f"{root} exists and is not an empty folder; choose a new path")
         config: dict[str, object] = {
             "version": VERSION,
-            "state": "sqlite:///./vault.db",
+            "state": state,
             "repository": "local:./repo",
         }
         root.mkdir(parents=True, exist_ok=True)
+        made_tables = False
+        vault: Vault | None = None
         try:
             vault = cls(root, config, (lambda: password) if password is not None else None)
-            schema.upgrade(vault.engine)
+            if database is not None:
+                vault._refuse_used_database()
+            made_tables = True
+            vault._upgrade()
             Repository.create(vault._storage(create=True), password=password)
             tmp = root / (CONFIG + ".tmp")
             tmp.write_text(json.dumps(config, indent=2) + "\n")
             os.replace(tmp, root / CONFIG)  # the vault exists once this file does
         except BaseException:
+            if vault is not None:
+                if made_tables and database is not None:
+                    _drop_state(vault.engine)
+                vault.engine.dispose()
             _remove_partial(root)
             raise
         return vault
+
+    def _refuse_used_database(self) -> None:
+        try:
+            with self.engine.connect() as conn:
+                tables = inspect(conn).get_table_names()
+        except OperationalError as e:
+            raise self._unavailable(e) from None
+        if tables:
+            raise UsageError(f"the database {self.database} is not empty (it has {len(tables)} "
+                             f"table(s), e.g. {sorted(tables)[0]}): a vault needs a database of its "
+                             "own; create one with: createdb -O USER NAME")
+
+    def _upgrade(self) -> None:
+        try:
+            schema.upgrade(self.engine)
+        except OperationalError as e:
+            raise self._unavailable(e) from None
+
+    def _unavailable(self, e: OperationalError) -> DatabaseUnavailable:
+        cause = str(e.orig).strip().splitlines()[0] if e.orig is not None else str(e)
+        hint = ""
+        if "password" in cause:
+            hint = f" (the password comes from PGPASSWORD, ~/.pgpass or {PASSWORD_ENV})"
+        return DatabaseUnavailable(f"cannot use the vault's database {self.database}: {cause}{hint}")
 
     @classmethod
     def open(cls, root: Path, password: Callable[[], str] | None = None) -> Vault:
@@ -82,7 +211,11 @@ class Vault:
         if config.get("version") != VERSION:
             raise UsageError(f"vault format {config.get('version')} is not supported")
         vault = cls(root, config, password)
-        schema.upgrade(vault.engine)
+        try:
+            vault._upgrade()
+        except BaseException:
+            vault.engine.dispose()
+            raise
         return vault
 
     def _storage(self, *, create: bool = False) -> Storage:
@@ -139,6 +272,18 @@ def _sqlite_begin_immediate(conn) -> None:  # type: ignore[no-untyped-def]
     process wrote in between; with many processes replicating side by side that happens.
     Immediate transactions queue on the busy timeout instead; they are all short here."""
     conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _drop_state(engine: Engine) -> None:
+    """Undo a failed init in its PostgreSQL database (the tables init made, all of them)."""
+    from rehost.vault.models import Base
+
+    try:
+        with engine.begin() as conn:
+            Base.metadata.drop_all(conn)
+            conn.exec_driver_sql("DROP TABLE IF EXISTS alembic_version")
+    except Exception:  # the database went away: there is nothing to undo, or it cannot be done
+        pass
 
 
 def _remove_partial(root: Path) -> None:
