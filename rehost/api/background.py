@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable
 
 from rehost.api.deps import VaultPool
+from rehost.jobs import dispatch
 from rehost.jobs.models import JobRow
 from rehost.jobs.runner import run_job
 from rehost.vault.vault import Vault
@@ -30,6 +31,9 @@ class JobLauncher:
         """Create a job (the services refuse a wrong state first), then run it in a thread."""
         with self.start_lock:
             job = create(vault)
+        if dispatch.broker_url(vault) is not None:  # a worker runs it; the job's rows say how it goes
+            dispatch.submit(vault, job)
+            return job
         t = threading.Thread(target=self._run, args=(job.id,), name=f"rehost-job-{job.id}", daemon=True)
         self._threads[job.id] = t
         t.start()

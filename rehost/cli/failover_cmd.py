@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import typer
@@ -11,7 +12,7 @@ import typer
 from rehost.cli.context import emit_json, err, open_vault, out
 from rehost.cli.job_cmd import ConsoleObserver, job_dict
 from rehost.errors import UsageError
-from rehost.jobs.runner import run_job
+from rehost.jobs import dispatch
 from rehost.vault import failover as fo
 from rehost.vault.protection import find_point
 
@@ -48,7 +49,7 @@ def failover(
             job = fo.start_job(vault, kind, name, **params)
         if not as_json:
             err.print(f"job {job.id}: {job.kind} of {name}", highlight=False)
-        job = run_job(vault, job.id, None if as_json else ConsoleObserver())
+        job = dispatch.execute(vault, job.id, None if as_json else ConsoleObserver(), _queued(as_json))
         if as_json:
             emit_json(job_dict(vault, job))
         elif job.state == "succeeded":
@@ -65,7 +66,7 @@ def complete(ctx: typer.Context, name: str, as_json: bool = typer.Option(False, 
     """Finish a migration: stop replication, purge replica data, keep the migrated machine."""
     with open_vault(ctx) as vault:
         job = fo.start_job(vault, "complete", name)
-        job = run_job(vault, job.id, None if as_json else ConsoleObserver())
+        job = dispatch.execute(vault, job.id, None if as_json else ConsoleObserver(), _queued(as_json))
         if as_json:
             emit_json(job_dict(vault, job))
         elif job.state == "succeeded":
@@ -92,3 +93,10 @@ def serve_point(
             with NbdExportServer(reader, socket):
                 while not stop.wait(0.5):
                     pass
+
+
+def _queued(as_json: bool) -> Callable[[str], None] | None:
+    """What the CLI says when a worker, not this process, runs the job."""
+    if as_json:
+        return None
+    return lambda queue: err.print(f"sent to the workers (queue {queue}); following it here", highlight=False)

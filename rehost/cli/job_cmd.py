@@ -10,8 +10,9 @@ import typer
 
 from rehost.cli.context import emit_json, err, open_vault, out
 from rehost.errors import UsageError
+from rehost.jobs import dispatch
 from rehost.jobs.models import JobRow, StepRow
-from rehost.jobs.runner import cancel_job, get_job, list_jobs, run_job
+from rehost.jobs.runner import cancel_job, get_job, list_jobs
 from rehost.jobs.views import MARK, first_line, job_lines, job_row
 from rehost.jobs.views import job_dict as job_dict  # re-exported: failover_cmd's --json still takes it here
 
@@ -97,7 +98,7 @@ def job(
 
 def resume(ctx: typer.Context, job_id: str) -> None:
     with open_vault(ctx) as vault:
-        j = run_job(vault, get_job(vault, job_id).id, ConsoleObserver())
+        j = dispatch.execute(vault, get_job(vault, job_id).id, ConsoleObserver())
         print_job(job_dict(vault, j))
         if j.state != "succeeded":
             raise typer.Exit(1)

@@ -20,6 +20,7 @@ from rehost.cli import (
     target_cmd,
     token_cmd,
     vault_cmd,
+    worker_cmd,
 )
 from rehost.cli.context import Options, err
 from rehost.errors import RehostError
@@ -83,6 +84,7 @@ job_cmd.register(app)
 demo_cmd.register(app)
 policy_cmd.register(app)
 token_cmd.register(app)
+worker_cmd.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from rehost.api.deps import OncePassword
 from rehost.errors import UsageError
+from rehost.jobs import leases
 from rehost.vault.agents import DEFAULT_ENROLL_PORT
 from rehost.vault.scheduler import Scheduler
 from rehost.vault.vault import Vault
@@ -53,7 +54,22 @@ def scheduler_loop(vault_root: Path, password: Callable[[], str] | None, stop: t
     while not stop.is_set():
         vault = Vault.open(vault_root, password)
         try:
-            Scheduler(vault, log=log, workers=workers, resume_jobs=True).run_forever(stop, tick)
+            # one scheduler per vault, however many rehost serve processes share its database:
+            # the others serve the API and wait to take over (the lease lapses when its holder dies)
+            leader = leases.try_acquire(vault, "scheduler", "scheduler")
+            if not isinstance(leader, leases.Lease):
+                log(f"the scheduler runs in {leader.holder}; this process serves the API and waits")
+                while not stop.is_set() and not isinstance(
+                        leader := leases.try_acquire(vault, "scheduler", "scheduler"), leases.Lease):
+                    stop.wait(leases.TTL_S / 3)
+                if stop.is_set():
+                    continue
+                log("this process runs the scheduler now")
+            assert isinstance(leader, leases.Lease)
+            try:
+                Scheduler(vault, log=log, workers=workers, resume_jobs=True).run_forever(stop, tick)
+            finally:
+                leader.release()
         except Exception as e:
             log(f"scheduler stopped by {type(e).__name__}: {e}; restarting in 5s")
             logging.getLogger("rehost.scheduler").exception("scheduler error")

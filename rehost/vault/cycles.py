@@ -13,7 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 from rehost.errors import InvalidState
-from rehost.jobs.models import JobRow
+from rehost.jobs import dispatch
+from rehost.jobs.models import JobRow, StepRow
 from rehost.jobs.runner import (
     SkipStep,
     Step,
@@ -21,10 +22,10 @@ from rehost.jobs.runner import (
     create_job,
     forget_jobs,
     plan,
-    run_job,
     running_jobs,
 )
 from rehost.replication.cycle import CycleResult
+from rehost.repository.writer import WriteStats
 from rehost.units import human
 from rehost.vault import replicas, targets
 from rehost.vault.inventory import get_machine
@@ -85,10 +86,14 @@ def replicate_job(
                               scheduled=scheduled)
     if progress is not None:
         _here.progress[job.id] = progress
+    # run here, the step calls the hook itself; run by a worker, its rows carry the progress
+    remote = _Forward(progress) if progress is not None and dispatch.broker_url(vault) else None
     try:
-        done = run_job(vault, job.id)
+        done = dispatch.execute(vault, job.id, remote)
     finally:
         outcome = _here.pop(job.id)
+    if outcome is None and done.state == "succeeded":  # a worker ran it: the result is its record
+        outcome = _from_outputs(vault, done)
     if scheduled:
         forget_jobs(vault, done.machine_id, REPLICATE, keep=KEEP_SCHEDULED, where={"scheduled": True})
     if isinstance(outcome, CycleResult):
@@ -99,6 +104,34 @@ def replicate_job(
     if isinstance(outcome, BaseException):
         raise outcome
     raise InvalidState(f"replication job {done.id} of {name} ended {done.state}: {done.error}")
+
+
+class _Forward:
+    """A worker's progress, as the job's rows show it, to the caller's progress bar."""
+
+    def __init__(self, progress: Callable[[int, int], None]) -> None:
+        self.progress = progress
+
+    def step_started(self, job: JobRow, step: StepRow) -> None:
+        pass
+
+    def step_progress(self, job: JobRow, step: StepRow) -> None:
+        if step.name == "replicate" and step.total:
+            self.progress(step.done, step.total)
+
+    def step_ended(self, job: JobRow, step: StepRow) -> None:
+        self.step_progress(job, step)
+
+
+def _from_outputs(vault: Vault, job: JobRow) -> CycleResult:
+    """The cycle's result as another process's job recorded it (``cycle_summary``)."""
+    o = job.outputs
+    stats = WriteStats(blobs_new=int(o.get("new_blobs", 0)), raw_bytes_new=int(o.get("new_bytes", 0)),
+                       stored_bytes=int(o.get("stored_bytes", 0)))
+    point = vault.repo.load_point_exact(str(o["point"]))
+    return CycleResult(point, stats, bytes_read=int(o.get("bytes_read", 0)),
+                       changed_bytes=int(o.get("changed_bytes", 0)), seconds=float(o.get("seconds", 0)),
+                       resumed_bytes=int(o.get("resumed_bytes", 0)), notes=list(o.get("notes") or []))
 
 
 def cycle_summary(r: CycleResult) -> dict[str, Any]:

@@ -1,0 +1,151 @@
+"""Where a job runs: in this process (the embedded default) or on a ``rehost worker`` (Celery,
+when the vault names a broker).
+
+Every operation is a job in the vault's database (``rehost.jobs.runner``); this module only
+decides who runs it. Without a broker, ``execute`` runs the job here, as before. With one
+(``broker`` in ``vault.json``, or ``$REHOST_BROKER_URL``), ``execute`` sends the job's id to
+a queue and waits for the job's row to reach a final state, showing its steps as they end.
+The message carries nothing but the id: what the job does, its progress and its result live
+in the database, so a worker on another host needs only the same database, repository and
+broker.
+
+Queues: ``rehost`` for work any worker can do (replication cycles, Azure); ``rehost.host.<name>``
+for jobs tied to one host (a local QEMU target and its point servers run where its folder
+is). A worker consumes both its host's queue and the shared one.
+
+Delivery is at most once on purpose (Celery acknowledges on receipt): a worker that dies
+mid-job leaves the job ``interrupted`` when its lease lapses, and the scheduler (``rehost
+serve``) sends it again; the next worker resumes it at the step where it stopped. A job sent
+twice runs once: the runner claims it by lease, and a finished job is refused.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from typing import TYPE_CHECKING, Any
+
+from rehost.errors import InvalidState, UsageError
+from rehost.jobs.models import JobRow
+from rehost.jobs.runner import Observer, get_job, run_job
+from rehost.vault.vault import Vault
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+SHARED_QUEUE = "rehost"
+TASK = "rehost.run_job"
+FINAL = ("succeeded", "failed", "cancelled")
+#: kinds of job that run where their target is when it boots from NBD (point servers, QEMU)
+TARGET_BOUND = ("test-failover", "test-cleanup", "failover")
+POLL_S = 0.3
+
+_apps: dict[str, Celery] = {}
+#: the vault a worker process serves (set by ``rehost worker``)
+_worker_vault: Vault | None = None
+
+
+def broker_url(vault: Vault) -> str | None:
+    url = os.environ.get("REHOST_BROKER_URL") or vault.config.get("broker")
+    return str(url) if url else None
+
+
+def host_queue(host: str | None = None) -> str:
+    return f"{SHARED_QUEUE}.host.{host or socket.gethostname()}"
+
+
+def queue_for(vault: Vault, job: JobRow) -> str:
+    """The host's queue for a job that must run where its target is, else the shared one."""
+    if job.kind in TARGET_BOUND and job.params.get("target"):
+        from rehost.vault import targets
+
+        row = targets.get_target(vault, str(job.params["target"]))
+        if targets.provider(row).capabilities.boots_from_nbd:
+            return host_queue(str(row.settings.get("host") or "") or None)
+    if job.kind == "test-cleanup":  # it looks on every target: run it where local ones are
+        return host_queue()
+    return SHARED_QUEUE
+
+
+def app(url: str) -> Celery:
+    """One Celery app per broker URL, made on first use (Celery costs ~0.3 s to import)."""
+    if url not in _apps:
+        from celery import Celery
+
+        a = Celery("rehost", broker=url, set_as_current=False)
+        a.conf.update(
+            task_default_queue=SHARED_QUEUE,
+            task_acks_late=False,  # at most once: the scheduler resends what a dead worker left
+            worker_prefetch_multiplier=1,  # a busy worker does not hold jobs another could run
+            task_ignore_result=True,  # results are the job's rows
+            broker_connection_retry_on_startup=True,
+            worker_hijack_root_logger=False,
+            broker_transport_options={"visibility_timeout": 3600},
+        )
+        a.task(name=TASK, ignore_result=True)(_run_in_worker)
+        _apps[url] = a
+    return _apps[url]
+
+
+def submit(vault: Vault, job: JobRow) -> str:
+    """Send the job to a worker; returns the queue. ``UsageError`` without a broker."""
+    url = broker_url(vault)
+    if url is None:
+        raise UsageError("no broker configured (rehost init --broker URL, or $REHOST_BROKER_URL)")
+    queue = queue_for(vault, job)
+    app(url).send_task(TASK, args=[job.id], queue=queue)
+    return queue
+
+
+def execute(vault: Vault, job_id: str, observer: Observer | None = None,
+            on_queued: Any = None) -> JobRow:
+    """Run the job: here without a broker, else on a worker (waiting for it to end)."""
+    if broker_url(vault) is None:
+        return run_job(vault, job_id, observer)
+    job = get_job(vault, job_id)
+    queue = submit(vault, job)
+    if on_queued is not None:
+        on_queued(queue)
+    return wait(vault, job.id, observer)
+
+
+def wait(vault: Vault, job_id: str, observer: Observer | None = None) -> JobRow:
+    """Follow a job another process runs until it ends; the observer sees each step start,
+    move and end, as it would in-process."""
+    seen: dict[int, tuple[str, int]] = {}
+    while True:
+        job = get_job(vault, job_id)
+        if observer is not None:
+            for step in job.steps:
+                before = seen.get(step.index)
+                now = (step.state, step.done)
+                if before == now:
+                    continue
+                if step.state != "pending" and (before is None or before[0] == "pending"):
+                    observer.step_started(job, step)
+                if step.state == "running":
+                    observer.step_progress(job, step)
+                elif step.state not in ("pending",) and (before is None or before[0] != step.state):
+                    observer.step_ended(job, step)
+                seen[step.index] = now
+        if job.state in FINAL:
+            return job
+        time.sleep(POLL_S)
+
+
+def serve_vault(vault: Vault) -> None:
+    """Called by ``rehost worker`` before it consumes: the vault its tasks run jobs in."""
+    global _worker_vault
+    _worker_vault = vault
+
+
+def _run_in_worker(job_id: str) -> str:
+    """The Celery task: run (or resume) one job in the worker's vault."""
+    if _worker_vault is None:
+        raise RuntimeError("rehost.run_job runs only in a rehost worker")
+    try:
+        job = run_job(_worker_vault, job_id)
+    except InvalidState as e:  # sent twice, taken by another worker, or finished meanwhile
+        return f"job {job_id} not run: {e}"
+    return f"job {job.id} {job.state}"
