@@ -1,0 +1,144 @@
+"""Jobs sent to ``rehost worker`` processes over a real Redis (Celery), and followed by the
+command that sent them; a worker killed mid-job leaves the job to another."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from rehost.jobs import dispatch
+from rehost.jobs.runner import get_job, list_jobs
+from rehost.testkit.redis import RedisServer, redis_bin
+from rehost.vault.vault import Vault
+from tests.cli_helpers import REHOST, REPO, rehost
+
+MiB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def redis() -> Iterator[RedisServer]:
+    if redis_bin() is None:
+        pytest.skip("redis-server is not installed (run scripts/install)")
+    with RedisServer() as r:
+        yield r
+
+
+def image(path: Path, size: int, data: int, seed: int = 1) -> Path:
+    rng = random.Random(seed)
+    with open(path, "wb") as f:
+        f.truncate(size)
+        for _ in range(data // MiB):
+            f.write(rng.randbytes(MiB))
+    return path
+
+
+class Workers:
+    def __init__(self, vault: Path, env: dict[str, str]) -> None:
+        self.vault, self.env = vault, env
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, log: Path) -> subprocess.Popen[bytes]:
+        p = subprocess.Popen([*REHOST, "--vault", str(self.vault), "worker", "--concurrency", "2",
+                              "--loglevel", "INFO"], cwd=REPO, env={**os.environ, **self.env},
+                             stdout=open(log, "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
+        deadline = time.monotonic() + 30
+        while b" ready." not in log.read_bytes():
+            assert p.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        self.procs.append(p)
+        return p
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
+
+
+@pytest.fixture
+def setup(redis: RedisServer, tmp_path: Path) -> Iterator[tuple[Path, dict[str, str], Workers]]:
+    vault = tmp_path / "vault"
+    env = {"REHOST_BROKER_URL": redis.url.replace("/0", f"/{random.randrange(1, 15)}")}
+    rehost(vault, "init")
+    w = Workers(vault, env)
+    try:
+        yield vault, env, w
+    finally:
+        w.stop()
+
+
+def test_without_a_broker_jobs_run_in_the_command(tmp_path: Path) -> None:
+    v = Vault.init(tmp_path / "v")
+    try:
+        assert dispatch.broker_url(v) is None
+    finally:
+        v.close()
+
+
+def test_a_worker_runs_what_the_cli_sends(setup: tuple[Path, dict[str, str], Workers],
+                                          tmp_path: Path) -> None:
+    vault, env, workers = setup
+    src = image(tmp_path / "web.img", 16 * MiB, 3 * MiB)
+    rehost(vault, "source", "add", "image", "web", str(src), env=env)
+    worker = workers.start(tmp_path / "w1.log")
+    r = rehost(vault, "replicate", "web", "--json", env=env)
+    point = r.json()["point"]
+    v = Vault.open(vault)
+    try:
+        [job] = [j for j in list_jobs(v) if j.kind == "replicate"]
+        assert job.state == "succeeded" and job.pid == worker.pid  # the worker ran it, not the CLI
+        assert [p.id for p in v.repo.list_points()] == [point]
+    finally:
+        v.close()
+    assert "job " in (tmp_path / "w1.log").read_text() and "succeeded" in (tmp_path / "w1.log").read_text()
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_job_leaves_it_to_another(setup: tuple[Path, dict[str, str], Workers],
+                                                      tmp_path: Path) -> None:
+    vault, env, workers = setup
+    src = image(tmp_path / "big.img", 384 * MiB, 384 * MiB, seed=2)
+    rehost(vault, "source", "add", "image", "big", str(src), env=env)
+    first = workers.start(tmp_path / "w1.log")
+    cli = subprocess.Popen([*REHOST, "--vault", str(vault), "replicate", "big"], cwd=REPO,
+                           env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    v = Vault.open(vault)
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # until the worker is half way through the cycle
+            jobs = [j for j in list_jobs(v) if j.kind == "replicate"]
+            steps = jobs[0].steps if jobs else []
+            if steps and steps[0].total and 0 < steps[0].done < steps[0].total // 2:
+                break
+            assert time.monotonic() < deadline, "the cycle never started on the worker"
+            time.sleep(0.05)
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait()
+        job_id = jobs[0].id
+        second = workers.start(tmp_path / "w2.log")
+        # the lease lapses (TTL), the job shows interrupted; resuming sends it to a worker again
+        deadline = time.monotonic() + 90
+        while True:
+            r = rehost(vault, "job", "resume", job_id, env=env, check=False)
+            if r.code == 0 or "is running in" not in r.err + r.out:
+                break
+            assert time.monotonic() < deadline, r.err
+            time.sleep(2)
+        assert r.code == 0, r.out + r.err
+        done = get_job(v, job_id)
+        assert done.state == "succeeded" and done.pid == second.pid
+        [point] = v.repo.list_points()
+        out = tmp_path / "export.raw"
+        rehost(vault, "export", "big", "--point", point.id, "--disk", "0", "--output", str(out), env=env)
+        assert subprocess.run(["cmp", str(out), str(src)]).returncode == 0
+    finally:
+        v.close()
+        cli.kill()
+        cli.wait()
