@@ -40,7 +40,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Insert, delete, insert, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
@@ -113,11 +113,11 @@ def try_acquire(
         if not _stale(row, now):
             return row
         with vault.session() as s, s.begin():  # take it over only from the holder and term we saw
-            taken = s.execute(update(LeaseRow).where(LeaseRow.resource == resource,
+            taken = s.connection().execute(update(LeaseRow).where(LeaseRow.resource == resource,
                                                      LeaseRow.holder == row.holder,
                                                      LeaseRow.expires_at == row.expires_at)
                               .values(**values))
-        if taken.rowcount == 1:  # type: ignore[attr-defined]
+        if taken.rowcount == 1:
             return _keeper.keep(Lease(resource, holder, operation, vault))
     with vault.session() as s:
         row = s.get(LeaseRow, resource)
@@ -131,23 +131,23 @@ def _insert_if_absent(vault: Vault, resource: str, values: dict[str, Any]) -> bo
 
     ``ON CONFLICT DO NOTHING`` rather than catching the unique violation: on PostgreSQL a
     failed INSERT is an error the server logs, and every busy machine would log one.
+    ``RETURNING`` says whether the row went in (a driver's rowcount for an ORM insert is not
+    reliable across dialects).
     """
     dialect = vault.engine.dialect.name
-    stmt: Insert
-    if dialect == "postgresql":
-        stmt = postgresql.insert(LeaseRow).values(resource=resource, **values).on_conflict_do_nothing(
-            index_elements=[LeaseRow.resource])
-    elif dialect == "sqlite":
-        stmt = sqlite.insert(LeaseRow).values(resource=resource, **values).on_conflict_do_nothing(
-            index_elements=[LeaseRow.resource])
-    else:
-        stmt = insert(LeaseRow).values(resource=resource, **values)
+    if dialect in ("postgresql", "sqlite"):
+        make = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        stmt = (make(LeaseRow).values(resource=resource, **values)
+                .on_conflict_do_nothing(index_elements=[LeaseRow.resource])
+                .returning(LeaseRow.resource))
+        with vault.session() as s, s.begin():
+            return s.connection().execute(stmt).first() is not None
     try:
         with vault.session() as s, s.begin():
-            result = s.execute(stmt)
+            s.connection().execute(insert(LeaseRow).values(resource=resource, **values))
     except IntegrityError:
         return False
-    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+    return True
 
 
 def busy_reason(row: LeaseRow) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Column, Integer
+from sqlalchemy import BigInteger, Column, Integer
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.compiler import compiles
 
@@ -30,31 +30,38 @@ _bigint_lock = threading.Lock()
 _bigint_done = False
 
 
-def bigint_on_postgresql() -> None:
-    """Create every plain ``Integer`` column as BIGINT on PostgreSQL.
+def bigint_on_postgresql(engine: Engine) -> None:
+    """Make plain ``Integer`` 64-bit on a PostgreSQL engine, as it is on SQLite.
 
     Why: rehost stores byte counts in ``Integer`` columns (``disks.size``, ``offset``,
     ``length``, ``job_steps.done``/``total``, ``policies.bandwidth_bps``). SQLite's INTEGER
     holds 64 bits; PostgreSQL's holds 32, so a disk over 2 GiB would fail to register
-    ("integer out of range"). Rendering Integer as BIGINT in PostgreSQL DDL makes the same
-    migrations build 64-bit columns there; autoincrement keys stay SERIAL (SQLAlchemy renders
-    those itself), and other databases are unaffected. The lasting fix is BigInteger in the
-    models with a migration; this hook is harmless once that exists.
+    ("integer out of range"). Two things change, both for PostgreSQL only:
+    - DDL: an Integer *column* is created as BIGINT, so the same migrations build 64-bit
+      columns (autoincrement keys stay SERIAL, which SQLAlchemy renders itself; casts in
+      queries keep INTEGER: SQLAlchemy's own catalog queries depend on it);
+    - binds on this engine: psycopg's dialect casts every parameter to its column's type
+      (``%(size)s::INTEGER``), which would overflow before the value reached the column; this
+      engine's dialect binds Integer as BIGINT instead.
+    The lasting fix is ``BigInteger`` in the models with a migration; this is harmless once
+    that exists. (Schema reflection of integer-keyed catalog queries on this engine is not
+    needed at run time; compare schemas with a plain engine.)
     """
     global _bigint_done
     with _bigint_lock:
-        if _bigint_done:
-            return
+        if not _bigint_done:
 
-        @compiles(Integer, "postgresql")
-        def _bigint(element: Integer, compiler: Any, **kw: Any) -> str:
-            # Only a column's type in DDL: casts and bind parameters in queries (SQLAlchemy's
-            # own catalog queries among them) keep INTEGER.
-            if isinstance(kw.get("type_expression"), Column):
-                return "BIGINT"
-            return str(compiler.visit_integer(element, **kw))
+            @compiles(Integer, "postgresql")
+            def _bigint(element: Integer, compiler: Any, **kw: Any) -> str:
+                if isinstance(kw.get("type_expression"), Column):
+                    return "BIGINT"
+                return str(compiler.visit_integer(element, **kw))
 
-        _bigint_done = True
+            _bigint_done = True
+    dialect = engine.dialect
+    if dialect.name == "postgresql":
+        big = dialect.colspecs.get(BigInteger, BigInteger)
+        dialect.colspecs = {**dialect.colspecs, Integer: big}  # this engine's dialect only
 
 
 def alembic_config(engine: Engine) -> Config:
@@ -74,7 +81,7 @@ def upgrade(engine: Engine) -> None:
     cfg = alembic_config(engine)
     with engine.begin() as connection:
         if connection.dialect.name == "postgresql":
-            bigint_on_postgresql()
+            bigint_on_postgresql(engine)
             connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({UPGRADE_LOCK})")
         cfg.attributes["connection"] = connection
         command.upgrade(cfg, "head")

@@ -108,9 +108,10 @@ def open_engine(url: str) -> Engine:
                                     "connect_timeout": 10}
     if os.environ.get(PASSWORD_ENV):
         connect_args["password"] = os.environ[PASSWORD_ENV]
-    schema.bigint_on_postgresql()
-    return create_engine(parsed.set(drivername="postgresql+psycopg"), connect_args=connect_args,
-                         isolation_level="READ COMMITTED", pool_pre_ping=True)
+    engine = create_engine(parsed.set(drivername="postgresql+psycopg"), connect_args=connect_args,
+                           isolation_level="READ COMMITTED", pool_pre_ping=True)
+    schema.bigint_on_postgresql(engine)
+    return engine
 
 
 class Vault:
