@@ -8,7 +8,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Integer, String
+from sqlalchemy import JSON, ForeignKey, Index, Integer, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -118,3 +118,42 @@ class TokenRow(Base):
     secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=_now)
     last_used: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class PointRecordRow(Base):
+    """One recovery point as its manifest says, copied here so listings, health and every
+    scheduler tick need not decode manifests (design §6, "Point records"). The repository
+    stays the truth: a row is written after its manifest, dropped after prune removed it,
+    and rebuilt from the manifests whenever the two may differ (``rehost.vault.point_records``).
+    No foreign key to ``machines``: a point outlives nothing in the database, and the
+    repository may hold points of a machine whose row is gone."""
+
+    __tablename__ = "point_records"
+    __table_args__ = (Index("ix_point_records_machine_time", "machine_id", "time", "sequence"),)
+    point_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    machine_id: Mapped[str] = mapped_column(String(64))
+    #: the manifest's ISO-8601 UTC text (fixed width: sorts as it orders in time)
+    time: Mapped[str] = mapped_column(String(40))
+    sequence: Mapped[int] = mapped_column(Integer)
+    consistency: Mapped[str] = mapped_column(String(32))
+    #: the point a prune rewrote into this one (its manifest may linger after a crash: hidden)
+    replaces: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    #: [{"index", "size", "full"}] per disk: what ``rehost points`` shows, not the maps
+    disks: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+
+
+class PointSummaryRow(Base):
+    """Per machine, what every listing and tick asks of its points: how many, the latest and
+    the latest app-consistent one. Recomputed from the machine's ``point_records`` in the
+    transaction that changes them, so reading it costs one row however long the history.
+    ``dirty`` counts marks not yet reconciled with the repository (an upgraded vault, a
+    prune under way or cut short): a reader that sees one rebuilds from the manifests first."""
+
+    __tablename__ = "point_summaries"
+    machine_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    points: Mapped[int] = mapped_column(Integer, default=0)
+    latest_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    latest_time: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    latest_app_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    latest_app_time: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    dirty: Mapped[int] = mapped_column(Integer, default=0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -12,10 +13,11 @@ from sqlalchemy import select
 from rehost.errors import AlreadyExists, NotFound, UsageError
 from rehost.replication.health import Health, HealthInput, assess
 from rehost.replication.retention import RetentionPolicy, parse_duration
-from rehost.repository.manifest import Consistency, RecoveryPoint
-from rehost.vault import agents
+from rehost.repository.manifest import RecoveryPoint
+from rehost.vault import agents, point_records
 from rehost.vault.inventory import check_name, get_machine
 from rehost.vault.models import MachineRow, PolicyRow
+from rehost.vault.point_records import PointRecord, PointSummary
 from rehost.vault.vault import Vault
 
 _UNITS = {"b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
@@ -324,12 +326,17 @@ def policy_json(p: PolicyRow) -> dict[str, Any]:
 
 
 def health_of(
-    vault: Vault, machine: MachineRow, points: list[RecoveryPoint], now: datetime | None = None
+    vault: Vault, machine: MachineRow,
+    points: PointSummary | Sequence[RecoveryPoint | PointRecord] | None = None, now: datetime | None = None,
 ) -> Health:
+    """The item's health. ``points``: its point summary (what listings read for every machine
+    at once), or its points oldest first; else its summary is read from the point records.
+    Only the latest and latest app-consistent times matter, never the whole history."""
     now = now or datetime.now(UTC)
     policy = policy_of(vault, machine)
-    last = _when(points[-1]) if points else None
-    app = [p for p in points if p.consistency == Consistency.APP]
+    summary = point_records.summary(vault, machine.id) if points is None else point_records.summary_of(points)
+    last = _parse_point_time(summary.latest_time) if summary.latest_time else None
+    last_app = _parse_point_time(summary.latest_app_time) if summary.latest_app_time else None
     lc = machine.last_cycle or {}
     hb = machine.heartbeat or {}
     rp = machine.replica or {}
@@ -338,7 +345,7 @@ def health_of(
         HealthInput(
             state=machine.state,
             last_point=last,
-            last_app_point=_when(app[-1]) if app else None,
+            last_app_point=last_app,
             rpo_threshold_s=policy.rpo_threshold_s if policy else None,
             app_every_s=policy.app_consistent_every_s if policy else 0,
             cycle_every_s=policy.crash_consistent_every_s if policy else 30,
@@ -356,10 +363,6 @@ def health_of(
         ),
         now,
     )
-
-
-def _when(p: RecoveryPoint) -> datetime:
-    return _parse_point_time(p.time)
 
 
 def _parse_point_time(text: str) -> datetime:

@@ -13,9 +13,10 @@ from rehost.replication.throttle import throttled
 from rehost.repository.manifest import Consistency, RecoveryPoint
 from rehost.repository.prune import PruneReport, prune
 from rehost.repository.storage import ThrottledStorage
-from rehost.vault import agents
+from rehost.vault import agents, point_records
 from rehost.vault.inventory import get_machine, provider_for, set_state, spec_of
 from rehost.vault.models import MachineRow
+from rehost.vault.point_records import PointRecord
 from rehost.vault.states import ItemState as S
 from rehost.vault.states import require
 from rehost.vault.vault import Vault
@@ -54,8 +55,7 @@ def _cycle(
     repo = vault.repo
     storage = ThrottledStorage(repo.storage, bandwidth_bps) if bandwidth_bps else None
     with repo.writer(storage) as writer:
-        points = repo.list_points(machine.id)
-        parent = points[-1] if points else None
+        parent = point_records.latest(vault, machine.id)  # the records, not every manifest
         total = sum(d.size for d in machine.disks)
         done = 0
 
@@ -69,11 +69,14 @@ def _cycle(
             set_state(vault, machine, S.INITIAL_REPLICATION, "first full copy in progress")
         with provider.snapshot(spec_of(machine), parent, app_consistent=app_consistent) as snap:
             resume = Resume.of(vault.cache, machine.id, parent, snap.expected)
+            # a crash between the manifest and its record leaves this mark: the next reader syncs
+            point_records.mark(vault, [machine.id])
             result = run_cycle(
                 repo, vault.cache, machine.id, throttled(snap.disks, bandwidth_bps), parent=parent,
                 consistency=snap.consistency, source=snap.metadata, progress=step, changed=snap.changed,
                 taken_at=snap.taken_at, resume=resume, writer=writer,
             )
+            point_records.record(vault, result.point, unmark=True)
             if snap.on_commit:
                 snap.on_commit(result.point)
         result.notes = snap.notes
@@ -83,12 +86,28 @@ def _cycle(
 
 
 def list_points(vault: Vault, name: str) -> list[RecoveryPoint]:
-    return vault.repo.list_points(get_machine(vault, name).id)
+    """A machine's points, oldest first, manifests decoded (its disk maps included): the
+    records after a sync say which, so only this machine's manifests are read."""
+    return [vault.repo.load_point_exact(r.id) for r in point_list(vault, name)]
+
+
+def point_list(vault: Vault, name: str) -> list[PointRecord]:
+    """A machine's points as the records hold them (id, time, consistency, sequence, disk
+    sizes), oldest first, after a sync: the repository's word without decoding the
+    manifests already recorded."""
+    machine = get_machine(vault, name)
+    point_records.sync(vault)
+    return point_records.records(vault, machine.id)
 
 
 def find_point(vault: Vault, name: str, spec: str) -> RecoveryPoint:
-    """``latest``, ``latest-app-consistent``, ``latest-processed``, or an id (prefix)."""
-    points = list_points(vault, name)
+    """``latest``, ``latest-app-consistent``, ``latest-processed``, or an id (prefix).
+    Chosen among the records (after a sync); only the chosen manifest is decoded."""
+    return vault.repo.load_point_exact(_find(vault, name, spec).id)
+
+
+def _find(vault: Vault, name: str, spec: str) -> PointRecord:
+    points = point_list(vault, name)
     if not points:
         raise NotFound(f"{name} has no recovery points yet (run: rehost replicate {name})")
     if spec in ("latest", "latest-processed"):
@@ -114,20 +133,23 @@ def prune_vault(
     vault: Vault, policy: RetentionPolicy | None = None, now: datetime | None = None
 ) -> PruneReport:
     """Apply retention to every machine, then delete what no point needs (alone among writers;
-    points being read are kept)."""
+    points being read are kept). Retention decides from the point records, synced with the
+    repository first (no writer runs now, so the listing holds still)."""
     policy = policy or RetentionPolicy()
     now = now or datetime.now(UTC)
     with leases.pruning(vault):
+        point_records.sync(vault, pruning=True)
         forget: set[str] = set()
-        by_machine: dict[str, list[RecoveryPoint]] = {}
-        for p in vault.repo.list_points():
-            by_machine.setdefault(p.machine, []).append(p)
-        for points in by_machine.values():
+        touched: set[str] = set()
+        for machine_id, points in point_records.records_by_machine(vault).items():
             times = [PointTime(p.id, _when(p), p.consistency == Consistency.APP) for p in points]
-            keep = points_to_keep(times, policy, now)
-            forget |= {p.id for p in points} - keep
-        return prune(vault.repo, forget, reading=leases.points_being_read(vault))
+            gone = {p.id for p in points} - points_to_keep(times, policy, now)
+            if gone:
+                forget |= gone
+                touched.add(machine_id)
+        with point_records.changing(vault, touched):
+            return prune(vault.repo, forget, reading=leases.points_being_read(vault))
 
 
-def _when(p: RecoveryPoint) -> datetime:
+def _when(p: RecoveryPoint | PointRecord) -> datetime:
     return datetime.strptime(p.time, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)

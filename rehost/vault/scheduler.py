@@ -15,7 +15,7 @@ import os
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,9 +27,10 @@ from rehost.jobs.runner import resumable_jobs, run_job
 from rehost.replication.retention import PointTime, points_to_keep
 from rehost.repository.manifest import Consistency, RecoveryPoint
 from rehost.repository.prune import prune
-from rehost.vault import agents, inventory, policies
+from rehost.vault import agents, inventory, point_records, policies
 from rehost.vault.cycles import replicate_job
 from rehost.vault.models import MachineRow, PolicyRow
+from rehost.vault.point_records import PointRecord, PointSummary
 from rehost.vault.states import ALLOWED
 from rehost.vault.vault import Vault
 
@@ -62,8 +63,13 @@ class TickResult:
     seconds: float = 0.0
 
 
-def _when(p: RecoveryPoint) -> float:
-    return datetime.strptime(p.time, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
+def _when(p: RecoveryPoint | PointRecord) -> float:
+    return _stamp(p.time)
+
+
+def _stamp(time_text: str) -> float:
+    """A point's time (its manifest's ISO-8601 UTC text) as a unix time."""
+    return datetime.strptime(time_text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
 
 
 class Scheduler:
@@ -90,18 +96,21 @@ class Scheduler:
         self._running: dict[str, Future[TickResult]] = {}
         self._retention_thread: threading.Thread | None = None
 
-    def due(self, machine: MachineRow, policy: PolicyRow, points: list[RecoveryPoint]) -> tuple[bool, bool]:
-        """(a cycle is due, it should be app-consistent)."""
+    def due(self, machine: MachineRow, policy: PolicyRow,
+            points: PointSummary | Sequence[RecoveryPoint | PointRecord]) -> tuple[bool, bool]:
+        """(a cycle is due, it should be app-consistent). ``points``: the machine's point
+        summary (what a tick reads: its latest and latest app-consistent point), or its points."""
         now = self.clock()
-        last = _when(points[-1]) if points else None
+        summary = point_records.summary_of(points)
+        last = _stamp(summary.latest_time) if summary.latest_time else None
         lc = machine.last_cycle or {}
         last_try = datetime.fromisoformat(lc["time"]).timestamp() if lc.get("time") else None
         if last_try is not None and lc.get("error") and now - last_try < backoff(int(lc.get("failures", 1))):
             return False, False  # the source is down or failing: retry later and later
         app = False
         if policy.app_consistent_every_s:
-            apps = [_when(p) for p in points if p.consistency == Consistency.APP]
-            last_app = max([*apps, self._last_app_attempt.get(machine.id, 0.0)], default=0.0)
+            last_app = max(_stamp(summary.latest_app_time) if summary.latest_app_time else 0.0,
+                           self._last_app_attempt.get(machine.id, 0.0))
             app = now - last_app >= policy.app_consistent_every_s
         if last is None or app:
             return True, app
@@ -111,9 +120,9 @@ class Scheduler:
         """One scheduling pass: start the cycles that are due. ``wait``: return their results
         (``rehost serve --once``, tests); else return at once with those that ended."""
         self.vault.beat()
-        points_by_machine: dict[str, list[RecoveryPoint]] = {}
-        for p in self.vault.repo.list_points():
-            points_by_machine.setdefault(p.machine, []).append(p)
+        # one summary row per machine (count, latest, latest app-consistent): a tick costs the
+        # same with 10 or 10,000 points per machine, and decodes no manifest
+        summaries = point_records.summaries(self.vault)
         machines = inventory.list_machines(self.vault)
         self._heartbeats(machines)
         if self.resume_jobs:
@@ -127,7 +136,7 @@ class Scheduler:
             with_policy.append((machine, policy))
             if machine.id in self._running:
                 continue
-            run, app = self.due(machine, policy, points_by_machine.get(machine.id, []))
+            run, app = self.due(machine, policy, summaries.get(machine.id, PointSummary()))
             if run:
                 fut = self._pool.submit(self._cycle, machine, policy, app)
                 self._running[machine.id] = fut
@@ -255,10 +264,15 @@ class Scheduler:
         """Decide first, without holding anything; only when some point is due to go does
         prune take the repository (cycles pause while it deletes)."""
         try:
+            # retention decides from the records: synced first, as a prune by someone else (the
+            # purge of ``complete``) or a crash may have left them behind; names only are listed
+            point_records.sync(self.vault)
             forget = self._due_to_go(items, now)
             if not forget:
                 return
-            with leases.pruning(self.vault):
+            machine_ids = {m.name: m.id for m, _ in items}
+            with leases.pruning(self.vault), point_records.changing(self.vault,
+                                                                    [machine_ids[n] for n in forget]):
                 reading = leases.points_being_read(self.vault)  # read since we decided: kept
                 gone = set().union(*forget.values()) - reading
                 prune(self.vault.repo, gone, reading=reading)
@@ -268,11 +282,10 @@ class Scheduler:
             self.log(f"retention postponed: {type(e).__name__}: {e}")
 
     def _due_to_go(self, items: list[tuple[MachineRow, PolicyRow]], now: float) -> dict[str, set[str]]:
-        """Per machine name, the points its policy's retention lets go now."""
+        """Per machine name, the points its policy's retention lets go now (from the point
+        records: their times and consistency are all retention needs)."""
         reading = leases.points_being_read(self.vault)
-        by_machine: dict[str, list[RecoveryPoint]] = {}
-        for p in self.vault.repo.list_points():
-            by_machine.setdefault(p.machine, []).append(p)
+        by_machine = point_records.records_by_machine(self.vault)
         when = datetime.fromtimestamp(now, UTC)
         forget: dict[str, set[str]] = {}
         for machine, policy in items:
