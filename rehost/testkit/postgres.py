@@ -121,6 +121,14 @@ class Postgres:
     # ---- life cycle ---------------------------------------------------------------------
 
     def start(self) -> Postgres:
+        """initdb, start the server, make the test role; on any failure nothing is left."""
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> Postgres:
         reason = missing_reason()
         if reason:
             raise PostgresError(reason)
