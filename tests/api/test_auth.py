@@ -13,6 +13,7 @@ from tests.api.portal import ROLES, Portal
 
 #: (method, path) -> the lowest role allowed; a new endpoint without a row here fails the test
 MIN_ROLE = {
+    ("GET", "/metrics"): "reader",
     ("GET", "/api/v1/sources"): "reader",
     ("POST", "/api/v1/sources/image"): "admin",
     ("POST", "/api/v1/sources/physical"): "admin",
