@@ -11,6 +11,10 @@
 - ``azure:CONTAINER[/PREFIX]``: ``AzureBlobStorage`` (option ``account_url``; credential from
   the environment), see ``azure_blob.py``.
 
+Object stores also take the URL form ``s3://BUCKET/PREFIX?endpoint=URL&region=R`` and
+``azure://CONTAINER/PREFIX?account_url=URL``: what a vault's configuration stores. The
+query holds options only; keys and secrets always come from the environment.
+
 Options every backend accepts (applied as wrappers, innermost first):
 
 - ``bytes_per_second``: a bandwidth limit (``ThrottledStorage``);
@@ -24,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 from rehost.errors import UsageError
 from rehost.repository.storage.azure_blob import open_azure_storage
@@ -82,6 +87,12 @@ _OPENERS: dict[str, tuple[Opener, frozenset[str]]] = {
 def open_storage(url: str, **options: Any) -> Storage:
     """Open the storage ``url`` names, with the wrappers its options ask for."""
     scheme, rest = _split(url)
+    if scheme != "local":
+        # s3://BUCKET/PREFIX?endpoint=URL: the URL form; options in the query (never secrets:
+        # those come from the environment), explicit options win
+        rest = rest[2:] if rest.startswith("//") else rest
+        rest, _, query = rest.partition("?")
+        options = {**dict(parse_qsl(query)), **options}
     entry = _OPENERS.get(scheme)
     if entry is None:
         raise UsageError(
