@@ -155,20 +155,31 @@ def summary(vault: Vault, machine_id: str) -> PointSummary:
     return _summary(row) if row is not None else PointSummary()
 
 
-def records(vault: Vault, machine_id: str | None = None) -> list[PointRecord]:
-    """Records as they are (no sync), oldest first, as ``Repository.list_points`` orders."""
-    q = select(PointRecordRow)
+def records(vault: Vault, machine_id: str | None = None, *, disks: bool = True) -> list[PointRecord]:
+    """Records as they are (no sync), oldest first, as ``Repository.list_points`` orders.
+    ``disks=False``: without the disk sizes (retention needs times only; the JSON column is
+    most of the cost of reading every record)."""
+    cols = [PointRecordRow.point_id, PointRecordRow.machine_id, PointRecordRow.time,
+            PointRecordRow.consistency, PointRecordRow.sequence, PointRecordRow.replaces]
+    q = select(*cols, *([PointRecordRow.disks] if disks else []))
     if machine_id is not None:
         q = q.where(PointRecordRow.machine_id == machine_id)
     with vault.session() as s:
-        rows = list(s.scalars(q.order_by(PointRecordRow.machine_id, PointRecordRow.time,
-                                         PointRecordRow.sequence)))
-    return [_record(r) for r in rows]
+        rows = s.execute(q.order_by(PointRecordRow.machine_id, PointRecordRow.time,
+                                    PointRecordRow.sequence)).all()
+    return [_point_record(r, disks) for r in rows]
 
 
-def records_by_machine(vault: Vault) -> dict[str, list[PointRecord]]:
+def _point_record(r: Any, disks: bool) -> PointRecord:
+    """A record from a row of ``records``' columns (in their order)."""
+    return PointRecord(str(r[0]), str(r[1]), str(r[2]), Consistency(r[3]), int(r[4]), r[5],
+                       tuple(DiskInfo(int(d["index"]), int(d["size"]), bool(d["full"])) for d in r[6])
+                       if disks else ())
+
+
+def records_by_machine(vault: Vault, *, disks: bool = True) -> dict[str, list[PointRecord]]:
     out: dict[str, list[PointRecord]] = {}
-    for r in records(vault):
+    for r in records(vault, disks=disks):
         out.setdefault(r.machine, []).append(r)
     return out
 
@@ -180,12 +191,6 @@ def _summary_rows(vault: Vault) -> list[PointSummaryRow]:
 
 def _summary(row: PointSummaryRow) -> PointSummary:
     return PointSummary(row.points, row.latest_id, row.latest_time, row.latest_app_id, row.latest_app_time)
-
-
-def _record(r: PointRecordRow) -> PointRecord:
-    return PointRecord(r.point_id, r.machine_id, r.time, Consistency(r.consistency), r.sequence,
-                       r.replaces, tuple(DiskInfo(int(d["index"]), int(d["size"]), bool(d["full"]))
-                                         for d in r.disks))
 
 
 def _explained(vault: Vault) -> tuple[bool, set[str]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import suppress
 from datetime import UTC, datetime
 
 from rehost.errors import NotFound, UsageError
@@ -71,12 +72,17 @@ def _cycle(
             resume = Resume.of(vault.cache, machine.id, parent, snap.expected)
             # a crash between the manifest and its record leaves this mark: the next reader syncs
             point_records.mark(vault, [machine.id])
-            result = run_cycle(
-                repo, vault.cache, machine.id, throttled(snap.disks, bandwidth_bps), parent=parent,
-                consistency=snap.consistency, source=snap.metadata, progress=step, changed=snap.changed,
-                taken_at=snap.taken_at, resume=resume, writer=writer,
-            )
-            point_records.record(vault, result.point, unmark=True)
+            try:
+                result = run_cycle(
+                    repo, vault.cache, machine.id, throttled(snap.disks, bandwidth_bps), parent=parent,
+                    consistency=snap.consistency, source=snap.metadata, progress=step,
+                    changed=snap.changed, taken_at=snap.taken_at, resume=resume, writer=writer,
+                )
+                point_records.record(vault, result.point, unmark=True)
+            except Exception:  # it may have stored its manifest: settle that now, not in a listing
+                with suppress(Exception):
+                    point_records.sync(vault, vouch=[machine.id])
+                raise
             if snap.on_commit:
                 snap.on_commit(result.point)
         result.notes = snap.notes
@@ -141,7 +147,7 @@ def prune_vault(
         point_records.sync(vault, pruning=True)
         forget: set[str] = set()
         touched: set[str] = set()
-        for machine_id, points in point_records.records_by_machine(vault).items():
+        for machine_id, points in point_records.records_by_machine(vault, disks=False).items():
             times = [PointTime(p.id, _when(p), p.consistency == Consistency.APP) for p in points]
             gone = {p.id for p in points} - points_to_keep(times, policy, now)
             if gone:

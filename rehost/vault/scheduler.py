@@ -285,7 +285,7 @@ class Scheduler:
         """Per machine name, the points its policy's retention lets go now (from the point
         records: their times and consistency are all retention needs)."""
         reading = leases.points_being_read(self.vault)
-        by_machine = point_records.records_by_machine(self.vault)
+        by_machine = point_records.records_by_machine(self.vault, disks=False)
         when = datetime.fromtimestamp(now, UTC)
         forget: dict[str, set[str]] = {}
         for machine, policy in items:

@@ -9,6 +9,7 @@ it all: listings, health and scheduler ticks decode no manifest and list no poin
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -27,6 +28,7 @@ from rehost.replication.retention import RetentionPolicy
 from rehost.repository.manifest import Consistency, RecoveryPoint
 from rehost.repository.repository import Repository
 from rehost.repository.storage.base import Kind
+from rehost.testkit.postgres import Postgres, missing_reason
 from rehost.vault import failover, inventory, overview, point_records, policies, protection, schema
 from rehost.vault.models import PointRecordRow, PointSummaryRow
 from rehost.vault.point_records import PointRecord, PointSummary
@@ -90,9 +92,25 @@ def _extra_point(vault: Vault, like: RecoveryPoint, consistency: Consistency,
                                          parent=like.id))
 
 
-@pytest.fixture
-def vault(tmp_path: Path) -> Iterator[Vault]:
-    v = Vault.init(tmp_path / "v")
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[Postgres]:
+    reason = missing_reason()
+    if reason:
+        pytest.skip(reason)
+    with Postgres() as pg:
+        yield pg
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def vault(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Vault]:
+    """A vault on each database: the row locks and ON CONFLICT statements differ."""
+    database = None
+    if request.param == "postgresql":
+        pg: Postgres = request.getfixturevalue("postgres")
+        monkeypatch.setenv("PGPASSWORD", pg.password)  # child processes find it too
+        monkeypatch.delenv("REHOST_DATABASE_PASSWORD", raising=False)
+        database = pg.create_database(f"t_{secrets.token_hex(6)}")
+    v = Vault.init(tmp_path / "v", database=database)
     try:
         yield v
     finally:
@@ -211,6 +229,18 @@ def test_a_crash_between_manifest_and_record_heals_on_the_next_read(
     item = next(i for i in overview.machine_views(vault) if i["name"] == "a")  # any listing heals
     assert item["points"] == 2 and item["latest_point"] == lost.id
     _assert_true(vault)
+
+    # a cycle that fails after its manifest (not killed) settles its records before it ends
+    def fail(*_args: Any, **_kw: Any) -> None:
+        raise RuntimeError("database went away")
+
+    with monkeypatch.context() as m:
+        m.setattr(point_records, "record", fail)
+        _change(disks["a"])
+        with pytest.raises(RuntimeError):
+            protection.replicate(vault, "a")
+    _assert_true(vault)
+    assert point_records.summaries(vault)[a.id].points == 3
 
     # the same loss with no mark (a record row deleted by hand): a read of the machine heals it
     _change(disks["a"])
