@@ -38,17 +38,34 @@ def init(
         "instead of a SQLite file in the folder, so many hosts can share the vault. No password "
         "in the URL (vault.json is shared): it comes from PGPASSWORD, ~/.pgpass or "
         "$REHOST_DATABASE_PASSWORD on each host."),
+    repository: str | None = typer.Option(
+        None, "--repository", metavar="URL",
+        help="Keep the replica repository in an object store instead of the folder: "
+        "s3://BUCKET/PREFIX[?endpoint=URL&region=R] (keys from AWS_ACCESS_KEY_ID/"
+        "AWS_SECRET_ACCESS_KEY) or azure://CONTAINER/PREFIX[?account_url=URL] (key from "
+        "AZURE_STORAGE_KEY, a SAS or a connection string). The bucket or container must exist."),
+    broker: str | None = typer.Option(
+        None, "--broker", metavar="URL",
+        help="Send jobs to rehost worker processes over this Celery broker (redis://HOST:PORT/N) "
+        "instead of running them in the command that starts them."),
+    join: bool = typer.Option(
+        False, "--join", help="Make a folder for another host or worker of an existing fleet vault "
+        "(same --database, --repository, --broker): it holds only that host's caches."),
 ) -> None:
     """Create a vault: state database and replica repository in one folder."""
     path = options(ctx).vault_path
     database = database or None  # an empty REHOST_DATABASE_URL means the default
     if database is not None:
         database_url(database)  # a bad URL is refused before the password prompt
-    password = password_from_env_or_prompt(confirm=True) if encrypt else None
-    vault = Vault.init(path, password=password, database=database)
+    password = password_from_env_or_prompt(confirm=not join) if encrypt else None
+    vault = Vault.init(path, password=password, database=database, repository=repository or None,
+                       broker=broker or None, join=join)
     where = "" if database is None else f", state in {vault.database}"
+    where += f", repository {vault.repo.storage.location}" if repository else ""
+    where += f", jobs through {broker.split('@')[-1]}" if broker else ""
     vault.close()
-    out.print(f"created vault {path}" + (" (encrypted)" if encrypt else "") + where)
+    out.print(("joined vault " if join else "created vault ") + f"{path}"
+              + (" (encrypted)" if encrypt else "") + where)
 
 
 def check_cmd(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -136,15 +137,27 @@ class Vault:
         return "sqlite" if url.get_backend_name() == "sqlite" else _shown(str(url))
 
     @classmethod
-    def init(cls, root: Path, *, password: str | None = None, database: str | None = None) -> Vault:
+    def init(cls, root: Path, *, password: str | None = None, database: str | None = None,
+             repository: str | None = None, broker: str | None = None, join: bool = False) -> Vault:
         """Create a vault; refuses a folder that is already a vault or is not empty.
 
         ``database``: a PostgreSQL URL (no password: see ``database_url``) for the state
         instead of the SQLite file in the folder. Its database must be empty: two vaults in
         one database would see each other's machines and leases.
+        ``repository``: a storage URL (``s3://BUCKET/PREFIX?endpoint=...``,
+        ``azure://CONTAINER/PREFIX?account_url=...``) instead of the folder's ``repo``.
+        ``broker``: a Celery broker (``redis://HOST:PORT/N``): jobs then run on ``rehost
+        worker`` processes. ``join``: a folder for another host (or another worker) of an
+        existing fleet vault: the same database, repository and broker, its own caches; nothing
+        is created in the database or the repository.
         """
         root = Path(root)
         state = SQLITE_STATE if database is None else database_url(database)
+        if join and (database is None or repository is None):
+            raise UsageError("--join needs the fleet's --database and --repository (the folder of "
+                             "another host holds only caches)")
+        if broker is not None and not re.match(r"(redis|rediss|amqp|amqps)://", broker):
+            raise UsageError(f"--broker takes a redis:// (or amqp://) URL, not {broker!r}")
         if (root / CONFIG).exists():
             raise AlreadyExists(f"{root} is already a vault")
         if root.exists() and (not root.is_dir() or any(root.iterdir())):
@@ -152,18 +165,24 @@ class Vault:
         config: dict[str, object] = {
             "version": VERSION,
             "state": state,
-            "repository": "local:./repo",
+            "repository": repository or "local:./repo",
         }
+        if broker:
+            config["broker"] = broker
         root.mkdir(parents=True, exist_ok=True)
         made_tables = False
         vault: Vault | None = None
         try:
             vault = cls(root, config, (lambda: password) if password is not None else None)
-            if database is not None:
-                vault._refuse_used_database()
-            made_tables = True
-            vault._upgrade()
-            Repository.create(vault._storage(create=True), password=password)
+            if join:
+                vault._upgrade()
+                vault.repo  # noqa: B018 - the repository must exist and open (its password too)
+            else:
+                if database is not None:
+                    vault._refuse_used_database()
+                made_tables = True
+                vault._upgrade()
+                Repository.create(vault._storage(create=True), password=password)
             tmp = root / (CONFIG + ".tmp")
             tmp.write_text(json.dumps(config, indent=2) + "\n")
             os.replace(tmp, root / CONFIG)  # the vault exists once this file does
@@ -223,7 +242,8 @@ class Vault:
         url = str(self.config["repository"])
         if url.startswith("local:./"):
             url = "local:" + str(self.root / url[len("local:./") :])
-        return open_storage(url, create=True) if create else open_storage(url)
+        local = url.startswith("local:") or ":" not in url.split("/", 1)[0]
+        return open_storage(url, create=True) if create and local else open_storage(url)
 
     @property
     def repo(self) -> Repository:
