@@ -58,7 +58,7 @@ class Registry(Generic[P]):
         """The plugin of ``kind``, or a UsageError that lists the kinds there are."""
         known = {p.kind: p for p in self.plugins()}
         if kind not in known:
-            raise UsageError(f"unknown {self.what} kind {kind!r} (kinds: {', '.join(known)})")
+            raise UsageError(f"unknown {self.what} kind {kind!r} (kinds: {', '.join(sorted(known))})")
         return known[kind]
 
 
