@@ -24,11 +24,13 @@ from __future__ import annotations
 import os
 import socket
 import time
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from rehost.errors import InvalidState, UsageError
+from rehost.jobs import leases
 from rehost.jobs.models import JobRow
-from rehost.jobs.runner import Observer, get_job, run_job
+from rehost.jobs.runner import Observer, effective_state, get_job, live_jobs, run_job
 from rehost.vault.vault import Vault
 
 if TYPE_CHECKING:
@@ -40,6 +42,9 @@ FINAL = ("succeeded", "failed", "cancelled")
 #: kinds of job that run where their target is when it boots from NBD (point servers, QEMU)
 TARGET_BOUND = ("test-failover", "test-cleanup", "failover")
 POLL_S = 0.3
+#: a queued job waits its turn in the broker while workers are busy: only after this long
+#: does the scheduler suspect its message was lost and send it again (sent twice, it runs once)
+RESEND_QUEUED_AFTER_S = 600.0
 
 _apps: dict[str, Celery] = {}
 #: the vault a worker process serves (set by ``rehost worker``)
@@ -89,12 +94,16 @@ def app(url: str) -> Celery:
 
 
 def submit(vault: Vault, job: JobRow) -> str:
-    """Send the job to a worker; returns the queue. ``UsageError`` without a broker."""
+    """Send the job to a worker; returns the queue. ``UsageError`` without a broker.
+
+    A failed job is sent as a retry (``rehost job resume``); any other is sent to be run or
+    continued only, so that a message delivered again after the job failed does not run it
+    a second time behind the operator's back."""
     url = broker_url(vault)
     if url is None:
         raise UsageError("no broker configured (rehost init --broker URL, or $REHOST_BROKER_URL)")
     queue = queue_for(vault, job)
-    app(url).send_task(TASK, args=[job.id], queue=queue)
+    app(url).send_task(TASK, args=[job.id, job.state == "failed"], queue=queue)
     return queue
 
 
@@ -112,10 +121,18 @@ def execute(vault: Vault, job_id: str, observer: Observer | None = None,
 
 def wait(vault: Vault, job_id: str, observer: Observer | None = None) -> JobRow:
     """Follow a job another process runs until it ends; the observer sees each step start,
-    move and end, as it would in-process."""
+    move and end, as it would in-process.
+
+    A worker that dies mid-job does not leave the caller waiting for ever: once the job's
+    lease has lapsed (or its message has waited too long), the job is sent again and the
+    next worker resumes it at the step where it stopped."""
     seen: dict[int, tuple[str, int]] = {}
+    sent = time.monotonic()
     while True:
         job = get_job(vault, job_id)
+        if job.state not in FINAL and time.monotonic() - sent >= leases.TTL_S and _orphaned(vault, job):
+            submit(vault, job)
+            sent = time.monotonic()
         if observer is not None:
             for step in job.steps:
                 before = seen.get(step.index)
@@ -134,17 +151,29 @@ def wait(vault: Vault, job_id: str, observer: Observer | None = None) -> JobRow:
         time.sleep(POLL_S)
 
 
+def _orphaned(vault: Vault, job: JobRow) -> bool:
+    """No runner holds the job: its worker died (lease lapsed), or its message is lost."""
+    if job.state == "queued":
+        created = job.created_at if job.created_at.tzinfo else job.created_at.replace(tzinfo=UTC)
+        return (datetime.now(UTC) - created).total_seconds() >= RESEND_QUEUED_AFTER_S
+    return effective_state(job, live_jobs(vault)) == "interrupted"
+
+
 def serve_vault(vault: Vault) -> None:
     """Called by ``rehost worker`` before it consumes: the vault its tasks run jobs in."""
     global _worker_vault
     _worker_vault = vault
 
 
-def _run_in_worker(job_id: str) -> str:
-    """The Celery task: run (or resume) one job in the worker's vault."""
+def _run_in_worker(job_id: str, retry: bool = False) -> str:
+    """The Celery task: run (or resume) one job in the worker's vault; a job that ended
+    meanwhile is left as it is unless the message asks for a retry."""
     if _worker_vault is None:
         raise RuntimeError("rehost.run_job runs only in a rehost worker")
     try:
+        state = get_job(_worker_vault, job_id).state
+        if state in FINAL and not (retry and state == "failed"):
+            return f"job {job_id} not run: it has {state}"
         job = run_job(_worker_vault, job_id)
     except InvalidState as e:  # sent twice, taken by another worker, or finished meanwhile
         return f"job {job_id} not run: {e}"

@@ -22,8 +22,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from rehost.errors import RehostError
-from rehost.jobs import leases
-from rehost.jobs.runner import resumable_jobs, run_job
+from rehost.jobs import dispatch, leases
+from rehost.jobs.runner import resumable_jobs
 from rehost.replication.retention import PointTime, points_to_keep
 from rehost.repository.manifest import Consistency, RecoveryPoint
 from rehost.repository.prune import prune
@@ -165,7 +165,10 @@ class Scheduler:
         if now - self._last_resume < RESUME_EVERY_S:
             return
         self._last_resume = now
-        for job in resumable_jobs(self.vault):
+        # with a broker a queued job may be waiting for a free worker: resend it only late
+        brokered = dispatch.broker_url(self.vault) is not None
+        queued_for = dispatch.RESEND_QUEUED_AFTER_S if brokered else leases.TTL_S
+        for job in resumable_jobs(self.vault, queued_for=queued_for):
             key = job.machine_id or f"job:{job.id}"
             if key in self._running:
                 continue
@@ -175,7 +178,7 @@ class Scheduler:
     def _resume(self, job_id: str, machine: str) -> TickResult:
         started = self.clock()
         try:
-            job = run_job(self.vault, job_id)
+            job = dispatch.execute(self.vault, job_id)  # here, or on a worker with a broker
         except RehostError as e:  # another runner took it first, or it ended meanwhile
             self.log(f"{machine}: job {job_id} not resumed: {e}")
             return TickResult(machine, False, error=str(e))
