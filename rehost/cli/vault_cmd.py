@@ -18,6 +18,7 @@ from rehost.errors import IntegrityError
 from rehost.jobs import leases
 from rehost.replication.retention import RetentionPolicy, parse_duration
 from rehost.repository.check import check
+from rehost.vault import point_records
 from rehost.vault.protection import prune_vault
 from rehost.vault.vault import Vault, database_url
 
@@ -87,6 +88,11 @@ def check_cmd(
             bar(total, total)
 
         report = check(vault.repo, read_data=read_data, progress=step)
+        # the database's copy of the point headers (listings, ticks) follows the repository
+        synced = point_records.sync(vault)
+    if synced.added or synced.removed:
+        report.warnings.append(f"point records brought in line with the repository: "
+                               f"{synced.added} added, {synced.removed} removed")
     if as_json:
         emit_json({"ok": report.ok, "errors": report.errors, "warnings": report.warnings,
                    "points": report.points, "packs": report.packs, "blobs": report.blobs,

@@ -22,7 +22,7 @@ from rehost.repository.manifest import RecoveryPoint
 from rehost.repository.prune import prune
 from rehost.targets.base import Capabilities, Placement, PointDisk, Target
 from rehost.units import human
-from rehost.vault import instant, replicas, targets
+from rehost.vault import instant, point_records, replicas, targets
 from rehost.vault.inventory import get_machine, provider_for, set_state, spec_of
 from rehost.vault.protection import find_point, list_points, replicate
 from rehost.vault.states import ItemState as S
@@ -328,7 +328,7 @@ def _failover_plan(vault: Vault, job: JobRow) -> list[Step]:
 def _complete_plan(vault: Vault, job: JobRow) -> list[Step]:
     def purge(ctx: StepContext) -> str:
         machine = get_machine(ctx.vault, ctx.job.machine_name)
-        with leases.pruning(ctx.vault):
+        with leases.pruning(ctx.vault), point_records.changing(ctx.vault, [machine.id]):
             points = {p.id for p in ctx.vault.repo.list_points(machine.id)}
             report = prune(ctx.vault.repo, points, reading=leases.points_being_read(ctx.vault))
         ctx.vault.cache.drop(machine.id)

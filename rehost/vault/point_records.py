@@ -365,9 +365,10 @@ def _insert_records(vault: Vault, s: Session, points: Sequence[RecoveryPoint]) -
               for p in points]
     make = _upsert_ignore(vault)
     if make is not None:
+        # RETURNING counts what went in: a multi-row INSERT's rowcount is -1 on psycopg
         stmt = make(PointRecordRow).values(values).on_conflict_do_nothing(
-            index_elements=[PointRecordRow.point_id])
-        return _rowcount(s.execute(stmt))
+            index_elements=[PointRecordRow.point_id]).returning(PointRecordRow.point_id)
+        return len(s.execute(stmt).all())
     existing = set(s.scalars(select(PointRecordRow.point_id)
                              .where(PointRecordRow.point_id.in_([v["point_id"] for v in values]))))
     fresh = [v for v in values if v["point_id"] not in existing]

@@ -179,6 +179,10 @@ def test_complete_leaves_no_record_behind(tmp_path: Path) -> None:
         _assert_true(w.vault)
         assert _job(w.vault, "failover", shutdown_source=True) == "succeeded"
         assert _job(w.vault, "complete") == "succeeded"
+        # complete settled the records of what it purged itself: no reader has to
+        with w.vault.session() as s:
+            row = s.get(PointSummaryRow, inventory.get_machine(w.vault, "web").id)
+        assert row is not None and row.points == 0 and row.dirty == 0 and row.latest_id is None
         # complete prunes the repository itself; the item list sees the machine completed and
         # its records saying otherwise, and checks them against the repository
         [item] = overview.machine_views(w.vault)
@@ -253,6 +257,16 @@ def test_a_crash_between_manifest_and_record_heals_on_the_next_read(
     after = protection.replicate(vault, "a").point
     assert after.parent == newest.id and after.sequence == newest.sequence + 1
     _assert_true(vault)
+
+    # rehost check brings the records in line too, and says so
+    with vault.session() as s, s.begin():
+        s.execute(delete(PointRecordRow).where(PointRecordRow.point_id == after.id))
+    r = subprocess.run([sys.executable, "-m", "rehost.cli.main", "--vault", str(vault.root), "check", "--json"],
+                       cwd=REPO, capture_output=True, text=True, env={**os.environ})
+    assert r.returncode == 0, r.stderr
+    assert "point records brought in line with the repository: 1 added, 0 removed" in r.stdout
+    with vault.session() as s:
+        assert s.get(PointRecordRow, after.id) is not None
 
 
 def test_an_upgraded_vault_gets_its_records_from_the_manifests_once(
