@@ -26,7 +26,7 @@ SCHEDULER_STALE_S = 60.0
 
 def machine_detail(vault: Vault, name: str) -> dict[str, Any]:
     m = inventory.get_machine(vault, name)
-    view = machine_view(vault, m, vault.repo.list_points(m.id))
+    view = machine_view(vault, m)  # its point summary: no manifest decoded
     if m.target_id:
         view["assigned_target"] = next((t.name for t in targets.list_targets(vault) if t.id == m.target_id),
                                        None)

@@ -359,7 +359,7 @@ def test_listings_health_and_ticks_decode_no_manifest(
     _assert_true(vault)
 
 
-def test_the_api_item_list_decodes_no_manifest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_api_item_list_and_page_decode_no_manifest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     disk = _disk(tmp_path, "web")
     _change(disk)
     tokens = make_vault(tmp_path, disk)
@@ -370,6 +370,8 @@ def test_the_api_item_list_decodes_no_manifest(tmp_path: Path, monkeypatch: pyte
         for _ in range(3):
             r = portal.get("/machines")
             assert r.status_code == 200 and r.json()[0]["points"] == 1
+            one = portal.get("/machines/web")  # an item's page too
+            assert one.status_code == 200 and one.json()["points"] == 1
         assert spy.calls == []
 
 
