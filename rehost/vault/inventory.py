@@ -153,7 +153,15 @@ def list_machines(vault: Vault) -> list[MachineRow]:
         )
 
 
+#: the length of ``machines.state_reason``
+STATE_REASON_MAX = 500
+
+
 def set_state(vault: Vault, machine: MachineRow, state: str, reason: str = "") -> None:
+    """``reason`` is cut to the column's 500 characters: PostgreSQL refuses a longer one (an
+    error message can be), and a state change must not fail for its explanation."""
+    if len(reason) > STATE_REASON_MAX:
+        reason = reason[: STATE_REASON_MAX - 1] + "…"
     with vault.session() as s, s.begin():
         row = s.get(MachineRow, machine.id)
         assert row is not None

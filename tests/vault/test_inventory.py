@@ -103,3 +103,12 @@ def test_a_kind_this_version_does_not_know_still_lists(vault: Vault, exported: P
     assert view["source"] == "hyperv-next" and view["agent"] is None
     with pytest.raises(UsageError, match="unknown source kind 'hyperv-next'"):
         inventory.provider_for(inventory.get_machine(vault, "vm"), vault)
+
+
+def test_a_long_state_reason_is_cut_not_refused(vault: Vault, exported: Path) -> None:
+    machine = inventory.add_source(vault, "image", "", {"paths": [str(exported)]}).machine
+    reason = "cycle failed: " + "x" * 2000  # an error message can be this long
+    inventory.set_state(vault, machine, "replicating", reason)  # PostgreSQL refused it whole
+    back = inventory.get_machine(vault, "app01")
+    assert back.state == "replicating" and len(back.state_reason) == inventory.STATE_REASON_MAX
+    assert back.state_reason.startswith("cycle failed: xxx") and back.state_reason.endswith("…")
