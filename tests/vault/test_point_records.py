@@ -359,7 +359,8 @@ def test_listings_health_and_ticks_decode_no_manifest(
     _assert_true(vault)
 
 
-def test_the_api_item_list_and_page_decode_no_manifest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_api_item_list_and_page_decode_no_manifest(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     disk = _disk(tmp_path, "web")
     _change(disk)
     tokens = make_vault(tmp_path, disk)
