@@ -1,0 +1,41 @@
+"""The vSphere source's fixtures: one vcsim (govmomi's simulator, built from Debian's Go
+sources) per session behind the CBT shim (a declared test double: vcsim has no changed-block
+tracking), and per test a VM on it whose disk is a private copy of the tiny Linux image."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from rehost.testkit.vcsim import Vcsim, missing_reason
+from rehost.testkit.vcsim.cbt_shim import CbtShim
+from rehost.testkit.vcsim.vm import PlacedVm, create_vm
+
+_names = itertools.count()
+
+
+@dataclass
+class VsphereLab:
+    vcsim: Vcsim
+    shim: CbtShim
+
+
+@pytest.fixture(scope="session")
+def vcsim() -> Iterator[VsphereLab]:
+    reason = missing_reason()
+    if reason:
+        pytest.skip(reason)
+    with Vcsim() as vc, CbtShim(vc) as shim:
+        yield VsphereLab(vc, shim)
+
+
+@pytest.fixture
+def vsphere_vm(vcsim: VsphereLab, tiny_image: Path) -> PlacedVm:
+    """A powered-on VM named ``tinyN`` with the tiny Linux as its only disk, tracked by the shim."""
+    placed = create_vm(vcsim.vcsim, tiny_image, f"tiny{next(_names)}")
+    vcsim.shim.track(placed.moref, placed.device_key, placed.file_name, placed.flat)
+    return placed
