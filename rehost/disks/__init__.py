@@ -15,14 +15,12 @@ from rehost.disks.extent import Extent
 from rehost.disks.formats import DiskImage, probe, qemu_image_opts
 from rehost.disks.nbd_disk import BASE_ALLOCATION, NbdDisk
 from rehost.disks.nbd_server import QemuNbdServer
-from rehost.disks.ovf import OvfMachine
 
 __all__ = [
     "BASE_ALLOCATION",
     "DiskImage",
     "Extent",
     "NbdDisk",
-    "OvfMachine",
     "QemuNbdServer",
     "open_disk",
     "open_nbd",

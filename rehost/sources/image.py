@@ -1,23 +1,37 @@
-"""Source ``image``: a machine made of disk image files (raw, qcow2, VMDK, VHD, VHDX) or a
-VMware export (OVA/OVF). Images are read through qemu-nbd, read-only."""
+"""Source ``image``: a machine made of disk image files (raw, qcow2, VMDK, VHD, VHDX), a VMware
+export (OVA/OVF, one VM of a vApp) or a VMware VM folder (its ``.vmx``). Images are read
+through qemu-nbd, read-only.
+
+An export is read again at every cycle (``rehost.disks.ova``): a re-exported OVA at the same
+path has its disks at new offsets, perhaps with new sizes. A disk that grew or shrank is read
+at its new size and the cycle says so; a disk that is gone is an error naming it. Compressed
+or chunked export disks are unpacked once into the vault's cache (``cache/images``); blank
+disks are zeros and cost nothing.
+"""
 
 from __future__ import annotations
 
+import logging
+import re
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rehost.disks import DiskImage, open_disk, ovf, probe
+from rehost.disks import DiskImage, open_disk, ova, probe, streams
 from rehost.errors import UsageError
 from rehost.replication.cycle import ReadableDisk
 from rehost.repository.manifest import Consistency, RecoveryPoint
 from rehost.sources import registry
 from rehost.sources.base import Snapshot
+from rehost.sources.image_vmx import discover_vmx
 from rehost.spec import DiskSpec, Firmware, MachineSpec, NicSpec
 
-CONTAINER_SUFFIXES = {".ova", ".ovf"}
+log = logging.getLogger(__name__)
+
+CONTAINER_SUFFIXES = {".ova", ".ovf", ".vmx"}
 
 
 @dataclass(frozen=True)
@@ -26,53 +40,77 @@ class ImageConfig:
 
     paths: tuple[str, ...] = field(metadata={
         "help": "Disk images (raw, qcow2, vmdk, vhd, vhdx), in the machine's disk order, or one "
-                "OVA/OVF export.",
+                "OVA/OVF export, or one VMware .vmx.",
         "argument": True,
     })
+    vm: str | None = field(default=None, metadata={
+        "help": "For a vApp (an OVA/OVF of several VMs): the VM to import, by its id (default: "
+                "the only one; rehost source add-image imports each VM of a vApp as NAME-VM)."})
 
     def __post_init__(self) -> None:
         if not self.paths:
             raise UsageError("give at least one disk image")
 
 
-def find_disks(paths: Sequence[Path]) -> tuple[ovf.OvfMachine | None, list[DiskImage]]:
-    """The disks the given files make up, and the OVF machine if a descriptor describes them.
-
-    One OVA/OVF describes a whole machine; otherwise every path is one disk image.
-    """
-    if not paths:
-        raise UsageError("give at least one disk image")
+def _container(paths: Sequence[str | Path]) -> Path | None:
+    """The one OVA/OVF/VMX among ``paths``, None for plain images."""
     containers = [p for p in paths if Path(p).suffix.lower() in CONTAINER_SUFFIXES]
-    if containers:
-        if len(paths) != 1:
-            raise UsageError("an OVA/OVF describes the whole machine: give it alone, without other disks")
-        machine = ovf.parse(Path(paths[0]))
-        return machine, list(machine.disks)
+    if not containers:
+        return None
+    if len(paths) != 1:
+        raise UsageError("an OVA/OVF/VMX describes the whole machine: give it alone, without other disks")
+    return Path(paths[0])
+
+
+def vapp_members(paths: Sequence[str | Path]) -> list[str]:
+    """The VM ids of a vApp export given alone; [] for anything else (one machine, images)."""
+    path = _container(paths)
+    if path is None or path.suffix.lower() == ".vmx":
+        return []
+    env = ova.envelope(path)
+    return [s.id for s in env.systems] if len(env.systems) > 1 else []
+
+
+def member_name(base: str, vm: str) -> str:
+    """``NAME-VM`` as a machine name: characters a name may not have become '-'."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", f"{base}-{vm}").strip("-")[:64]
+
+
+def _plain_disks(paths: Sequence[str]) -> list[DiskImage]:
     images = [probe(Path(p).absolute()) for p in paths]
     seen: set[Path] = set()
     for img in images:
         if img.path.resolve() in seen:
             raise UsageError(f"{img.path} is given twice")
         seen.add(img.path.resolve())
-    return None, images
+    return images
 
 
 def discover(name: str, config: ImageConfig) -> MachineSpec:
-    """The machine the files make up. An OVF descriptor also gives its name (when ``name`` is
-    empty), CPUs, memory, NICs, guest OS and firmware; bare images give only disks."""
-    described, images = find_disks([Path(p) for p in config.paths])
-    disks = tuple(
-        DiskSpec(index=i, size=img.virtual_size, ref=str(img.path.absolute()), format=img.format,
-                 offset=img.offset, length=img.length)
-        for i, img in enumerate(images)
-    )
-    settings = {"paths": list(config.paths)}
-    if described is None:
+    """The machine the files make up. An OVF descriptor or a .vmx also gives its name (when
+    ``name`` is empty), CPUs, memory, NICs, guest OS and firmware; bare images give only disks."""
+    path = _container(config.paths)
+    settings: dict[str, Any] = {"paths": list(config.paths)}
+    if path is not None and path.suffix.lower() == ".vmx":
+        return discover_vmx(name, path, settings)
+    if path is None:
+        if config.vm:
+            raise UsageError("--vm picks a VM of an OVA/OVF vApp; these are plain disk images")
+        disks = tuple(
+            DiskSpec(index=i, size=img.virtual_size, ref=str(img.path.absolute()), format=img.format,
+                     offset=img.offset, length=img.length)
+            for i, img in enumerate(_plain_disks(config.paths)))
         return MachineSpec(name=name, disks=disks, settings=settings)
-    hw = described.hardware
+    machine = ova.read(path, config.vm)
+    if config.vm:
+        settings["vm"] = machine.system.id
+    if machine.system.startup is not None:
+        settings["startup"] = machine.system.startup.to_json()
+    hw = machine.hardware
     default = MachineSpec(name="")
     return MachineSpec(
-        name=name or described.name, disks=disks, settings=settings,
+        name=name or machine.name, disks=tuple(_disk_spec(i, d, path) for i, d in enumerate(machine.disks)),
+        settings=settings,
         firmware=Firmware(hw.firmware) if hw.firmware else default.firmware,
         cpus=hw.cpus or default.cpus, memory_mib=hw.memory_mib or default.memory_mib,
         nics=tuple(NicSpec(mac=mac, network=network) for network, mac in hw.nics),
@@ -80,14 +118,29 @@ def discover(name: str, config: ImageConfig) -> MachineSpec:
     )
 
 
+def _disk_spec(index: int, disk: ova.ExportDisk, container: Path) -> DiskSpec:
+    if disk.image is not None:
+        img = disk.image
+        return DiskSpec(index=index, size=img.virtual_size, ref=str(img.path.absolute()),
+                        format=img.format, offset=img.offset, length=img.length)
+    return DiskSpec(index=index, size=disk.size, ref=f"{container.absolute()}#{disk.disk_id}",
+                    format=disk.label)
+
+
 def image_of(disk: DiskSpec) -> DiskImage:
     return DiskImage(Path(disk.ref), disk.format, disk.size, disk.offset, disk.length)
 
 
 class ImageSource:
-    """Reads image files that nothing writes to while a cycle runs (an exported VM)."""
+    """Reads image files that nothing writes to while a cycle runs (an exported VM).
+
+    ``cache_dir`` holds unpacked compressed/chunked export disks between cycles (the vault's
+    ``cache/images``); without one they are unpacked into a temporary folder per cycle."""
 
     kind = "image"
+
+    def __init__(self, cache_dir: Path | None = None) -> None:
+        self.cache_dir = cache_dir
 
     @contextmanager
     def snapshot(
@@ -95,14 +148,50 @@ class ImageSource:
     ) -> Iterator[Snapshot]:
         notes = ["image files have no guest to freeze: crash-consistent"] if app_consistent else []
         with ExitStack() as stack:
-            disks: list[tuple[int, ReadableDisk]] = []
-            for disk in machine.disks:
-                img = image_of(disk)
-                if not img.path.is_file():
-                    raise UsageError(f"disk {disk.index} of {machine.name}: {img.path} no longer exists")
-                disks.append((disk.index, stack.enter_context(open_disk(img))))
+            export = _export_path(machine)
+            if export is not None:
+                disks = self._export_disks(machine, export, parent, notes, stack)
+            else:
+                disks = []
+                for disk in machine.disks:
+                    img = image_of(disk)
+                    if not img.path.is_file():
+                        raise UsageError(f"disk {disk.index} of {machine.name}: {img.path} no longer exists")
+                    disks.append((disk.index, stack.enter_context(open_disk(img))))
             # Files at rest are one instant; if a hypervisor still writes them, use source qemu.
             yield Snapshot(disks, Consistency.CRASH, metadata={"kind": self.kind}, notes=notes)
+
+    def _export_disks(self, machine: MachineSpec, path: Path, parent: RecoveryPoint | None,
+                      notes: list[str], stack: ExitStack) -> list[tuple[int, ReadableDisk]]:
+        """Read the export again and open its disks as it is now, saying what changed."""
+        current = ova.read(path, machine.settings.get("vm"))
+        notes += _shape_changes(machine, current, path, parent)
+        disks: list[tuple[int, ReadableDisk]] = []
+        for spec in machine.disks:
+            disk = current.disks[spec.index]
+            if disk.kind == "blank":
+                disks.append((spec.index, streams.ZeroDisk(disk.size, f"{path} {disk.disk_id}")))
+                continue
+            image = disk.image or self._unpacked(machine, spec.index, disk, path, notes, stack)
+            disks.append((spec.index, stack.enter_context(open_disk(image))))
+        return disks
+
+    def _unpacked(self, machine: MachineSpec, index: int, disk: ova.ExportDisk, path: Path,
+                  notes: list[str], stack: ExitStack) -> DiskImage:
+        """The packed disk as a file QEMU can open: unpacked once into the cache."""
+        cache = self.cache_dir or Path(
+            stack.enter_context(tempfile.TemporaryDirectory(prefix="rehost-unpack-")))
+        prefix = f"{machine.id or member_name('m', machine.name)}-{index}-"
+        dest = cache / f"{prefix}{streams.cache_key(disk.pieces, disk.compression)}.{disk.format}"
+        if not dest.exists():
+            log.info("unpacking %s (%s) of %s into %s", disk.href, disk.label, path, dest)
+            streams.unpack(disk.pieces, disk.compression, dest, f"{path}: disk {disk.href!r}")
+            for old in cache.glob(f"{prefix}*"):
+                if old != dest:
+                    old.unlink(missing_ok=True)  # an earlier export's copy
+            notes.append(f"disk {index} ({disk.href}, {disk.label}) unpacked into the cache "
+                         f"({dest.stat().st_blocks * 512 >> 20} MiB on disk)")
+        return probe(dest, disk.format if disk.format != "raw" else None)
 
     def can_shutdown(self, machine: MachineSpec) -> str | None:
         return "image files have no running machine to shut down"
@@ -117,16 +206,51 @@ class ImageSource:
         return None
 
 
+def _export_path(machine: MachineSpec) -> Path | None:
+    paths = machine.settings.get("paths") or []
+    if len(paths) == 1 and Path(paths[0]).suffix.lower() in (".ova", ".ovf"):
+        return Path(paths[0])
+    return None
+
+
+def _shape_changes(machine: MachineSpec, current: ova.ExportMachine, path: Path,
+                   parent: RecoveryPoint | None) -> list[str]:
+    """What differs between the export now and the disks this machine had (at its last point,
+    else at registration). Fewer disks: an error naming the missing ones."""
+    if len(current.disks) < len(machine.disks):
+        gone = ", ".join(f"disk {d.index} ({d.ref.rsplit('#', 1)[-1] if '#' in d.ref else d.ref})"
+                         for d in machine.disks[len(current.disks):])
+        raise UsageError(
+            f"{path} changed shape: VM {current.system.id!r} now has {len(current.disks)} disk(s), "
+            f"{machine.name} was registered with {len(machine.disks)}; missing: {gone}. Register "
+            "the new export as a new machine")
+    before = {d.index: d.size for d in (parent.disks if parent is not None else machine.disks)}
+    notes = []
+    for spec in machine.disks:
+        now, was = current.disks[spec.index].size, before.get(spec.index, spec.size)
+        if now != was:
+            verb = "grew" if now > was else "shrank"
+            notes.append(f"{path}: disk {spec.index} ({current.disks[spec.index].href or 'blank'}) "
+                         f"{verb} from {was} to {now} bytes since the last point; this point has "
+                         "the new size")
+    if len(current.disks) > len(machine.disks):
+        extra = len(current.disks) - len(machine.disks)
+        notes.append(f"{path}: the export now has {extra} more disk(s) than {machine.name} was registered "
+                     "with; they are not replicated (register the export again to include them)")
+    return notes
+
+
 def _open(settings: Mapping[str, Any], context: registry.SourceContext) -> ImageSource:
-    return ImageSource()
+    # The vault's folder holds the agents' CA; its cache sits next to it.
+    return ImageSource(context.agents_dir.parent / "cache" / "images")
 
 
 PLUGIN = registry.register(registry.SourcePlugin(
     kind="image",
-    summary="A machine made of disk image files (a VMware or Hyper-V export, an OVA/OVF).",
+    summary="A machine made of disk image files (a VMware or Hyper-V export, an OVA/OVF, a .vmx).",
     config=ImageConfig,
     capabilities=registry.Capabilities(change_tracking="hash-diff"),
     discover=discover,
     open=_open,
-    name_hint="'-' takes the name inside an OVA/OVF",
+    name_hint="'-' takes the name inside an OVA/OVF/VMX",
 ))
