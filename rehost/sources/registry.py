@@ -30,14 +30,15 @@ if TYPE_CHECKING:
     from rehost.sources.base import SourceProvider
 
 #: how a source tells a cycle what changed since the parent point
-ChangeTracking = Literal["dirty-bitmap", "agent-digests", "hash-diff"]
+ChangeTracking = Literal["dirty-bitmap", "agent-digests", "vsphere-cbt", "hash-diff"]
 
 
 @dataclass(frozen=True)
 class Capabilities:
     """What a kind of source can do, asked apart from doing it (nbdcopy's capability queries)."""
 
-    #: dirty-bitmap: QEMU's changed-block tracking; agent-digests: the agent compares 4 KiB
+    #: dirty-bitmap: QEMU's changed-block tracking; vsphere-cbt: VMware's QueryChangedDiskAreas;
+    #: agent-digests: the agent compares 4 KiB
     #: digests itself; hash-diff: every cycle reads all allocated data and compares digests
     change_tracking: ChangeTracking
     #: a failover can shut the source machine down (``--shutdown-source``)
@@ -95,8 +96,9 @@ class SourcePlugin:
 #: modules that define the built-in plugins, in the order listings show them; imported on
 #: first lookup (they import QEMU, libnbd and the agent's PKI, which an ``import
 #: rehost.sources.registry`` should not pay for)
-_BUILTIN = ("rehost.sources.image", "rehost.sources.qemu_plugin", "rehost.sources.physical")
-_ORDER = ("image", "qemu", "physical")
+_BUILTIN = ("rehost.sources.image", "rehost.sources.qemu_plugin", "rehost.sources.physical",
+            "rehost.sources.vsphere")
+_ORDER = ("image", "qemu", "physical", "vsphere")
 REGISTRY: plugin_config.Registry[SourcePlugin] = plugin_config.Registry("source", _BUILTIN)
 register = REGISTRY.register
 

@@ -39,3 +39,32 @@ def vsphere_vm(vcsim: VsphereLab, tiny_image: Path) -> PlacedVm:
     placed = create_vm(vcsim.vcsim, tiny_image, f"tiny{next(_names)}")
     vcsim.shim.track(placed.moref, placed.device_key, placed.file_name, placed.flat)
     return placed
+
+
+def snapshot_names(lab: VsphereLab, moref: str) -> list[str]:
+    """The VM's snapshots as vcsim itself has them (asked directly, not through rehost)."""
+    from pyVim.connect import Disconnect
+    from pyVmomi import vim, vmodl
+
+    from rehost.testkit.vcsim.vm import connect
+
+    si = connect(lab.vcsim)
+    try:
+        pc = vmodl.query.PropertyCollector
+        vm = vim.VirtualMachine(moref, si._stub)
+        wanted = pc.PropertySpec(type=vim.VirtualMachine, pathSet=["snapshot.rootSnapshotList"])
+        spec = pc.FilterSpec(objectSet=[pc.ObjectSpec(obj=vm)], propSet=[wanted])
+        res = si.content.propertyCollector.RetrievePropertiesEx([spec], pc.RetrieveOptions())
+        names: list[str] = []
+
+        def walk(trees: list[vim.vm.SnapshotTree]) -> None:
+            for t in trees or []:
+                names.append(str(t.name))
+                walk(t.childSnapshotList)
+
+        for o in res.objects if res else []:
+            for p in o.propSet:
+                walk(p.val)
+        return names
+    finally:
+        Disconnect(si)

@@ -35,6 +35,7 @@ import re
 import ssl
 import tempfile
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -80,6 +81,9 @@ class CbtShim:
         self.tracking: dict[str, bool] = {}
         #: SOAP methods seen, in order (tests check what a cycle asked)
         self.calls: list[str] = []
+        #: datastore reads (GET /folder) served, and a delay before each (to catch a cycle midway)
+        self.folder_reads = 0
+        self.read_delay = 0.0
         self.lock = threading.Lock()
         self.thumbprint = ""
         self.port = 0
@@ -213,6 +217,10 @@ class CbtShim:
             fault = b"<soapenv:Fault>" in (out := self._changed_areas(body))
             self._reply(h, 500 if fault else 200, [("Content-Type", "text/xml; charset=utf-8")], out)
             return
+        if h.command == "GET" and h.path.startswith("/folder"):
+            self.folder_reads += 1
+            if self.read_delay:
+                time.sleep(self.read_delay)
         host, port = self.upstream.address
         conn = http.client.HTTPConnection(host, port, timeout=120)
         try:
