@@ -70,6 +70,8 @@ def _adder(kind: str) -> Any:
 def _add(ctx: typer.Context, kind: str, name: str, options: dict[str, Any],
          server_url: str | None = None) -> None:
     """Register through the registry (every spelling ends here) and say what was found."""
+    if kind == "image" and not options.get("vm") and _add_vapp(ctx, name, options):
+        return
     with open_vault(ctx) as vault:
         done = inventory.add_source(vault, kind, "" if name == "-" else name, options)
     if done.invitation is not None:
@@ -79,6 +81,30 @@ def _add(ctx: typer.Context, kind: str, name: str, options: dict[str, Any],
     out.print(f"registered {m.name}: {len(m.disks)} disk(s), "
               + ", ".join(f"{d.path if d.format == 'qemu' else d.format} {human(d.size)}" for d in m.disks)
               + _hardware(inventory.spec_of(m)), highlight=False)
+
+
+def _add_vapp(ctx: typer.Context, name: str, options: dict[str, Any]) -> bool:
+    """A vApp export (an OVA/OVF of several VMs) given alone: register each VM as its own
+    machine, NAME-VM ('-': the vApp's id), and say the startup order each one keeps."""
+    from rehost.sources import image
+
+    vms = image.vapp_members(options.get("paths") or [])
+    if not vms:
+        return False
+    base = name if name != "-" else image.vapp_name(options["paths"][0])
+    out.print(f"{options['paths'][0]} is a vApp of {len(vms)} VMs ({', '.join(vms)}): one machine "
+              "each", highlight=False)
+    for vm in vms:
+        _add(ctx, "image", image.member_name(base, vm), {**options, "vm": vm})
+    with open_vault(ctx) as vault:
+        starts = [(inventory.spec_of(inventory.get_machine(vault, image.member_name(base, vm)))
+                   .settings.get("startup")) for vm in vms]
+    order = sorted((tuple(s["order"]), s["start_delay"], vm) for vm, s in zip(vms, starts, strict=True) if s)
+    if order:
+        out.print("startup order (kept in each machine's source settings for recovery plans): "
+                  + "; ".join(f"{'.'.join(map(str, o))}: {image.member_name(base, vm)}"
+                              + (f" (+{d} s)" if d else "") for o, d, vm in order), highlight=False)
+    return True
 
 
 def _hardware(spec: MachineSpec) -> str:
@@ -114,12 +140,16 @@ def kinds(as_json: bool = typer.Option(False, "--json")) -> None:
 def add_image(
     ctx: typer.Context,
     name: str = typer.Argument(..., help="Machine name (for an OVA, '-' takes the name inside it)."),
-    disks: list[Path] = typer.Argument(..., help="Disk images (raw, qcow2, vmdk, vhd, vhdx) or one OVA/OVF."),
+    disks: list[Path] = typer.Argument(..., help="Disk images (raw, qcow2, vmdk, vhd, vhdx), or one "
+                                       "OVA/OVF export, or one VMware .vmx."),
+    vm: str = typer.Option(None, "--vm", help="Of a vApp (an OVA/OVF of several VMs), import only "
+                           "this VM (its id). Default: each VM as its own machine, NAME-VM."),
 ) -> None:
-    """Register a machine made of disk image files (a VMware or Hyper-V export).
+    """Register a machine made of disk image files (a VMware or Hyper-V export, a VM folder's
+    .vmx). A vApp registers one machine per VM and keeps its startup order.
 
-    The same as: rehost source add image NAME DISK..."""
-    _add(ctx, "image", name, {"paths": [str(d) for d in disks]})
+    The same as: rehost source add image NAME DISK... [--vm VM]"""
+    _add(ctx, "image", name, {"paths": [str(d) for d in disks], "vm": vm})
 
 
 @source_app.command("add-qemu")

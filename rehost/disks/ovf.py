@@ -153,16 +153,17 @@ def parse_descriptor(text: bytes, where: str) -> Envelope:
     _walk(root, "", (), found, where, 0)
     if not found:
         raise OvfError(f"{where}: describes no virtual machine (no VirtualSystem)")
-    single = len(found) == 1
+    config = _configuration(root)
+    single = len(found) == 1 and not config
     systems = []
     for element, startup in found:
         sid = _attr(element, "id") or _text(element, "Name")
-        refs = _disk_refs(element, list(disks), files, include_rest=single)
+        refs = _disk_refs(element, list(disks), files, config, include_rest=single)
         system_disks = tuple(
             _disk(disks[ref], files, props, where) if ref in disks else _file_disk(ref, files)
             for ref in refs)
         systems.append(OvfSystem(sid, _text(element, "Name") or sid, system_disks,
-                                 _hardware(element), startup))
+                                 _hardware(element, config), startup))
     ids = [s.id for s in systems]
     dup = next((i for i in ids if ids.count(i) > 1), None)
     if dup is not None:
@@ -310,13 +311,28 @@ def _unit_bytes(units: str) -> int | None:
     return factor if 0 < factor <= 1 << 60 else None
 
 
-def _hardware(system: ET.Element) -> OvfHardware:
+def _configuration(root: ET.Element) -> str:
+    """The deployment option an import without a choice gets (``ovf:default``, else the
+    first); "" when the descriptor offers none. Items of other options are left out."""
+    configs = list(_children(root, "DeploymentOptionSection", "Configuration"))
+    chosen = next((c for c in configs if _attr(c, "default").lower() == "true"), None)
+    chosen = chosen if chosen is not None else (configs[0] if configs else None)
+    return _attr(chosen, "id") if chosen is not None else ""
+
+
+def _applies(item: ET.Element, config: str) -> bool:
+    """An item with ``ovf:configuration="a b"`` exists only in deployment options a and b."""
+    only = _attr(item, "configuration")
+    return not only or config in only.split()
+
+
+def _hardware(system: ET.Element, config: str = "") -> OvfHardware:
     """CPUs, memory, NICs, guest OS and firmware, each only if the descriptor states it
     plainly: a value that does not parse is left unknown rather than guessed."""
     cpus = memory = None
     nics: list[tuple[str, str]] = []
     for item in system.iter():
-        if _local(item.tag) not in ("Item", "EthernetPortItem"):
+        if _local(item.tag) not in ("Item", "EthernetPortItem") or not _applies(item, config):
             continue
         kind = _text(item, "ResourceType")
         quantity = _int(_text(item, "VirtualQuantity"))
@@ -360,13 +376,13 @@ def _firmware(system: ET.Element) -> str | None:
     return None
 
 
-def _disk_refs(system: ET.Element, disk_ids: list[str], files: dict[str, OvfFile], *,
-               include_rest: bool) -> list[str]:
+def _disk_refs(system: ET.Element, disk_ids: list[str], files: dict[str, OvfFile], config: str,
+               *, include_rest: bool) -> list[str]:
     """The disks (or directly named files) in the order the machine's hardware lists its disk
     drives; a lone machine also gets the section's unreferenced disks after them."""
     ordered: list[str] = []
     for item in system.iter():
-        if _local(item.tag) not in ("Item", "StorageItem"):
+        if _local(item.tag) not in ("Item", "StorageItem") or not _applies(item, config):
             continue
         if _text(item, "ResourceType") != _DISK_DRIVE:
             continue

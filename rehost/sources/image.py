@@ -71,6 +71,11 @@ def vapp_members(paths: Sequence[str | Path]) -> list[str]:
     return [s.id for s in env.systems] if len(env.systems) > 1 else []
 
 
+def vapp_name(path: str | Path) -> str:
+    """The vApp's id in its descriptor (the file's stem if it has none)."""
+    return ova.envelope(Path(path)).vapp or Path(path).stem
+
+
 def member_name(base: str, vm: str) -> str:
     """``NAME-VM`` as a machine name: characters a name may not have become '-'."""
     return re.sub(r"[^A-Za-z0-9._-]+", "-", f"{base}-{vm}").strip("-")[:64]
