@@ -155,7 +155,7 @@ def test_fusion_vmx_two_nics() -> None:
 
 
 def test_vmx_refusals() -> None:
-    with pytest.raises(vmx.VmxError, match="not a .vmx file"):
+    with pytest.raises(vmx.VmxError, match=r"not a \.vmx file"):
         vmx.parse(b"hello world\n", "a.vmx")
     with pytest.raises(vmx.VmxError, match="names no virtual hard disk"):
         vmx.parse(b'.encoding = "UTF-8"\ndisplayName = "x"\n', "a.vmx")
