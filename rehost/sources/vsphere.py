@@ -201,23 +201,32 @@ class VsphereSource:
         return None
 
     def shutdown(self, machine: MachineSpec, timeout: float) -> str:
-        """Guest shutdown through VMware Tools, then power off after ``timeout`` s."""
+        """Guest shutdown through VMware Tools; power off if Tools refuse or after ``timeout`` s.
+
+        ``ShutdownGuest`` is tried whatever ``toolsRunningStatus`` says (it lags behind the
+        guest); a host without Tools in the guest refuses it (``ToolsUnavailable``), and
+        then the VM is powered off: its disks are crash-consistent for the final sync.
+        """
         import time
+
+        from pyVmomi import vim, vmodl
 
         with _session(self.settings) as s:
             vm = self._vm(s)
             obj = s.vm_object(vm.moref)
             if vm.power_state != "poweredOn":
                 return f"VM {vm.name} was already {vm.power_state}"
-            how = "powered off (VMware Tools not running)"
-            if vm.tools == TOOLS_RUNNING:
+            try:
                 obj.ShutdownGuest()
+            except (vim.fault.VimFault, vmodl.MethodFault) as e:
+                how = f"powered off: VMware Tools could not shut the guest down ({type(e).__name__})"
+            else:
                 deadline = time.monotonic() + timeout
                 while time.monotonic() < deadline:
                     if s.props(obj, ["runtime.powerState"]).get("runtime.powerState") == "poweredOff":
-                        return f"guest shut down through VMware Tools ({vm.name})"
+                        return f"guest {vm.name} shut down through VMware Tools"
                     time.sleep(1)
-                how = f"powered off after the guest did not shut down within {timeout:.0f} s"
+                how = f"powered off: the guest did not shut down within {timeout:.0f} s"
             s.wait(obj.PowerOffVM_Task(), f"powering off {vm.name}")
             return how
 

@@ -41,6 +41,20 @@ def vsphere_vm(vcsim: VsphereLab, tiny_image: Path) -> PlacedVm:
     return placed
 
 
+def power_state(lab: VsphereLab, moref: str) -> str:
+    """The VM's power state as vcsim itself has it."""
+    from pyVim.connect import Disconnect
+    from pyVmomi import vim
+
+    from rehost.testkit.vcsim.vm import connect
+
+    si = connect(lab.vcsim)
+    try:
+        return str(vim.VirtualMachine(moref, si._stub).runtime.powerState)
+    finally:
+        Disconnect(si)
+
+
 def snapshot_names(lab: VsphereLab, moref: str) -> list[str]:
     """The VM's snapshots as vcsim itself has them (asked directly, not through rehost)."""
     from pyVim.connect import Disconnect

@@ -165,3 +165,31 @@ def test_cbt_reset_falls_back_to_hash_diff_and_says_why(
     written = _write(vsphere_vm.flat, [(6 << 20, 4096)], seed=3)
     r = _cycle(vault)
     assert r["notes"] == [] and r["bytes_read"] == written
+
+
+def test_failover_shuts_the_vm_down_then_boots_the_final_point(
+    vcsim: VsphereLab, vsphere_vm: PlacedVm, tmp_path: Path
+) -> None:
+    if shutil.which("qemu-system-x86_64") is None:
+        pytest.skip("qemu-system-x86_64 is not installed (run scripts/install)")
+    vault = tmp_path / "v"
+    _register(vault, vcsim, vsphere_vm)
+    rehost(vault, "target", "add-local", "here", "--path", str(tmp_path / "target"))
+    rehost(vault, "replicate", "web", "--target", "here", env=ENV)
+    _write(vsphere_vm.flat, [(40 << 20, 4096)], seed=4)  # written after the last cycle
+
+    r = rehost(vault, "failover", "web", "--shutdown-source", "--json", env=ENV).json()
+    assert r["state"] == "succeeded", r
+    steps = {s["name"]: s for s in r["steps"]}
+    assert steps["shutdown_source"]["state"] == "succeeded", steps["shutdown_source"]
+    assert "shut down through VMware Tools" in steps["shutdown_source"]["detail"]
+    assert steps["final_sync"]["state"] == "succeeded", steps["final_sync"]
+    assert "REHOST-BOOT-OK" in steps["verify_boot"]["detail"], steps["verify_boot"]
+    # the VM is off on vSphere, no snapshot is left, and the final point holds the late write
+    from tests.sources.conftest import power_state
+
+    assert power_state(vcsim, vsphere_vm.moref) == "poweredOff"
+    assert snapshot_names(vcsim, vsphere_vm.moref) == []
+    last = rehost(vault, "points", "web", "--json").json()[-1]["id"]
+    assert _export_equals(vault, last, vsphere_vm.flat, tmp_path)
+    rehost(vault, "complete", "web", env=ENV)
