@@ -28,9 +28,7 @@ import json
 import os
 import platform
 import random
-import secrets
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -44,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from sqlalchemy import select
 
 from rehost.jobs.models import JobRow
+from rehost.testkit.fleet import Fleet
 from rehost.testkit.postgres import Postgres
 from rehost.testkit.redis import RedisServer
 from rehost.testkit.seaweedfs import SeaweedFS
@@ -51,8 +50,6 @@ from rehost.vault import inventory, point_records, policies
 from rehost.vault.vault import Vault
 
 MiB = 1 << 20
-REHOST = [sys.executable, "-m", "rehost.cli.main"]
-REPO = Path(__file__).resolve().parent.parent
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -102,53 +99,29 @@ class Writer(threading.Thread):
 
 def run_fleet(args: argparse.Namespace, workers: int, pg: Postgres, redis: RedisServer,
               s3: SeaweedFS, root: Path) -> dict[str, Any]:
-    db = pg.create_database(f"fleet_{secrets.token_hex(4)}")
-    bucket = s3.create_bucket(f"fleet-{secrets.token_hex(4)}")
-    env = {**os.environ, **pg.env(), **s3.env,
-           "REHOST_BROKER_URL": redis.url.replace("/0", f"/{workers + 1}")}
-    main = root / f"w{workers}" / "vault"
-    urls = ["--database", db, "--repository", f"s3://{bucket}/vault?endpoint={s3.endpoint}"]
-    subprocess.run([*REHOST, "--vault", str(main), "init", *urls], env=env, check=True, cwd=REPO,
-                   capture_output=True)
+    fleet = Fleet(root / f"w{workers}", pg, redis, s3, broker_db=workers + 1)
     data, size = args.data_mib * MiB, args.size_mib * MiB
     disks = []
-    os.environ.update(pg.env())
-    os.environ.update(s3.env)
-    vault = Vault.open(main)
+    os.environ.update(fleet.extra_env)
+    vault = Vault.open(fleet.main)
     policies.create_policy(vault, "fleet", crash_every=f"{args.every}s", rpo_threshold="5m", retention="2h")
     for i in range(args.machines):
-        d = root / f"w{workers}" / f"m{i:03d}.img"
+        d = fleet.root / f"m{i:03d}.img"
         make_disk(d, size, data, seed=i)
         disks.append(d)
         inventory.add_source(vault, "image", f"m{i:03d}", {"paths": [str(d)]})
         policies.attach(vault, f"m{i:03d}", "fleet")
-    procs: list[subprocess.Popen[bytes]] = []
-    logs = root / f"w{workers}" / "logs"
-    logs.mkdir()
     try:
-        worker_pids = []
-        for w in range(workers):
-            folder = root / f"w{workers}" / f"worker{w}"
-            subprocess.run([*REHOST, "--vault", str(folder), "init", "--join", *urls], env=env,
-                           check=True, cwd=REPO, capture_output=True)
-            p = subprocess.Popen([*REHOST, "--vault", str(folder), "worker", "--loglevel", "INFO"],
-                                 env=env, cwd=REPO, stdout=open(logs / f"worker{w}.log", "wb"),  # noqa: SIM115
-                                 stderr=subprocess.STDOUT)
-            procs.append(p)
-            worker_pids.append(p.pid)
-        scheduler = subprocess.Popen([*REHOST, "--vault", str(main), "serve", "--listen", "off",
-                                      "--workers", str(args.machines)], env=env, cwd=REPO,
-                                     stdout=open(logs / "serve.log", "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
-        procs.append(scheduler)
+        worker_pids = [fleet.worker(f"worker{w}").pid for w in range(workers)]
+        scheduler = fleet.scheduler(workers=args.machines)
         t0 = time.monotonic()
         ids = {m.id: m.name for m in inventory.list_machines(vault)}
         while True:  # the initial copies
             summaries = point_records.summaries(vault)
             if all(summaries.get(mid) and summaries[mid].points for mid in ids):
                 break
-            for p in procs:
-                if p.poll() is not None:
-                    raise SystemExit(f"a process died: see {logs}")
+            if fleet.died():
+                raise SystemExit(f"{', '.join(fleet.died())} died: see {fleet.logs}")
             if time.monotonic() - t0 > 1800:
                 raise SystemExit("initial copies took more than 30 minutes")
             time.sleep(1)
@@ -196,13 +169,7 @@ def run_fleet(args: argparse.Namespace, workers: int, pg: Postgres, redis: Redis
             "window_s": round((end - start).total_seconds()),
         }
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        fleet.stop()
         vault.close()
 
 

@@ -6,12 +6,15 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 REHOST = [sys.executable, "-m", "rehost.cli.main"]
+#: on the PostgreSQL tier (tests/conftest.py), makes an empty database for ``rehost init``
+new_database: Callable[[], str] | None = None
 
 
 @dataclass
@@ -29,6 +32,9 @@ def rehost(vault: Path, *args: str, env: dict[str, str] | None = None, check: bo
     """Run ``rehost --vault VAULT ARGS`` as a separate process, as a user would."""
     full_env = {**os.environ, "REHOST_VAULT": "", "COLUMNS": "200", **(env or {})}
     full_env.pop("REHOST_PASSWORD", None) if env is None or "REHOST_PASSWORD" not in env else None
+    if (new_database is not None and args[:1] == ("init",) and "--database" not in args
+            and "--join" not in args and not (env or {}).get("REHOST_DATABASE_URL")):
+        full_env["REHOST_DATABASE_URL"] = new_database()  # the tier: a database per vault
     p = subprocess.run([*REHOST, "--vault", str(vault), *args], capture_output=True, text=True,
                        env=full_env, timeout=timeout, cwd=REPO, stdin=subprocess.DEVNULL)
     r = Result(p.returncode, p.stdout, p.stderr)

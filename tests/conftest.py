@@ -2,11 +2,20 @@
 per test (built by rehost.testkit from Debian packages, see scripts/build-tiny-linux); one
 Azurite (a real blob service) and one Azure Resource Manager contract fake (a test fake, not
 Azure) per session, for the Azure target and the azure: repository backend; one PostgreSQL,
-one Redis and one SeaweedFS per session for the fleet's tests."""
+one Redis and one SeaweedFS per session for the fleet's tests.
+
+The PostgreSQL tier: with ``REHOST_TEST_DATABASE=postgresql`` every vault a test creates
+without naming a database — ``Vault.init`` in the test's process, ``rehost init`` through
+``tests.cli_helpers.rehost`` — keeps its state in a fresh database of the session's
+PostgreSQL instead of ``vault.db``, dropped when the test ends. ``scripts/test`` runs the
+fast tests of the vault, jobs and API that way after the main run (SQLite); a test that
+cannot run there by its nature says why with ``@pytest.mark.main_run_only("reason")``.
+"""
 
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import time
 from collections.abc import Iterator
@@ -25,6 +34,32 @@ if TYPE_CHECKING:
     from rehost.testkit.seaweedfs import SeaweedFS
 
 TOOLS = ("losetup", "mount", "parted", "mkfs.ext4", "extlinux", "partx")
+#: the database the tests' vaults use: "sqlite" (the default) or "postgresql" (the tier)
+TEST_DATABASE = os.environ.get("REHOST_TEST_DATABASE", "") or "sqlite"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "main_run_only(reason): runs in the main (SQLite) run only; the PostgreSQL "
+        "tier (REHOST_TEST_DATABASE=postgresql) skips it, saying why")
+    if TEST_DATABASE not in ("sqlite", "postgresql"):
+        raise pytest.UsageError(f"REHOST_TEST_DATABASE={TEST_DATABASE!r}: sqlite or postgresql")
+    if TEST_DATABASE == "postgresql":
+        from rehost.testkit.postgres import missing_reason
+
+        reason = missing_reason()
+        if reason:  # asked for by name: not a silent skip of every test
+            raise pytest.UsageError(f"REHOST_TEST_DATABASE=postgresql, but {reason}")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if TEST_DATABASE != "postgresql":
+        return
+    for item in items:
+        marker = item.get_closest_marker("main_run_only")
+        if marker is not None:
+            reason = marker.args[0] if marker.args else marker.kwargs.get("reason", "")
+            item.add_marker(pytest.mark.skip(reason=f"main run only: {reason}"))
 
 
 def _can_build() -> str | None:
@@ -108,6 +143,63 @@ def postgres() -> Iterator[Postgres]:
     with Postgres() as pg:
         print(f"\nPostgreSQL cluster started in {pg.started_in:.2f}s")
         yield pg
+
+
+class TestDatabases:
+    """The PostgreSQL tier's databases of one test: a fresh empty one per vault made."""
+
+    def __init__(self, pg: Postgres) -> None:
+        self.pg = pg
+        self.names: list[str] = []
+
+    def new(self) -> str:
+        name = f"tier_{secrets.token_hex(6)}"
+        url = self.pg.create_database(name)
+        self.names.append(name)
+        return url
+
+    def drop(self) -> None:
+        for name in self.names:  # WITH (FORCE): a vault the test left open is cut off
+            self.pg.drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def _tier_postgres(request: pytest.FixtureRequest) -> Iterator[Postgres]:
+    """The tier's cluster, its password where every vault process looks for it."""
+    pg: Postgres = request.getfixturevalue("postgres")
+    before = os.environ.get("REHOST_DATABASE_PASSWORD")
+    os.environ["REHOST_DATABASE_PASSWORD"] = pg.password
+    yield pg
+    if before is None:
+        os.environ.pop("REHOST_DATABASE_PASSWORD", None)
+    else:
+        os.environ["REHOST_DATABASE_PASSWORD"] = before
+
+
+@pytest.fixture(autouse=True)
+def _vaults_on_the_tier_database(request: pytest.FixtureRequest) -> Iterator[None]:
+    """On the PostgreSQL tier, a vault made without ``database`` gets a database of its own
+    (in this process and in ``rehost init`` processes); nothing changes otherwise."""
+    if TEST_DATABASE != "postgresql":
+        yield
+        return
+    from rehost.vault.vault import Vault
+    from tests import cli_helpers
+
+    databases = TestDatabases(request.getfixturevalue("_tier_postgres"))
+    original = Vault.init.__func__  # type: ignore[attr-defined]
+
+    def init(cls: type[Vault], root: Path, /, *, database: str | None = None, join: bool = False,
+             **kw: object) -> Vault:
+        if database is None and not join:
+            database = databases.new()
+        return original(cls, root, database=database, join=join, **kw)  # type: ignore[no-any-return]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Vault, "init", classmethod(init))
+        mp.setattr(cli_helpers, "new_database", databases.new)
+        yield
+    databases.drop()
 
 
 @pytest.fixture(scope="session")

@@ -83,6 +83,10 @@ def app(url: str) -> Celery:
             task_default_queue=SHARED_QUEUE,
             task_acks_late=False,  # at most once: the scheduler resends what a dead worker left
             worker_prefetch_multiplier=1,  # a busy worker does not hold jobs another could run
+            # ...and holds no message it has no free slot for (Redis): a worker killed takes only
+            # the jobs it was running with it, which their lapsed leases show at once; a message
+            # it had merely reserved would be lost until RESEND_QUEUED_AFTER_S
+            worker_disable_prefetch=True,
             task_ignore_result=True,  # results are the job's rows
             broker_connection_retry_on_startup=True,
             worker_hijack_root_logger=False,

@@ -107,7 +107,8 @@ def test_the_vault_keeps_only_a_hash_and_when_a_token_was_used(portal: Portal) -
         assert row.role == role and secret not in row.secret_hash
         assert row.secret_hash == hashlib.sha256(secret.encode()).hexdigest()
     assert rows["admin-token"].last_used is not None and rows["reader-token"].last_used is None
-    assert (portal.vault / "vault.db").read_bytes().find(portal.tokens["admin"].encode()) == -1
+    database = portal.vault / "vault.db"  # on the PostgreSQL tier the rows above are all there is
+    assert not database.exists() or database.read_bytes().find(portal.tokens["admin"].encode()) == -1
 
 
 def test_the_cookie_reads_and_needs_the_csrf_header_to_change(portal: Portal) -> None:

@@ -15,6 +15,7 @@ import pytest
 
 from rehost.jobs import dispatch
 from rehost.jobs.runner import get_job, list_jobs
+from rehost.testkit.fleet import start_worker
 from rehost.testkit.redis import RedisServer
 from rehost.vault.vault import Vault
 from tests.cli_helpers import REHOST, REPO, rehost
@@ -37,13 +38,7 @@ class Workers:
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def start(self, log: Path) -> subprocess.Popen[bytes]:
-        p = subprocess.Popen([*REHOST, "--vault", str(self.vault), "worker", "--concurrency", "2",
-                              "--loglevel", "INFO"], cwd=REPO, env={**os.environ, **self.env},
-                             stdout=open(log, "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
-        deadline = time.monotonic() + 30
-        while b" ready." not in log.read_bytes():
-            assert p.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
+        p = start_worker(self.vault, {**os.environ, **self.env}, log, concurrency=2)
         self.procs.append(p)
         return p
 
