@@ -11,7 +11,10 @@ rehost's Resource Manager contract fake; not Azure). ``--source physical`` (or `
 machine is a "physical server" instead of disk image files. Its disk is
 served by a real ``rehost-agent`` process on 127.0.0.1, which registers with a one-time
 passphrase, is replicated over mutual TLS, is shut down through the agent, and has its
-certificate revoked at the end.
+certificate revoked at the end. ``--source vsphere``: the machine is a VM on vcsim (govmomi's
+vCenter simulator, started here) with the tiny Linux as its flat VMDK, replicated through the
+vSphere API with snapshots and CBT answered by rehost's CBT shim (a TEST DOUBLE: vcsim has no
+changed-block tracking), shut down through the vSphere API at failover.
 """
 
 from __future__ import annotations
@@ -71,7 +74,9 @@ def demo(
     physical: bool = typer.Option(
         False, "--physical", help="Same as --source physical: a physical server through rehost-agent."
     ),
-    source_kind: str = typer.Option("image", "--source", help="Source kind: image or physical."),
+    source_kind: str = typer.Option("image", "--source", help=(
+        "Source kind: image, physical, or vsphere (a VM on vcsim, started here, with a CBT test "
+        "double in front of it: not a real vCenter).")),
     target_kind: str = typer.Option("local", "--target", help=(
         "Target kind: local (this host's QEMU) or azure (Azurite + rehost's Azure Resource Manager "
         "contract fake, both started here: a stand-in for a subscription, NOT Azure).")),
@@ -105,6 +110,9 @@ def demo(
                     _lifecycle(vault, scenario, source, step, set_marker, keep, name, registered=True)
                 step("Uninstall the agent (its keys and digests)", lambda: uninstall(workdir / "agent"),
                      lambda removed: f"{len(removed)} item(s) removed")
+            elif source_kind == "vsphere":
+                with _vsphere_vm(vault, scenario, source, step) as (name, flat):
+                    _lifecycle(vault, scenario, flat, step, set_marker, keep, name, registered=True)
             else:
                 _lifecycle(vault, scenario, source, step, set_marker, keep)
     finally:
@@ -116,7 +124,7 @@ def demo(
 
 
 #: the source kinds the demo has a machine for (the tiny Linux as image files or behind an agent)
-DEMO_SOURCES = ("image", "physical")
+DEMO_SOURCES = ("image", "physical", "vsphere")
 
 
 def _check_kinds(source_kind: str, target_kind: str) -> None:
@@ -239,6 +247,46 @@ def _physical_server(vault: Vault, scenario: _Scenario, disk: Path, step: Any) -
         if agent is not None and agent.poll() is None:
             agent.terminate()
             agent.wait(30)
+
+
+@contextmanager
+def _vsphere_vm(vault: Vault, scenario: _Scenario, disk: Path, step: Any) -> Iterator[tuple[str, Path]]:
+    """A VM on vcsim whose disk is ``disk`` (as a flat VMDK in the simulator's datastore),
+    registered with ``source add vsphere`` through the CBT shim (a test double), pinned by
+    the shim's certificate thumbprint. Yields the machine's name and the flat file (what the
+    "write on the source" step changes)."""
+    import os
+
+    from rehost.sources.vsphere_api import PASSWORD_ENV
+    from rehost.testkit.vcsim import Vcsim
+    from rehost.testkit.vcsim.cbt_shim import CbtShim
+    from rehost.testkit.vcsim.vm import create_vm
+
+    name = "vm01"
+    step(_target_title(scenario.kind), lambda: _target(vault, scenario), _verify_note)
+    with ExitStack() as stack:
+        vc = step("Start vcsim (govmomi's vCenter simulator) and the CBT shim (a TEST DOUBLE for CBT)",
+                  lambda: stack.enter_context(Vcsim()),
+                  lambda v: f"simulator at {v.url}; builds once from Debian's Go sources")
+        shim = stack.enter_context(CbtShim(vc))
+        placed = step("Create the VM on vcsim (the tiny Linux as its flat VMDK)",
+                      lambda: create_vm(vc, disk, name),
+                      lambda p: f"{p.moref}, {p.file_name}")
+        shim.track(placed.moref, placed.device_key, placed.file_name, placed.flat)
+        old = os.environ.get(PASSWORD_ENV)
+        os.environ[PASSWORD_ENV] = "vcsim-accepts-any-password"
+        try:
+            step("Register the VM (rehost source add vsphere, certificate pinned)",
+                 lambda: inventory.add_source(vault, "vsphere", name, {
+                     "host": shim.host, "user": "demo@vsphere.local", "vm": placed.moref,
+                     "thumbprint": shim.thumbprint}),
+                 lambda r: f"{r.machine.name}: {len(r.machine.disks)} disk(s)")
+            yield name, placed.flat
+        finally:
+            if old is None:
+                os.environ.pop(PASSWORD_ENV, None)
+            else:
+                os.environ[PASSWORD_ENV] = old
 
 
 def _start_agent(vault: Vault, state: Path, name: str) -> subprocess.Popen[bytes]:
