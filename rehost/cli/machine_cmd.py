@@ -256,6 +256,8 @@ def replicate(
     out.print(r.point.id)
     typer.echo(f"read {human(r.bytes_read)}, changed {human(r.changed_bytes)}, "
                f"stored {human(s.stored_bytes)} in {r.seconds:.1f}s", err=True)
+    for note in r.notes:  # what the source fell back on or found changed (a re-exported OVA)
+        typer.echo(f"note: {note}", err=True)
     if r.replica:
         typer.echo(("" if r.replica["state"] == "succeeded" else "warning: ") + r.replica["detail"], err=True)
 

@@ -109,6 +109,8 @@ def discover(name: str, config: ImageConfig) -> MachineSpec:
     machine = ova.read(path, config.vm)
     if config.vm:
         settings["vm"] = machine.system.id
+    # each cycle finds these disks again by their OVF ids (a re-export may reorder them)
+    settings["disk_ids"] = [d.disk_id for d in machine.disks]
     if machine.system.startup is not None:
         settings["startup"] = machine.system.startup.to_json()
     hw = machine.hardware
@@ -170,10 +172,11 @@ class ImageSource:
                       notes: list[str], stack: ExitStack) -> list[tuple[int, ReadableDisk]]:
         """Read the export again and open its disks as it is now, saying what changed."""
         current = ova.read(path, machine.settings.get("vm"))
-        notes += _shape_changes(machine, current, path, parent)
+        now = _match_disks(machine, current, path)
+        notes += _shape_changes(machine, current, now, path, parent)
         disks: list[tuple[int, ReadableDisk]] = []
         for spec in machine.disks:
-            disk = current.disks[spec.index]
+            disk = now[spec.index]
             if disk.kind == "blank":
                 disks.append((spec.index, streams.ZeroDisk(disk.size, f"{path} {disk.disk_id}")))
                 continue
@@ -218,25 +221,43 @@ def _export_path(machine: MachineSpec) -> Path | None:
     return None
 
 
-def _shape_changes(machine: MachineSpec, current: ova.ExportMachine, path: Path,
-                   parent: RecoveryPoint | None) -> list[str]:
-    """What differs between the export now and the disks this machine had (at its last point,
-    else at registration). Fewer disks: an error naming the missing ones."""
-    if len(current.disks) < len(machine.disks):
-        gone = ", ".join(f"disk {d.index} ({d.ref.rsplit('#', 1)[-1] if '#' in d.ref else d.ref})"
-                         for d in machine.disks[len(current.disks):])
+def _match_disks(machine: MachineSpec, current: ova.ExportMachine, path: Path) -> dict[int, ova.ExportDisk]:
+    """The export's disks now, by the machine's disk index: found by their OVF disk ids
+    (by position for machines registered before ids were kept). A disk that is gone is an
+    error naming it: its points cannot go on."""
+    ids: list[str] = list(machine.settings.get("disk_ids") or [])
+    by_id = {d.disk_id: d for d in current.disks}
+    found: dict[int, ova.ExportDisk] = {}
+    gone = []
+    for spec in machine.disks:
+        if len(ids) == len(machine.disks):
+            disk = by_id.get(ids[spec.index])
+        else:
+            disk = current.disks[spec.index] if spec.index < len(current.disks) else None
+        if disk is None:
+            gone.append(f"disk {spec.index}" + (f" ({ids[spec.index]})" if spec.index < len(ids) else ""))
+        else:
+            found[spec.index] = disk
+    if gone:
         raise UsageError(
             f"{path} changed shape: VM {current.system.id!r} now has {len(current.disks)} disk(s), "
-            f"{machine.name} was registered with {len(machine.disks)}; missing: {gone}. Register "
-            "the new export as a new machine")
+            f"{machine.name} was registered with {len(machine.disks)}; missing: {', '.join(gone)}. "
+            "Register the new export as a new machine")
+    return found
+
+
+def _shape_changes(machine: MachineSpec, current: ova.ExportMachine, now: dict[int, ova.ExportDisk],
+                   path: Path, parent: RecoveryPoint | None) -> list[str]:
+    """What differs between the export now and the disks this machine had (at its last point,
+    else at registration)."""
     before = {d.index: d.size for d in (parent.disks if parent is not None else machine.disks)}
     notes = []
     for spec in machine.disks:
-        now, was = current.disks[spec.index].size, before.get(spec.index, spec.size)
-        if now != was:
-            verb = "grew" if now > was else "shrank"
-            notes.append(f"{path}: disk {spec.index} ({current.disks[spec.index].href or 'blank'}) "
-                         f"{verb} from {was} to {now} bytes since the last point; this point has "
+        size, was = now[spec.index].size, before.get(spec.index, spec.size)
+        if size != was:
+            verb = "grew" if size > was else "shrank"
+            notes.append(f"{path}: disk {spec.index} ({now[spec.index].href or 'blank'}) "
+                         f"{verb} from {was} to {size} bytes since the last point; this point has "
                          "the new size")
     if len(current.disks) > len(machine.disks):
         extra = len(current.disks) - len(machine.disks)
