@@ -193,3 +193,22 @@ def test_failover_shuts_the_vm_down_then_boots_the_final_point(
     last = rehost(vault, "points", "web", "--json").json()[-1]["id"]
     assert _export_equals(vault, last, vsphere_vm.flat, tmp_path)
     rehost(vault, "complete", "web", env=ENV)
+
+
+def test_failed_cycle_removes_its_snapshot_and_app_consistency_without_tools_says_so(
+    vcsim: VsphereLab, vsphere_vm: PlacedVm, tmp_path: Path
+) -> None:
+    vault = tmp_path / "v"
+    _register(vault, vcsim, vsphere_vm)
+    vcsim.shim.fail_reads = True
+    try:
+        r = rehost(vault, "replicate", "web", env=ENV, check=False)
+    finally:
+        vcsim.shim.fail_reads = False
+    assert r.code != 0 and "HTTP 503" in r.out + r.err, r
+    assert snapshot_names(vcsim, vsphere_vm.moref) == []  # removed although the cycle failed
+
+    out: dict[str, Any] = rehost(vault, "replicate", "web", "--app-consistent", "--json", env=ENV).json()
+    assert out["consistency"] == "crash-consistent"
+    assert any("VMware Tools are not running" in n for n in out["notes"]), out["notes"]
+    assert _export_equals(vault, out["point"], vsphere_vm.flat, tmp_path)

@@ -84,6 +84,8 @@ class CbtShim:
         #: datastore reads (GET /folder) served, and a delay before each (to catch a cycle midway)
         self.folder_reads = 0
         self.read_delay = 0.0
+        #: answer datastore reads with 503 (a host that fails mid-cycle)
+        self.fail_reads = False
         self.lock = threading.Lock()
         self.thumbprint = ""
         self.port = 0
@@ -221,6 +223,9 @@ class CbtShim:
             self.folder_reads += 1
             if self.read_delay:
                 time.sleep(self.read_delay)
+            if self.fail_reads:
+                self._reply(h, 503, [("Content-Type", "text/plain")], b"unavailable (CbtShim.fail_reads)")
+                return
         host, port = self.upstream.address
         conn = http.client.HTTPConnection(host, port, timeout=120)
         try:
