@@ -1,0 +1,48 @@
+"""The OVF and VMX parsers under atheris for a bounded time: no exception but their own clear
+error, no hang, no crash. Seeded with the real descriptors of tests/disks/real_ovf."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HARNESS = Path(__file__).with_name("fuzz_parsers.py")
+REAL = Path(__file__).resolve().parent.parent / "disks" / "real_ovf"
+REPO = Path(__file__).resolve().parent.parent.parent
+#: seconds of fuzzing; CI's whole budget for this test is about a minute
+SECONDS = 55
+
+
+def seed_corpus(folder: Path) -> Path:
+    """Real descriptors, each behind the byte that picks its parser (see fuzz_parsers)."""
+    folder.mkdir()
+    for i, p in enumerate(sorted((REAL / "ovf").glob("*.ovf"))):
+        if p.stat().st_size < 64 << 10:
+            (folder / f"ovf-{i}").write_bytes(b"\x00" + p.read_bytes())
+    for i, p in enumerate(sorted((REAL / "vmx").glob("*.vmx"))):
+        (folder / f"vmx-{i}").write_bytes(b"\x01" + p.read_bytes())
+    for i in range(16):  # splices of real descriptors: seed, target and value picked by the bytes
+        (folder / f"splice-{i}").write_bytes(bytes([2, i * 16, i * 7, i % 2, 5]) + b"2^99999")
+    return folder
+
+
+@pytest.mark.slow
+def test_parsers_survive_the_fuzzer(tmp_path: Path) -> None:
+    pytest.importorskip("atheris", reason="atheris (dev extra) runs the fuzzer")
+    seeds = seed_corpus(tmp_path / "seeds")
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    p = subprocess.run(
+        [sys.executable, str(HARNESS), f"-max_total_time={SECONDS}", "-max_len=65536",
+         "-timeout=10", "-rss_limit_mb=1024", f"-artifact_prefix={tmp_path}/", "-print_final_stats=1",
+         str(corpus), str(seeds)],
+        capture_output=True, text=True, timeout=SECONDS + 120, cwd=REPO)
+    found = sorted(tmp_path.glob("crash-*")) + sorted(tmp_path.glob("timeout-*"))
+    assert p.returncode == 0 and not found, (
+        f"the fuzzer found an input the parsers do not refuse cleanly ({found}):\n{p.stderr[-4000:]}")
+    runs = re.search(r"stat::number_of_executed_units:\s*(\d+)", p.stderr)
+    assert runs and int(runs[1]) > 1000, p.stderr[-2000:]
