@@ -106,7 +106,7 @@ class VsphereSource:
         self.moref = str(settings.get("moref", ""))  # checked when a cycle looks the VM up
 
     def _vm(self, s: Session) -> VmInfo:
-        vm = next((v for v in s.vms() if v.moref == self.moref), None)
+        vm = s.vm(self.moref, str(self.settings.get("datacenter", "")))
         if vm is None:
             raise VsphereError(f"VM {self.moref} ({self.settings.get('vm_name')}) is no longer on "
                                f"{self.settings['host']}")

@@ -203,6 +203,17 @@ class Session:
                 out.append(_vm_info(o.obj._moId, dc_name, values))
         return out
 
+    def vm(self, moref: str, datacenter: str) -> VmInfo | None:
+        """One VM by moref, in one property-collector call (a cycle must not list a vCenter's
+        thousands of VMs); None if it is gone."""
+        from pyVmomi import vmodl
+
+        try:
+            values = self.props(self.vm_object(moref), VM_PROPERTIES)
+        except vmodl.fault.ManagedObjectNotFound:
+            return None
+        return _vm_info(moref, datacenter, values) if values else None
+
     def vm_object(self, moref: str) -> Any:
         from pyVmomi import vim
 

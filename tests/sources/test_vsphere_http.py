@@ -58,3 +58,12 @@ def test_a_wrong_pin_is_refused_before_anything_is_sent(vcsim: VsphereLab, vsphe
         disk.close()
     assert vcsim.shim.folder_reads == reads  # the request (and its cookie) never left
 
+
+
+def test_a_cycle_looks_up_only_its_vm(vcsim: VsphereLab, vsphere_vm: PlacedVm) -> None:
+    with Session(vcsim.shim.host, "u", "p", thumbprint=vcsim.shim.thumbprint) as s:
+        vm = s.vm(vsphere_vm.moref, "DC0")
+        assert vm is not None and vm.name == vsphere_vm.name and vm.nics == ((vsphere_vm.mac, "VM Network"),)
+        assert [d.flat_path for d in vm.disks] == [f"{vsphere_vm.name}/{vsphere_vm.name}-flat.vmdk"]
+        assert vm.disks[0].controller == "scsi" and vm.cpus == 2 and vm.memory_mib == 256
+        assert s.vm("vm-999999", "DC0") is None
