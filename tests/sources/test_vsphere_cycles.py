@@ -212,3 +212,30 @@ def test_failed_cycle_removes_its_snapshot_and_app_consistency_without_tools_say
     assert out["consistency"] == "crash-consistent"
     assert any("VMware Tools are not running" in n for n in out["notes"]), out["notes"]
     assert _export_equals(vault, out["point"], vsphere_vm.flat, tmp_path)
+
+
+def test_two_disks_keep_their_own_change_ids(vcsim: VsphereLab, tiny_image: Path, tmp_path: Path) -> None:
+    from rehost.testkit.vcsim.vm import create_vm
+
+    data = tmp_path / "data.raw"
+    with open(data, "wb") as f:
+        f.truncate(8 << 20)
+        f.seek(1 << 20)
+        f.write(os.urandom(1 << 20))
+    vm = create_vm(vcsim.vcsim, tiny_image, "twodisks", data_disks=(data,))
+    vcsim.shim.track(vm.moref, vm.device_key, vm.file_name, vm.flat)
+    key1, name1, flat1 = vm.data_disks[0]
+    vcsim.shim.track(vm.moref, key1, name1, flat1)
+    vault = tmp_path / "v"
+    out = _register(vault, vcsim, vm)
+    assert "2 disk(s)" in out, out
+    _cycle(vault)
+    written = _write(flat1, [(6 << 20, 8192)], seed=5)  # only the data disk changes
+    r = _cycle(vault)
+    assert r["notes"] == [] and r["bytes_read"] == written, r
+    points = rehost(vault, "points", "web", "--json").json()
+    assert len(points) == 2
+    for index, flat in ((0, vm.flat), (1, flat1)):
+        got = tmp_path / f"d{index}.raw"
+        rehost(vault, "export", "web", "--disk", str(index), "--output", str(got), env=ENV)
+        assert subprocess.run(["cmp", "-s", str(got), str(flat)]).returncode == 0, index

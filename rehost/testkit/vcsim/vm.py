@@ -28,6 +28,8 @@ class PlacedVm:
     #: the flat file in the simulator's datastore folder (write here to change the disk)
     flat: Path
     mac: str
+    #: further disks: (device key, datastore path, flat file), in the VM's disk order
+    data_disks: tuple[tuple[int, str, Path], ...] = ()
 
 
 def descriptor(flat_name: str, size: int) -> str:
@@ -51,21 +53,29 @@ def connect(vc: Vcsim) -> Any:
     return SmartConnect(host=host, port=port, user="user", pwd="pass", protocol="http")
 
 
-def create_vm(vc: Vcsim, image: Path, name: str = "tiny", *, cpus: int = 2, memory_mib: int = 256,
-              mac: str = "00:50:56:3f:00:01", power_on: bool = True) -> PlacedVm:
-    from pyVim.connect import Disconnect
-    from pyVmomi import vim
-
+def _place(vc: Vcsim, image: Path, folder_name: str, disk_name: str) -> tuple[str, Path, int]:
+    """Copy ``image`` into the datastore as ``disk_name``-flat.vmdk + descriptor."""
     size = image.stat().st_size
     if size % 512:
         raise VcsimError(f"{image} is not a whole number of sectors")
     ds_name, ds = next(iter(vc.datastores.items()))
-    folder = ds.folder / name
+    folder = ds.folder / folder_name
     folder.mkdir(parents=True, exist_ok=True)
-    flat = folder / f"{name}-flat.vmdk"
+    flat = folder / f"{disk_name}-flat.vmdk"
     shutil.copyfile(image, flat)
-    (folder / f"{name}.vmdk").write_text(descriptor(flat.name, size))
-    file_name = f"[{ds_name}] {name}/{name}.vmdk"
+    (folder / f"{disk_name}.vmdk").write_text(descriptor(flat.name, size))
+    return f"[{ds_name}] {folder_name}/{disk_name}.vmdk", flat, size
+
+
+def create_vm(vc: Vcsim, image: Path, name: str = "tiny", *, cpus: int = 2, memory_mib: int = 256,
+              mac: str = "00:50:56:3f:00:01", power_on: bool = True,
+              data_disks: tuple[Path, ...] = ()) -> PlacedVm:
+    from pyVim.connect import Disconnect
+    from pyVmomi import vim
+
+    file_name, flat, size = _place(vc, image, name, name)
+    extra = [_place(vc, img, name, f"{name}_{i}") for i, img in enumerate(data_disks, 1)]
+    ds_name = next(iter(vc.datastores))
 
     si = connect(vc)
     try:
@@ -73,10 +83,11 @@ def create_vm(vc: Vcsim, image: Path, name: str = "tiny", *, cpus: int = 2, memo
         dc = content.rootFolder.childEntity[0]
         cluster = next(c for c in dc.hostFolder.childEntity if isinstance(c, vim.ClusterComputeResource))
         scsi = vim.vm.device.VirtualLsiLogicController(key=1000, busNumber=0, sharedBus="noSharing")
-        disk = vim.vm.device.VirtualDisk(
-            key=2000, controllerKey=1000, unitNumber=0, capacityInKB=size // 1024, capacityInBytes=size,
-            backing=vim.vm.device.VirtualDisk.FlatVer2BackingInfo(fileName=file_name, diskMode="persistent",
+        disks = [vim.vm.device.VirtualDisk(
+            key=2000 + unit, controllerKey=1000, unitNumber=unit, capacityInKB=n // 1024, capacityInBytes=n,
+            backing=vim.vm.device.VirtualDisk.FlatVer2BackingInfo(fileName=path, diskMode="persistent",
                                                                   thinProvisioned=False))
+            for unit, (path, _, n) in enumerate([(file_name, flat, size), *extra])]
         nic = vim.vm.device.VirtualVmxnet3(
             key=4000, addressType="manual", macAddress=mac,
             backing=vim.vm.device.VirtualEthernetCard.NetworkBackingInfo(deviceName="VM Network"))
@@ -85,14 +96,15 @@ def create_vm(vc: Vcsim, image: Path, name: str = "tiny", *, cpus: int = 2, memo
             name=name, guestId="otherLinux64Guest", numCPUs=cpus, memoryMB=memory_mib, firmware="bios",
             files=vim.vm.FileInfo(vmPathName=f"[{ds_name}] {name}"),
             deviceChange=[vim.vm.device.VirtualDeviceSpec(operation=add, device=d)
-                          for d in (scsi, disk, nic)])
+                          for d in (scsi, *disks, nic)])
         task = dc.vmFolder.CreateVM_Task(config=spec, pool=cluster.resourcePool)
         _wait(task)
         vm = task.info.result
         if power_on:
             _wait(vm.PowerOnVM_Task())
-        key = next(d.key for d in vm.config.hardware.device if isinstance(d, vim.vm.device.VirtualDisk))
-        return PlacedVm(vm._moId, name, int(key), file_name, flat, mac)
+        keys = [int(d.key) for d in vm.config.hardware.device if isinstance(d, vim.vm.device.VirtualDisk)]
+        more = tuple((k, path, f) for k, (path, f, _) in zip(keys[1:], extra, strict=True))
+        return PlacedVm(vm._moId, name, keys[0], file_name, flat, mac, more)
     finally:
         Disconnect(si)
 
