@@ -1,14 +1,13 @@
 """The server's certificate authority for agents, one-time passphrases and enrollment.
 
-Kept in a folder of the vault (``<vault>/agents``):
+What it keeps (in a ``rehost.agent.ca_store``: the vault's database, or a folder of files):
 
-- ``ca-key.pem`` / ``ca-cert.pem``: an ECDSA P-256 CA, only used to sign certificates;
-- ``server-key.pem`` / ``server-cert.pem``: the replication server's own certificate
+- ``ca-key`` / ``ca-cert``: an ECDSA P-256 CA, only used to sign certificates;
+- ``server-key`` / ``server-cert``: the replication server's own certificate
   (CN ``rehost-server``): the enrollment endpoint's TLS certificate (agents pin its
   fingerprint) and the client certificate for the agents' API and NBD exports;
-- ``state.json``: passphrases (SHA-256 only, with machine and expiry), enrolled machines
-  (certificate serial, fingerprint, inventory), revoked serials. Written atomically under
-  a lock.
+- the state: passphrases (SHA-256 only, with machine and expiry), enrolled machines
+  (certificate serial, fingerprint, inventory), revoked serials, changed one step at a time.
 
 A passphrase is random (about 120 bits), so a plain SHA-256 is enough to store it; it is
 spent by the first enrollment that uses it, expires after ``ttl``, and never appears in a
@@ -18,7 +17,6 @@ log or an error message.
 from __future__ import annotations
 
 import base64
-import fcntl
 import hashlib
 import ipaddress
 import json
@@ -28,8 +26,7 @@ import shutil
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -41,6 +38,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from rehost.agent import SERVER_CN
+from rehost.agent.ca_store import KEYS, CAStore, FolderStore
 from rehost.agent.http import send_json
 from rehost.agent.tls import (
     cert_pem,
@@ -79,13 +77,22 @@ def _hash(passphrase: str) -> str:
 
 
 class CertificateAuthority:
-    """The agents' CA in ``folder`` (created on first use)."""
+    """The agents' CA, kept in ``store`` (by default the files of ``folder``).
 
-    def __init__(self, folder: Path) -> None:
+    ``folder`` also holds what TLS needs as files (the CA certificate, the server's
+    certificate and key; libnbd and ``ssl`` read paths), written from the store: with a
+    database store it is this host's copy, and the CA's own key is never among them.
+    """
+
+    def __init__(self, folder: Path, store: CAStore | None = None) -> None:
         self.folder = Path(folder)
-        self._mutex = threading.Lock()
-        if not (self.folder / "ca-cert.pem").is_file():
-            self._create()
+        self.store: CAStore = store or FolderStore(self.folder)
+        items = self.store.load()
+        if not items:
+            self.store.create(_new_ca(), _empty_state())
+            items = self.store.load()
+        if not isinstance(self.store, FolderStore):
+            _copy_out(self.folder, items)
 
     # -- files --------------------------------------------------------------------------
 
@@ -100,38 +107,6 @@ class CertificateAuthority:
     @property
     def server_key(self) -> Path:
         return self.folder / "server-key.pem"
-
-    def _create(self) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with self._lock():
-            if self.ca_cert.is_file():
-                return
-            key = new_key()
-            name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "rehost agents CA")])
-            now = datetime.now(UTC)
-            ca = (
-                x509.CertificateBuilder()
-                .subject_name(name)
-                .issuer_name(name)
-                .public_key(key.public_key())
-                .serial_number(x509.random_serial_number())
-                .not_valid_before(now - timedelta(minutes=5))
-                .not_valid_after(now + timedelta(days=365 * CA_YEARS))
-                .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-                .add_extension(
-                    x509.KeyUsage(False, False, False, False, False, True, True, False, False),
-                    critical=True,
-                )
-                .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
-                .sign(key, hashes.SHA256())
-            )
-            write_private(self.folder / "ca-key.pem", key_pem(key))
-            server_key = new_key()
-            server = self._sign(ca, key, server_key.public_key(), SERVER_CN, [x509.DNSName(SERVER_CN)])
-            write_private(self.server_key, key_pem(server_key))
-            write_atomic(self.server_cert, cert_pem(server))
-            write_atomic(self.folder / "state.json", json.dumps(_empty_state()).encode())
-            write_atomic(self.ca_cert, cert_pem(ca))  # last: its presence means "complete"
 
     @staticmethod
     def _sign(
@@ -163,22 +138,6 @@ class CertificateAuthority:
             builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
         return builder.sign(ca_key, hashes.SHA256())
 
-    @contextmanager
-    def _lock(self) -> Iterator[None]:
-        with self._mutex, open(self.folder / ".lock", "a+") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
-
-    def _load(self) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads((self.folder / "state.json").read_text())
-        return data
-
-    def _save(self, state: dict[str, Any]) -> None:
-        write_private(self.folder / "state.json", json.dumps(state, indent=1, sort_keys=True).encode())
-
     # -- what the server shows --------------------------------------------------------
 
     @property
@@ -192,11 +151,11 @@ class CertificateAuthority:
 
     def machine(self, name: str) -> dict[str, Any] | None:
         """What enrollment recorded about ``name`` (serial, fingerprint, inventory), or None."""
-        entry: dict[str, Any] | None = self._load()["machines"].get(name)
+        entry: dict[str, Any] | None = self.store.read_state()["machines"].get(name)
         return entry
 
     def machines(self) -> dict[str, dict[str, Any]]:
-        result: dict[str, dict[str, Any]] = self._load()["machines"]
+        result: dict[str, dict[str, Any]] = self.store.read_state()["machines"]
         return result
 
     # -- passphrases ------------------------------------------------------------------
@@ -208,15 +167,16 @@ class CertificateAuthority:
         """
         words = secrets.token_bytes(15)
         passphrase = "-".join(base64.b32encode(words).decode().lower()[i : i + 6] for i in range(0, 24, 6))
-        with self._lock():
-            state = self._load()
+
+        def issue(state: dict[str, Any]) -> None:
             state["passphrases"] = {
                 h: p
                 for h, p in state["passphrases"].items()
                 if p["machine"] != machine and p["expires"] > time.time()
             }
             state["passphrases"][_hash(passphrase)] = {"machine": machine, "expires": time.time() + ttl}
-            self._save(state)
+
+        self.store.update_state(issue)
         return passphrase
 
     def enroll(
@@ -234,27 +194,26 @@ class CertificateAuthority:
             raise EnrollmentRefused("the certificate request is not a valid PEM CSR") from None
         if not request.is_signature_valid:
             raise EnrollmentRefused("the certificate request's signature is invalid")
-        with self._lock():
-            state = self._load()
-            entry = state["passphrases"].pop(_hash(passphrase), None)
-            if entry is None:
-                raise EnrollmentRefused("unknown or already used passphrase")
-            self._save(state)  # spent, whatever happens next
-            if entry["expires"] < time.time():
-                raise EnrollmentRefused("the passphrase has expired: issue a new one")
-            machine = str(entry["machine"])
-            sans: list[x509.GeneralName] = [x509.DNSName(machine)]
-            for a in addresses or []:
-                try:
-                    ip = ipaddress.ip_address(a.split("%")[0])
-                except ValueError:
-                    continue
-                if x509.IPAddress(ip) not in sans:
-                    sans.append(x509.IPAddress(ip))
-            ca = x509.load_pem_x509_certificate(self.ca_cert.read_bytes())
-            ca_key = load_key((self.folder / "ca-key.pem").read_bytes())
-            cert = self._sign(ca, ca_key, request.public_key(), machine, sans)
-            pem = cert_pem(cert)
+        entry = self.store.update_state(lambda state: state["passphrases"].pop(_hash(passphrase), None))
+        if entry is None:  # spent above, whatever happens next
+            raise EnrollmentRefused("unknown or already used passphrase")
+        if entry["expires"] < time.time():
+            raise EnrollmentRefused("the passphrase has expired: issue a new one")
+        machine = str(entry["machine"])
+        sans: list[x509.GeneralName] = [x509.DNSName(machine)]
+        for a in addresses or []:
+            try:
+                ip = ipaddress.ip_address(a.split("%")[0])
+            except ValueError:
+                continue
+            if x509.IPAddress(ip) not in sans:
+                sans.append(x509.IPAddress(ip))
+        items = self.store.load()
+        ca = x509.load_pem_x509_certificate(items["ca-cert"])
+        cert = self._sign(ca, load_key(items["ca-key"]), request.public_key(), machine, sans)
+        pem = cert_pem(cert)
+
+        def record(state: dict[str, Any]) -> None:
             old = state["machines"].get(machine)
             if old:  # re-enrollment replaces (and revokes) the previous certificate
                 state["revoked"].append(str(old["serial"]))
@@ -265,24 +224,26 @@ class CertificateAuthority:
                 "inventory": inventory or {},
                 "address": (addresses or [""])[0],
             }
-            self._save(state)
-        return Enrollment(machine, pem, self.ca_cert.read_bytes(), self.server_serial, cert.serial_number)
+
+        self.store.update_state(record)
+        return Enrollment(machine, pem, items["ca-cert"], self.server_serial, cert.serial_number)
 
     # -- revocation -------------------------------------------------------------------
 
     def revoke(self, machine: str) -> int | None:
         """Revoke the machine's certificate (migration completed, machine removed)."""
-        with self._lock():
-            state = self._load()
+
+        def revoke(state: dict[str, Any]) -> int | None:
             entry = state["machines"].pop(machine, None)
             if entry is None:
                 return None
             state["revoked"].append(str(entry["serial"]))
-            self._save(state)
             return int(entry["serial"])
 
+        return self.store.update_state(revoke)
+
     def revoked(self) -> set[int]:
-        return {int(s) for s in self._load()["revoked"]}
+        return {int(s) for s in self.store.read_state()["revoked"]}
 
     def is_revoked(self, serial: int) -> bool:
         return serial in self.revoked()
@@ -313,6 +274,43 @@ class CertificateAuthority:
 
 def _empty_state() -> dict[str, Any]:
     return {"passphrases": {}, "machines": {}, "revoked": []}
+
+
+def _new_ca() -> dict[str, bytes]:
+    """A new CA and the server's certificate it signs, as the store's items."""
+    key = new_key()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "rehost agents CA")])
+    now = datetime.now(UTC)
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=365 * CA_YEARS))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+        .sign(key, hashes.SHA256())
+    )
+    server_key = new_key()
+    server = CertificateAuthority._sign(ca, key, server_key.public_key(), SERVER_CN,
+                                        [x509.DNSName(SERVER_CN)])
+    return {"ca-key": key_pem(key), "ca-cert": cert_pem(ca), "server-key": key_pem(server_key),
+            "server-cert": cert_pem(server)}
+
+
+def _copy_out(folder: Path, items: dict[str, bytes]) -> None:
+    """This host's files of a CA kept elsewhere: what TLS reads by path (never the CA key)."""
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for name in ("ca-cert", "server-cert", "server-key"):
+        path = folder / f"{name}.pem"
+        if not path.is_file() or path.read_bytes() != items[name]:
+            (write_private if name in KEYS else write_atomic)(path, items[name])
 
 
 # -- the enrollment endpoint ----------------------------------------------------------

@@ -25,6 +25,7 @@ from rehost.errors import UsageError
 from rehost.spec import MachineSpec
 
 if TYPE_CHECKING:
+    from rehost.agent.ca_store import CAStore
     from rehost.agent.pki import CertificateAuthority
     from rehost.replication.digests import DigestCache
     from rehost.sources.base import SourceProvider
@@ -61,14 +62,16 @@ class SourceContext:
     vault side (``rehost.vault.inventory.source_context``); a source never imports the vault.
     """
 
-    #: the agents' CA folder (``<vault>/agents``); the CA is created on first use
+    #: this host's folder of the agents' CA files (``<vault>/agents``)
     agents_dir: Path
     digests: DigestCache
+    #: where the CA lives (the vault's database); None: the files of ``agents_dir``
+    ca_store: CAStore | None = None
 
     def authority(self) -> CertificateAuthority:
         from rehost.agent.pki import CertificateAuthority
 
-        return CertificateAuthority(self.agents_dir)
+        return CertificateAuthority(self.agents_dir, self.ca_store)
 
 
 @dataclass(frozen=True)

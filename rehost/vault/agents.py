@@ -17,6 +17,7 @@ from rehost.agent.pki import PASSPHRASE_TTL, CertificateAuthority, EnrollmentSer
 from rehost.errors import UsageError
 from rehost.sources import physical, registry
 from rehost.sources.physical import Invitation
+from rehost.vault.agent_ca import DatabaseCAStore
 from rehost.vault.inventory import add_source, get_machine, spec_json, spec_of
 from rehost.vault.models import DiskRow, MachineRow
 from rehost.vault.vault import Vault
@@ -31,7 +32,8 @@ HEARTBEAT_EVERY_S = 30.0
 
 
 def authority(vault: Vault) -> CertificateAuthority:
-    return CertificateAuthority(vault.root / "agents")
+    """The vault's agents' CA: kept in its database, its TLS files in this folder's ``agents``."""
+    return CertificateAuthority(vault.root / "agents", DatabaseCAStore(vault, vault.root / "agents"))
 
 
 def enrollment_url(host: str | None = None, port: int = DEFAULT_ENROLL_PORT) -> str:

@@ -171,7 +171,10 @@ def set_state(vault: Vault, machine: MachineRow, state: str, reason: str = "") -
 
 def source_context(vault: Vault) -> registry.SourceContext:
     """What source providers may use of the vault, as values (never the vault itself)."""
-    return registry.SourceContext(agents_dir=vault.root / "agents", digests=vault.cache)
+    from rehost.vault.agent_ca import DatabaseCAStore
+
+    return registry.SourceContext(agents_dir=vault.root / "agents", digests=vault.cache,
+                                  ca_store=DatabaseCAStore(vault, vault.root / "agents"))
 
 
 def provider_for(machine: MachineRow, vault: Vault) -> SourceProvider:

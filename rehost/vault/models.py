@@ -8,7 +8,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Index, Integer, String
+from sqlalchemy import JSON, ForeignKey, Index, Integer, LargeBinary, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -157,3 +157,15 @@ class PointSummaryRow(Base):
     latest_app_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     latest_app_time: Mapped[str | None] = mapped_column(String(40), nullable=True)
     dirty: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class AgentCARow(Base):
+    """The agents' certificate authority, one row per item (``rehost.agent.ca_store``): the
+    PEMs (keys sealed with the repository's keys, so encrypted in an encrypted vault) and the
+    state as JSON with a ``version`` every change compares and bumps: every host and worker
+    of a fleet signs, verifies and revokes with this one CA."""
+
+    __tablename__ = "agent_ca"
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    version: Mapped[int] = mapped_column(Integer, default=0)

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from rehost.agent.client import AgentClient, AgentError
 from rehost.agent.pki import CertificateAuthority
 from rehost.process import free_port
 from rehost.testkit.tinylinux import set_marker
+from rehost.vault import agents
+from rehost.vault.vault import Vault
 from tests.cli_helpers import REHOST, REPO, qemu_img_compare, rehost
 
 AGENT = [sys.executable, "-m", "rehost.agent"]
@@ -44,15 +47,25 @@ class Lab:
         p = subprocess.Popen([*AGENT, "--state", str(self.state), "run"], cwd=REPO, text=True,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         self.agents.append(p)
-        ca = CertificateAuthority(self.vault / "agents")
         deadline = time.monotonic() + 30
-        while True:
-            try:
-                AgentClient(ca, "srv1", "127.0.0.1", self.agent_port, timeout=5).heartbeat()
-                return p
-            except AgentError:
-                assert p.poll() is None and time.monotonic() < deadline, "the agent did not start"
-                time.sleep(0.2)
+        with _authority(self.vault) as ca:
+            while True:
+                try:
+                    AgentClient(ca, "srv1", "127.0.0.1", self.agent_port, timeout=5).heartbeat()
+                    return p
+                except AgentError:
+                    assert p.poll() is None and time.monotonic() < deadline, "the agent did not start"
+                    time.sleep(0.2)
+
+
+@contextmanager
+def _authority(root: Path) -> Iterator[CertificateAuthority]:
+    """The vault's agents' CA (in its database), as the server uses it."""
+    vault = Vault.open(root)
+    try:
+        yield agents.authority(vault)
+    finally:
+        vault.close()
 
 
 def _stop(p: subprocess.Popen[str]) -> str:
@@ -158,21 +171,21 @@ def test_physical_machine_migrates_end_to_end(lab: Lab, tmp_path: Path) -> None:
     assert "REHOST-BOOT-OK marker=second" in steps["verify_boot"]["detail"]
 
     rehost(lab.vault, "complete", "srv1")
-    ca = CertificateAuthority(lab.vault / "agents")
-    assert ca.machine("srv1") is None and ca.revoked()
     # the agent comes back: the server no longer talks to it
     lab.agents.append(subprocess.Popen([*AGENT, "--state", str(lab.state), "run"], cwd=REPO, text=True,
                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
     deadline = time.monotonic() + 30
-    while True:
-        try:
-            AgentClient(ca, "srv1", "127.0.0.1", lab.agent_port, timeout=5).heartbeat()
-            raise AssertionError("a revoked agent answered")
-        except AgentError as e:
-            if "unreachable" not in str(e) or time.monotonic() > deadline:
-                assert "not enrolled" in str(e), e
-                break
-            time.sleep(0.2)
+    with _authority(lab.vault) as ca:
+        assert ca.machine("srv1") is None and ca.revoked()
+        while True:
+            try:
+                AgentClient(ca, "srv1", "127.0.0.1", lab.agent_port, timeout=5).heartbeat()
+                raise AssertionError("a revoked agent answered")
+            except AgentError as e:
+                if "unreachable" not in str(e) or time.monotonic() > deadline:
+                    assert "not enrolled" in str(e), e
+                    break
+                time.sleep(0.2)
     agent_log += _stop(lab.agents[-1])
     un = subprocess.run([*AGENT, "--state", str(lab.state), "uninstall"], cwd=REPO, capture_output=True,
                         text=True, check=True)
