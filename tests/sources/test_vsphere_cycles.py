@@ -239,3 +239,34 @@ def test_two_disks_keep_their_own_change_ids(vcsim: VsphereLab, tiny_image: Path
         got = tmp_path / f"d{index}.raw"
         rehost(vault, "export", "web", "--disk", str(index), "--output", str(got), env=ENV)
         assert subprocess.run(["cmp", "-s", str(got), str(flat)]).returncode == 0, index
+
+
+def test_cbt_turned_off_behind_our_back_is_turned_on_again_and_said(
+    vcsim: VsphereLab, vsphere_vm: PlacedVm, tmp_path: Path
+) -> None:
+    import ssl
+
+    from pyVim.connect import Disconnect, SmartConnect
+    from pyVmomi import vim
+
+    vault = tmp_path / "v"
+    _register(vault, vcsim, vsphere_vm)
+    _cycle(vault)
+    # someone turns CBT off (through the same host, so the shim sees it: its changeIds go)
+    si = SmartConnect(host="127.0.0.1", port=vcsim.shim.port, user="u", pwd="p",
+                      sslContext=ssl._create_unverified_context())
+    try:
+        task = vim.VirtualMachine(vsphere_vm.moref, si._stub).ReconfigVM_Task(
+            vim.vm.ConfigSpec(changeTrackingEnabled=False))
+        while task.info.state not in ("success", "error"):
+            time.sleep(0.05)
+    finally:
+        Disconnect(si)
+    written = _write(vsphere_vm.flat, [(7 << 20, 4096)], seed=6)
+    r = _cycle(vault)
+    assert any("tracking was off" in n for n in r["notes"]), r["notes"]
+    assert r["bytes_read"] > 10 * written and r["changed_bytes"] == written
+    assert _export_equals(vault, r["point"], vsphere_vm.flat, tmp_path)
+    written = _write(vsphere_vm.flat, [(8 << 20, 4096)], seed=7)
+    r = _cycle(vault)  # tracked again from the snapshot that turned it on
+    assert r["notes"] == [] and r["bytes_read"] == written
