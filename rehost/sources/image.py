@@ -12,7 +12,6 @@ disks are zeros and cost nothing.
 from __future__ import annotations
 
 import logging
-import re
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
@@ -26,7 +25,7 @@ from rehost.replication.cycle import ReadableDisk
 from rehost.repository.manifest import Consistency, RecoveryPoint
 from rehost.sources import registry
 from rehost.sources.base import Snapshot
-from rehost.sources.image_vmx import discover_vmx
+from rehost.sources.image_vmx import discover_vmx, safe_name
 from rehost.spec import DiskSpec, Firmware, MachineSpec, NicSpec
 
 log = logging.getLogger(__name__)
@@ -78,7 +77,7 @@ def vapp_name(path: str | Path) -> str:
 
 def member_name(base: str, vm: str) -> str:
     """``NAME-VM`` as a machine name: characters a name may not have become '-'."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", f"{base}-{vm}").strip("-")[:64]
+    return safe_name(f"{base}-{vm}")
 
 
 def _plain_disks(paths: Sequence[str]) -> list[DiskImage]:
@@ -109,15 +108,16 @@ def discover(name: str, config: ImageConfig) -> MachineSpec:
     machine = ova.read(path, config.vm)
     if config.vm:
         settings["vm"] = machine.system.id
-    # each cycle finds these disks again by their OVF ids (a re-export may reorder them)
-    settings["disk_ids"] = [d.disk_id for d in machine.disks]
+    if path.suffix.lower() == ".ova":
+        # each cycle finds the members again by their OVF disk ids (a re-export moves them)
+        settings["disk_ids"] = [d.disk_id for d in machine.disks]
     if machine.system.startup is not None:
         settings["startup"] = machine.system.startup.to_json()
     hw = machine.hardware
     default = MachineSpec(name="")
     return MachineSpec(
-        name=name or machine.name, disks=tuple(_disk_spec(i, d, path) for i, d in enumerate(machine.disks)),
-        settings=settings,
+        name=name or safe_name(machine.name), settings=settings,
+        disks=tuple(_disk_spec(i, d, path) for i, d in enumerate(machine.disks)),
         firmware=Firmware(hw.firmware) if hw.firmware else default.firmware,
         cpus=hw.cpus or default.cpus, memory_mib=hw.memory_mib or default.memory_mib,
         nics=tuple(NicSpec(mac=mac, network=network) for network, mac in hw.nics),
@@ -222,20 +222,23 @@ def _export_path(machine: MachineSpec) -> Path | None:
 
 
 def _match_disks(machine: MachineSpec, current: ova.ExportMachine, path: Path) -> dict[int, ova.ExportDisk]:
-    """The export's disks now, by the machine's disk index: found by their OVF disk ids
-    (by position for machines registered before ids were kept). A disk that is gone is an
-    error naming it: its points cannot go on."""
+    """The export's disks now, by the machine's disk index. A registered disk is found again
+    by what names it: its OVF disk id (an OVA member, a blank or packed disk) or its file (a
+    disk next to a bare .ovf); by position for machines registered before either was kept.
+    A disk that is gone is an error naming it: its points cannot go on."""
     ids: list[str] = list(machine.settings.get("disk_ids") or [])
     by_id = {d.disk_id: d for d in current.disks}
+    by_file = {str(d.image.path.absolute()): d for d in current.disks if d.image is not None}
     found: dict[int, ova.ExportDisk] = {}
     gone = []
     for spec in machine.disks:
-        if len(ids) == len(machine.disks):
-            disk = by_id.get(ids[spec.index])
-        else:
+        key = _disk_key(spec, ids, len(machine.disks))
+        if key is None:
             disk = current.disks[spec.index] if spec.index < len(current.disks) else None
+        else:
+            disk = by_id.get(key) or by_file.get(key)
         if disk is None:
-            gone.append(f"disk {spec.index}" + (f" ({ids[spec.index]})" if spec.index < len(ids) else ""))
+            gone.append(f"disk {spec.index} ({key or 'by position'})")
         else:
             found[spec.index] = disk
     if gone:
@@ -244,6 +247,17 @@ def _match_disks(machine: MachineSpec, current: ova.ExportMachine, path: Path) -
             f"{machine.name} was registered with {len(machine.disks)}; missing: {', '.join(gone)}. "
             "Register the new export as a new machine")
     return found
+
+
+def _disk_key(spec: DiskSpec, ids: list[str], count: int) -> str | None:
+    """The OVF disk id or the file that names a registered export disk; None: go by position."""
+    if "#" in spec.ref:
+        return spec.ref.rsplit("#", 1)[1]
+    if len(ids) == count:
+        return ids[spec.index]
+    if spec.offset == 0 and spec.length is None and not spec.ref.lower().endswith(".ova"):
+        return spec.ref
+    return None
 
 
 def _shape_changes(machine: MachineSpec, current: ova.ExportMachine, now: dict[int, ova.ExportDisk],

@@ -8,6 +8,7 @@ file name in the ``.vmx``'s folder, and said so. No disk may come from outside t
 
 from __future__ import annotations
 
+import re
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -31,11 +32,16 @@ def discover_vmx(name: str, path: Path, settings: dict[str, Any]) -> MachineSpec
                               format=img.format, controller=disk.bus))
     default = MachineSpec(name="")
     return MachineSpec(
-        name=name or machine.name or path.stem, disks=tuple(disks), settings=settings,
+        name=name or safe_name(machine.name or path.stem), disks=tuple(disks), settings=settings,
         firmware=Firmware(machine.firmware), cpus=machine.cpus or default.cpus,
         memory_mib=machine.memory_mib or default.memory_mib,
         nics=tuple(NicSpec(mac=mac, network=network) for network, mac in machine.nics),
         guest_os=machine.guest_os)
+
+
+def safe_name(text: str) -> str:
+    """A name from a descriptor ("Windows XP Pro") made a valid machine name ("Windows-XP-Pro")."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-._")[:64]
 
 
 def disk_file(vmx_path: Path, disk: vmx.VmxDisk) -> Path:

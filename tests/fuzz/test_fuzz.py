@@ -3,9 +3,11 @@ error, no hang, no crash. Seeded with the real descriptors of tests/disks/real_o
 
 from __future__ import annotations
 
+import io
 import re
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -25,9 +27,24 @@ def seed_corpus(folder: Path) -> Path:
             (folder / f"ovf-{i}").write_bytes(b"\x00" + p.read_bytes())
     for i, p in enumerate(sorted((REAL / "vmx").glob("*.vmx"))):
         (folder / f"vmx-{i}").write_bytes(b"\x01" + p.read_bytes())
+    for i, p in enumerate(sorted(REAL.parent.glob("*.ova"))):
+        (folder / f"ova-{i}").write_bytes(b"\x03" + p.read_bytes())
+    (folder / "ova-tiny").write_bytes(b"\x03" + tiny_ova())
     for i in range(16):  # splices of real descriptors: seed, target and value picked by the bytes
         (folder / f"splice-{i}").write_bytes(bytes([2, i * 16, i * 7, i % 2, 5]) + b"2^99999")
     return folder
+
+
+def tiny_ova() -> bytes:
+    """A real descriptor in a tar, as ovftool lays one out, with a small disk member."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in (("x.ovf", (REAL / "ovf" / "comp002.ovf").read_bytes()),
+                           ("comp002-disk1.vmdk.gz", b"\x1f\x8b" + bytes(100))):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
 
 
 @pytest.mark.slow
