@@ -81,6 +81,24 @@ def _add(ctx: typer.Context, kind: str, name: str, options: dict[str, Any],
     out.print(f"registered {m.name}: {len(m.disks)} disk(s), "
               + ", ".join(f"{d.path if d.format == 'qemu' else d.format} {human(d.size)}" for d in m.disks)
               + _hardware(inventory.spec_of(m)), highlight=False)
+    if kind == "image":
+        _unpack(ctx, m.name)
+
+
+def _unpack(ctx: typer.Context, name: str) -> None:
+    """Compressed or chunked export disks: unpacked into the vault's cache now, with a progress
+    bar, rather than silently in the first cycle."""
+    with open_vault(ctx) as vault:
+        machine = inventory.get_machine(vault, name)
+        if not any("+" in d.format for d in machine.disks):
+            return
+        prepare = getattr(inventory.provider_for(machine, vault), "prepare", None)
+        if prepare is None:
+            return
+        with byte_progress(f"unpacking {name}'s compressed/chunked disks") as bar:
+            notes = prepare(inventory.spec_of(machine), bar)
+    for note in notes:
+        out.print(note, highlight=False)
 
 
 def _add_vapp(ctx: typer.Context, name: str, options: dict[str, Any]) -> bool:

@@ -38,12 +38,15 @@ class Piece:
     length: int
 
 
-def read_stream(pieces: Sequence[Piece], compression: str, where: str) -> Iterator[bytes]:
+def read_stream(pieces: Sequence[Piece], compression: str, where: str,
+                consumed: Callable[[int], None] | None = None) -> Iterator[bytes]:
     """The disk's bytes: the pieces in order, gunzipped if ``compression`` is gzip.
 
     A gzip stream may have several members (``gzip -c a b``); each is decompressed in turn.
-    A damaged or truncated stream is an OvfError naming ``where``."""
-    raw = _raw(pieces)
+    A damaged or truncated stream is an OvfError naming ``where``. ``consumed`` hears how many
+    bytes of the pieces have been read (a progress bar's measure: the uncompressed size of a
+    gzip stream is unknown until its end)."""
+    raw = _raw(pieces, consumed)
     if compression != "gzip":
         yield from raw
         return
@@ -68,7 +71,8 @@ def read_stream(pieces: Sequence[Piece], compression: str, where: str) -> Iterat
         raise OvfError(f"{where}: not a valid gzip stream ({e})") from None
 
 
-def _raw(pieces: Sequence[Piece]) -> Iterator[bytes]:
+def _raw(pieces: Sequence[Piece], consumed: Callable[[int], None] | None) -> Iterator[bytes]:
+    done = 0
     for p in pieces:
         with open(p.path, "rb") as f:
             f.seek(p.offset)
@@ -78,6 +82,9 @@ def _raw(pieces: Sequence[Piece]) -> Iterator[bytes]:
                 if not data:
                     raise OvfError(f"{p.path}: ends before byte {p.offset + p.length} (truncated)")
                 left -= len(data)
+                done += len(data)
+                if consumed:
+                    consumed(done)
                 yield data
 
 
@@ -116,17 +123,14 @@ def unpack(pieces: Sequence[Piece], compression: str, dest: Path, where: str,
     dest.parent.mkdir(parents=True, exist_ok=True)
     total = sum(p.length for p in pieces)
     tmp = dest.with_name(dest.name + f".{os.getpid()}.part")
-    done = 0
+    consumed = (lambda done: progress(done, total)) if progress else None
     try:
         with open(tmp, "wb") as out:
-            for data in read_stream(pieces, compression, where):
+            for data in read_stream(pieces, compression, where, consumed):
                 if data.count(0) == len(data):
                     out.seek(len(data), os.SEEK_CUR)
                 else:
                     out.write(data)
-                done += len(data)
-                if progress:
-                    progress(min(done, total) if not compression else done, total)
             out.truncate()
         os.replace(tmp, dest)
     finally:

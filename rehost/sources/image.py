@@ -184,8 +184,24 @@ class ImageSource:
             disks.append((spec.index, stack.enter_context(open_disk(image))))
         return disks
 
+    def prepare(self, machine: MachineSpec, progress: streams.Progress | None = None) -> list[str]:
+        """Unpack the machine's compressed or chunked export disks into the cache now (at
+        registration, where a progress bar can show it) rather than in its first cycle."""
+        path = _export_path(machine)
+        if path is None or self.cache_dir is None:
+            return []
+        current = ova.read(path, machine.settings.get("vm"))
+        now = _match_disks(machine, current, path)
+        notes: list[str] = []
+        with ExitStack() as stack:
+            for spec in machine.disks:
+                if now[spec.index].kind == "packed":
+                    self._unpacked(machine, spec.index, now[spec.index], path, notes, stack, progress)
+        return notes
+
     def _unpacked(self, machine: MachineSpec, index: int, disk: ova.ExportDisk, path: Path,
-                  notes: list[str], stack: ExitStack) -> DiskImage:
+                  notes: list[str], stack: ExitStack, progress: streams.Progress | None = None,
+                  ) -> DiskImage:
         """The packed disk as a file QEMU can open: unpacked once into the cache."""
         cache = self.cache_dir or Path(
             stack.enter_context(tempfile.TemporaryDirectory(prefix="rehost-unpack-")))
@@ -193,7 +209,7 @@ class ImageSource:
         dest = cache / f"{prefix}{streams.cache_key(disk.pieces, disk.compression)}.{disk.format}"
         if not dest.exists():
             log.info("unpacking %s (%s) of %s into %s", disk.href, disk.label, path, dest)
-            streams.unpack(disk.pieces, disk.compression, dest, f"{path}: disk {disk.href!r}")
+            streams.unpack(disk.pieces, disk.compression, dest, f"{path}: disk {disk.href!r}", progress)
             for old in cache.glob(f"{prefix}*"):
                 if old != dest:
                     old.unlink(missing_ok=True)  # an earlier export's copy

@@ -93,11 +93,22 @@ def test_gzip_compressed_disk(tmp_path: Path, vault: Path, bare: bool) -> None:
         path = real_ova(tmp_path / "comp002.ova", "comp002.ovf", {"comp002-disk1.vmdk.gz": packed})
     said = rehost(vault, "source", "add-image", "-", str(path)).out
     assert "registered comp001: 1 disk(s), vmdk+gz 16.0 MiB" in said
+    assert "disk 0 (comp002-disk1.vmdk.gz, vmdk+gz) unpacked into the cache" in said  # at once
     first = rehost(vault, "replicate", "comp001", "--json").json()
-    assert any("unpacked into the cache" in n for n in first["notes"])
+    assert not any("unpacked" in n for n in first["notes"])  # the cycle reuses it
     assert exported_equal(vault, "comp001", master, tmp_path)
-    again = rehost(vault, "replicate", "comp001", "--json").json()  # the cache is reused
-    assert not any("unpacked" in n for n in again["notes"])
+    assert len(list((vault / "cache" / "images").iterdir())) == 1
+
+    # a re-export (same content, new file): unpacked again by the cycle, the old copy dropped
+    if bare:
+        (path.parent / "comp002-disk1.vmdk.gz").unlink()
+        (path.parent / "comp002-disk1.vmdk.gz").write_bytes(packed)
+    else:
+        path.unlink()
+        real_ova(path, "comp002.ovf", {"comp002-disk1.vmdk.gz": packed})
+    again = rehost(vault, "replicate", "comp001", "--json").json()
+    assert any("unpacked into the cache" in n for n in again["notes"])
+    assert again["changed_bytes"] == 0
     assert len(list((vault / "cache" / "images").iterdir())) == 1
 
 
