@@ -111,10 +111,12 @@ def _open(path: Path) -> tuple[dict[str, _Member] | None, ovf.Envelope, str]:
         if path.stat().st_size > ovf.MAX_DESCRIPTOR:
             raise OvfError(f"{path}: too large for an OVF descriptor")
         return None, ovf.parse_descriptor(path.read_bytes(), str(path)), str(path)
-    if not tarfile.is_tarfile(path):
-        raise OvfError(f"{path}: not an OVA (not a tar archive)")
+    opened = False
     try:
+        # An OVA is a plain tar. Not tarfile.is_tarfile: it tries every compression and lets
+        # EOFError out of a cut gzip header (found by the fuzzer).
         with tarfile.open(path, mode="r:") as tar:
+            opened = True
             infos = tar.getmembers()
             descriptors = [m for m in infos if m.name.removeprefix("./").lower().endswith(".ovf")
                            and "/" not in m.name.removeprefix("./")]
@@ -127,7 +129,9 @@ def _open(path: Path) -> tuple[dict[str, _Member] | None, ovf.Envelope, str]:
             stream = tar.extractfile(desc)
             assert stream is not None  # a regular member always has a stream
             text = stream.read()
-    except tarfile.TarError as e:
+    except (tarfile.TarError, EOFError, OSError) as e:
+        if not opened:
+            raise OvfError(f"{path}: not an OVA (not a tar archive)") from None
         raise OvfError(f"{path}: damaged OVA ({e})") from None
     members = {m.name.removeprefix("./"): _Member(m.offset_data, m.size) for m in infos if m.isfile()}
     where = f"{path}:{desc.name.removeprefix('./')}"

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from rehost.disks import DiskImage, open_disk
+from rehost.disks import DiskImage, Extent, open_disk, streams
 from rehost.disks.ova import read as read_export
+from rehost.disks.ovf import OvfError
 from rehost.errors import UsageError
 
 from .images import MASTER_SIZE, make_image, read_through_extents
@@ -263,3 +264,59 @@ def test_refuses_entities_and_garbage(tmp_path: Path) -> None:
         parse(not_tar)
     with pytest.raises(UsageError, match="no such file"):
         parse(tmp_path / "gone.ova")
+
+
+def test_bare_ovf_with_chunks_next_to_it(stream_vmdk: Path) -> None:
+    """ovftool --chunkSize into a folder: ``disk.vmdk.000000000``, ``.000000001``... read in
+    order as one stream; a missing chunk in the middle is refused by name."""
+    folder = stream_vmdk.parent
+    data = stream_vmdk.read_bytes()
+    third = -(-len(data) // 3)
+    for i in range(3):
+        (folder / f"web01-disk1.vmdk.{i:09d}").write_bytes(data[i * third:(i + 1) * third])
+    text = vmware_ovf("web01", [("web01-disk1.vmdk", len(data))]).replace(
+        'ovf:id="file1"', f'ovf:id="file1" ovf:chunkSize="{third}"')
+    ovf = folder / "web01.ovf"
+    ovf.write_text(text)
+    [disk] = read_export(ovf).disks
+    assert (disk.kind, disk.size, disk.label, len(disk.pieces)) == ("packed", MASTER_SIZE, "vmdk+chunks", 3)
+    assert [p.path.name for p in disk.pieces] == [f"web01-disk1.vmdk.{i:09d}" for i in range(3)]
+    assert b"".join(streams.read_stream(disk.pieces, "", "x")) == data
+
+    (folder / "web01-disk1.vmdk.000000001").unlink()
+    with pytest.raises(OvfError, match=r"chunks of 'web01-disk1\.vmdk' have a gap before "
+                                       r"'web01-disk1\.vmdk\.000000002'"):
+        read_export(ovf)
+
+
+def test_gzip_streams(tmp_path: Path) -> None:
+    """Several gzip members read as one stream; a cut or damaged one is a clear error."""
+    import gzip
+
+    data = [bytes(range(256)) * 5000, b"second member" * 1000]
+    f = tmp_path / "x.gz"
+    f.write_bytes(gzip.compress(data[0]) + gzip.compress(data[1]))
+    whole = streams.Piece(f, 0, f.stat().st_size)
+    assert b"".join(streams.read_stream([whole], "gzip", "x")) == b"".join(data)
+    cut = streams.Piece(f, 0, f.stat().st_size // 3)
+    with pytest.raises(OvfError, match="x: the gzip stream is truncated"):
+        b"".join(streams.read_stream([cut], "gzip", "x"))
+    junk = tmp_path / "junk.gz"
+    junk.write_bytes(b"not gzip at all")
+    with pytest.raises(OvfError, match="junk: not a valid gzip stream"):
+        b"".join(streams.read_stream([streams.Piece(junk, 0, 15)], "gzip", "junk"))
+
+
+def test_blank_disk_reads_as_zeros() -> None:
+    disk = streams.ZeroDisk(3 << 20)
+    assert list(disk.extents()) == [Extent(0, 3 << 20, zero=True)]
+    buf = bytearray(b"x" * 4096)
+    assert disk.readinto(1 << 20, buf) == 4096 and buf == bytes(4096)
+
+
+def test_cut_gzip_header_is_not_an_ova(tmp_path: Path) -> None:
+    """Found by the fuzzer: tarfile.is_tarfile let EOFError out of a cut gzip header."""
+    bad = tmp_path / "cut.ova"
+    bad.write_bytes(b"\x1f\x8b\x00\x0d\x08\x89")
+    with pytest.raises(OvfError, match=r"cut\.ova: not an OVA \(not a tar archive\)"):
+        read_export(bad)

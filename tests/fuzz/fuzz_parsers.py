@@ -4,10 +4,11 @@ The parsers read untrusted descriptors; the only exception they may raise is the
 error (``OvfError``/``VmxError``, both ``UsageError``s). Anything else, a hang or a crash is a
 finding: libFuzzer prints the input and exits non-zero.
 
-Each input is one of four things, by its first byte:
+Each input is one of five things, by its first byte:
 - 0: raw bytes for the OVF parser;
 - 1: raw bytes for the VMX parser;
 - 3: raw bytes as an ``.ova`` file (the tar reader and the descriptor it finds);
+- 4: raw bytes as a gzip-compressed disk stream, in two pieces (a chunked file);
 - 2: a real descriptor (from ``tests/disks/real_ovf``) with the value of one attribute or
   element that matters (capacities and their units, chunk sizes, compression, startup order,
   host resources, quantities) replaced by fuzzed text: mutating whole XML rarely gets past the
@@ -27,7 +28,7 @@ from pathlib import Path
 import atheris
 
 with atheris.instrument_imports():
-    from rehost.disks import ova, ovf, vmx
+    from rehost.disks import ova, ovf, streams, vmx
 
 REAL = Path(__file__).resolve().parent.parent / "disks" / "real_ovf"
 SEEDS = [p.read_bytes() for p in sorted((REAL / "ovf").glob("*.ovf")) if p.stat().st_size < 64 << 10]
@@ -45,7 +46,7 @@ OVA = Path(tempfile.mkdtemp(prefix="rehost-fuzz-")) / "fuzz.ova"
 def one_input(data: bytes) -> None:
     if not data:
         return
-    mode, rest = data[0] % 4, data[1:]
+    mode, rest = data[0] % 5, data[1:]
     try:
         if mode == 0:
             ovf.parse_descriptor(rest, "fuzz.ovf")
@@ -54,6 +55,12 @@ def one_input(data: bytes) -> None:
         elif mode == 3:
             OVA.write_bytes(rest)
             ova.envelope(OVA)
+        elif mode == 4:
+            OVA.write_bytes(rest)
+            half = len(rest) // 2
+            pieces = [streams.Piece(OVA, 0, half), streams.Piece(OVA, half, len(rest) - half)]
+            for _ in streams.read_stream(pieces, "gzip", "fuzz.vmdk.gz"):
+                pass
         else:
             ovf.parse_descriptor(_splice(rest), "fuzz-spliced.ovf")
     except (ovf.OvfError, vmx.VmxError):

@@ -3,6 +3,7 @@ error, no hang, no crash. Seeded with the real descriptors of tests/disks/real_o
 
 from __future__ import annotations
 
+import gzip
 import io
 import re
 import subprocess
@@ -30,6 +31,7 @@ def seed_corpus(folder: Path) -> Path:
     for i, p in enumerate(sorted(REAL.parent.glob("*.ova"))):
         (folder / f"ova-{i}").write_bytes(b"\x03" + p.read_bytes())
     (folder / "ova-tiny").write_bytes(b"\x03" + tiny_ova())
+    (folder / "gzip").write_bytes(b"\x04" + gzip.compress(b"KDMV" + bytes(600)) + gzip.compress(b"x"))
     for i in range(16):  # splices of real descriptors: seed, target and value picked by the bytes
         (folder / f"splice-{i}").write_bytes(bytes([2, i * 16, i * 7, i % 2, 5]) + b"2^99999")
     return folder
