@@ -48,8 +48,8 @@ def disk_file(vmx_path: Path, disk: vmx.VmxDisk) -> Path:
     """Where ``disk``'s VMDK is in the copied folder; a VmxError naming it if nowhere."""
     folder = vmx_path.absolute().parent
     name = PurePosixPath(disk.file.replace("\\", "/"))
-    if name.is_absolute() or ":" in disk.file:
-        candidate = folder / name.name  # the datastore path no longer exists here
+    if name.is_absolute() or ":" in disk.file or disk.file.startswith("["):
+        candidate = folder / name.name  # a datastore path ("/vmfs/volumes/..", "[ds] vm/x.vmdk")
     elif ".." in name.parts:
         raise VmxError(f"{vmx_path}: disk {disk.slot} refers to {disk.file!r} outside the VM's folder")
     else:
