@@ -43,8 +43,8 @@ class ImageConfig:
         "argument": True,
     })
     vm: str | None = field(default=None, metadata={
-        "help": "For a vApp (an OVA/OVF of several VMs): the VM to import, by its id (default: "
-                "the only one; rehost source add-image imports each VM of a vApp as NAME-VM)."})
+        "help": "For a vApp (an OVA/OVF of several VMs): import only this VM, by its id (default: "
+                "every VM of the vApp, each as its own machine NAME-VM)."})
 
     def __post_init__(self) -> None:
         if not self.paths:

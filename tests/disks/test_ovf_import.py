@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from rehost.vault import inventory
+from rehost.vault.vault import Vault
 from tests.cli_helpers import qemu_img_compare, rehost
 from tests.disks.images import MiB, make_image, make_master
 from tests.disks.test_ovf import build_ova, vmware_ovf
@@ -61,6 +63,14 @@ def test_vapp_imports_every_vm_with_its_startup_order(tmp_path: Path, vault: Pat
     assert "1: app-vm-b2 (+22 s); 2: app-vm-b1 (+42 s)" in said.replace("\n", " ")
     names = sorted(m["name"] for m in rehost(vault, "machines", "--json").json())
     assert names == ["app-vm-b1", "app-vm-b2"]
+    v = Vault.open(vault)  # where a recovery plan reads the vApp's order: the source's settings
+    try:
+        starts = {n: inventory.spec_of(inventory.get_machine(v, n)).settings["startup"] for n in names}
+    finally:
+        v.close()
+    assert starts["app-vm-b2"] == {"vapp": "vApp-BootOrder", "order": [1], "start_delay": 22,
+                                   "stop_delay": 62, "start_action": "powerOn", "stop_action": "suspend"}
+    assert (starts["app-vm-b1"]["order"], starts["app-vm-b1"]["start_delay"]) == ([2], 42)
     for name, master in (("app-vm-b1", m1), ("app-vm-b2", m2)):
         rehost(vault, "replicate", name)
         assert exported_equal(vault, name, master, tmp_path)
