@@ -30,6 +30,8 @@ from rehost.errors import UsageError
 MAX_DESCRIPTOR = 4 << 20
 #: vApps nest; deeper than this is no export a VMware product writes
 MAX_NESTING = 16
+#: VMware's largest virtual disk is 62 TiB; a capacity beyond this is a broken descriptor
+MAX_CAPACITY = 64 << 40
 
 #: rasd:ResourceType of a disk drive item in the VirtualHardwareSection.
 _DISK_DRIVE = "17"
@@ -266,7 +268,8 @@ def _disk(element: ET.Element, files: dict[str, OvfFile], props: dict[str, str],
             raise OvfError(f"{where}: disk {disk_id!r} refers to unknown file {file_ref!r}")
     elif capacity is None:
         raise OvfError(f"{where}: blank disk {disk_id!r} has no usable capacity "
-                       f"({_attr(element, 'capacity')!r} {_attr(element, 'capacityAllocationUnits')!r})")
+                       f"({_attr(element, 'capacity')!r} {_attr(element, 'capacityAllocationUnits')!r}; "
+                       "1 byte to 64 TiB)")
     href = file.href if file else ""
     return OvfDisk(disk_id, capacity, file, _format(_attr(element, "format"), href))
 
@@ -285,7 +288,7 @@ def _capacity(disk: ET.Element, props: dict[str, str]) -> int | None:
         raw = props.get(m[1], "")
     count = _int(raw)
     unit = _unit_bytes(_attr(disk, "capacityAllocationUnits") or "byte")
-    if count is None or unit is None or count * unit <= 0:
+    if count is None or unit is None or not 0 < count * unit <= MAX_CAPACITY:
         return None
     return count * unit
 

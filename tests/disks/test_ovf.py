@@ -320,3 +320,16 @@ def test_cut_gzip_header_is_not_an_ova(tmp_path: Path) -> None:
     bad.write_bytes(b"\x1f\x8b\x00\x0d\x08\x89")
     with pytest.raises(OvfError, match=r"cut\.ova: not an OVA \(not a tar archive\)"):
         read_export(bad)
+
+
+@pytest.mark.parametrize("capacity, units", [("0", "byte"), ("99999999", "byte * 2^30"),
+                                             ("${nowhere}", "byte"), ("12", "byte * 2^61"),
+                                             ("１２", "byte")])
+def test_blank_disk_without_a_usable_capacity_is_refused(tmp_path: Path, capacity: str, units: str) -> None:
+    text = (Path(__file__).parent / "real_ovf" / "ovf" / "disk-no-file.ovf").read_text().replace(
+        'ovf:capacity="256"', f'ovf:capacity="{capacity}"').replace(
+        'ovf:capacityAllocationUnits="byte * 2^20"', f'ovf:capacityAllocationUnits="{units}"')
+    ovf = tmp_path / "blank.ovf"
+    ovf.write_text(text)
+    with pytest.raises(OvfError, match=r"blank disk 'vmdisk1' has no usable capacity .*1 byte to 64 TiB"):
+        read_export(ovf)
