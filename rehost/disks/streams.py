@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rehost.disks.extent import Extent
-from rehost.disks.ovf import OvfError
+from rehost.disks.ovf import MAX_CAPACITY, OvfError
 
 #: read and write in pieces of this size
 _BLOCK = 1 << 20
@@ -98,7 +98,7 @@ def virtual_size(pieces: Sequence[Piece], compression: str, capacity: int | None
             break
     if head[:4] == _VMDK_MAGIC and len(head) >= 20:
         sectors = struct.unpack_from("<Q", head, 12)[0]
-        if 0 < sectors < 1 << 50:
+        if 0 < sectors * 512 <= MAX_CAPACITY:
             return int(sectors) * 512
     if capacity:
         return capacity
