@@ -14,19 +14,16 @@ metadata store: page blobs do not work with the SQL one.
 
 from __future__ import annotations
 
-import atexit
 import os
 import shutil
 import signal
 import socket
-import subprocess
-import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
 
 from rehost.errors import RehostError
 from rehost.process import free_port
+from rehost.testkit.service import ServerProcess
 
 VERSION = "3.35.0"
 DEFAULT_DIR = Path("/opt/rehost-test/azurite")
@@ -51,15 +48,16 @@ def azurite_bin() -> Path | None:
     return Path(found) if found else None
 
 
-class Azurite:
+class Azurite(ServerProcess):
     """One Azurite blob service on a free loopback port; ``with Azurite() as az: ...``."""
 
+    log_name = "azurite.log"
+    stop_signal = signal.SIGINT  # its own clean stop; it ignores SIGTERM a while
+    stop_wait = 3.0
+
     def __init__(self, folder: Path | None = None, *, start_timeout: float = 30.0) -> None:
-        self._own_folder = folder is None
-        self.folder = folder or Path(tempfile.mkdtemp(prefix="rehost-azurite-"))
-        self.start_timeout = start_timeout
+        super().__init__(folder, prefix="rehost-azurite-", start_timeout=start_timeout)
         self.port = 0
-        self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def account_url(self) -> str:
@@ -76,18 +74,9 @@ class Azurite:
         if exe is None:
             raise AzuriteError(f"azurite {VERSION} is not installed (run scripts/install)")
         self.port = free_port()
-        log = open(self.folder / "azurite.log", "ab")  # noqa: SIM115 - the child keeps it
-        try:
-            self._proc = subprocess.Popen(
-                [str(exe), "--blobHost", "127.0.0.1", "--blobPort", str(self.port),
-                 "--location", str(self.folder), "--skipApiVersionCheck", "--disableTelemetry",
-                 "--loose", "--silent"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        finally:
-            log.close()
-        atexit.register(self.stop)  # a test run that ends without the fixture's teardown
+        self._spawn([str(exe), "--blobHost", "127.0.0.1", "--blobPort", str(self.port),
+                     "--location", str(self.folder), "--skipApiVersionCheck", "--disableTelemetry",
+                     "--loose", "--silent"])
         self._wait_ready()
         return self
 
@@ -109,29 +98,3 @@ class Azurite:
         self.stop()
         raise AzuriteError(f"azurite did not answer within {self.start_timeout:.0f}s: {self._log_tail()}")
 
-    def _log_tail(self) -> str:
-        try:
-            return (self.folder / "azurite.log").read_text(errors="replace")[-2000:]
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        atexit.unregister(self.stop)
-        proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGINT)  # its own clean stop; it ignores SIGTERM a while
-            try:
-                proc.wait(3)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        if self._own_folder:
-            shutil.rmtree(self.folder, ignore_errors=True)
-
-    def __enter__(self) -> Azurite:
-        return self.start()
-
-    def __exit__(
-        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()

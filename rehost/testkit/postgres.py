@@ -20,7 +20,6 @@ role's password is in ``pg.password`` (pass it in ``PGPASSWORD`` or
 
 from __future__ import annotations
 
-import atexit
 import os
 import pwd
 import re
@@ -28,14 +27,13 @@ import secrets
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from rehost.errors import RehostError
 from rehost.process import free_port
+from rehost.testkit.service import ServerProcess
 
 if TYPE_CHECKING:
     import psycopg  # imported when a cluster starts: PostgreSQL is optional
@@ -88,18 +86,20 @@ def missing_reason() -> str | None:
     return None
 
 
-class Postgres:
+class Postgres(ServerProcess):
     """One PostgreSQL cluster on a free loopback port; ``with Postgres() as pg: ...``."""
 
+    log_name = "postgres.log"
+    stop_signal = signal.SIGINT  # "fast" shutdown: roll back, disconnect, exit
+    stop_wait = 10.0
+
     def __init__(self, *, start_timeout: float = 60.0, max_connections: int = 200) -> None:
-        self.start_timeout = start_timeout
+        super().__init__(None, prefix="rehost-pg-", start_timeout=start_timeout)
         self.max_connections = max_connections
-        self.folder = Path(tempfile.mkdtemp(prefix="rehost-pg-"))
         self.port = 0
         self.password = secrets.token_urlsafe(18)
         #: seconds ``start`` took (initdb + server up + role made), for the record
         self.started_in = 0.0
-        self._proc: subprocess.Popen[bytes] | None = None
         self._user: tuple[int, int] | None = None
 
     @property
@@ -149,21 +149,15 @@ class Postgres:
                    f"--pwfile={pwfile}", "--no-sync", "--no-instructions"])
         pwfile.unlink()
         self.port = free_port()
-        log = open(self.folder / "postgres.log", "ab")  # noqa: SIM115 - the child keeps it
-        try:
-            self._proc = subprocess.Popen(
-                [str(bindir / "postgres"), "-D", str(self.data),
-                 "-c", "listen_addresses=127.0.0.1", "-c", f"port={self.port}",
-                 "-c", f"unix_socket_directories={self.socket_dir}",
-                 "-c", f"max_connections={self.max_connections}",
-                 "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
-                 "-c", "log_min_messages=warning", "-c", "log_min_error_statement=panic"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True, env=self._child_env(), **self._as_user(),
-            )
-        finally:
-            log.close()
-        atexit.register(self.stop)  # a test run that ends without the fixture's teardown
+        self._spawn(
+            [str(bindir / "postgres"), "-D", str(self.data),
+             "-c", "listen_addresses=127.0.0.1", "-c", f"port={self.port}",
+             "-c", f"unix_socket_directories={self.socket_dir}",
+             "-c", f"max_connections={self.max_connections}",
+             "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+             "-c", "log_min_messages=warning", "-c", "log_min_error_statement=panic"],
+            env=self._child_env(), **self._as_user(),
+        )
         self._wait_ready()
         from psycopg import sql
 
@@ -233,30 +227,4 @@ class Postgres:
         with self.admin() as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
-    def _log_tail(self) -> str:
-        try:
-            return (self.folder / "postgres.log").read_text(errors="replace")[-2000:]
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        """Stop the server (fast shutdown: clients are cut off) and remove its folder."""
-        atexit.unregister(self.stop)
-        proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGINT)  # "fast" shutdown: roll back, disconnect, exit
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        shutil.rmtree(self.folder, ignore_errors=True)
-
-    def __enter__(self) -> Postgres:
-        return self.start()
-
-    def __exit__(
-        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 

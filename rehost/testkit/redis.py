@@ -9,17 +9,14 @@ the tests start their own.
 
 from __future__ import annotations
 
-import atexit
 import shutil
 import socket
-import subprocess
-import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
 
 from rehost.errors import RehostError
 from rehost.process import free_port
+from rehost.testkit.service import ServerProcess
 
 
 class RedisError(RehostError):
@@ -34,15 +31,15 @@ def redis_bin() -> Path | None:
     return Path(found) if found else None
 
 
-class RedisServer:
+class RedisServer(ServerProcess):
     """``with RedisServer() as r: r.url`` -> ``redis://127.0.0.1:PORT/0``."""
 
+    log_name = "redis.log"
+    stop_signal = None  # nothing on disk to keep: killed at once
+
     def __init__(self, folder: Path | None = None, *, start_timeout: float = 15.0) -> None:
-        self._own_folder = folder is None
-        self.folder = folder or Path(tempfile.mkdtemp(prefix="rehost-redis-"))
-        self.start_timeout = start_timeout
+        super().__init__(folder, prefix="rehost-redis-", start_timeout=start_timeout)
         self.port = 0
-        self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -54,13 +51,9 @@ class RedisServer:
             raise RedisError("redis-server is not installed (run scripts/install)")
         self.folder.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
-        log = open(self.folder / "redis.log", "ab")  # noqa: SIM115 - the child keeps it
-        self._proc = subprocess.Popen(
+        proc = self._spawn(
             [str(binary), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
-             "--save", "", "--appendonly", "no", "--protected-mode", "yes", "--daemonize", "no"],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
-        atexit.register(self.stop)
+             "--save", "", "--appendonly", "no", "--protected-mode", "yes", "--daemonize", "no"])
         deadline = time.monotonic() + self.start_timeout
         while True:
             try:
@@ -70,23 +63,9 @@ class RedisServer:
                         return self
             except OSError:
                 pass
-            if self._proc.poll() is not None or time.monotonic() > deadline:
-                tail = (self.folder / "redis.log").read_text(errors="replace")[-400:]
+            if proc.poll() is not None or time.monotonic() > deadline:
+                tail = self._log_tail(400)
                 self.stop()
                 raise RedisError(f"redis-server did not start on port {self.port}: {tail}")
             time.sleep(0.05)
 
-    def stop(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.kill()
-            self._proc.wait(10)
-        self._proc = None
-        if self._own_folder:
-            shutil.rmtree(self.folder, ignore_errors=True)
-
-    def __enter__(self) -> RedisServer:
-        return self.start()
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()

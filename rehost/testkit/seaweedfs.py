@@ -20,23 +20,20 @@ those named after our ports.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import json
 import os
 import secrets
 import shutil
 import signal
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from rehost.errors import RehostError
 from rehost.process import free_port
+from rehost.testkit.service import ServerProcess
 
 #: The region the client signs with (SeaweedFS accepts any).
 REGION = "us-east-1"
@@ -65,22 +62,21 @@ def weed_bin() -> Path | None:
     return Path(found) if found else None
 
 
-class SeaweedFS:
+class SeaweedFS(ServerProcess):
     """One SeaweedFS S3 server on free loopback ports; ``with SeaweedFS() as s3: ...``.
 
     ``access_key``/``secret_key`` are the only credentials it accepts; give them to clients
     through ``env`` (the ``s3:`` backend reads credentials from the environment only).
     """
 
+    log_name = "weed.log"
+
     def __init__(self, folder: Path | None = None, *, start_timeout: float = 30.0) -> None:
-        self._own_folder = folder is None
-        self.folder = folder or Path(tempfile.mkdtemp(prefix="rehost-seaweedfs-"))
-        self.start_timeout = start_timeout
+        super().__init__(folder, prefix="rehost-seaweedfs-", start_timeout=start_timeout)
         self.access_key = "rehost" + secrets.token_hex(6)
         self.secret_key = secrets.token_urlsafe(30)
         self.ports: dict[str, int] = {}
         self.start_seconds = 0.0  # how long the last start took, for the curious
-        self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def endpoint(self) -> str:
@@ -114,16 +110,7 @@ class SeaweedFS:
             "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false", "-admin.ui=false",
             "-master.telemetry=false",
         ]
-        log = open(self.folder / "weed.log", "ab")  # noqa: SIM115 - the child keeps it
-        try:
-            self._proc = subprocess.Popen(
-                args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                cwd=self.folder, env={**os.environ, "TMPDIR": str(self.folder)},
-                start_new_session=True,
-            )
-        finally:
-            log.close()
-        atexit.register(self.stop)  # a test run that ends without the fixture's teardown
+        self._spawn(args, cwd=self.folder, env={**os.environ, "TMPDIR": str(self.folder)})
         self._wait_ready()
         self.start_seconds = time.monotonic() - t0
         return self
@@ -179,36 +166,12 @@ class SeaweedFS:
             f"seaweedfs did not take a write within {self.start_timeout:.0f}s ({last}): {self._log_tail()}"
         )
 
-    def _log_tail(self) -> str:
-        try:
-            return (self.folder / "weed.log").read_text(errors="replace")[-2000:]
-        except OSError:
-            return ""
-
     def stop(self) -> None:
         """Kill it. A throw-away folder needs no clean shutdown (which costs ~2 s); a folder
         the caller gave gets SIGTERM first so its data survives for the next start."""
-        atexit.unregister(self.stop)
-        proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            if not self._own_folder:
-                os.killpg(proc.pid, signal.SIGTERM)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(10)
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        self._end(None if self._own_folder else signal.SIGTERM, 10.0)
         for port in self.ports.values():  # sockets weed leaves in /tmp (see module doc)
             for leftover in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
                 with contextlib.suppress(OSError):
                     leftover.unlink()
-        if self._own_folder:
-            shutil.rmtree(self.folder, ignore_errors=True)
-
-    def __enter__(self) -> SeaweedFS:
-        return self.start()
-
-    def __exit__(
-        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
+        self._remove_folder()

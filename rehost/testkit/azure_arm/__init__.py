@@ -31,22 +31,19 @@ all three ids; ``DIR/endpoint.json`` the URL).
 
 from __future__ import annotations
 
-import atexit
 import json
 import os
-import signal
 import ssl
-import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from rehost.errors import RehostError
 from rehost.process import free_port
+from rehost.testkit.service import ServerProcess
 
 if TYPE_CHECKING:
     from rehost.targets.azure.arm import ArmEndpoints
@@ -61,23 +58,24 @@ class ArmFakeError(RehostError):
     user_error = False
 
 
-class ArmFake:
+class ArmFake(ServerProcess):
     """One Resource Manager fake process; ``with ArmFake(folder, azurite) as fake: ...``.
 
     ``azurite``: a started ``Azurite`` or its account URL (``http://127.0.0.1:P/devstoreaccount1``).
     ``port``: the HTTPS port (default: a free one at each start).
     """
 
+    log_name = "fake.log"
+    stop_wait = 15.0  # its shutdown stops every VM
+
     def __init__(self, folder: Path, azurite: Azurite | str, *, port: int = 0, accel: str = "tcg",
                  start_timeout: float = 30.0) -> None:
-        self.folder = Path(folder)
+        super().__init__(Path(folder), prefix="", start_timeout=start_timeout)
         self.azurite_url = azurite if isinstance(azurite, str) else azurite.account_url
         self.accel = accel
-        self.start_timeout = start_timeout
         #: 0: a free port at each start; a restart on the same port keeps clients' cached tokens valid
         self.want_port = port
         self.port = 0
-        self._proc: subprocess.Popen[bytes] | None = None
         self._ssl: ssl.SSLContext | None = None
 
     # -- where and who ---------------------------------------------------------------------------
@@ -123,17 +121,9 @@ class ArmFake:
         self.folder.mkdir(parents=True, exist_ok=True)
         self._principal()
         self.port = self.want_port or free_port()
-        log = open(self.folder / "fake.log", "ab")  # noqa: SIM115 - the child keeps it
-        try:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-m", "rehost.testkit.azure_arm", "serve", "--folder", str(self.folder),
-                 "--azurite-url", self.azurite_url, "--port", str(self.port), "--accel", self.accel],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-        finally:
-            log.close()
-        atexit.register(self.stop)
+        self._spawn([sys.executable, "-m", "rehost.testkit.azure_arm", "serve", "--folder", str(self.folder),
+                     "--azurite-url", self.azurite_url, "--port", str(self.port), "--accel", self.accel],
+                    env={**os.environ, "PYTHONUNBUFFERED": "1"})
         self._wait_ready()
         return self
 
@@ -160,35 +150,14 @@ class ArmFake:
         raise ArmFakeError(f"the Resource Manager fake did not answer within {self.start_timeout:.0f}s: "
                            f"{self._log_tail()}")
 
-    def _log_tail(self) -> str:
-        try:
-            return (self.folder / "fake.log").read_text(errors="replace")[-2000:]
-        except OSError:
-            return ""
-
     def stop(self) -> None:
-        """Stop the server (its shutdown stops every VM) and any QEMU it left behind."""
+        """Stop the server (its shutdown stops every VM) and any QEMU it left behind; the
+        folder stays (it is the caller's: a restart finds the fake's state there)."""
         from rehost.testkit.azure_arm.vm import kill_pid, qemu_pids
 
-        atexit.unregister(self.stop)
-        proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        self._end(self.stop_signal, self.stop_wait)
         for pid in qemu_pids(self.folder):
             kill_pid(pid)
-
-    def __enter__(self) -> ArmFake:
-        return self.start()
-
-    def __exit__(
-        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     # -- control -----------------------------------------------------------------------------------
 
