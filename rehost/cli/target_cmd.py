@@ -57,7 +57,8 @@ def add_local(
     name: str,
     path: Path = typer.Option(..., help="Folder where failed-over machines and their disks live."),
     accel: str = typer.Option("tcg", help="tcg (software emulation) or kvm (where /dev/kvm works)."),
-    memory_mib: int = typer.Option(256, help="Memory of each machine, MiB."),
+    memory_mib: int = typer.Option(
+        256, help="The most memory a machine gets here, MiB: its source's memory up to this."),
 ) -> None:
     """Register this host's QEMU as a failover target (same as: rehost target add local)."""
     with open_vault(ctx) as vault:

@@ -55,6 +55,18 @@ _NIC: dict[str, list[str]] = {
     "isolated": ["-nic", "user,restrict=on,model=virtio-net-pci"],
     "none": ["-nic", "none"],
 }
+_MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}", re.IGNORECASE)
+
+
+def _nics(network: str, macs: list[str]) -> list[str]:
+    """QEMU's NICs on ``network``: one per NIC of the machine, with its MAC (one without a
+    MAC when the spec has none); ``none``: no NIC."""
+    base = _NIC[network]
+    if network == "none" or not macs:
+        return base
+    return [arg for mac in macs for arg in (base[0], f"{base[1]},mac={mac.lower()}")]
+
+
 CAPABILITIES = Capabilities(boots_from_nbd=True, test_network="isolated", verdict="serial-console")
 
 
@@ -65,7 +77,8 @@ class LocalSettings:
     path: Path = field(metadata={"help": "Folder where failed-over machines and their disks live."})
     accel: str = field(default="tcg", metadata={
         "help": "tcg (software emulation) or kvm (where /dev/kvm works)."})
-    memory_mib: int = field(default=256, metadata={"help": "Memory of each machine, MiB."})
+    memory_mib: int = field(default=256, metadata={
+        "help": "The most memory a machine gets here, MiB: its source's memory up to this."})
     qemu_binary: str = field(default="qemu-system-x86_64", metadata={
         "help": "The QEMU to run machines with."})
     min_free_bytes: int = field(default=1 * GiB, metadata={
@@ -189,10 +202,13 @@ class LocalTarget:
                     raise DiskError(f"cannot create disk {disk.index} of {vm}: {r.stderr.strip()}")
                 os.replace(tmp, path)
             paths.append(path)
-        # the machine's CPUs come from its spec; memory from the target's setting (a test host
-        # rarely has the source's); firmware is recorded: BIOS only here (no OVMF wiring yet)
+        # the machine's CPUs, memory and MACs come from its spec, within what this host has and
+        # allows (CPUs up to its cores, memory up to the target's setting); firmware is
+        # recorded: BIOS only here (no OVMF wiring yet)
         self._write_meta(vm, {"disks": [str(p) for p in paths], "machine": spec.name,
                               "cpus": max(1, min(spec.cpus, os.cpu_count() or 1)),
+                              "memory_mib": max(64, min(spec.memory_mib, self.settings.memory_mib)),
+                              "macs": [n.mac for n in spec.nics if _MAC.fullmatch(n.mac)],
                               "firmware": spec.firmware.value})
         return self.describe(vm)
 
@@ -242,9 +258,10 @@ class LocalTarget:
         for sock in ("qmp.sock", "serial.sock"):
             with contextlib.suppress(FileNotFoundError):
                 (rt / sock).unlink()
+        meta = self._meta(vm)
         cmd = [
-            s.qemu_binary, "-name", vm, "-accel", s.accel, "-machine", "pc", "-m", str(s.memory_mib),
-            "-smp", str(self._meta(vm).get("cpus", 1)),
+            s.qemu_binary, "-name", vm, "-accel", s.accel, "-machine", "pc",
+            "-m", str(meta.get("memory_mib", s.memory_mib)), "-smp", str(meta.get("cpus", 1)),
             "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
             "-daemonize", "-pidfile", str(d / "qemu.pid"),
             "-chardev", f"socket,id=serial0,path={rt / 'serial.sock'},server=on,wait=off,"
@@ -256,7 +273,7 @@ class LocalTarget:
             cmd += ["-blockdev", f"driver=qcow2,node-name=disk{i},file.driver=file,"
                     f"file.filename={_opt(path)}",
                     "-device", f"virtio-blk-pci,drive=disk{i}" + (",bootindex=0" if i == 0 else "")]
-        cmd += _NIC[network]
+        cmd += _nics(network, meta.get("macs") or [])
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
         if r.returncode != 0:
             raise DiskError(f"QEMU could not start {vm}: {r.stderr.strip() or r.stdout.strip()}")

@@ -90,6 +90,7 @@ BASE_MODULES: tuple[str, ...] = (
     "ext4",
     "button",
     "evdev",
+    "virtio_net",  # the NICs' MACs on REHOST-MACHINE: what a target gave the machine
 )
 
 _MARKER_RE = re.compile(r"[!-~]{1,200}")
@@ -396,6 +397,28 @@ fi
 [ -f /mnt/rehost-marker ] || fail "no /rehost-marker on $root"
 marker="$(cat /mnt/rehost-marker)"
 dmesg -n 1
+# the machine as the guest sees it, so a test can hold a target to the machine's spec: CPUs
+# online, RAM in MiB (the SMBIOS memory devices, type 17: what the hypervisor says it gave;
+# without them the firmware's "System RAM" ranges, a few hundred KiB short), and each MAC
+cpus=$(grep -c '^processor' /proc/cpuinfo)
+mib=0
+for e in /sys/firmware/dmi/entries/17-*; do
+    size=$(od -An -tu2 -j12 -N2 "$e/raw" 2>/dev/null | tr -d ' ')
+    [ -n "$size" ] && [ "$size" -lt 32767 ] && mib=$((mib + size))
+done
+if [ "$mib" = 0 ]; then
+    ram=0
+    for e in /sys/firmware/memmap/*; do
+        [ "$(cat "$e/type" 2>/dev/null)" = "System RAM" ] || continue
+        ram=$((ram + $(cat "$e/end") - $(cat "$e/start") + 1))
+    done
+    mib=$(( (ram + 1048575) / 1048576 ))
+fi
+macs=""
+for n in /sys/class/net/*; do
+    [ "${n##*/}" = lo ] || macs="$macs${macs:+,}$(cat "$n/address")"
+done
+echo "REHOST-MACHINE cpus=$cpus memory_mib=$mib macs=${macs:-none}"
 echo "REHOST-BOOT-OK marker=$marker"
 
 if [ "$stay" != 1 ]; then

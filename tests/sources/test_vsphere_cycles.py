@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -174,7 +175,8 @@ def test_failover_shuts_the_vm_down_then_boots_the_final_point(
         pytest.skip("qemu-system-x86_64 is not installed (run scripts/install)")
     vault = tmp_path / "v"
     _register(vault, vcsim, vsphere_vm)
-    rehost(vault, "target", "add-local", "here", "--path", str(tmp_path / "target"))
+    # up to 512 MiB per machine here: the VM's own 256 MiB is what it must get
+    rehost(vault, "target", "add-local", "here", "--path", str(tmp_path / "target"), "--memory-mib", "512")
     rehost(vault, "replicate", "web", "--target", "here", env=ENV)
     _write(vsphere_vm.flat, [(40 << 20, 4096)], seed=4)  # written after the last cycle
 
@@ -185,6 +187,12 @@ def test_failover_shuts_the_vm_down_then_boots_the_final_point(
     assert "shut down through VMware Tools" in steps["shutdown_source"]["detail"]
     assert steps["final_sync"]["state"] == "succeeded", steps["final_sync"]
     assert "REHOST-BOOT-OK" in steps["verify_boot"]["detail"], steps["verify_boot"]
+    # the guest reports the machine it runs on: the VM's CPUs, memory and MAC (its spec on
+    # vSphere: 2 CPUs, 256 MiB, one NIC), not the local target's defaults
+    console = (tmp_path / "target" / "web" / "console.log").read_text(errors="replace")
+    seen = re.search(r"REHOST-MACHINE cpus=(\d+) memory_mib=(\d+) macs=(\S+)", console)
+    assert seen, console[-2000:]
+    assert (int(seen[1]), int(seen[2]), seen[3]) == (2, 256, vsphere_vm.mac.lower()), seen[0]
     # the VM is off on vSphere, no snapshot is left, and the final point holds the late write
     from tests.sources.conftest import power_state
 
