@@ -35,11 +35,14 @@ class ServerProcess:
     def start(self) -> Self:
         raise NotImplementedError
 
-    def _spawn(self, args: list[str], **popen: Any) -> subprocess.Popen[bytes]:
+    def _spawn(self, args: list[str], *, stdout_pipe: bool = False, **popen: Any) -> subprocess.Popen[bytes]:
+        """Start the server; its output goes to the log (``stdout_pipe``: stdout to the
+        caller, for a server that says on it when it is ready)."""
         self.folder.mkdir(parents=True, exist_ok=True)
         log = open(self.folder / self.log_name, "ab")  # noqa: SIM115 - the child keeps it
         try:
-            self._proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
+            self._proc = subprocess.Popen(args, stdout=subprocess.PIPE if stdout_pipe else log,
+                                          stderr=log if stdout_pipe else subprocess.STDOUT,
                                           stdin=subprocess.DEVNULL, start_new_session=True, **popen)
         finally:
             log.close()
@@ -65,6 +68,8 @@ class ServerProcess:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
 
     def _remove_folder(self) -> None:
         if self._own_folder:

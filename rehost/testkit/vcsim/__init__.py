@@ -16,23 +16,21 @@ reading an unset property (``vm.snapshot`` with none) breaks the connection; wai
 
 from __future__ import annotations
 
-import atexit
 import hashlib
 import json
 import os
 import select
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
 from rehost.errors import RehostError
+from rehost.testkit.service import ServerProcess
 
 MAIN_GO = Path(__file__).with_name("main.go")
 DEFAULT_DIR = Path("/opt/rehost-test/vcsim")
@@ -87,20 +85,20 @@ class Datastore:
     folder: Path
 
 
-class Vcsim:
+class Vcsim(ServerProcess):
     """One simulated vCenter on a free loopback port; ``with Vcsim() as vc: ...``.
 
     ``url`` is its SOAP endpoint (``http://127.0.0.1:PORT/sdk``); it accepts any user and
     password. ``datastores`` maps each datastore's name to its local folder.
     """
 
+    log_name = "vcsim.log"  # main.go removes its datastore folders on SIGTERM
+
     def __init__(self, *, vms: int = 1, start_timeout: float = 30.0) -> None:
+        super().__init__(None, prefix="rehost-vcsim-", start_timeout=start_timeout)
         self.vms = vms
-        self.start_timeout = start_timeout
         self.url = ""
         self.datastores: dict[str, Datastore] = {}
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log = Path(tempfile.mkstemp(prefix="rehost-vcsim-", suffix=".log")[1])
 
     @property
     def address(self) -> tuple[str, int]:
@@ -109,11 +107,7 @@ class Vcsim:
 
     def start(self) -> Vcsim:
         binary = build()
-        with open(self._log, "ab") as log:
-            self._proc = subprocess.Popen(
-                [str(binary), "-l", "127.0.0.1:0", "-vm", str(self.vms)],
-                stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
-        atexit.register(self.stop)
+        self._spawn([str(binary), "-l", "127.0.0.1:0", "-vm", str(self.vms)], stdout_pipe=True)
         ready = self._ready_line()
         self.url = str(ready["url"])
         self.datastores = {name: Datastore(name, Path(folder))
@@ -137,32 +131,4 @@ class Vcsim:
             elif self._proc.poll() is not None:
                 break
         self.stop()
-        raise VcsimError(f"vcsim did not print its ready line: {self.log_tail()}")
-
-    def log_tail(self) -> str:
-        try:
-            return self._log.read_text(errors="replace")[-2000:]
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        atexit.unregister(self.stop)
-        proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)  # main.go removes its datastore folders
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        if proc is not None and proc.stdout is not None:
-            proc.stdout.close()
-        self._log.unlink(missing_ok=True)
-
-    def __enter__(self) -> Vcsim:
-        return self.start()
-
-    def __exit__(
-        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
+        raise VcsimError(f"vcsim did not print its ready line: {self._log_tail()}")
