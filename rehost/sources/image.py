@@ -205,7 +205,7 @@ class ImageSource:
         """The packed disk as a file QEMU can open: unpacked once into the cache."""
         cache = self.cache_dir or Path(
             stack.enter_context(tempfile.TemporaryDirectory(prefix="rehost-unpack-")))
-        prefix = f"{machine.id or member_name('m', machine.name)}-{index}-"
+        prefix = f"{_cache_prefix(machine)}{index}-"
         dest = cache / f"{prefix}{streams.cache_key(disk.pieces, disk.compression)}.{disk.format}"
         if not dest.exists():
             log.info("unpacking %s (%s) of %s into %s", disk.href, disk.label, path, dest)
@@ -227,7 +227,17 @@ class ImageSource:
         return None
 
     def stop_tracking(self, machine: MachineSpec) -> str | None:
-        return None
+        """Replication has ended: the unpacked copies of the machine's export disks go."""
+        if self.cache_dir is None or not self.cache_dir.is_dir():
+            return None
+        copies = list(self.cache_dir.glob(f"{_cache_prefix(machine)}*"))
+        for copy in copies:
+            copy.unlink(missing_ok=True)
+        return f"{len(copies)} unpacked export disk(s) removed from the cache" if copies else None
+
+
+def _cache_prefix(machine: MachineSpec) -> str:
+    return f"{machine.id or member_name('m', machine.name)}-"
 
 
 def _export_path(machine: MachineSpec) -> Path | None:

@@ -121,6 +121,19 @@ def test_gzip_compressed_disk(tmp_path: Path, vault: Path, bare: bool) -> None:
     assert again["changed_bytes"] == 0
     assert len(list((vault / "cache" / "images").iterdir())) == 1
 
+    # replication ends (what `complete` asks of the source): the unpacked copy goes
+    from rehost.vault.inventory import get_machine, provider_for, spec_of
+    from rehost.vault.vault import Vault
+
+    v = Vault.open(vault)
+    try:
+        machine = get_machine(v, "comp001")
+        note = provider_for(machine, v).stop_tracking(spec_of(machine))
+    finally:
+        v.close()
+    assert note == "1 unpacked export disk(s) removed from the cache"
+    assert list((vault / "cache" / "images").iterdir()) == []
+
 
 def test_chunked_disk(tmp_path: Path, vault: Path) -> None:
     """vCenter's nostalgia-chunkdisk.ovf: ``Nostalgia-disk1.vmdk`` split into chunks."""
