@@ -50,7 +50,7 @@ def list_sources(vault: VaultDep, _: Reader) -> list[dict[str, Any]]:
 @router.post("/sources/image", response_model=schemas.MachineOut, status_code=201, tags=["infrastructure"])
 def add_image_source(body: schemas.AddImageSourceIn, vault: VaultDep, _: Admin) -> dict[str, Any]:
     """Register a machine made of disk image files on the rehost server (or one OVA/OVF)."""
-    m = inventory.add_image_source(vault, body.name, [Path(p) for p in body.paths])
+    m = inventory.add_image_source(vault, body.name, [Path(p) for p in body.paths], vm=body.vm)
     return views.machine_detail(vault, m.name)
 
 

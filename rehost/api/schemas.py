@@ -127,6 +127,8 @@ class PointOut(BaseModel):
 class AddImageSourceIn(_In):
     name: Name | None = Field(None, description="Machine name; omitted: the name inside an OVA/OVF")
     paths: list[HostPath] = Field(min_length=1, max_length=64)
+    vm: str | None = Field(None, max_length=200,
+                           description="Of a vApp (an OVA/OVF of several VMs): the VM to import")
 
 
 class AddPhysicalSourceIn(_In):

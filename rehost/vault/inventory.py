@@ -90,9 +90,12 @@ def _disk_rows(spec: MachineSpec) -> list[DiskRow]:
                     size=d.size) for d in spec.disks]
 
 
-def add_image_source(vault: Vault, name: str | None, paths: Sequence[Path]) -> MachineRow:
-    """Register a machine made of image files (or an OVA/OVF) as a source of its own."""
-    return add_source(vault, "image", name or "", {"paths": [str(p) for p in paths]}).machine
+def add_image_source(vault: Vault, name: str | None, paths: Sequence[Path],
+                     vm: str | None = None) -> MachineRow:
+    """Register a machine made of image files (or an OVA/OVF, or one ``vm`` of a vApp) as a
+    source of its own."""
+    options: dict[str, Any] = {"paths": [str(p) for p in paths], **({"vm": vm} if vm else {})}
+    return add_source(vault, "image", name or "", options).machine
 
 
 def spec_json(spec: MachineSpec) -> dict[str, Any]:

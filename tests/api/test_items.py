@@ -129,3 +129,19 @@ def test_add_physical_source_gives_the_passphrase_once(portal: Portal) -> None:
     r = portal.post("/sources/physical", {"name": "srv2", "expires": "30d"}, role="admin")
     assert r.status_code == 400 and "between 1 minute and 7 days" in r.json()["error"]
     assert portal.get("/machines/srv2").status_code == 404  # refused: nothing registered
+
+
+def test_one_vm_of_a_vapp_through_the_api(portal: Portal, tmp_path: Path) -> None:
+    """A vApp (vCenter's MultiVmVapps.ovf): without ``vm`` refused with the choice, with it
+    the one VM is registered, its disk as the export holds it."""
+    from tests.disks.test_ovf_import import disk, real_ova
+
+    _, d1 = disk(tmp_path, "d1.vmdk", 1)
+    _, d2 = disk(tmp_path, "d2.vmdk", 2)
+    ova = real_ova(tmp_path / "multi.ova", "MultiVmVapps.ovf",
+                   {"MultiVmVapps-disk1.vmdk": d1, "MultiVmVapps-disk2.vmdk": d2})
+    r = portal.post("/sources/image", {"paths": [str(ova)]}, role="admin")
+    assert r.status_code == 400 and "testVm2" in r.json()["error"], r.text
+    r = portal.post("/sources/image", {"paths": [str(ova)], "vm": "testVm2"}, role="admin")
+    assert r.status_code == 201, r.text
+    assert r.json()["name"] == "testVm2" and r.json()["disks"][0]["size"] == 16 << 20
