@@ -19,9 +19,9 @@ import rehost
 from rehost.api import errors, metrics, routes_infra, routes_items, routes_jobs, schemas
 from rehost.api.background import JobLauncher
 from rehost.api.deps import VaultPool
-from rehost.vault import failover
+from rehost.vault import failover, plan_jobs
 
-_ = failover  # importing it registers the job plans the API runs
+_ = failover, plan_jobs  # importing them registers the job plans the API runs
 
 #: every operation may answer these, always as {"error": message}
 ERRORS: dict[int | str, dict[str, Any]] = {

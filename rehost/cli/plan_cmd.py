@@ -5,8 +5,10 @@ from __future__ import annotations
 import typer
 
 from rehost.cli.context import emit_json, open_vault, out
-from rehost.errors import UsageError
-from rehost.vault import plans
+from rehost.errors import InvalidState, UsageError
+from rehost.jobs.runner import run_job
+from rehost.jobs.views import job_dict
+from rehost.vault import plan_jobs, plans
 
 plan_app = typer.Typer(
     help="Recovery plans: machines that fail over together, group after group, with actions between.",
@@ -119,3 +121,32 @@ def delete(ctx: typer.Context, name: str) -> None:
     with open_vault(ctx) as vault:
         plans.delete(vault, name)
     out.print(f"deleted plan {name}", highlight=False)
+
+
+@plan_app.command("failover")
+def failover_cmd(
+    ctx: typer.Context,
+    name: str,
+    test: bool = typer.Option(False, "--test", help="Test failover of every machine, group after group."),
+    cleanup: bool = typer.Option(False, "--cleanup", help="Remove the plan's test machines."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Fail the plan's machines over group after group, as one job (only --test and --cleanup
+    for now); `rehost job resume ID` continues it after a crash."""
+    if test == cleanup:
+        raise UsageError("give --test or --cleanup (a real plan failover is not there yet)")
+    kind = plan_jobs.TEST_FAILOVER if test else plan_jobs.TEST_CLEANUP
+    with open_vault(ctx) as vault:
+        job = plan_jobs.start(vault, kind, name)
+        if not as_json:
+            out.print(f"job {job.id}: {kind} of plan {name}", highlight=False, markup=False)
+        job = run_job(vault, job.id)
+        if as_json:
+            emit_json(job_dict(vault, job))
+    if not as_json:
+        for s in job.steps:
+            out.print(f"  {s.state:10} {s.title}", highlight=False, markup=False)
+            for line in (s.detail or "").splitlines():
+                out.print(f"             {line}", highlight=False, markup=False)
+    if job.state != "succeeded":
+        raise InvalidState(f"{kind} of plan {name} {job.state}: {job.error} (rehost job resume {job.id})")

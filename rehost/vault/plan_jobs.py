@@ -1,0 +1,110 @@
+"""Running a recovery plan (issue 15): one plan job whose step per group runs the group's
+pre-actions, one child test-failover job per machine, then its post-actions.
+
+The plan is copied into the job's parameters when the job is made, so a resumed job runs
+the steps it was made with even if the plan changed since. Each child job's id is saved in
+the plan job's outputs before the child runs, so a plan job resumed after a crash continues
+a cut child and leaves a finished one alone: no machine fails over twice. Machines of a group
+run one after the other for now (parallel start is still to do)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from rehost.errors import InvalidState, RehostError
+from rehost.jobs.models import JobRow
+from rehost.jobs.runner import DONE_STATES, Step, StepContext, create_job, get_job, plan, run_job
+from rehost.vault import failover, plans
+from rehost.vault.plan_actions import run_script
+from rehost.vault.vault import Vault
+
+TEST_FAILOVER = "plan-test-failover"
+TEST_CLEANUP = "plan-test-cleanup"
+
+
+class PlanStepFailed(RehostError):
+    """A machine or an action of a group failed; the message names which and why."""
+
+
+def start(vault: Vault, kind: str, name: str) -> JobRow:
+    """Make a plan job from the plan as it is now (refused for an empty plan)."""
+    p = plans.show(vault, name)
+    if not p.machines:
+        raise InvalidState(f"plan {name!r} has no machines: rehost plan add {name} MACHINE --group 1")
+    manual = [a["text"] for g in p.groups for a in g.actions if a["kind"] == "manual"]
+    if manual and kind == TEST_FAILOVER:
+        raise InvalidState(f"plan {name!r} has manual actions ({manual[0]!r}), which plan failover does "
+                           "not run yet: remove them or fail the machines over one by one")
+    return create_job(vault, kind, None, name, {"plan": name, "groups": p.to_json()["groups"]})
+
+
+def _context(ctx: StepContext) -> dict[str, Any]:
+    """What scripts are told: each machine that has a child job so far, with its target,
+    placement and point (from the child job's outputs)."""
+    machines = []
+    for machine, job_id in ctx.outputs.get("children", {}).items():
+        child = get_job(ctx.vault, job_id)
+        machines.append({"name": machine, "job": job_id, "state": child.state,
+                         "target": child.params.get("target"), "vm": child.outputs.get("vm"),
+                         "placement": child.outputs.get("placement"), "point": child.outputs.get("point")})
+    return {"plan": ctx.params["plan"], "machines": machines}
+
+
+def _run_child(ctx: StepContext, machine: str, kind: str) -> str:
+    """Run (or continue, or leave alone when it succeeded) the machine's child job."""
+    children: dict[str, str] = dict(ctx.outputs.get("children", {}))
+    job_id = children.get(machine)
+    if job_id is not None and get_job(ctx.vault, job_id).state in DONE_STATES:
+        return f"{machine}: job {job_id} had already succeeded"
+    if job_id is None:
+        job_id = failover.start_job(ctx.vault, kind, machine).id
+        children[machine] = job_id
+        ctx.save_outputs(children=children)  # before it runs: a resumed plan job finds it
+    child = run_job(ctx.vault, job_id)
+    if child.state != "succeeded":
+        failed = next((s for s in child.steps if s.state == "failed"), None)
+        where = f"at step {failed.title!r}" if failed else f"({child.state})"
+        raise PlanStepFailed(f"machine {machine}: {kind} job {job_id} failed {where}: {child.error}")
+    return f"{machine}: job {job_id} succeeded"
+
+
+def _group_step(group: dict[str, Any], kind: str) -> Callable[[StepContext], str]:
+    def run(ctx: StepContext) -> str:
+        number = int(group["group"])
+        lines: list[str] = []
+
+        def actions(which: str) -> None:
+            for a in group["actions"]:
+                if a["kind"] != which:
+                    continue
+                r = run_script(a["script"], plan=ctx.params["plan"], group=number,
+                               context=_context(ctx), timeout_s=a["timeout_s"])
+                lines.append(f"{which} {a['script']} ({r.seconds:.1f}s):\n{r.output.rstrip()}")
+
+        if kind == TEST_FAILOVER:
+            actions("pre")
+        lines.extend(_run_child(ctx, m, child_kind[kind]) for m in group["machines"])
+        if kind == TEST_FAILOVER:
+            actions("post")
+        return "\n".join(lines)
+
+    return run
+
+
+child_kind = {TEST_FAILOVER: "test-failover", TEST_CLEANUP: "test-cleanup"}
+
+
+@plan(TEST_FAILOVER)
+def _test_failover_plan(vault: Vault, job: JobRow) -> list[Step]:
+    return [Step(f"group_{g['group']}", f"Group {g['group']}: {', '.join(g['machines']) or 'actions'}",
+                 _group_step(g, TEST_FAILOVER))
+            for g in job.params["groups"]]
+
+
+@plan(TEST_CLEANUP)
+def _test_cleanup_plan(vault: Vault, job: JobRow) -> list[Step]:
+    """Cleanup goes the other way: the last group's machines first."""
+    return [Step(f"group_{g['group']}", f"Clean up group {g['group']}", _group_step(g, TEST_CLEANUP))
+            for g in reversed(job.params["groups"])]
+
