@@ -150,3 +150,11 @@ def failover_cmd(
                 out.print(f"             {line}", highlight=False, markup=False)
     if job.state != "succeeded":
         raise InvalidState(f"{kind} of plan {name} {job.state}: {job.error} (rehost job resume {job.id})")
+
+
+@plan_app.command("confirm")
+def confirm(ctx: typer.Context, name: str) -> None:
+    """Confirm the manual action the plan's running job waits for."""
+    with open_vault(ctx) as vault:
+        text = plan_jobs.confirm(vault, name)
+    out.print(f"confirmed: {text}", highlight=False, markup=False)

@@ -1,5 +1,6 @@
 """Running a recovery plan (issue 15): one plan job whose step per group runs the group's
-pre-actions, one child test-failover job per machine, then its post-actions.
+pre-actions, one child test-failover job per machine, then its post-actions and manual
+actions (the job waits until an operator confirms each).
 
 The plan is copied into the job's parameters when the job is made, so a resumed job runs
 the steps it was made with even if the plan changed since. Each child job's id is saved in
@@ -9,8 +10,11 @@ run one after the other for now (parallel start is still to do)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
+
+from sqlalchemy import select
 
 from rehost.errors import InvalidState, RehostError
 from rehost.jobs.models import JobRow
@@ -21,6 +25,7 @@ from rehost.vault.vault import Vault
 
 TEST_FAILOVER = "plan-test-failover"
 TEST_CLEANUP = "plan-test-cleanup"
+CONFIRM_POLL_S = 0.5
 
 
 class PlanStepFailed(RehostError):
@@ -32,10 +37,6 @@ def start(vault: Vault, kind: str, name: str) -> JobRow:
     p = plans.show(vault, name)
     if not p.machines:
         raise InvalidState(f"plan {name!r} has no machines: rehost plan add {name} MACHINE --group 1")
-    manual = [a["text"] for g in p.groups for a in g.actions if a["kind"] == "manual"]
-    if manual and kind == TEST_FAILOVER:
-        raise InvalidState(f"plan {name!r} has manual actions ({manual[0]!r}), which plan failover does "
-                           "not run yet: remove them or fail the machines over one by one")
     return create_job(vault, kind, None, name, {"plan": name, "groups": p.to_json()["groups"]})
 
 
@@ -69,14 +70,56 @@ def _run_child(ctx: StepContext, machine: str, kind: str) -> str:
     return f"{machine}: job {job_id} succeeded"
 
 
+def _wait_for_confirmation(ctx: StepContext, key: str, text: str) -> str:
+    """Hold the step until ``confirm`` records KEY; the step's detail and the job's
+    ``waiting`` output say what the operator is asked to do. Only ``confirm`` writes while
+    the step waits, so re-reading the outputs afterwards loses nothing."""
+    if key in ctx.outputs.get("confirmed", []):
+        return f"confirmed: {text}"
+    ctx.save_outputs(waiting={"key": key, "text": text})
+    ctx.step.detail = f"waiting for an operator to confirm: {text} (rehost plan confirm {ctx.params['plan']})"
+    ctx.progress(0, 1)
+    while True:
+        fresh = get_job(ctx.vault, ctx.job.id)
+        if fresh.state == "cancelled":
+            raise PlanStepFailed(f"cancelled while waiting for the confirmation of: {text}")
+        outputs = dict(fresh.outputs)
+        if key in outputs.get("confirmed", []):
+            ctx.outputs = outputs
+            ctx.job.outputs = dict(outputs)
+            return f"confirmed: {text}"
+        time.sleep(CONFIRM_POLL_S)
+
+
+def confirm(vault: Vault, name: str) -> str:
+    """Confirm the manual action the plan's running job waits for; returns its text."""
+    with vault.session() as s, s.begin():
+        job = s.scalar(
+            select(JobRow).where(JobRow.kind == TEST_FAILOVER, JobRow.machine_name == name,
+                                 JobRow.state == "running")
+            .order_by(JobRow.created_at.desc())
+        )
+        waiting = (job.outputs or {}).get("waiting") if job is not None else None
+        if job is None or not waiting:
+            raise InvalidState(f"plan {name!r} has no job waiting for a confirmation")
+        outputs = dict(job.outputs)
+        outputs["confirmed"] = [*outputs.get("confirmed", []), waiting["key"]]
+        outputs.pop("waiting")
+        job.outputs = outputs
+        return str(waiting["text"])
+
+
 def _group_step(group: dict[str, Any], kind: str) -> Callable[[StepContext], str]:
     def run(ctx: StepContext) -> str:
         number = int(group["group"])
         lines: list[str] = []
 
         def actions(which: str) -> None:
-            for a in group["actions"]:
+            for i, a in enumerate(group["actions"]):
                 if a["kind"] != which:
+                    continue
+                if which == "manual":
+                    lines.append(_wait_for_confirmation(ctx, f"{number}:{i}", a["text"]))
                     continue
                 r = run_script(a["script"], plan=ctx.params["plan"], group=number,
                                context=_context(ctx), timeout_s=a["timeout_s"])
@@ -87,6 +130,7 @@ def _group_step(group: dict[str, Any], kind: str) -> Callable[[StepContext], str
         lines.extend(_run_child(ctx, m, child_kind[kind]) for m in group["machines"])
         if kind == TEST_FAILOVER:
             actions("post")
+            actions("manual")
         return "\n".join(lines)
 
     return run

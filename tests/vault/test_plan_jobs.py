@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -120,3 +121,34 @@ def test_kill9_mid_plan_then_resume_does_not_redo_finished_machines(w: World, tm
         assert len([j for j in list_jobs(vault) if j.kind == "test-failover"]) == 2
     finally:
         vault.close()
+
+
+def test_a_manual_action_waits_for_the_operator(w: World, tmp_path: Path) -> None:
+    plans.create(w.vault, "shop")
+    plans.add_machine(w.vault, "shop", "db", 1)
+    plans.add_action(w.vault, "shop", 1, "manual", text="open the firewall")
+    plans.add_machine(w.vault, "shop", "web", 2)
+    vault_path = Path(w.vault.root)
+    early = rehost(vault_path, "plan", "confirm", "shop", check=False)
+    assert early.code != 0 and "no job waiting for a confirmation" in early.err
+    confirmed: list[str] = []
+
+    def operator() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            r = rehost(vault_path, "plan", "confirm", "shop", check=False)
+            if r.code == 0:
+                confirmed.append(r.out)
+                return
+            time.sleep(0.2)
+
+    thread = threading.Thread(target=operator)
+    thread.start()
+    job = run_job(w.vault, plan_jobs.start(w.vault, plan_jobs.TEST_FAILOVER, "shop").id)
+    thread.join()
+    assert job.state == "succeeded", job.error
+    assert confirmed == ["confirmed: open the firewall\n"]
+    assert "confirmed: open the firewall" in job.steps[0].detail
+    web = get_job(w.vault, job.outputs["children"]["web"])
+    assert web.started_at is not None and job.steps[0].ended_at is not None
+    assert "waiting" not in job.outputs and job.outputs["confirmed"] == ["1:0"]
