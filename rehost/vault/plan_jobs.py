@@ -5,13 +5,14 @@ actions (the job waits until an operator confirms each).
 The plan is copied into the job's parameters when the job is made, so a resumed job runs
 the steps it was made with even if the plan changed since. Each child job's id is saved in
 the plan job's outputs before the child runs, so a plan job resumed after a crash continues
-a cut child and leaves a finished one alone: no machine fails over twice. Machines of a group
-run one after the other for now (parallel start is still to do)."""
+a cut child and leaves a finished one alone: no machine fails over twice. The machines of a
+group run at once (one thread per child job), and every one that fails is named."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from sqlalchemy import select
@@ -52,22 +53,53 @@ def _context(ctx: StepContext) -> dict[str, Any]:
     return {"plan": ctx.params["plan"], "machines": machines}
 
 
-def _run_child(ctx: StepContext, machine: str, kind: str) -> str:
-    """Run (or continue, or leave alone when it succeeded) the machine's child job."""
+def _child_job(ctx: StepContext, machine: str, kind: str) -> str | None:
+    """The machine's child job: made and recorded now (before it runs: a resumed plan job
+    finds it), or the one recorded before; None when that one already succeeded."""
     children: dict[str, str] = dict(ctx.outputs.get("children", {}))
     job_id = children.get(machine)
     if job_id is not None and get_job(ctx.vault, job_id).state in DONE_STATES:
-        return f"{machine}: job {job_id} had already succeeded"
+        return None
     if job_id is None:
         job_id = failover.start_job(ctx.vault, kind, machine).id
         children[machine] = job_id
-        ctx.save_outputs(children=children)  # before it runs: a resumed plan job finds it
-    child = run_job(ctx.vault, job_id)
+        ctx.save_outputs(children=children)
+    return job_id
+
+
+def _run_child(vault: Vault, machine: str, kind: str, job_id: str) -> str:
+    """Run (or continue) a child job; raise naming the machine, the job and its failed step."""
+    child = run_job(vault, job_id)
     if child.state != "succeeded":
         failed = next((s for s in child.steps if s.state == "failed"), None)
         where = f"at step {failed.title!r}" if failed else f"({child.state})"
         raise PlanStepFailed(f"machine {machine}: {kind} job {job_id} failed {where}: {child.error}")
     return f"{machine}: job {job_id} succeeded"
+
+
+def _run_machines(ctx: StepContext, machines: list[str], kind: str) -> list[str]:
+    """The group's machines at once, one thread per child job; every failure is named."""
+    lines: list[str] = []
+    todo: dict[str, str] = {}
+    for m in machines:
+        job_id = _child_job(ctx, m, kind)
+        if job_id is None:
+            lines.append(f"{m}: job {ctx.outputs['children'][m]} had already succeeded")
+        else:
+            todo[m] = job_id
+    failures: list[str] = []
+    with ThreadPoolExecutor(max(1, len(todo)), thread_name_prefix="rehost-plan") as pool:
+        futures = {m: pool.submit(_run_child, ctx.vault, m, kind, job_id) for m, job_id in todo.items()}
+        for m, future in futures.items():
+            try:
+                lines.append(future.result())
+            except RehostError as e:
+                failures.append(str(e))
+            except Exception as e:  # a child's crash is that machine's failure, named
+                failures.append(f"machine {m}: {kind} job {todo[m]}: {type(e).__name__}: {e}")
+    if failures:
+        raise PlanStepFailed("; ".join(failures))
+    return lines
 
 
 def _wait_for_confirmation(ctx: StepContext, key: str, text: str) -> str:
@@ -127,7 +159,7 @@ def _group_step(group: dict[str, Any], kind: str) -> Callable[[StepContext], str
 
         if kind == TEST_FAILOVER:
             actions("pre")
-        lines.extend(_run_child(ctx, m, child_kind[kind]) for m in group["machines"])
+        lines.extend(_run_machines(ctx, list(group["machines"]), child_kind[kind]))
         if kind == TEST_FAILOVER:
             actions("post")
             actions("manual")

@@ -72,6 +72,8 @@ def test_a_failing_group_stops_the_plan_and_names_the_machine(w: World, tmp_path
     job = run_job(w.vault, plan_jobs.start(w.vault, plan_jobs.TEST_FAILOVER, "shop").id)
     assert job.state == "failed"
     assert "machine bad: test-failover job" in job.error and "failed at step" in job.error
+    assert "machine db" not in job.error  # its sibling, started with it, succeeded
+    assert get_job(w.vault, job.outputs["children"]["db"]).state == "succeeded"
     assert job.steps[0].state == "failed" and job.steps[1].state not in DONE_STATES
     assert "web" not in job.outputs["children"]
 
