@@ -73,12 +73,17 @@ def action(
     manual: str = typer.Option(
         None, "--manual", metavar="TEXT", help="Wait until an operator confirms TEXT."
     ),
+    cleanup: str = typer.Option(
+        None, "--cleanup", metavar="SCRIPT", help="Run SCRIPT when a test failover is cleaned up."
+    ),
     timeout: str = typer.Option(None, "--timeout", help="Kill a script after this long (default 60s)."),
 ) -> None:
-    """Add an action to a group: a script on this host (--pre/--post), or a manual step."""
-    given = [(k, v) for k, v in (("pre", pre), ("post", post), ("manual", manual)) if v is not None]
+    """Add an action to a group: a script on this host (--pre/--post, --cleanup after a test),
+    or a manual step."""
+    choices = (("pre", pre), ("post", post), ("cleanup", cleanup), ("manual", manual))
+    given = [(k, v) for k, v in choices if v is not None]
     if len(given) != 1:
-        raise UsageError("give exactly one of --pre SCRIPT, --post SCRIPT or --manual TEXT")
+        raise UsageError("give exactly one of --pre SCRIPT, --post SCRIPT, --cleanup SCRIPT or --manual TEXT")
     kind, value = given[0]
     if kind == "manual" and timeout is not None:
         raise UsageError("--timeout is for scripts: a manual action waits for its confirmation")

@@ -163,6 +163,8 @@ def _group_step(group: dict[str, Any], kind: str) -> Callable[[StepContext], str
         if kind == TEST_FAILOVER:
             actions("post")
             actions("manual")
+        else:
+            actions("cleanup")
         return "\n".join(lines)
 
     return run

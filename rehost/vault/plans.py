@@ -19,7 +19,7 @@ from rehost.vault.inventory import check_name, get_machine
 from rehost.vault.models import MachineRow, PlanMachineRow, PlanRow
 from rehost.vault.vault import Vault
 
-ACTION_KINDS = ("pre", "post", "manual")
+ACTION_KINDS = ("pre", "post", "manual", "cleanup")
 DEFAULT_TIMEOUT_S = 60
 
 
@@ -138,7 +138,9 @@ def add_action(
     text: str | None = None, timeout_s: int = DEFAULT_TIMEOUT_S,
 ) -> Plan:
     """A pre- or post-action runs SCRIPT before or after the group's machines start (killed
-    after ``timeout_s``); a manual action waits for an operator to confirm TEXT was done."""
+    after ``timeout_s``); a cleanup action runs SCRIPT after a test failover's cleanup removed
+    the group's test machines (undo what the post-actions changed outside them); a manual
+    action waits for an operator to confirm TEXT was done."""
     if kind not in ACTION_KINDS:
         raise UsageError(f"action kind {kind!r} is not one of {', '.join(ACTION_KINDS)}")
     action: dict[str, Any] = {"group": group, "kind": kind}

@@ -49,6 +49,7 @@ def test_bad_input_is_one_line(vault: Path) -> None:
         (("plan", "add", "shop", "db", "--group", "3"), "group 3 is not valid"),
         (("plan", "show", "other"), "no plan named 'other'"),
         (("plan", "action", "shop", "--group", "1"), "exactly one of --pre"),
+        (("plan", "action", "shop", "--group", "1", "--pre", "a", "--cleanup", "b"), "exactly one of --pre"),
         (("plan", "action", "shop", "--group", "1", "--pre", "x", "--timeout", "soon"), "not a duration"),
     ]
     for args, message in cases:

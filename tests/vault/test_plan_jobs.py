@@ -45,9 +45,12 @@ def test_groups_in_order_with_the_scripts_output_then_cleanup(w: World, tmp_path
     body = f'cp "$REHOST_PLAN_CONTEXT" {seen}; echo "configured $REHOST_PLAN/$REHOST_GROUP"\n'
     plans.add_action(w.vault, "shop", 1, "post", timeout_s=10, script=_script(tmp_path / "post.sh", body))
     plans.add_machine(w.vault, "shop", "web", 2)
+    undo = _script(tmp_path / "undo.sh", 'echo "undone $REHOST_GROUP"\n')
+    plans.add_action(w.vault, "shop", 1, "cleanup", script=undo)
     job = run_job(w.vault, plan_jobs.start(w.vault, plan_jobs.TEST_FAILOVER, "shop").id)
     assert job.state == "succeeded", job.error
     assert [s.name for s in job.steps] == ["group_1", "group_2"]
+    assert "undone" not in job.steps[0].detail
     assert "configured shop/1" in job.steps[0].detail
     children = job.outputs["children"]
     db, web = get_job(w.vault, children["db"]), get_job(w.vault, children["web"])
@@ -61,6 +64,7 @@ def test_groups_in_order_with_the_scripts_output_then_cleanup(w: World, tmp_path
     cleanup = run_job(w.vault, plan_jobs.start(w.vault, plan_jobs.TEST_CLEANUP, "shop").id)
     assert cleanup.state == "succeeded", cleanup.error
     assert [s.name for s in cleanup.steps] == ["group_2", "group_1"]
+    assert "undone 1" in cleanup.steps[1].detail
     assert {inventory.get_machine(w.vault, m).state for m in ("db", "web")} == {"protected"}
 
 
