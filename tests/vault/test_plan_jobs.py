@@ -125,6 +125,10 @@ def test_kill9_mid_plan_then_resume_does_not_redo_finished_machines(w: World, tm
         assert again.id == db_job.id and again.started_at == db_job.started_at  # db did not run again
         assert get_job(vault, job.outputs["children"]["web"]).state == "succeeded"
         assert len([j for j in list_jobs(vault) if j.kind == "test-failover"]) == 2
+        listed = rehost(Path(vault_path), "jobs").out  # a plan job has no machine: listed by plan
+        assert plan_jobs.TEST_FAILOVER in listed and "shop" in listed
+        shown = rehost(Path(vault_path), "job", job.id).out
+        assert "Group 1: db" in shown and "Group 2: web" in shown
     finally:
         vault.close()
 
