@@ -16,12 +16,12 @@ from typing import Any
 from fastapi import APIRouter, FastAPI
 
 import rehost
-from rehost.api import errors, metrics, routes_infra, routes_items, routes_jobs, schemas
+from rehost.api import errors, metrics, routes_infra, routes_items, routes_jobs, routes_plans, schemas
 from rehost.api.background import JobLauncher
 from rehost.api.deps import VaultPool
-from rehost.vault import failover
+from rehost.vault import failover, plan_jobs
 
-_ = failover  # importing it registers the job plans the API runs
+_ = failover, plan_jobs  # importing them registers the job plans the API runs
 
 #: every operation may answer these, always as {"error": message}
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -63,6 +63,7 @@ def create_api(vault_root: Path, password: Callable[[], str] | None = None, *,
     api.include_router(routes_items.router)
     api.include_router(routes_infra.router)
     api.include_router(routes_jobs.router)
+    api.include_router(routes_plans.router)
     app.include_router(api)
     # Prometheus scrapes /metrics by convention, outside the versioned API, with a token as well
     app.include_router(metrics.router, responses={code: ERRORS[code] for code in (401, 403)})

@@ -1,6 +1,6 @@
 """Request dependencies: the borrowed vault, and the caller with at least a given role.
 
-Readers read; operators replicate, fail over and cancel; admins manage sources, targets,
+Readers read; operators replicate, fail over, cancel and confirm plan steps; admins manage sources, targets,
 policies and tokens. A token comes as ``Authorization: Bearer`` or, for the dashboard, in
 the HttpOnly cookie set at sign-in.
 """

@@ -341,3 +341,21 @@ class OverviewOut(BaseModel):
 class WhoAmIOut(BaseModel):
     name: str
     role: str
+
+
+class PlanGroupOut(BaseModel):
+    group: int
+    machines: list[str]
+    #: {"group", "kind": pre|post|cleanup|manual, "script", "timeout_s"} or {..., "text"}
+    actions: list[dict[str, Any]]
+
+
+class PlanOut(BaseModel):
+    name: str
+    groups: list[PlanGroupOut]
+
+
+class PlanConfirmedOut(BaseModel):
+    plan: str
+    #: the text of the manual action that was confirmed
+    confirmed: str

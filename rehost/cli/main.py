@@ -16,6 +16,7 @@ from rehost.cli import (
     failover_cmd,
     job_cmd,
     machine_cmd,
+    plan_cmd,
     policy_cmd,
     target_cmd,
     token_cmd,
@@ -85,6 +86,7 @@ demo_cmd.register(app)
 policy_cmd.register(app)
 token_cmd.register(app)
 worker_cmd.register(app)
+plan_cmd.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -169,3 +169,34 @@ class AgentCARow(Base):
     name: Mapped[str] = mapped_column(String(32), primary_key=True)
     data: Mapped[bytes] = mapped_column(LargeBinary)
     version: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class PlanRow(Base):
+    """A recovery plan (issue 15): machines fail over in ordered groups, the machines of a
+    group at once, so an application comes up in the order it needs (database before web).
+    ``actions`` are per group, in the order they run: ``{"group", "kind": pre|post|manual,
+    "script", "timeout_s", "text"}``; the members are ``PlanMachineRow`` so the database
+    itself refuses a machine in two plans."""
+
+    __tablename__ = "plans"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=_id)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    actions: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(default=_now)
+    members: Mapped[list[PlanMachineRow]] = relationship(
+        back_populates="plan", cascade="all, delete-orphan", order_by="PlanMachineRow.position"
+    )
+
+
+class PlanMachineRow(Base):
+    """A machine's place in a plan: its group (1 first) and the order it was added in. The
+    machine is the key: one machine, at most one plan (two plans failing over the same machine
+    would fight over its test copy)."""
+
+    __tablename__ = "plan_machines"
+    machine_id: Mapped[str] = mapped_column(ForeignKey("machines.id"), primary_key=True)
+    plan_id: Mapped[str] = mapped_column(ForeignKey("plans.id"))
+    group: Mapped[int] = mapped_column(Integer)
+    position: Mapped[int] = mapped_column(Integer)
+    plan: Mapped[PlanRow] = relationship(back_populates="members")
+    machine: Mapped[MachineRow] = relationship()

@@ -44,6 +44,9 @@ MIN_ROLE = {
     ("GET", "/api/v1/jobs"): "reader",
     ("GET", "/api/v1/jobs/{job_id}"): "reader",
     ("POST", "/api/v1/jobs/{job_id}/cancel"): "operator",
+    ("GET", "/api/v1/plans"): "reader",
+    ("GET", "/api/v1/plans/{name}"): "reader",
+    ("POST", "/api/v1/plans/{name}/confirm"): "operator",
     ("GET", "/api/v1/overview"): "reader",
     ("GET", "/api/v1/whoami"): "reader",
 }

@@ -1,0 +1,164 @@
+"""Plan jobs on the memory target (fast, no QEMU): groups in order, scripts with the plan's
+context and their output in the job, a failing group that stops the plan and names the
+machine, cleanup, and a kill -9 mid-plan that `rehost job resume` finishes without failing
+a finished machine over again."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from rehost.jobs.runner import DONE_STATES, get_job, list_jobs, run_job
+from rehost.vault import inventory, plan_jobs, plans, protection
+from tests.cli_helpers import REHOST, REPO, rehost
+from tests.targets.helpers import World, make_disk, world
+
+
+@pytest.fixture
+def w(tmp_path: Path) -> Iterator[World]:
+    with world(tmp_path, "memory", markers=("first",)) as w:
+        for name, bootable in (("db", True), ("bad", False)):
+            image = make_disk(tmp_path / f"{name}.img", name, bootable=bootable)
+            inventory.add_image_source(w.vault, name, [image])
+            protection.replicate(w.vault, name)
+        yield w
+
+
+def _script(path: Path, body: str) -> str:
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_groups_in_order_with_the_scripts_output_then_cleanup(w: World, tmp_path: Path) -> None:
+    seen = tmp_path / "context.json"
+    plans.create(w.vault, "shop")
+    plans.add_machine(w.vault, "shop", "db", 1)
+    body = f'cp "$REHOST_PLAN_CONTEXT" {seen}; echo "configured $REHOST_PLAN/$REHOST_GROUP"\n'
+    plans.add_action(w.vault, "shop", 1, "post", timeout_s=10, script=_script(tmp_path / "post.sh", body))
+    plans.add_machine(w.vault, "shop", "web", 2)
+    undo = _script(tmp_path / "undo.sh", 'echo "undone $REHOST_GROUP"\n')
+    plans.add_action(w.vault, "shop", 1, "cleanup", script=undo)
+    job = run_job(w.vault, plan_jobs.start(w.vault, plan_jobs.TEST_FAILOVER, "shop").id)
+    assert job.state == "succeeded", job.error
+    assert [s.name for s in job.steps] == ["group_1", "group_2"]
+    assert "undone" not in job.steps[0].detail
+    assert "configured shop/1" in job.steps[0].detail
+    children = job.outputs["children"]
+    db, web = get_job(w.vault, children["db"]), get_job(w.vault, children["web"])
+    assert db.state == web.state == "succeeded"
+    assert db.ended_at is not None and web.started_at is not None and db.ended_at <= web.started_at
+    context = json.loads(seen.read_text())
+    assert context["plan"] == "shop" and [m["name"] for m in context["machines"]] == ["db"]
+    assert context["machines"][0]["point"] == db.outputs["point"] and context["machines"][0]["target"] == "t"
+    assert inventory.get_machine(w.vault, "db").state == "test_failover"
+
+    cleanup = run_job(w.vault, plan_jobs.start(w.vault, plan_jobs.TEST_CLEANUP, "shop").id)
+    assert cleanup.state == "succeeded", cleanup.error
+    assert [s.name for s in cleanup.steps] == ["group_2", "group_1"]
+    assert "undone 1" in cleanup.steps[1].detail
+    assert {inventory.get_machine(w.vault, m).state for m in ("db", "web")} == {"protected"}
+
+
+def test_a_failing_group_stops_the_plan_and_names_the_machine(w: World, tmp_path: Path) -> None:
+    plans.create(w.vault, "shop")
+    plans.add_machine(w.vault, "shop", "db", 1)
+    plans.add_machine(w.vault, "shop", "bad", 1)
+    plans.add_machine(w.vault, "shop", "web", 2)
+    job = run_job(w.vault, plan_jobs.start(w.vault, plan_jobs.TEST_FAILOVER, "shop").id)
+    assert job.state == "failed"
+    assert "machine bad: test-failover job" in job.error and "failed at step" in job.error
+    assert "machine db" not in job.error  # its sibling, started with it, succeeded
+    assert get_job(w.vault, job.outputs["children"]["db"]).state == "succeeded"
+    assert job.steps[0].state == "failed" and job.steps[1].state not in DONE_STATES
+    assert "web" not in job.outputs["children"]
+
+
+def test_a_failing_script_fails_its_group(w: World, tmp_path: Path) -> None:
+    plans.create(w.vault, "shop")
+    plans.add_machine(w.vault, "shop", "db", 1)
+    plans.add_action(w.vault, "shop", 1, "pre", timeout_s=1, script=_script(tmp_path / "s.sh", "sleep 30\n"))
+    job = run_job(w.vault, plan_jobs.start(w.vault, plan_jobs.TEST_FAILOVER, "shop").id)
+    assert job.state == "failed" and "did not finish in 1s and was killed" in job.error
+    assert "children" not in job.outputs  # a pre-action runs before the group's machines
+
+
+def test_kill9_mid_plan_then_resume_does_not_redo_finished_machines(w: World, tmp_path: Path) -> None:
+    marker = tmp_path / "hanging"
+    plans.create(w.vault, "shop")
+    plans.add_machine(w.vault, "shop", "db", 1)
+    plans.add_machine(w.vault, "shop", "web", 2)
+    plans.add_action(w.vault, "shop", 2, "pre", timeout_s=600, script=_script(
+        tmp_path / "hang.sh", f"[ -e {marker} ] && exit 0; echo $$ > {marker}; sleep 600\n"))
+    vault_path = str(w.vault.root)
+    w.vault.close()
+    env = {**os.environ, "REHOST_VAULT": ""}
+    proc = subprocess.Popen([*REHOST, "--vault", vault_path, "plan", "failover", "shop", "--test"], cwd=REPO,
+                            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (marker.exists() and marker.read_text().strip()):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.1)
+    proc.kill()
+    proc.wait()
+    os.kill(int(marker.read_text()), signal.SIGKILL)  # the script lives in its own session
+
+    from rehost.vault.vault import Vault
+
+    vault = Vault.open(Path(vault_path))
+    try:
+        job = next(j for j in list_jobs(vault) if j.kind == plan_jobs.TEST_FAILOVER)
+        db_job = get_job(vault, job.outputs["children"]["db"])
+        assert db_job.state == "succeeded" and "web" not in job.outputs["children"]
+        rehost(Path(vault_path), "job", "resume", job.id)
+        job = get_job(vault, job.id)
+        assert job.state == "succeeded", job.error
+        again = get_job(vault, job.outputs["children"]["db"])
+        assert again.id == db_job.id and again.started_at == db_job.started_at  # db did not run again
+        assert get_job(vault, job.outputs["children"]["web"]).state == "succeeded"
+        assert len([j for j in list_jobs(vault) if j.kind == "test-failover"]) == 2
+        listed = rehost(Path(vault_path), "jobs").out  # a plan job has no machine: listed by plan
+        assert plan_jobs.TEST_FAILOVER in listed and "shop" in listed
+        shown = rehost(Path(vault_path), "job", job.id).out
+        assert "Group 1: db" in shown and "Group 2: web" in shown
+    finally:
+        vault.close()
+
+
+def test_a_manual_action_waits_for_the_operator(w: World, tmp_path: Path) -> None:
+    plans.create(w.vault, "shop")
+    plans.add_machine(w.vault, "shop", "db", 1)
+    plans.add_action(w.vault, "shop", 1, "manual", text="open the firewall")
+    plans.add_machine(w.vault, "shop", "web", 2)
+    vault_path = Path(w.vault.root)
+    early = rehost(vault_path, "plan", "confirm", "shop", check=False)
+    assert early.code != 0 and "no job waiting for a confirmation" in early.err
+    confirmed: list[str] = []
+
+    def operator() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            r = rehost(vault_path, "plan", "confirm", "shop", check=False)
+            if r.code == 0:
+                confirmed.append(r.out)
+                return
+            time.sleep(0.2)
+
+    thread = threading.Thread(target=operator)
+    thread.start()
+    job = run_job(w.vault, plan_jobs.start(w.vault, plan_jobs.TEST_FAILOVER, "shop").id)
+    thread.join()
+    assert job.state == "succeeded", job.error
+    assert confirmed == ["confirmed: open the firewall\n"]
+    assert "confirmed: open the firewall" in job.steps[0].detail
+    web = get_job(w.vault, job.outputs["children"]["web"])
+    assert web.started_at is not None and job.steps[0].ended_at is not None
+    assert "waiting" not in job.outputs and job.outputs["confirmed"] == ["1:0"]
