@@ -40,8 +40,8 @@ def worker(
         if url is None:
             raise UsageError("this vault has no broker: create it with rehost init --broker URL "
                              "(or set REHOST_BROKER_URL); without one, jobs run in the commands themselves")
-        dispatch.serve_vault(vault)
         name = f"{socket.gethostname()}:{os.getpid()}"
+        dispatch.serve_vault(vault, name)
         alive = leases.try_acquire(vault, f"worker:{name}", "worker")  # what liveness metrics read
         queues = [dispatch.SHARED_QUEUE, dispatch.host_queue()]
         err.print(f"rehost worker {name}: queues {', '.join(queues)}", highlight=False)

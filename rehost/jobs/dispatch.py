@@ -21,16 +21,28 @@ twice runs once: the runner claims it by lease, and a finished job is refused.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import update
+
 from rehost.errors import InvalidState, UsageError
 from rehost.jobs import leases
 from rehost.jobs.models import JobRow
-from rehost.jobs.runner import Observer, effective_state, get_job, live_jobs, run_job
+from rehost.jobs.runner import (
+    TAKEN_BY,
+    Observer,
+    effective_state,
+    get_job,
+    live_jobs,
+    live_workers,
+    run_job,
+    taken_by_a_dead_worker,
+)
 from rehost.vault.vault import Vault
 
 if TYPE_CHECKING:
@@ -44,11 +56,13 @@ TARGET_BOUND = ("test-failover", "test-cleanup", "failover")
 POLL_S = 0.3
 #: a queued job waits its turn in the broker while workers are busy: only after this long
 #: does the scheduler suspect its message was lost and send it again (sent twice, it runs once)
+log = logging.getLogger("rehost.jobs")
 RESEND_QUEUED_AFTER_S = 600.0
 
 _apps: dict[str, Celery] = {}
 #: the vault a worker process serves (set by ``rehost worker``)
 _worker_vault: Vault | None = None
+_worker_name: str | None = None
 
 
 def broker_url(vault: Vault) -> str | None:
@@ -93,6 +107,9 @@ def app(url: str) -> Celery:
             broker_transport_options={"visibility_timeout": 3600},
         )
         a.task(name=TASK, ignore_result=True)(_run_in_worker)
+        from celery.signals import task_received
+
+        task_received.connect(_taken, weak=False)
         _apps[url] = a
     return _apps[url]
 
@@ -107,6 +124,9 @@ def submit(vault: Vault, job: JobRow) -> str:
     if url is None:
         raise UsageError("no broker configured (rehost init --broker URL, or $REHOST_BROKER_URL)")
     queue = queue_for(vault, job)
+    if job.state == "queued" and job.holder:  # a dead worker's mark: the next taker sets its own
+        with vault.session() as s, s.begin():
+            s.execute(update(JobRow).where(JobRow.id == job.id, JobRow.state == "queued").values(holder=None))
     app(url).send_task(TASK, args=[job.id, job.state == "failed"], queue=queue)
     return queue
 
@@ -158,15 +178,33 @@ def wait(vault: Vault, job_id: str, observer: Observer | None = None) -> JobRow:
 def _orphaned(vault: Vault, job: JobRow) -> bool:
     """No runner holds the job: its worker died (lease lapsed), or its message is lost."""
     if job.state == "queued":
+        if taken_by_a_dead_worker(job, live_workers(vault)):
+            return True
         created = job.created_at if job.created_at.tzinfo else job.created_at.replace(tzinfo=UTC)
         return (datetime.now(UTC) - created).total_seconds() >= RESEND_QUEUED_AFTER_S
     return effective_state(job, live_jobs(vault)) == "interrupted"
 
 
-def serve_vault(vault: Vault) -> None:
-    """Called by ``rehost worker`` before it consumes: the vault its tasks run jobs in."""
-    global _worker_vault
-    _worker_vault = vault
+def serve_vault(vault: Vault, name: str | None = None) -> None:
+    """Called by ``rehost worker`` before it consumes: the vault its tasks run jobs in, and
+    the worker's name (its ``worker:<name>`` lease says it is alive)."""
+    global _worker_vault, _worker_name
+    _worker_vault, _worker_name = vault, name
+
+
+def _taken(request: Any = None, **_: Any) -> None:
+    """Celery's ``task_received``, in the worker, before the message is acknowledged: mark
+    the job as this worker's, so that if the worker dies before it claims the job, whoever
+    waits for it resends it at once instead of after RESEND_QUEUED_AFTER_S."""
+    if _worker_vault is None or _worker_name is None or request is None:
+        return
+    try:
+        job_id = str(request.args[0])
+        with _worker_vault.session() as s, s.begin():
+            s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.state == "queued")
+                      .values(holder=f"{TAKEN_BY}{_worker_name}"))
+    except Exception:
+        log.warning("could not mark job as taken", exc_info=True)
 
 
 def _run_in_worker(job_id: str, retry: bool = False) -> str:

@@ -150,17 +150,33 @@ def running_jobs(vault: Vault, machine_id: str) -> list[JobRow]:
     return [j for j in list_jobs(vault, machine_id) if effective_state(j, live) in ("running", "queued")]
 
 
+#: a queued job's holder once a worker has taken its message, until the worker claims it
+TAKEN_BY = "worker:"
+
+
+def live_workers(vault: Vault) -> set[str]:
+    """The ``worker:<host>:<pid>`` leases held now: the workers that are alive."""
+    return {r.resource for r in leases.holders(vault, TAKEN_BY)}
+
+
+def taken_by_a_dead_worker(job: JobRow, workers: set[str]) -> bool:
+    """A queued job whose message a worker took and then died before it claimed the job: the
+    message is gone with it (acknowledged on receipt), so only a resend runs the job."""
+    return job.state == "queued" and bool(job.holder) and str(job.holder).startswith(TAKEN_BY) \
+        and job.holder not in workers
+
+
 def resumable_jobs(vault: Vault, queued_for: float = leases.TTL_S) -> list[JobRow]:
     """Jobs queued for ``queued_for`` seconds that nobody runs, and running ones whose runner
     died: what ``rehost serve`` picks up again, oldest first. (A job just queued is left to
     the command or request that queued it, which runs it at once.)"""
-    live = live_jobs(vault)
+    live, workers = live_jobs(vault), live_workers(vault)
     old = datetime.now(UTC) - timedelta(seconds=queued_for)
     with vault.session() as s:
         jobs = list(s.scalars(select(JobRow).where(JobRow.state.in_(("queued", "running")))
                               .options(selectinload(JobRow.steps)).order_by(JobRow.created_at)))
     return [j for j in jobs if (j.state == "queued" and j.id not in live and _aware(j.created_at) < old)
-            or effective_state(j, live) == "interrupted"]
+            or effective_state(j, live) == "interrupted" or taken_by_a_dead_worker(j, workers)]
 
 
 def _aware(t: datetime) -> datetime:

@@ -124,3 +124,31 @@ def test_a_worker_killed_mid_job_leaves_it_to_another(setup: tuple[Path, dict[st
         v.close()
         cli.kill()
         cli.wait()
+
+
+def test_a_job_taken_by_a_worker_that_died_before_claiming_it_is_resent_at_once(tmp_path: Path) -> None:
+    """The message was acknowledged on receipt and died with the worker: the job is queued
+    with the dead worker's mark, so it is sent again now, not after RESEND_QUEUED_AFTER_S."""
+    from rehost.jobs import leases
+    from rehost.jobs.models import JobRow
+    from rehost.jobs.runner import Step, create_job, plan, resumable_jobs
+
+    @plan("taken-test")
+    def _noop(vault: Vault, job: JobRow) -> list[Step]:
+        return [Step("noop", "Nothing", lambda ctx: "ok")]
+
+    v = Vault.init(tmp_path / "v")
+    try:
+        job = create_job(v, "taken-test", None, "", {})
+        assert not dispatch._orphaned(v, get_job(v, job.id))  # just queued: waiting for a worker
+        alive = leases.try_acquire(v, "worker:here:1", "worker")
+        assert isinstance(alive, leases.Lease)
+        with v.session() as s, s.begin():
+            s.get(JobRow, job.id).holder = "worker:here:1"  # type: ignore[union-attr]
+        assert not dispatch._orphaned(v, get_job(v, job.id))  # its worker lives: it will claim it
+        assert job.id not in [j.id for j in resumable_jobs(v, queued_for=600)]
+        alive.release()  # the worker is gone
+        assert dispatch._orphaned(v, get_job(v, job.id))
+        assert [j.id for j in resumable_jobs(v, queued_for=600)] == [job.id]
+    finally:
+        v.close()
