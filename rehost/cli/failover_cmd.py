@@ -62,10 +62,22 @@ def failover(
             raise typer.Exit(1)
 
 
-def complete(ctx: typer.Context, name: str, as_json: bool = typer.Option(False, "--json")) -> None:
-    """Finish a migration: stop replication, purge replica data, keep the migrated machine."""
+def complete(
+    ctx: typer.Context, name: str,
+    force: bool = typer.Option(False, "--force", help="Complete although the last failover's verdict "
+                               "did not pass (needs --reason; both are recorded in the job)."),
+    reason: str = typer.Option(None, "--reason", help="Why, with --force."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Finish a migration: stop replication, purge replica data, keep the migrated machine.
+
+    Refused unless the last failover's verdict passed (it booted and every check of
+    `rehost check add` answered)."""
+    if reason is not None and not force:
+        raise UsageError("--reason goes with --force")
     with open_vault(ctx) as vault:
-        job = fo.start_job(vault, "complete", name)
+        params = {"force_reason": reason or ""} if force else {}
+        job = fo.start_job(vault, "complete", name, **params)
         job = dispatch.execute(vault, job.id, None if as_json else ConsoleObserver(), _queued(as_json))
         if as_json:
             emit_json(job_dict(vault, job))

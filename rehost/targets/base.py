@@ -140,6 +140,19 @@ class Placement:
                    dict(d.get("details") or {}))
 
 
+@dataclass(frozen=True)
+class Peer:
+    """Another machine that one being started must reach on its network (a recovery plan's
+    earlier group): the guest's connections to the peer's ``port`` are carried to
+    ``host:host_port``, the peer's endpoint as the rehost host sees it. Targets whose
+    machines share a network by themselves (Azure: one virtual network) need none."""
+
+    name: str
+    port: int
+    host: str
+    host_port: int
+
+
 @runtime_checkable
 class Target(Protocol):
     """A target provider. Built by its kind's factory in ``rehost.targets.registry``."""
@@ -185,8 +198,16 @@ class Target(Protocol):
         staged for ``vm``."""
         ...
 
-    def start(self, placement: Placement, network: str) -> Placement:
-        """Start it on ``network`` (a no-op if it runs); the placement says where it runs."""
+    def start(self, placement: Placement, network: str, *, ports: Sequence[int] = (),
+              peers: Sequence[Peer] = ()) -> Placement:
+        """Start it on ``network`` (a no-op if it runs); the placement says where it runs.
+        ``ports``: guest TCP ports the checks will reach (``endpoint``); ``peers``: machines
+        it must reach where the network alone does not carry it there."""
+        ...
+
+    def endpoint(self, placement: Placement, port: int) -> tuple[str, int] | None:
+        """Where the rehost host reaches the guest's TCP ``port`` (a forwarded port, a private
+        address), or None when it cannot: the checks then fail saying so."""
         ...
 
     def boot_verdict(self, placement: Placement, pattern: str, timeout: float) -> str:

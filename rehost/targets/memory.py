@@ -10,6 +10,8 @@ What it really does:
   fails unless the disk carries an MBR boot signature (``55 aa`` at byte 510), and its
   "console" is what the disk holds that matches the pattern (a test writes the line it
   expects, e.g. ``REHOST-BOOT-OK marker=v2``, into its disk image);
+- ``endpoint`` answers the services a test ``expose``s for a machine (a TCP server the test
+  runs on loopback stands in for the guest's port), so the checks run for real;
 - faults can be injected per operation (``inject``): fail with an error, or end the process
   at once (``os._exit``, as a kill -9 would) before or after the operation's work.
 
@@ -33,6 +35,7 @@ from rehost.spec import MachineSpec
 from rehost.targets.base import (
     Capabilities,
     Extent,
+    Peer,
     Placement,
     PointDisk,
     Progress,
@@ -237,7 +240,8 @@ class MemoryTarget:
         self._fault("create", "after")
         return self._placement(vm, m)
 
-    def start(self, placement: Placement, network: str) -> Placement:
+    def start(self, placement: Placement, network: str, *, ports: Sequence[int] = (),
+              peers: Sequence[Peer] = ()) -> Placement:
         self._fault("start", "before")
         if network not in [n.name for n in NETWORKS]:
             raise UsageError(f"the memory target has no network {network!r}")
@@ -263,6 +267,22 @@ class MemoryTarget:
         if m is None:
             raise InvalidState(f"{placement.vm} did not show {pattern!r} (not on its boot disk)")
         return m.group(0)
+
+    def expose(self, machine: str, port: int, host: str, host_port: int) -> None:
+        """Tests: the guest port ``port`` of the machine made from ``machine`` (its test copy
+        and its failed-over self alike) is answered by ``host:host_port``."""
+        path = self.settings.path / "services.json"
+        services = json.loads(path.read_text()) if path.exists() else {}
+        services.setdefault(machine, {})[str(port)] = [host, host_port]
+        self._write(path, services)
+
+    def endpoint(self, placement: Placement, port: int) -> tuple[str, int] | None:
+        m = self._machine(placement.vm)
+        path = self.settings.path / "services.json"
+        if m is None or m["state"] != "running" or not path.exists():
+            return None
+        found = json.loads(path.read_text()).get(m["machine"], {}).get(str(port))
+        return None if found is None else (str(found[0]), int(found[1]))
 
     def hydrate(self, placement: Placement, progress: Progress | None = None) -> None:
         """Nothing to do: the disks were staged before the machine was made."""

@@ -20,9 +20,9 @@ from rehost.jobs.models import JobRow
 from rehost.jobs.runner import SkipStep, Step, StepContext, create_job, plan, running_jobs
 from rehost.repository.manifest import RecoveryPoint
 from rehost.repository.prune import prune
-from rehost.targets.base import Capabilities, Placement, PointDisk, Target
+from rehost.targets.base import Capabilities, Peer, Placement, PointDisk, Target
 from rehost.units import human
-from rehost.vault import instant, point_records, replicas, targets
+from rehost.vault import instant, point_records, replicas, targets, verdicts
 from rehost.vault.inventory import get_machine, provider_for, set_state, spec_of
 from rehost.vault.protection import find_point, list_points, replicate
 from rehost.vault.states import ItemState as S
@@ -42,6 +42,8 @@ def start_job(vault: Vault, kind: str, name: str, **params: Any) -> JobRow:
     if busy:
         raise InvalidState(f"{name} has a {busy[0].kind} job running ({busy[0].id}); wait for it")
     require(op, machine.state, name, machine.state_reason)
+    if kind == "complete":
+        params.update(verdicts.require_passing(vault, name, params.pop("force_reason", None)))
     if kind in ("test-failover", "failover"):
         row = targets.target_of(vault, machine, params.get("target"))
         params["target"] = row.name
@@ -151,7 +153,9 @@ def _start(test: bool) -> Callable[[StepContext], str]:
             assert net is not None  # start_job refused a target without one
         else:
             net = targets.network_for(target, get_machine(ctx.vault, ctx.job.machine_name))
-        placement = target.start(_placement(ctx, target), net)
+        ports = verdicts.ports_of(verdicts.list_checks(ctx.vault, ctx.job.machine_name))
+        peers = [Peer(**p) for p in ctx.params.get("peers", [])]
+        placement = target.start(_placement(ctx, target), net, ports=ports, peers=peers)
         ctx.save_outputs(placement=placement.to_json())
         pid, ip = placement.details.get("pid"), placement.details.get("private_ip")
         note = placement.details.get("ip_note")  # e.g. the source's IP could not be kept
@@ -168,6 +172,20 @@ def _verify_boot(ctx: StepContext) -> str:
     ctx.save_outputs(boot_line=line)
     source = target.capabilities.verdict
     return f"{'console' if source == 'serial-console' else source}: {line}"
+
+
+def _run_checks(ctx: StepContext) -> str:
+    """The machine's checks against it where it runs; the verdict is kept in the job."""
+    target = _target(ctx)
+    checks = verdicts.list_checks(ctx.vault, ctx.job.machine_name)
+    source = target.capabilities.verdict
+    boot = f"{'console' if source == 'serial-console' else source}: {ctx.outputs.get('boot_line', '')}"
+    v = verdicts.run_checks(ctx.job.machine_name, checks, target, _placement(ctx, target), boot)
+    ctx.save_outputs(verdict=v)
+    if not v["ok"]:
+        raise InvalidState(f"verdict failed: {verdicts.failures(v)}")
+    return f"verdict passed: boot ({boot})" + (
+        f" and {len(checks)} check(s): {', '.join(c.name for c in checks)}" if checks else "; no other checks")
 
 
 def _hydrate(ctx: StepContext) -> str:
@@ -224,6 +242,7 @@ def _test_failover_plan(vault: Vault, job: JobRow) -> list[Step]:
         Step("prerequisites", "Check prerequisites", prerequisites),
         Step("choose_point", "Choose recovery point", _choose_point),
         *_materialize(_capabilities(vault, job), test=True),
+        Step("checks", "Check the machine's services (verdict)", _run_checks),
     ]
 
 
@@ -318,6 +337,7 @@ def _failover_plan(vault: Vault, job: JobRow) -> list[Step]:
         Step("stop_replication", "Stop replication", stop_replication, point_of_no_return=True),
         *_materialize(_capabilities(vault, job), test=False),
         Step("finish", "Record placement", finish),
+        Step("checks", "Check the machine's services (verdict)", _run_checks),
     ]
 
 
@@ -339,8 +359,12 @@ def _complete_plan(vault: Vault, job: JobRow) -> list[Step]:
     def finish(ctx: StepContext) -> str:
         machine = get_machine(ctx.vault, ctx.job.machine_name)
         where = machine.placement.get("target_name")
-        set_state(ctx.vault, machine, S.MIGRATION_COMPLETED, f"runs on {where}")
-        return "replication stopped for good; the migrated machine and its disks are kept"
+        forced = ctx.params.get("forced")
+        set_state(ctx.vault, machine, S.MIGRATION_COMPLETED, f"runs on {where}" + (
+            f"; completed without a passing verdict: {forced['reason']}" if forced else ""))
+        return "replication stopped for good; the migrated machine and its disks are kept" + (
+            f" (forced without a passing verdict ({forced['why']}); reason: {forced['reason']})"
+            if forced else f" (verdict of job {ctx.params.get('verdict_job')} passed)")
 
     def drop_replicas(ctx: StepContext) -> str:
         note = replicas.drop(ctx.vault, get_machine(ctx.vault, ctx.job.machine_name))

@@ -58,6 +58,9 @@ class MachineRow(Base):
     #: its copy on a target that keeps replicas (``rehost.vault.replicas``): the target, the
     #: point the copy holds and when it was synced, the last sync's figures or error
     replica: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    #: what a failed-over copy must pass besides booting (``rehost.guest.probes.Check`` as
+    #: JSON, in the order they were added): the verdict ``complete`` asks for
+    checks: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     source: Mapped[SourceRow] = relationship(back_populates="machines")
     target: Mapped[TargetRow | None] = relationship()
     policy: Mapped[PolicyRow | None] = relationship()

@@ -48,31 +48,38 @@ def run_script(script: str, *, plan: str, group: int, context: dict[str, Any],
                timeout_s: float) -> ScriptResult:
     """Run SCRIPT with the plan's context; raise ActionFailed when it cannot start, exits
     non-zero or times out (killed, with its children)."""
-    with tempfile.TemporaryDirectory(prefix="rehost-plan-") as tmp:
+    return run_with_context(script, f"script {script} of group {group}",
+                            {"REHOST_PLAN": plan, "REHOST_GROUP": str(group)},
+                            context, "REHOST_PLAN_CONTEXT", timeout_s)
+
+
+def run_with_context(script: str, label: str, env_extra: dict[str, str], context: dict[str, Any],
+                     context_var: str, timeout_s: float) -> ScriptResult:
+    """Run SCRIPT with ``env_extra`` and the JSON ``context`` in a file named by
+    ``context_var``; ``label`` names it in errors (a plan's action, a machine's check)."""
+    with tempfile.TemporaryDirectory(prefix="rehost-script-") as tmp:
         context_file = Path(tmp) / "context.json"
         context_file.write_text(json.dumps(context, indent=2, default=str))
-        env = {**os.environ, "REHOST_PLAN": plan, "REHOST_GROUP": str(group),
-               "REHOST_PLAN_CONTEXT": str(context_file)}
+        env = {**os.environ, **env_extra, context_var: str(context_file)}
         started = time.monotonic()
         try:
             proc = subprocess.Popen([script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         except OSError as e:
-            raise ActionFailed(f"script {script} of group {group} could not start: {e.strerror or e}") from e
+            raise ActionFailed(f"{label} could not start: {e.strerror or e}") from e
         try:
             data, _ = proc.communicate(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             data, _ = proc.communicate()
             raise ActionFailed(
-                f"script {script} of group {group} did not finish in {timeout_s:g}s and was killed; "
+                f"{label} did not finish in {timeout_s:g}s and was killed; "
                 f"its output: {_cut(data).strip() or '(none)'}"
             ) from None
         seconds = time.monotonic() - started
         output = _cut(data)
         if proc.returncode != 0:
             raise ActionFailed(
-                f"script {script} of group {group} failed (exit code {proc.returncode}); "
-                f"its output: {output.strip() or '(none)'}"
+                f"{label} failed (exit code {proc.returncode}); its output: {output.strip() or '(none)'}"
             )
         return ScriptResult(proc.returncode, output, seconds)

@@ -51,6 +51,7 @@ from rehost.targets.azure.vhd import FOOTER_SIZE, padded_size
 from rehost.targets.base import (
     Capabilities,
     Extent,
+    Peer,
     Placement,
     PointDisk,
     Progress,
@@ -502,7 +503,14 @@ class AzureTarget:
                                           "machine": t[TAG_MACHINE], "source_ip": t[TAG_IP] or None})
         return staged
 
-    def start(self, placement: Placement, network: str) -> Placement:
+    def endpoint(self, placement: Placement, port: int) -> tuple[str, int] | None:
+        """The NIC's private address: reachable from a host in the virtual network (or one
+        peered with it) only; from elsewhere the checks fail with the connection error."""
+        ip = placement.details.get("private_ip")
+        return None if not ip else (str(ip), port)
+
+    def start(self, placement: Placement, network: str, *, ports: Sequence[int] = (),
+              peers: Sequence[Peer] = ()) -> Placement:
         s, vm = self.settings, placement.vm
         found = self.arm.vm(s.resource_group, vm)
         if found is not None:

@@ -1,0 +1,25 @@
+"""the checks a failed-over machine must pass (TCP, HTTP, scripts): its verdict's definition
+
+Revision ID: 0009
+Revises: 0008
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0009"
+down_revision = "0008"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("machines") as batch:
+        batch.add_column(sa.Column("checks", sa.JSON(), nullable=False, server_default="[]"))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("machines") as batch:
+        batch.drop_column("checks")
