@@ -9,18 +9,31 @@ Disks are qcow2 overlays whose backing file is an NBD export of the recovery poi
 machine starts at once whatever the disk size (instant recovery), and ``hydrate`` copies
 the data into the overlay while it runs (QMP ``block-stream``), after which the machine no
 longer needs the repository.
+
+Reaching machines (QEMU user networking, on ``production`` and ``isolated`` alike):
+``start(..., ports=[80])`` forwards each guest TCP port from a free port of 127.0.0.1
+(``hostfwd``; ``placement.details["ports"] == {"80": 41234}``, ``endpoint`` gives
+``("127.0.0.1", 41234)``). ``peers`` are other machines this one must reach: each peer name
+gets a guest-visible address 10.0.2.100, .101, ... (``details["peers"]``), and a guest
+connection to that address and the peer's port is relayed by a small Python process that
+QEMU runs per connection (``guestfwd=...-cmd:``) to the peer's host and port — the only
+way out that ``restrict=on`` leaves. A forward on 127.0.0.1 accepts a connection even when
+nothing listens in the guest: only bytes coming back prove a service.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import ipaddress
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -29,7 +42,7 @@ from typing import Any
 
 from rehost.disks.qmp import QmpClient, QmpError
 from rehost.errors import DiskError, InvalidState, UsageError
-from rehost.process import alive
+from rehost.process import alive, free_port
 from rehost.spec import MachineSpec
 from rehost.targets.base import (
     Capabilities,
@@ -58,13 +71,70 @@ _NIC: dict[str, list[str]] = {
 _MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}", re.IGNORECASE)
 
 
-def _nics(network: str, macs: list[str]) -> list[str]:
+#: the guest-visible address of the first peer; the next ones follow (QEMU's user network is
+#: 10.0.2.0/24: .2 host, .3 DNS, .15.. DHCP)
+PEER_BASE = ipaddress.IPv4Address("10.0.2.100")
+MAX_PEERS = 100
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Another machine this one must reach on its network: a guest connection to the peer's
+    address (``Placement.details["peers"][name]``) and ``port`` is relayed to
+    ``host:host_port`` (typically the peer's ``endpoint`` for that port)."""
+
+    name: str
+    port: int
+    host: str
+    host_port: int
+
+
+def _nics(network: str, macs: list[str], first_extra: str = "") -> list[str]:
     """QEMU's NICs on ``network``: one per NIC of the machine, with its MAC (one without a
-    MAC when the spec has none); ``none``: no NIC."""
+    MAC when the spec has none); ``none``: no NIC. ``first_extra`` (``,hostfwd=...``) goes on
+    the first NIC's user network: the guest's eth0."""
     base = _NIC[network]
-    if network == "none" or not macs:
+    if network == "none":
         return base
-    return [arg for mac in macs for arg in (base[0], f"{base[1]},mac={mac.lower()}")]
+    if not macs:
+        return [base[0], base[1] + first_extra]
+    return [arg for i, mac in enumerate(macs)
+            for arg in (base[0], f"{base[1]},mac={mac.lower()}" + (first_extra if i == 0 else ""))]
+
+
+#: the relay QEMU runs for each guest connection to a peer (stdin/stdout/stderr are the
+#: connection): connects to HOST PORT and copies both ways, half-closes passed on
+RELAY_SCRIPT = """\
+import os, socket, sys, threading
+null = os.open(os.devnull, os.O_WRONLY)
+os.dup2(null, 1)
+os.dup2(null, 2)
+guest = socket.socket(fileno=0)
+try:
+    peer = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+    peer.settimeout(None)
+except OSError:
+    os._exit(1)
+
+
+def pump(src, dst):
+    try:
+        while True:
+            data = src.recv(65536)
+            if not data:
+                break
+            dst.sendall(data)
+        dst.shutdown(socket.SHUT_WR)
+    except OSError:
+        os._exit(0)
+
+
+up = threading.Thread(target=pump, args=(guest, peer), daemon=True)
+up.start()
+pump(peer, guest)
+up.join(60)
+os._exit(0)
+"""
 
 
 CAPABILITIES = Capabilities(boots_from_nbd=True, test_network="isolated", verdict="serial-console")
@@ -242,11 +312,21 @@ class LocalTarget:
     def console_log(self, vm: str) -> Path:
         return self.vm_dir(vm) / "console.log"
 
-    def start(self, placement: Placement, network: str) -> Placement:
-        """Start the machine (a no-op if it runs); returns where it runs."""
+    def start(self, placement: Placement, network: str, *, ports: Sequence[int] = (),
+              peers: Sequence[Peer] = ()) -> Placement:
+        """Start the machine (a no-op if it runs); returns where it runs.
+
+        ``ports``: guest TCP ports forwarded from free ports of 127.0.0.1 (``details["ports"]``,
+        ``endpoint``); ``peers``: other machines the guest reaches at 10.0.2.100, .101, ...
+        (one address per peer name, in order of first appearance; ``details["peers"]``). On
+        the network ``none`` there is no NIC, so neither. A machine that runs already keeps
+        the forwards it was started with.
+        """
         vm = placement.vm
         if network not in _NIC:
             raise UsageError(f"the local target has no network {network!r} ({', '.join(_NIC)})")
+        wanted_ports = _check_ports(ports)
+        addresses = _peer_addresses(peers)
         if self.running(vm):
             return self.describe(vm)
         s = self.settings
@@ -273,17 +353,47 @@ class LocalTarget:
             cmd += ["-blockdev", f"driver=qcow2,node-name=disk{i},file.driver=file,"
                     f"file.filename={_opt(path)}",
                     "-device", f"virtio-blk-pci,drive=disk{i}" + (",bootindex=0" if i == 0 else "")]
-        cmd += _nics(network, meta.get("macs") or [])
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+        if network == "none":
+            wanted_ports, peers, addresses = [], (), {}
+        guestfwd = ""
+        if peers:
+            relay = d / "relay.py"
+            relay.write_text(RELAY_SCRIPT)
+            seen: set[tuple[str, int]] = set()
+            for peer in peers:
+                if (addresses[peer.name], peer.port) in seen:
+                    raise UsageError(f"two peers at {addresses[peer.name]}:{peer.port}")
+                seen.add((addresses[peer.name], peer.port))
+                relay_cmd = shlex.join([sys.executable, "-I", "-S", str(relay), peer.host,
+                                        str(peer.host_port)])
+                guestfwd += f",guestfwd=tcp:{addresses[peer.name]}:{peer.port}-cmd:{_opt(relay_cmd)}"
+        for attempt in range(5):  # a free port can be taken before QEMU binds it: new ones
+            forwarded = {str(p): free_port() for p in wanted_ports}
+            hostfwd = "".join(f",hostfwd=tcp:127.0.0.1:{h}-:{g}" for g, h in forwarded.items())
+            r = subprocess.run(cmd + _nics(network, meta.get("macs") or [], hostfwd + guestfwd),
+                               capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+            if r.returncode == 0 or "host forwarding rule" not in r.stderr or attempt == 4:
+                break
         if r.returncode != 0:
             raise DiskError(f"QEMU could not start {vm}: {r.stderr.strip() or r.stdout.strip()}")
         self._write_meta(vm, {"network": network, "accel": s.accel, "qmp": str(rt / "qmp.sock"),
-                              "started": time.time()})
+                              "started": time.time(), "ports": forwarded, "peers": addresses})
         return self.describe(vm)
 
     def describe(self, vm: str) -> Placement:
-        return Placement(vm, str(self.vm_dir(vm)), self._meta(vm).get("network"), str(self.console_log(vm)),
-                         {"pid": self.pid(vm)})
+        meta = self._meta(vm)
+        details: dict[str, Any] = {"pid": self.pid(vm)}
+        for key in ("ports", "peers"):
+            if meta.get(key):
+                details[key] = dict(meta[key])
+        return Placement(vm, str(self.vm_dir(vm)), meta.get("network"), str(self.console_log(vm)), details)
+
+    def endpoint(self, placement: Placement, port: int) -> tuple[str, int] | None:
+        """Where this host reaches the machine's guest TCP ``port``: ("127.0.0.1", forwarded
+        port), or None when ``start`` did not forward it."""
+        ports = placement.details.get("ports") or self._meta(placement.vm).get("ports") or {}
+        host_port = ports.get(str(port))
+        return ("127.0.0.1", int(host_port)) if host_port else None
 
     def qmp(self, vm: str) -> QmpClient:
         client = QmpClient(self._runtime(vm) / "qmp.sock", timeout=30)
@@ -453,6 +563,32 @@ def _backing(path: Path) -> str | None:
 
 def _opt(value: str | Path) -> str:
     return str(value).replace(",", ",,")
+
+
+def _check_ports(ports: Sequence[int]) -> list[int]:
+    """The guest ports, each once, in order; refused unless TCP port numbers."""
+    out: list[int] = []
+    for p in ports:
+        if isinstance(p, bool) or not isinstance(p, int) or not 1 <= p <= 65535:
+            raise UsageError(f"{p!r} is not a TCP port")
+        if p not in out:
+            out.append(p)
+    return out
+
+
+def _peer_addresses(peers: Sequence[Peer]) -> dict[str, str]:
+    """Each peer name's guest-visible address: 10.0.2.100, .101, ... by first appearance."""
+    addresses: dict[str, str] = {}
+    for peer in peers:
+        if not 1 <= peer.port <= 65535 or not 1 <= peer.host_port <= 65535:
+            raise UsageError(f"peer {peer.name}: ports must be TCP port numbers")
+        if not peer.host or any(c.isspace() for c in peer.host):
+            raise UsageError(f"peer {peer.name}: bad host {peer.host!r}")
+        if peer.name not in addresses:
+            if len(addresses) == MAX_PEERS:
+                raise UsageError(f"at most {MAX_PEERS} peers")
+            addresses[peer.name] = str(PEER_BASE + len(addresses))
+    return addresses
 
 
 

@@ -15,8 +15,19 @@ Layout (raw image):
 At boot the initramfs' ``/init`` loads virtio/ext4 modules, mounts partition 1 read-only,
 checks ``/rehost-sums``, and prints ``REHOST-BOOT-OK marker=<marker>`` on the serial console —
 only after the mount and checks succeeded, so the line proves the disk's data is intact.
-Then it powers off (default) or, in *stay* mode, remounts read-write, prints
-``REHOST-READY`` and runs a shell on the console (ACPI power button => clean poweroff).
+Then it powers off (default) or, in *stay* mode, keeps running with the root read-write,
+prints ``REHOST-READY`` and runs a shell on the console (ACPI power button => clean poweroff).
+
+Network and service (stay mode; set up *before* the boot marker, so a guest that printed
+``REHOST-BOOT-OK`` answers at once): when the VM has a NIC (``eth0``; ``virtio_net`` is in
+the initramfs) /init runs busybox ``udhcpc -i eth0 -n -q -t 3 -T 1`` with the event script
+``/etc/udhcpc.script`` and prints ``REHOST-NET ip=ADDR`` (``REHOST-NET none`` without a
+lease); without a NIC nothing is tried. Then busybox ``httpd -p 80 -h /www`` starts
+(``REHOST-HTTP port=80``): ``/`` shows ``REHOST-WEB marker=MARKER``; CGI scripts
+``/cgi-bin/get?KEY`` (the stored value, 404 if none), ``/cgi-bin/set?KEY=VALUE`` (URL-decoded,
+kept on the root disk in ``/var/lib/rehost-kv/KEY``, synced) and ``/cgi-bin/fetch?URL`` (what
+the guest's own ``wget`` gets from URL, 502 with the error otherwise: shows what a guest
+reaches over its network). The poweroff mode has neither (it exits right after the marker).
 The mode comes from the kernel command line (``rehost.stay=1``/``0``, see the extlinux labels
 ``rehost-stay``/``rehost-poweroff``) or else from ``/rehost-mode`` — the file is the easy knob,
 since nobody types at the extlinux prompt in a test.
@@ -356,6 +367,32 @@ start_guest_agent() {
     echo "REHOST-AGENT pid=$! port=$port"
 }
 
+# Network (stay mode): when the VM has a NIC (eth0; none with -nic none, so such guests lose
+# no time), ask DHCP for an address: busybox udhcpc, 3 tries 1 s apart, its event script
+# /etc/udhcpc.script sets address, netmask and default route. Prints REHOST-NET ip=ADDR
+# or REHOST-NET none (no lease).
+start_network() {
+    ip link set lo up
+    [ -e /sys/class/net/eth0 ] || return 0
+    ip link set eth0 up
+    addr=""
+    if udhcpc -i eth0 -n -q -t 3 -T 1 -s /etc/udhcpc.script >/var/log/udhcpc.log 2>&1; then
+        addr="$(cat /var/run/udhcpc.eth0.ip 2>/dev/null)"
+    fi
+    if [ -n "$addr" ]; then echo "REHOST-NET ip=$addr"; else echo "REHOST-NET none"; fi
+}
+
+# The test service (stay mode): busybox httpd on port 80 serving /www: index.html with the
+# marker, CGI scripts get?KEY, set?KEY=VALUE (values kept on the root disk under
+# /var/lib/rehost-kv) and fetch?URL (what this guest's wget gets from URL).
+start_http() {
+    mkdir -p /mnt/var/lib/rehost-kv /var/lib
+    ln -sfn /mnt/var/lib/rehost-kv /var/lib/rehost-kv
+    printf '<!doctype html>\n<title>rehost %s</title>\n<p>REHOST-WEB marker=%s</p>\n' \
+        "$1" "$1" > /www/index.html
+    httpd -p 80 -h /www </dev/null >/dev/null 2>&1 && echo "REHOST-HTTP port=80"
+}
+
 for m in $(cat /lib/modules/load-order); do
     insmod "/lib/modules/$m.ko" || echo "rehost-init: insmod $m failed"
 done
@@ -419,6 +456,13 @@ for n in /sys/class/net/*; do
     [ "${n##*/}" = lo ] || macs="$macs${macs:+,}$(cat "$n/address")"
 done
 echo "REHOST-MACHINE cpus=$cpus memory_mib=$mib macs=${macs:-none}"
+# stay mode: the root read-write, the network and the HTTP service are up before the
+# marker, so whoever sees REHOST-BOOT-OK can talk to the guest at once
+if [ "$stay" = 1 ]; then
+    mount -o remount,rw /mnt || fail "cannot remount $root read-write"
+    start_network
+    start_http "$marker"
+fi
 echo "REHOST-BOOT-OK marker=$marker"
 
 if [ "$stay" != 1 ]; then
@@ -427,7 +471,6 @@ if [ "$stay" != 1 ]; then
     sleep 3600
 fi
 
-mount -o remount,rw /mnt || fail "cannot remount $root read-write"
 acpid -c /etc/acpi -l /var/log/acpid.log
 start_guest_agent
 echo "REHOST-READY root=$root"
@@ -508,6 +551,74 @@ el=$(($(now) - start))
 printf 'rehost-churn: wrote %d MiB in %d.%02d s to %s\n' "$n" $((el / 100)) $((el % 100)) "$file"
 """
 
+UDHCPC_SCRIPT = r"""#!/bin/sh
+# busybox udhcpc's event script: $interface $ip $subnet $router $dns come from the lease
+PATH=/bin
+case "$1" in
+    deconfig)
+        ifconfig "$interface" 0.0.0.0 up
+        ;;
+    bound|renew)
+        ifconfig "$interface" "$ip" netmask "${subnet:-255.255.255.0}" up
+        ip route del default dev "$interface" 2>/dev/null
+        for r in $router; do
+            route add default gw "$r" dev "$interface" && break
+        done
+        : > /etc/resolv.conf
+        for d in $dns; do echo "nameserver $d" >> /etc/resolv.conf; done
+        echo "$ip" > "/var/run/udhcpc.$interface.ip"
+        ;;
+esac
+exit 0
+"""
+
+#: Where the HTTP service keeps values (a folder of the root disk, mounted at /mnt).
+KV_DIR = "var/lib/rehost-kv"
+
+_CGI_HEAD = r"""#!/bin/sh
+# rehost tiny Linux HTTP service (busybox httpd CGI); QUERY_STRING is what follows the "?"
+PATH=/bin
+reply() {  # STATUS, then the body on stdin
+    printf 'HTTP/1.0 %s\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n' "$1"
+    cat
+}
+key_ok() {
+    case "$1" in ''|.*|*[!A-Za-z0-9._-]*) return 1 ;; esac
+}
+kv=/var/lib/rehost-kv
+"""
+
+CGI_GET = _CGI_HEAD + r"""# get?KEY: the stored value, as it was stored
+key="$(httpd -d "$QUERY_STRING")"
+key_ok "$key" || { echo "bad key" | reply "400 Bad Request"; exit 0; }
+[ -f "$kv/$key" ] || { echo "no such key: $key" | reply "404 Not Found"; exit 0; }
+reply "200 OK" < "$kv/$key"
+"""
+
+CGI_SET = _CGI_HEAD + r"""# set?KEY=VALUE: store VALUE (URL-decoded) under KEY on the root disk, synced
+key="$(httpd -d "${QUERY_STRING%%=*}")"
+case "$QUERY_STRING" in *=*) ;; *) echo "use set?KEY=VALUE" | reply "400 Bad Request"; exit 0 ;; esac
+value="$(httpd -d "${QUERY_STRING#*=}")"
+key_ok "$key" || { echo "bad key" | reply "400 Bad Request"; exit 0; }
+mkdir -p "$kv"
+printf '%s' "$value" > "$kv/.$key.tmp" && mv "$kv/.$key.tmp" "$kv/$key" && sync \
+    || { echo "cannot store $key" | reply "500 Internal Server Error"; exit 0; }
+echo "stored $key" | reply "200 OK"
+"""
+
+CGI_FETCH = _CGI_HEAD + r"""# fetch?URL: what this guest gets from URL (busybox wget), to show what it reaches
+url="$(httpd -d "$QUERY_STRING")"
+[ -n "$url" ] || { echo "use fetch?URL" | reply "400 Bad Request"; exit 0; }
+out=/tmp/fetch.$$
+# Debian's busybox 1.35 wget segfaults with -T: the timeout applet bounds it instead
+if timeout 15 wget -q -O "$out" "$url" 2>"$out.err"; then
+    reply "200 OK" < "$out"
+else
+    { echo "fetching $url failed"; cat "$out.err"; } | reply "502 Bad Gateway"
+fi
+rm -f "$out" "$out.err"
+"""
+
 #: Where qemu-ga lives on the build host (Debian package ``qemu-guest-agent``).
 QEMU_GA_CANDIDATES = ("/usr/sbin/qemu-ga", "/usr/bin/qemu-ga")
 #: Kernel modules the guest agent needs (its virtio-serial port).
@@ -567,7 +678,8 @@ def build_initramfs(
 
     cpio = _Cpio()
     for d in ("bin", "dev", "proc", "sys", "mnt", "tmp", "etc", "etc/acpi", "etc/acpi/PWRF",
-              "lib", "lib/modules", "var", "var/log", "var/run", "root"):  # fmt: skip
+              "lib", "lib/modules", "var", "var/log", "var/run", "root", "www",
+              "www/cgi-bin"):  # fmt: skip
         cpio.dir(d)
     cpio.chardev("dev/console", 5, 1)
     cpio.chardev("dev/null", 1, 3)
@@ -580,6 +692,10 @@ def build_initramfs(
     cpio.file("etc/acpi/PWRF/00000080", POWERDOWN_SCRIPT.encode(), 0o755)
     cpio.file("bin/shutdown", SHUTDOWN_SCRIPT.encode(), 0o755)  # busybox has none
     cpio.file("bin/rehost-churn", CHURN_SCRIPT.encode(), 0o755)
+    cpio.file("etc/udhcpc.script", UDHCPC_SCRIPT.encode(), 0o755)
+    cpio.file("www/cgi-bin/get", CGI_GET.encode(), 0o755)
+    cpio.file("www/cgi-bin/set", CGI_SET.encode(), 0o755)
+    cpio.file("www/cgi-bin/fetch", CGI_FETCH.encode(), 0o755)
     if qemu_ga is not None:
         cpio.file("bin/qemu-ga", qemu_ga.read_bytes(), 0o755)
         made = {"bin", "lib"}
