@@ -47,6 +47,7 @@ from rehost.spec import MachineSpec
 from rehost.targets.base import (
     Capabilities,
     Extent,
+    Peer,
     Placement,
     PointDisk,
     Progress,
@@ -75,18 +76,6 @@ _MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}", re.IGNORECASE)
 #: 10.0.2.0/24: .2 host, .3 DNS, .15.. DHCP)
 PEER_BASE = ipaddress.IPv4Address("10.0.2.100")
 MAX_PEERS = 100
-
-
-@dataclass(frozen=True)
-class Peer:
-    """Another machine this one must reach on its network: a guest connection to the peer's
-    address (``Placement.details["peers"][name]``) and ``port`` is relayed to
-    ``host:host_port`` (typically the peer's ``endpoint`` for that port)."""
-
-    name: str
-    port: int
-    host: str
-    host_port: int
 
 
 def _nics(network: str, macs: list[str], first_extra: str = "") -> list[str]:

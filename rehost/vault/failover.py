@@ -184,8 +184,9 @@ def _run_checks(ctx: StepContext) -> str:
     ctx.save_outputs(verdict=v)
     if not v["ok"]:
         raise InvalidState(f"verdict failed: {verdicts.failures(v)}")
-    return f"verdict passed: boot ({boot})" + (
-        f" and {len(checks)} check(s): {', '.join(c.name for c in checks)}" if checks else "; no other checks")
+    names = ", ".join(c.name for c in checks)
+    return f"verdict passed: boot ({boot})" + (f" and {len(checks)} check(s): {names}" if checks
+                                               else "; no other checks")
 
 
 def _hydrate(ctx: StepContext) -> str:
