@@ -72,7 +72,7 @@ def complete(
     """Finish a migration: stop replication, purge replica data, keep the migrated machine.
 
     Refused unless the last failover's verdict passed (it booted and every check of
-    `rehost check add` answered)."""
+    `rehost probe add` answered)."""
     if reason is not None and not force:
         raise UsageError("--reason goes with --force")
     with open_vault(ctx) as vault:

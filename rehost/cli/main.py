@@ -12,13 +12,13 @@ import typer
 
 from rehost.cli import (
     api_client,
-    check_cmd,
     demo_cmd,
     failover_cmd,
     job_cmd,
     machine_cmd,
     plan_cmd,
     policy_cmd,
+    probe_cmd,
     target_cmd,
     token_cmd,
     vault_cmd,
@@ -82,7 +82,7 @@ vault_cmd.register(app)
 machine_cmd.register(app)
 target_cmd.register(app)
 failover_cmd.register(app)
-check_cmd.register(app)
+probe_cmd.register(app)
 job_cmd.register(app)
 demo_cmd.register(app)
 policy_cmd.register(app)

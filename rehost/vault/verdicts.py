@@ -1,6 +1,6 @@
 """A failed-over machine's verdict: did it boot, and do its services answer (issue 15).
 
-Each machine carries named checks (``rehost check add``): TCP ports that must send bytes
+Each machine carries named checks (``rehost probe add``): TCP ports that must send bytes
 back, HTTP requests with a status and a body fragment, scripts run on the rehost host. A
 (test) failover runs them against the machine on its target network, after the boot
 verdict, and keeps the result in the job (``outputs["verdict"]``). ``complete`` asks for the

@@ -1,4 +1,5 @@
-"""rehost check add | list | remove: what a failed-over machine must answer besides booting."""
+"""rehost probe add | list | remove: what a failed-over machine must answer besides booting
+(its verdict's checks; ``rehost check`` is the repository's own check)."""
 
 from __future__ import annotations
 
@@ -11,18 +12,18 @@ from rehost.errors import UsageError
 from rehost.guest.probes import DEFAULT_TIMEOUT_S, Check
 from rehost.vault import verdicts
 
-check_app = typer.Typer(
-    help="Checks a failed-over machine must pass (its verdict; `rehost complete` asks for it): "
+probe_app = typer.Typer(
+    help="Probes a failed-over machine must pass (its verdict; `rehost complete` asks for it): "
          "TCP ports that send bytes back, HTTP answers, scripts.",
     no_args_is_help=True,
 )
 
 
 def register(app: typer.Typer) -> None:
-    app.add_typer(check_app, name="check")
+    app.add_typer(probe_app, name="probe")
 
 
-@check_app.command("add")
+@probe_app.command("add")
 def add(
     ctx: typer.Context, machine: str, name: str,
     tcp: int = typer.Option(None, "--tcp", help="PORT: passes when bytes come back (after --send)."),
@@ -36,7 +37,7 @@ def add(
     timeout: float = typer.Option(DEFAULT_TIMEOUT_S, help="Seconds to keep trying (services start "
                                   "after the boot)."),
 ) -> None:
-    """Add a check named NAME to MACHINE: exactly one of --tcp, --http, --script."""
+    """Add a probe named NAME to MACHINE: exactly one of --tcp, --http, --script."""
     given = [k for k, v in (("--tcp", tcp), ("--http", http), ("--script", script)) if v is not None]
     if len(given) != 1:
         raise UsageError("give exactly one of --tcp PORT, --http PORT, --script PATH "
@@ -52,10 +53,10 @@ def add(
         check = Check(name, "http", port=http, path=path, status=status, expect=expect, timeout_s=timeout)
     with open_vault(ctx) as vault:
         verdicts.add_check(vault, machine, check)
-    out.print(f"{machine}: check {name}: {check.describe()}", highlight=False, markup=False)
+    out.print(f"{machine}: probe {name}: {check.describe()}", highlight=False, markup=False)
 
 
-@check_app.command("list")
+@probe_app.command("list")
 def list_(ctx: typer.Context, machine: str, as_json: bool = typer.Option(False, "--json")) -> None:
     """The machine's checks, in the order they run (after the boot)."""
     with open_vault(ctx) as vault:
@@ -64,14 +65,15 @@ def list_(ctx: typer.Context, machine: str, as_json: bool = typer.Option(False, 
         emit_json([c.to_json() for c in checks])
         return
     if not checks:
-        out.print(f"{machine} has no checks: its verdict is the boot alone", highlight=False, markup=False)
+        out.print(f"{machine} has no probes: its verdict is the boot alone (rehost probe add)",
+                  highlight=False, markup=False)
     for c in checks:
         out.print(f"{c.name:16} {c.describe()} (up to {c.timeout_s:g}s)", highlight=False, markup=False)
 
 
-@check_app.command("remove")
+@probe_app.command("remove")
 def remove(ctx: typer.Context, machine: str, name: str) -> None:
-    """Remove a check."""
+    """Remove a probe."""
     with open_vault(ctx) as vault:
         verdicts.remove_check(vault, machine, name)
-    out.print(f"{machine}: check {name} removed", highlight=False, markup=False)
+    out.print(f"{machine}: probe {name} removed", highlight=False, markup=False)
