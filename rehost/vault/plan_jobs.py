@@ -1,6 +1,14 @@
 """Running a recovery plan (issue 15): one plan job whose step per group runs the group's
-pre-actions, one child test-failover job per machine, then its post-actions and manual
-actions (the job waits until an operator confirms each).
+pre-actions, one child job per machine (test failover, failover, cleanup or complete), then
+its post-actions and manual actions (the job waits until an operator confirms each).
+
+Consistency across machines: a test failover at ``latest`` takes, for each machine, its
+newest point not newer than one instant (the plan job's creation, or ``--at``), so the
+machines of an application are seen at about the same moment; the job records each point
+and the spread between the oldest and the newest. A real failover (``--shutdown-source``)
+shuts down and final-syncs each group's machines as a single failover does. Machines of later
+groups reach those of earlier ones through the target (``Peer``) where its network alone
+does not carry them, and the plan's verdict gathers every machine's checks.
 
 The plan is copied into the job's parameters when the job is made, so a resumed job runs
 the steps it was made with even if the plan changed since. Each child job's id is saved in
@@ -13,19 +21,23 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
 
-from rehost.errors import InvalidState, RehostError
+from rehost.errors import InvalidState, NotFound, RehostError, UsageError
 from rehost.jobs.models import JobRow
 from rehost.jobs.runner import DONE_STATES, Step, StepContext, create_job, get_job, plan, run_job
-from rehost.vault import failover, plans
+from rehost.vault import failover, plans, protection, targets, verdicts
 from rehost.vault.plan_actions import run_script
 from rehost.vault.vault import Vault
 
 TEST_FAILOVER = "plan-test-failover"
 TEST_CLEANUP = "plan-test-cleanup"
+FAILOVER = "plan-failover"
+COMPLETE = "plan-complete"
+KINDS = (TEST_FAILOVER, TEST_CLEANUP, FAILOVER, COMPLETE)
 CONFIRM_POLL_S = 0.5
 
 
@@ -33,12 +45,72 @@ class PlanStepFailed(RehostError):
     """A machine or an action of a group failed; the message names which and why."""
 
 
-def start(vault: Vault, kind: str, name: str) -> JobRow:
-    """Make a plan job from the plan as it is now (refused for an empty plan)."""
+def _parse_instant(at: str | None) -> datetime:
+    if at is None:
+        return datetime.now(UTC)
+    try:
+        t = datetime.fromisoformat(at.replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"--at {at!r} is not a time: give ISO 8601, e.g. 2026-12-05T10:30:00Z") from None
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+def consistent_points(vault: Vault, machines: list[str], at: datetime) -> dict[str, Any]:
+    """Each machine's newest point not newer than ``at``, and the spread between them."""
+    chosen: dict[str, dict[str, str]] = {}
+    stamps: list[datetime] = []
+    for m in machines:
+        fitting = [p for p in protection.point_list(vault, m) if protection.point_time(p) <= at]
+        if not fitting:
+            raise NotFound(f"{m} has no recovery point at or before {at.isoformat(timespec='seconds')}"
+                           f" (rehost points {m})")
+        chosen[m] = {"id": fitting[-1].id, "time": fitting[-1].time}
+        stamps.append(protection.point_time(fitting[-1]))
+    spread = (max(stamps) - min(stamps)).total_seconds()
+    return {"at": at.isoformat(timespec="seconds"), "points": chosen, "spread_s": round(spread, 3)}
+
+
+def running_plan_job(vault: Vault, name: str) -> JobRow | None:
+    with vault.session() as s:
+        return s.scalar(select(JobRow).where(JobRow.kind.in_(KINDS), JobRow.machine_name == name,
+                                             JobRow.state.in_(("queued", "running")))
+                        .order_by(JobRow.created_at.desc()).limit(1))
+
+
+def start(vault: Vault, kind: str, name: str, *, point: str = "latest", at: str | None = None,
+          shutdown_source: bool = False, force_reason: str | None = None) -> JobRow:
+    """Make a plan job from the plan as it is now. Refused for an empty plan, while another
+    job of the plan runs, and (complete) while a machine's verdict did not pass, unless forced
+    with a reason: the refusal names every such machine."""
     p = plans.show(vault, name)
     if not p.machines:
         raise InvalidState(f"plan {name!r} has no machines: rehost plan add {name} MACHINE --group 1")
-    return create_job(vault, kind, None, name, {"plan": name, "groups": p.to_json()["groups"]})
+    busy = running_plan_job(vault, name)
+    if busy is not None:
+        raise InvalidState(f"plan {name!r} has a {busy.kind} job {busy.state} ({busy.id}); "
+                           f"wait for it or rehost job resume {busy.id}")
+    params: dict[str, Any] = {"plan": name, "groups": p.to_json()["groups"]}
+    if kind == TEST_FAILOVER:
+        if point != "latest":
+            raise UsageError("a plan's test failover takes --point latest (with --at TIME): a point id "
+                             "is one machine's")
+        params["consistency"] = consistent_points(vault, p.machines, _parse_instant(at))
+    elif kind == FAILOVER:
+        params["shutdown_source"] = shutdown_source
+    elif kind == COMPLETE:
+        refusals, records = [], {}
+        for m in p.machines:
+            try:
+                records[m] = verdicts.require_passing(vault, m, force_reason)
+            except InvalidState as e:
+                refusals.append(str(e).split(". Fix it")[0].removeprefix("cannot complete "))
+        if refusals:
+            raise InvalidState(f"cannot complete plan {name}: " + "; ".join(refusals)
+                               + f". Or: rehost plan complete {name} --force --reason TEXT (recorded)")
+        params["verdicts"] = records
+        if force_reason is not None:
+            params["force_reason"] = force_reason
+    return create_job(vault, kind, None, name, params)
 
 
 def _context(ctx: StepContext) -> dict[str, Any]:
@@ -53,6 +125,37 @@ def _context(ctx: StepContext) -> dict[str, Any]:
     return {"plan": ctx.params["plan"], "machines": machines}
 
 
+def _peers(ctx: StepContext) -> list[dict[str, Any]]:
+    """Every port of the machines already started by this plan, as the target reaches it:
+    a later group's machine is started able to reach them."""
+    peers = []
+    for machine, job_id in ctx.outputs.get("children", {}).items():
+        child = get_job(ctx.vault, job_id)
+        placement = child.outputs.get("placement")
+        if not placement or not child.params.get("target"):
+            continue
+        target = targets.provider(targets.get_target(ctx.vault, child.params["target"]))
+        from rehost.targets.base import Placement
+
+        where = Placement.from_json(placement)
+        for port in verdicts.ports_of(verdicts.list_checks(ctx.vault, machine)):
+            end = target.endpoint(where, port)
+            if end is not None:
+                peers.append({"name": machine, "port": port, "host": end[0], "host_port": end[1]})
+    return peers
+
+
+def _child_params(ctx: StepContext, machine: str, kind: str) -> dict[str, Any]:
+    if kind == "test-failover":
+        point = ctx.params.get("consistency", {}).get("points", {}).get(machine, {}).get("id")
+        return {"peers": _peers(ctx), **({"point": point} if point else {})}
+    if kind == "failover":
+        return {"peers": _peers(ctx), "shutdown_source": bool(ctx.params.get("shutdown_source"))}
+    if kind == "complete" and "force_reason" in ctx.params:
+        return {"force_reason": ctx.params["force_reason"]}
+    return {}
+
+
 def _child_job(ctx: StepContext, machine: str, kind: str) -> str | None:
     """The machine's child job: made and recorded now (before it runs: a resumed plan job
     finds it), or the one recorded before; None when that one already succeeded."""
@@ -61,7 +164,7 @@ def _child_job(ctx: StepContext, machine: str, kind: str) -> str | None:
     if job_id is not None and get_job(ctx.vault, job_id).state in DONE_STATES:
         return None
     if job_id is None:
-        job_id = failover.start_job(ctx.vault, kind, machine).id
+        job_id = failover.start_job(ctx.vault, kind, machine, **_child_params(ctx, machine, kind)).id
         children[machine] = job_id
         ctx.save_outputs(children=children)
     return job_id
@@ -127,7 +230,7 @@ def confirm(vault: Vault, name: str) -> str:
     """Confirm the manual action the plan's running job waits for; returns its text."""
     with vault.session() as s, s.begin():
         job = s.scalar(
-            select(JobRow).where(JobRow.kind == TEST_FAILOVER, JobRow.machine_name == name,
+            select(JobRow).where(JobRow.kind.in_(KINDS), JobRow.machine_name == name,
                                  JobRow.state == "running")
             .order_by(JobRow.created_at.desc())
         )
@@ -157,27 +260,70 @@ def _group_step(group: dict[str, Any], kind: str) -> Callable[[StepContext], str
                                context=_context(ctx), timeout_s=a["timeout_s"])
                 lines.append(f"{which} {a['script']} ({r.seconds:.1f}s):\n{r.output.rstrip()}")
 
-        if kind == TEST_FAILOVER:
+        starts = kind in (TEST_FAILOVER, FAILOVER)
+        if starts:
             actions("pre")
-        lines.extend(_run_machines(ctx, list(group["machines"]), child_kind[kind]))
-        if kind == TEST_FAILOVER:
+        try:
+            lines.extend(_run_machines(ctx, list(group["machines"]), child_kind[kind]))
+        finally:
+            if starts:
+                _gather_verdicts(ctx)
+        if starts:
             actions("post")
             actions("manual")
-        else:
+        elif kind == TEST_CLEANUP:
             actions("cleanup")
         return "\n".join(lines)
 
     return run
 
 
-child_kind = {TEST_FAILOVER: "test-failover", TEST_CLEANUP: "test-cleanup"}
+child_kind = {TEST_FAILOVER: "test-failover", TEST_CLEANUP: "test-cleanup", FAILOVER: "failover",
+              COMPLETE: "complete"}
+
+
+def _gather_verdicts(ctx: StepContext) -> None:
+    """The plan's verdict: every child's checks so far (a failed one's too, so the plan says
+    which machine and which check)."""
+    checks: list[dict[str, Any]] = []
+    for machine, job_id in ctx.outputs.get("children", {}).items():
+        v = get_job(ctx.vault, job_id).outputs.get("verdict")
+        for c in (v or {}).get("checks", []):
+            checks.append({**c, "machine": c.get("machine") or machine})
+    ctx.save_outputs(verdict={"ok": bool(checks) and all(c["ok"] for c in checks), "checks": checks,
+                              "at": datetime.now(UTC).isoformat(timespec="seconds")})
+
+
+def _consistency_step(ctx: StepContext) -> str:
+    c = ctx.params["consistency"]
+    lines = [f"points at or before {c['at']}; spread {c['spread_s']:g}s between machines"]
+    lines += [f"{m}: point {p['id'][:12]} ({p['time']})" for m, p in c["points"].items()]
+    return "\n".join(lines)
 
 
 @plan(TEST_FAILOVER)
 def _test_failover_plan(vault: Vault, job: JobRow) -> list[Step]:
-    return [Step(f"group_{g['group']}", f"Group {g['group']}: {', '.join(g['machines']) or 'actions'}",
-                 _group_step(g, TEST_FAILOVER))
-            for g in job.params["groups"]]
+    first = [Step("points", "Choose consistent points", _consistency_step)] \
+        if "consistency" in job.params else []
+    return first + [Step(f"group_{g['group']}", _title(g), _group_step(g, TEST_FAILOVER))
+                    for g in job.params["groups"]]
+
+
+def _title(g: dict[str, Any]) -> str:
+    return f"Group {g['group']}: {', '.join(g['machines']) or 'actions'}"
+
+
+@plan(FAILOVER)
+def _failover_plan(vault: Vault, job: JobRow) -> list[Step]:
+    """Group after group; each machine's own failover job shuts its source down and syncs
+    it last when asked, so a group's machines stop only when their turn comes."""
+    return [Step(f"group_{g['group']}", _title(g), _group_step(g, FAILOVER)) for g in job.params["groups"]]
+
+
+@plan(COMPLETE)
+def _complete_plan(vault: Vault, job: JobRow) -> list[Step]:
+    return [Step(f"group_{g['group']}", f"Complete group {g['group']}", _group_step(g, COMPLETE))
+            for g in job.params["groups"] if g["machines"]]
 
 
 @plan(TEST_CLEANUP)

@@ -148,7 +148,7 @@ def prune_vault(
         forget: set[str] = set()
         touched: set[str] = set()
         for machine_id, points in point_records.records_by_machine(vault, disks=False).items():
-            times = [PointTime(p.id, _when(p), p.consistency == Consistency.APP) for p in points]
+            times = [PointTime(p.id, point_time(p), p.consistency == Consistency.APP) for p in points]
             gone = {p.id for p in points} - points_to_keep(times, policy, now)
             if gone:
                 forget |= gone
@@ -157,5 +157,6 @@ def prune_vault(
             return prune(vault.repo, forget, reading=leases.points_being_read(vault))
 
 
-def _when(p: RecoveryPoint | PointRecord) -> datetime:
+def point_time(p: RecoveryPoint | PointRecord) -> datetime:
+    """When the point was taken, as a time (the manifests keep a UTC string)."""
     return datetime.strptime(p.time, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)

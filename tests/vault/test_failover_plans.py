@@ -219,5 +219,5 @@ def test_cli_failover_killed_by_the_target_then_job_resume(tmp_path: Path) -> No
     assert job["kind"] == "failover" and job["state"] == "interrupted"
     rehost(vault, "job", "resume", job["id"])
     job = rehost(vault, "job", job["id"], "--json").json()
-    assert job["state"] == "succeeded" and "marker=cli" in job["steps"][-2]["detail"]
+    assert job["state"] == "succeeded" and "marker=cli" in job["steps"][-1]["detail"]
     assert rehost(vault, "machines", "--json").json()[0]["runs_at"] == str(double / "web")
