@@ -1,4 +1,5 @@
-"""Dashboard pages (/ui): overview, replicated items, item detail, jobs, infrastructure.
+"""Dashboard pages (/ui): overview, replicated items, item detail, jobs, recovery plans,
+infrastructure.
 
 Pages read through ``rehost.api.views`` exactly what the JSON API returns, and change
 nothing themselves: the buttons call the API (with the sign-in cookie and the CSRF header),
@@ -15,14 +16,14 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
-from rehost.api import views
+from rehost.api import routes_plans, views
 from rehost.api.auth import Reader, VaultDep, pool_of
 from rehost.api.deps import COOKIE, CSRF_HEADER, Caller
 from rehost.api.tokens import Role, authenticate
 from rehost.jobs import runner
 from rehost.replication.health import _span
 from rehost.units import human
-from rehost.vault import overview, policies, protection, targets
+from rehost.vault import overview, plans, policies, protection, targets
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
@@ -113,6 +114,24 @@ def jobs_page(request: Request, vault: VaultDep, caller: Reader) -> HTMLResponse
 @router.get("/jobs/{job_id}")
 def job_page(job_id: str, request: Request, vault: VaultDep, caller: Reader) -> HTMLResponse:
     return render(request, "job.html", caller, job=views.job_view(vault, runner.get_job(vault, job_id)))
+
+
+@router.get("/plans")
+def plans_page(request: Request, vault: VaultDep, caller: Reader) -> HTMLResponse:
+    return render(request, "plans.html", caller, plans=routes_plans.plan_summaries(vault))
+
+
+@router.get("/plans/{name}")
+def plan_page(name: str, request: Request, vault: VaultDep, caller: Reader) -> HTMLResponse:
+    """The plan's groups in order and its newest plan job: a step per group, each machine's
+    child job and checks, the manual action it waits for. The page polls
+    ``/api/v1/plans/{name}/job`` and redraws its live part when that changes."""
+    plan = plans.show(vault, name).to_json()
+    row = routes_plans.newest_plan_job(vault, name)
+    job = None if row is None else routes_plans.plan_job_view(vault, row)
+    steps = {s["name"]: s for s in job["steps"]} if job else {}
+    polling = job is not None and job["state"] in ("queued", "running")  # not ``live``: no refresh
+    return render(request, "plan.html", caller, plan=plan, job=job, steps=steps, polling=polling)
 
 
 @router.get("/infrastructure")
