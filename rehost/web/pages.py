@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -30,6 +31,15 @@ templates = Jinja2Templates(directory=HERE / "templates")
 templates.env.filters["human"] = human
 templates.env.filters["span"] = lambda s: "–" if s is None else _span(float(s))
 templates.env.globals["csrf_header"] = CSRF_HEADER
+
+
+def subject_url(job: dict[str, Any]) -> str:
+    """A job's subject: its machine's page, or its plan's for a plan job (named by the plan)."""
+    page = "plans" if job["kind"].startswith(routes_plans.PLAN_KIND_PREFIX) else "items"
+    return f"/ui/{page}/{quote(job['machine'], safe='')}"
+
+
+templates.env.globals["subject_url"] = subject_url
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 

@@ -13,12 +13,15 @@ from tests.api.portal import ROLES
 from tests.targets.helpers import make_disk
 
 
-def make_plan_vault(root: Path, machines: tuple[str, ...] = ("db", "web")) -> dict[str, str]:
+def make_plan_vault(root: Path, machines: tuple[str, ...] = ("db", "web"),
+                    unbootable: tuple[str, ...] = ()) -> dict[str, str]:
+    """``unbootable``: machines whose disk has no boot signature (their test failover fails)."""
     vault = Vault.init(root / "vault")
     try:
         targets.add_target(vault, "memory", "t", {"path": root / "target"})
         for name in machines:
-            inventory.add_image_source(vault, name, [make_disk(root / f"{name}.img", name)])
+            disk = make_disk(root / f"{name}.img", name, bootable=name not in unbootable)
+            inventory.add_image_source(vault, name, [disk])
             protection.replicate(vault, name)
         return {role: create_token(vault, f"{role}-token", role)[1] for role in ROLES}
     finally:

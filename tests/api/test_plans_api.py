@@ -136,6 +136,28 @@ def test_test_failover_of_a_plan_followed_confirmed_and_cleaned_up(tmp_path: Pat
             "db": "protected", "web": "protected"}
 
 
+def test_a_failed_plan_job_names_the_machine_and_its_step(tmp_path: Path) -> None:
+    tokens = make_plan_vault(tmp_path, ("db", "bad", "web"), unbootable=("bad",))
+    with portal_for(tmp_path, tokens) as portal:
+        vault = portal.open_vault()
+        try:
+            plans.create(vault, "shop")
+            plans.add_machine(vault, "shop", "db", 1)
+            plans.add_machine(vault, "shop", "bad", 1)
+            plans.add_machine(vault, "shop", "web", 2)
+        finally:
+            vault.close()
+        r = portal.post("/plans/shop/failover", {"test": True})
+        assert portal.wait_job(r.json()["id"])["state"] == "failed"
+        job = portal.get("/plans/shop/job").json()
+        assert job["state"] == "failed" and "machine bad: test-failover job" in job["error"]
+        assert [s["state"] for s in job["steps"]] == ["failed", "pending"]
+        assert job["children"]["db"]["state"] == "succeeded" and job["children"]["db"]["step"] == ""
+        bad = job["children"]["bad"]
+        assert bad["state"] == "failed" and bad["step"] and f"at step {bad['step']!r}" in job["error"]
+        assert "web" not in job["children"]
+
+
 def job_outputs(vault: Vault, job_id: str) -> dict[str, Any]:
     with vault.session() as s:
         row = s.get(JobRow, job_id)

@@ -151,6 +151,9 @@ def test_plan_page_follows_a_test_failover_and_its_manual_action(browser: Any, t
 
         page.click("text=Recovery plans")
         assert "plan-test-cleanup" in page.inner_text("tr[data-plan=shop]")
+        page.click("text=Jobs")
+        assert page.locator("#jobs a[href='/ui/plans/shop']").count() == 2  # the plan jobs lead to the plan
+        assert page.locator("#jobs a[href='/ui/items/db']").count() == 2  # a child job to its machine
 
         reader = sign_in(browser, site, "reader")
         reader.goto(f"{url}/ui/plans/shop")
