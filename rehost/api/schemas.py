@@ -11,7 +11,7 @@ import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 Name = Annotated[str, Field(min_length=1, max_length=64, description="1-64 letters, digits, '.', '_', '-'")]
 HostPath = Annotated[str, Field(min_length=1, max_length=4096, pattern=r"^[^\x00]+$",
@@ -359,3 +359,57 @@ class PlanConfirmedOut(BaseModel):
     plan: str
     #: the text of the manual action that was confirmed
     confirmed: str
+
+
+class PlanFailoverIn(_In):
+    """Exactly one of them: a real plan failover is not started through the API yet."""
+
+    test: bool = Field(False, description="Test-fail over every machine, group by group, on the "
+                                          "isolated network")
+    cleanup: bool = Field(False, description="Remove the test machines (last group first) and run the "
+                                             "plan's cleanup actions")
+
+    @model_validator(mode="after")
+    def _one(self) -> PlanFailoverIn:
+        if self.test == self.cleanup:
+            raise ValueError('say {"test": true} or {"cleanup": true}')
+        return self
+
+
+class VerdictCheckOut(BaseModel):
+    """One named check against a failed-over machine."""
+
+    model_config = ConfigDict(extra="allow")
+    machine: str = ""
+    name: str = ""
+    kind: str = Field("", description="boot, tcp, http or script")
+    ok: bool
+    detail: str = ""
+
+
+class VerdictOut(BaseModel):
+    ok: bool
+    checks: list[VerdictCheckOut] = Field(default_factory=list)
+
+
+class PlanChildOut(BaseModel):
+    job: str = Field(description="The machine's child job (test-failover, test-cleanup, ...)")
+    kind: str
+    state: str
+    step: str = Field(description="The title of its running step (or of the step it failed at)")
+    verdict: VerdictOut | None = Field(None, description="Its checks, once it has run them")
+
+
+class PlanWaitingOut(BaseModel):
+    key: str
+    text: str = Field(description="The manual action an operator must confirm (POST /plans/{name}/confirm)")
+
+
+class PlanJobOut(JobOut):
+    """A plan job: one step per group, a child job per machine started so far."""
+
+    plan: str
+    children: dict[str, PlanChildOut] = Field(description="machine -> its child job")
+    waiting: PlanWaitingOut | None
+    confirmed: list[str] = Field(description="The keys of the manual actions confirmed so far")
+    verdict: VerdictOut | None = Field(None, description="The plan's checks, once they have run")

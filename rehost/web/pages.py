@@ -1,4 +1,5 @@
-"""Dashboard pages (/ui): overview, replicated items, item detail, jobs, infrastructure.
+"""Dashboard pages (/ui): overview, replicated items, item detail, jobs, recovery plans,
+infrastructure.
 
 Pages read through ``rehost.api.views`` exactly what the JSON API returns, and change
 nothing themselves: the buttons call the API (with the sign-in cookie and the CSRF header),
@@ -9,26 +10,36 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
-from rehost.api import views
+from rehost.api import routes_plans, views
 from rehost.api.auth import Reader, VaultDep, pool_of
 from rehost.api.deps import COOKIE, CSRF_HEADER, Caller
 from rehost.api.tokens import Role, authenticate
 from rehost.jobs import runner
 from rehost.replication.health import _span
 from rehost.units import human
-from rehost.vault import overview, policies, protection, targets
+from rehost.vault import overview, plans, policies, protection, targets
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
 templates.env.filters["human"] = human
 templates.env.filters["span"] = lambda s: "–" if s is None else _span(float(s))
 templates.env.globals["csrf_header"] = CSRF_HEADER
+
+
+def subject_url(job: dict[str, Any]) -> str:
+    """A job's subject: its machine's page, or its plan's for a plan job (named by the plan)."""
+    page = "plans" if job["kind"].startswith(routes_plans.PLAN_KIND_PREFIX) else "items"
+    return f"/ui/{page}/{quote(job['machine'], safe='')}"
+
+
+templates.env.globals["subject_url"] = subject_url
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 
@@ -113,6 +124,24 @@ def jobs_page(request: Request, vault: VaultDep, caller: Reader) -> HTMLResponse
 @router.get("/jobs/{job_id}")
 def job_page(job_id: str, request: Request, vault: VaultDep, caller: Reader) -> HTMLResponse:
     return render(request, "job.html", caller, job=views.job_view(vault, runner.get_job(vault, job_id)))
+
+
+@router.get("/plans")
+def plans_page(request: Request, vault: VaultDep, caller: Reader) -> HTMLResponse:
+    return render(request, "plans.html", caller, plans=routes_plans.plan_summaries(vault))
+
+
+@router.get("/plans/{name}")
+def plan_page(name: str, request: Request, vault: VaultDep, caller: Reader) -> HTMLResponse:
+    """The plan's groups in order and its newest plan job: a step per group, each machine's
+    child job and checks, the manual action it waits for. The page polls
+    ``/api/v1/plans/{name}/job`` and redraws its live part when that changes."""
+    plan = plans.show(vault, name).to_json()
+    row = routes_plans.newest_plan_job(vault, name)
+    job = None if row is None else routes_plans.plan_job_view(vault, row)
+    steps = {s["name"]: s for s in job["steps"]} if job else {}
+    polling = job is not None and job["state"] in ("queued", "running")  # not ``live``: no refresh
+    return render(request, "plan.html", caller, plan=plan, job=job, steps=steps, polling=polling)
 
 
 @router.get("/infrastructure")

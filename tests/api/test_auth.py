@@ -46,6 +46,8 @@ MIN_ROLE = {
     ("POST", "/api/v1/jobs/{job_id}/cancel"): "operator",
     ("GET", "/api/v1/plans"): "reader",
     ("GET", "/api/v1/plans/{name}"): "reader",
+    ("GET", "/api/v1/plans/{name}/job"): "reader",
+    ("POST", "/api/v1/plans/{name}/failover"): "operator",
     ("POST", "/api/v1/plans/{name}/confirm"): "operator",
     ("GET", "/api/v1/overview"): "reader",
     ("GET", "/api/v1/whoami"): "reader",

@@ -25,20 +25,22 @@ function showError(id, message) {
   el.hidden = false;
 }
 
-function afterAction(data) {
-  // a job: follow it on its page; anything else: show the new state
-  if (data && data.id && data.steps) window.location = "/ui/jobs/" + encodeURIComponent(data.id);
+function afterAction(data, stay) {
+  // a job: follow it on its page (unless the page follows it itself); anything else: show the new state
+  if (!stay && data && data.id && data.steps) window.location = "/ui/jobs/" + encodeURIComponent(data.id);
   else window.location.reload();
 }
 
-// buttons that POST to the API: <button data-post="/api/v1/..." [data-confirm="..."]>
+// buttons that POST to the API:
+// <button data-post="/api/v1/..." [data-body='{"json": 1}'] [data-stay="1"] [data-confirm="..."]>
 document.addEventListener("click", async (ev) => {
   const btn = ev.target.closest("[data-post]");
   if (!btn) return;
   ev.preventDefault();
   if (btn.dataset.confirm && !confirm(btn.dataset.confirm)) return;
   btn.disabled = true;
-  try { afterAction(await api("POST", btn.dataset.post)); }
+  const body = btn.dataset.body ? JSON.parse(btn.dataset.body) : undefined;
+  try { afterAction(await api("POST", btn.dataset.post, body), !!btn.dataset.stay); }
   catch (e) { showError("action-error", e.message); btn.disabled = false; }
 });
 
@@ -113,7 +115,43 @@ function setupJobPolling() {
   }, 1000);
 }
 
+// a plan's live progress: poll its newest plan job's JSON every second; when it changed, draw
+// #plan-live again from this page as the server renders it now (the server escapes, this never
+// builds markup from the JSON), until the job ends
+async function redraw(id) {
+  const r = await fetch(window.location.href, {credentials: "same-origin", headers: {"Accept": "text/html"}});
+  if (!r.ok) return false;
+  const fresh = new DOMParser().parseFromString(await r.text(), "text/html").getElementById(id);
+  const here = document.getElementById(id);
+  if (!fresh || !here) return false;
+  here.replaceWith(fresh);
+  return true;
+}
+
+function setupPlanPolling() {
+  const section = document.getElementById("plan-live");
+  if (!section || section.dataset.polling !== "1") return;
+  const url = "/api/v1/plans/" + encodeURIComponent(section.dataset.plan) + "/job";
+  let seen = null;
+  let busy = false;
+  const timer = setInterval(async () => {
+    if (busy) return;
+    busy = true;
+    try {
+      const job = await api("GET", url);
+      const now = JSON.stringify(job);
+      if (now !== seen && await redraw("plan-live")) seen = now;
+      if (seen === now && job.state !== "running" && job.state !== "queued") clearInterval(timer);
+    } catch (e) {
+      // a missed poll is retried a second later
+    } finally {
+      busy = false;
+    }
+  }, 1000);
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   setupFailoverDialog();
   setupJobPolling();
+  setupPlanPolling();
 });
