@@ -6,9 +6,11 @@ import typer
 
 from rehost.cli.context import emit_json, open_vault, out
 from rehost.errors import InvalidState, UsageError
+from rehost.jobs.models import JobRow
 from rehost.jobs.runner import run_job
 from rehost.jobs.views import job_dict
 from rehost.vault import plan_jobs, plans
+from rehost.vault.vault import Vault
 
 plan_app = typer.Typer(
     help="Recovery plans: machines that fail over together, group after group, with actions between.",
@@ -134,25 +136,61 @@ def failover_cmd(
     name: str,
     test: bool = typer.Option(False, "--test", help="Test failover of every machine, group after group."),
     cleanup: bool = typer.Option(False, "--cleanup", help="Remove the plan's test machines."),
+    shutdown_source: bool = typer.Option(False, "--shutdown-source", help="Real failover: shut each "
+                                         "group's sources down and sync them last first."),
+    at: str = typer.Option(None, "--at", help="--test: each machine's newest point not newer than "
+                           "this time (ISO 8601; default: now)."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Fail the plan's machines over group after group, as one job (only --test and --cleanup
-    for now); `rehost job resume ID` continues it after a crash."""
-    if test == cleanup:
-        raise UsageError("give --test or --cleanup (a real plan failover is not there yet)")
-    kind = plan_jobs.TEST_FAILOVER if test else plan_jobs.TEST_CLEANUP
+    """Fail the plan's machines over group after group, as one job: --test (isolated network),
+    --cleanup, or a real failover (neither). `rehost job resume ID` continues it after a crash."""
+    if test and cleanup:
+        raise UsageError("give --test or --cleanup, not both")
+    if at is not None and not test:
+        raise UsageError("--at chooses the points of a test failover (--test)")
+    if shutdown_source and (test or cleanup):
+        raise UsageError("--shutdown-source is for a real failover (without --test/--cleanup)")
+    kind = plan_jobs.TEST_FAILOVER if test else plan_jobs.TEST_CLEANUP if cleanup else plan_jobs.FAILOVER
     with open_vault(ctx) as vault:
-        job = plan_jobs.start(vault, kind, name)
-        if not as_json:
-            out.print(f"job {job.id}: {kind} of plan {name}", highlight=False, markup=False)
-        job = run_job(vault, job.id)
-        if as_json:
-            emit_json(job_dict(vault, job))
+        job = plan_jobs.start(vault, kind, name, at=at, shutdown_source=shutdown_source)
+        _run(vault, job, kind, name, as_json)
+
+
+@plan_app.command("complete")
+def complete_cmd(
+    ctx: typer.Context,
+    name: str,
+    force: bool = typer.Option(False, "--force", help="Complete although a machine's last failover "
+                               "verdict did not pass (needs --reason; recorded)."),
+    reason: str = typer.Option(None, "--reason", help="Why, with --force."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Complete the migration of every machine of the plan (refused unless each one's last
+    failover verdict passed)."""
+    if reason is not None and not force:
+        raise UsageError("--reason goes with --force")
+    with open_vault(ctx) as vault:
+        job = plan_jobs.start(vault, plan_jobs.COMPLETE, name, force_reason=(reason or "") if force else None)
+        _run(vault, job, plan_jobs.COMPLETE, name, as_json)
+
+
+def _run(vault: Vault, job: JobRow, kind: str, name: str, as_json: bool) -> None:
     if not as_json:
+        out.print(f"job {job.id}: {kind} of plan {name}", highlight=False, markup=False)
+    job = run_job(vault, job.id)
+    if as_json:
+        emit_json(job_dict(vault, job))
+    else:
         for s in job.steps:
             out.print(f"  {s.state:10} {s.title}", highlight=False, markup=False)
             for line in (s.detail or "").splitlines():
                 out.print(f"             {line}", highlight=False, markup=False)
+        verdict = (job.outputs or {}).get("verdict")
+        if verdict:
+            out.print(f"  verdict: {'passed' if verdict['ok'] else 'FAILED'}", highlight=False, markup=False)
+            for c in verdict["checks"]:
+                out.print(f"    {'ok  ' if c['ok'] else 'FAIL'} {c['machine']}/{c['name']}: {c['detail']}",
+                          highlight=False, markup=False)
     if job.state != "succeeded":
         raise InvalidState(f"{kind} of plan {name} {job.state}: {job.error} (rehost job resume {job.id})")
 
