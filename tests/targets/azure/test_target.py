@@ -95,6 +95,14 @@ def test_verify_names_each_check_and_its_fix(arm_fake: ArmFake, secret: str) -> 
     bad = AzureTarget(targets.registry.get("azure").make_config(options(arm_fake, rg)))
     checks = {c.name: c for c in bad.verify().checks}
     assert not checks["test network isolated"].ok and "peered" in checks["test network isolated"].detail
+    # the storage account in another region than --location: managed disks cannot import from it
+    west = {name: {**v, "location": LOCATION} for name, v in VNETS.items()}
+    rg = seed(arm_fake, location="northeurope", vnets=west)
+    far = AzureTarget(targets.registry.get("azure").make_config(options(arm_fake, rg)))
+    checks = {c.name: c for c in far.verify().checks}
+    assert checks["failover network"].ok and checks["test network isolated"].ok
+    account = checks["storage account"]
+    assert not account.ok and "is in northeurope, not westeurope" in account.detail, account.detail
     # a wrong secret: one failed check that says what to look at, and no secret in it
     os.environ["AZURE_CLIENT_SECRET"] = "wrong-" + secret
     try:
