@@ -278,6 +278,10 @@ def test_migrate_to_azure_through_the_cli(arm_fake: ArmFake, secret: str, azure_
     target = AzureTarget(targets.registry.get("azure").make_config(opts))
     vm = target.arm.vm(rg, "web-test")
     assert vm is not None and vm.power_state == "running" and vm.tags["owner"] == "tests"
+    # on the test network: its NIC has an address of the test subnet (10.2.0.0/24), not prod's
+    nic = target.arm.nic(rg, "web-test-nic")
+    assert nic is not None and nic.private_ip.startswith("10.2.0."), nic
+    assert vm.tags["rehost-network"] == "test/default"
     made = set(target.arm.tagged(rg, "rehost-vm", "web-test"))
     assert len(made) >= 4, made  # VM, NIC, NSG, disk
     run("failover", "web", "--cleanup")
@@ -292,6 +296,8 @@ def test_migrate_to_azure_through_the_cli(arm_fake: ArmFake, secret: str, azure_
     assert step(real, "verify_boot")["detail"].startswith("boot-diagnostics: ")
     # the final sync made a point that changed nothing: bringing the replica to it wrote nothing
     assert step(real, "stage_disks")["detail"].endswith("replica synced to it first: 0 B written")
+    nic = target.arm.nic(rg, "web-nic")
+    assert nic is not None and nic.private_ip.startswith("10.1.0."), nic  # the failover subnet
     run("complete", "web")
     assert target.arm.vm(rg, "web") is not None and target.arm.disk(rg, "web-disk0") is not None
     replica = target._replica("web", 0)
@@ -455,6 +461,18 @@ def test_health_says_the_replica_is_behind_and_why(arm_fake: ArmFake, secret: st
     assert view["health"]["status"] == "warning", view["health"]
     assert "replica on target az is behind" in reason and "last sync failed" in reason, reason
     assert "Forbidden" in reason or "403" in reason, reason
+    # the dashboard's item page says the same: the replica's target, its point and the error
+    from fastapi.testclient import TestClient
+
+    from rehost.api.tokens import create_token
+    from rehost.portal.app import create_app
+
+    token = create_token(vault, "viewer", "reader")[1]
+    with TestClient(create_app(vault.root)) as ui:
+        assert ui.post("/ui/login", data={"token": token}).status_code == 200
+        page = ui.get("/ui/items/web").text
+    assert "Replica on az" in page and first.point.id[:12] in page and "last sync failed" in page, page
+    assert "replica on target az is behind" in page and "sig=" not in page
     caught_up = cycles.replicate_job(vault, "web")
     assert caught_up.replica and caught_up.replica["state"] == "succeeded"
     view = health()
