@@ -99,7 +99,9 @@ def replicate_job(
     if isinstance(outcome, CycleResult):
         sync = next((st for st in done.steps if st.name == "sync_replica"), None)
         if sync is not None and sync.state != "skipped":
-            outcome.replica = {**done.outputs.get("replica", {}), "state": sync.state, "detail": sync.detail}
+            # the cycle summary saves replica=None; a failed sync saves nothing over it
+            synced = done.outputs.get("replica") or {}
+            outcome.replica = {**synced, "state": sync.state, "detail": sync.detail}
         return outcome
     if isinstance(outcome, BaseException):
         raise outcome

@@ -232,7 +232,7 @@ def pick_size(spec: MachineSpec, sizes: Sequence[VmSize], *, data_disks: int,
         short = _shortfalls(spec, chosen, data_disks, compute=False)
         if short:
             fits = [s for s in sizes if not _shortfalls(spec, s, data_disks)]
-            hint = f"; use --size {min(fits, key=_key).name}" if fits else ""
+            hint = f"; use --vm-size {min(fits, key=_key).name}" if fits else ""
             raise UsageError(f"VM size {chosen.name} does not fit {spec.name}: "
                              f"{'; '.join(short)}{hint}")
         return chosen
@@ -253,7 +253,7 @@ def check_size(spec: MachineSpec, size: VmSize, data_disks: int,
                catalog: Sequence[VmSize] | None = None) -> list[VerifyCheck]:
     """``size`` against the machine, for verify: generation, data disk count, cores, memory.
 
-    A failure's fix names a size that fits (``use --size X``) when ``catalog``, the sizes the
+    A failure's fix names a size that fits (``use --vm-size X``) when ``catalog``, the sizes the
     location offers, is given; otherwise it says what a fitting size needs.
     """
     gen = generation(spec)
@@ -265,7 +265,7 @@ def check_size(spec: MachineSpec, size: VmSize, data_disks: int,
                 fix_cache.append(f"choose a size with {_need(spec, data_disks)}")
             else:
                 try:
-                    fix_cache.append(f"use --size {pick_size(spec, catalog, data_disks=data_disks).name}")
+                    fix_cache.append(f"use --vm-size {pick_size(spec, catalog, data_disks=data_disks).name}")
                 except InvalidState as e:
                     fix_cache.append(str(e))
         return fix_cache[0]

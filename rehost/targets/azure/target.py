@@ -278,10 +278,14 @@ class AzureTarget:
                                       "managed disks import only from the same region"))
             checks.append(self._check_blobs())
         if s.vm_size:
-            names = [z.name for z in self._catalog()]
-            offered = ", ".join(names[:8])
-            checks.append(VerifyCheck("vm size", s.vm_size in names,
-                                      f"{s.vm_size} is offered in {s.location}" if s.vm_size in names else
+            catalog = self._catalog()
+            chosen = next((z for z in catalog if z.name.casefold() == s.vm_size.casefold()), None)
+            offered = ", ".join(z.name for z in catalog[:8])
+            # generation and data disks are the machine's: check_machine checks them against
+            # each machine before its replication starts
+            checks.append(VerifyCheck("vm size", chosen is not None,
+                                      f"{sizing.describe(chosen)} is offered in {s.location}; each machine "
+                                      "is checked against it before replication" if chosen else
                                       f"{s.vm_size} is not offered in {s.location} ({offered}, ...)"))
         perms = self.arm.permissions(s.resource_group)
         missing = [a for a in NEEDED_ACTIONS if not perms.allows(a)]

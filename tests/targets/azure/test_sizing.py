@@ -167,7 +167,7 @@ def test_requested_with_too_many_disks() -> None:
     with pytest.raises(UsageError) as e:
         pick_size(machine(GiB), CATALOG, data_disks=3, requested="Standard_B1s")
     assert "2 data disks, 3 needed" in str(e.value)
-    assert "--size Standard_B2s" in str(e.value)
+    assert "use --vm-size Standard_B2s" in str(e.value)
 
 
 def test_no_size_fits_names_need_and_closest() -> None:
@@ -197,7 +197,7 @@ def test_check_size_failures_name_a_fitting_size() -> None:
     checks = by_name(check_size(spec, A1V2, 3, catalog=CATALOG))
     for name in ("size generation", "size data disks", "size cores", "size memory"):
         assert not checks[name].ok
-        assert "use --size Standard_D2s_v3" in checks[name].detail
+        assert "use --vm-size Standard_D2s_v3" in checks[name].detail
     # without a catalog the fix says what a size needs
     plain = by_name(check_size(spec, A1V2, 3))
     assert "2 cores" in plain["size cores"].detail and "generation 2" in plain["size cores"].detail

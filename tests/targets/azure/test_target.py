@@ -95,6 +95,14 @@ def test_verify_names_each_check_and_its_fix(arm_fake: ArmFake, secret: str) -> 
     bad = AzureTarget(targets.registry.get("azure").make_config(options(arm_fake, rg)))
     checks = {c.name: c for c in bad.verify().checks}
     assert not checks["test network isolated"].ok and "peered" in checks["test network isolated"].detail
+    # the storage account in another region than --location: managed disks cannot import from it
+    west = {name: {**v, "location": LOCATION} for name, v in VNETS.items()}
+    rg = seed(arm_fake, location="northeurope", vnets=west)
+    far = AzureTarget(targets.registry.get("azure").make_config(options(arm_fake, rg)))
+    checks = {c.name: c for c in far.verify().checks}
+    assert checks["failover network"].ok and checks["test network isolated"].ok
+    account = checks["storage account"]
+    assert not account.ok and "is in northeurope, not westeurope" in account.detail, account.detail
     # a wrong secret: one failed check that says what to look at, and no secret in it
     os.environ["AZURE_CLIENT_SECRET"] = "wrong-" + secret
     try:
@@ -179,10 +187,21 @@ def test_staged_managed_disk_equals_the_point(arm_fake: ArmFake, secret: str, va
         check_replica(PageBlob.from_url(sas), vault.repo, r.point, tmp_path)
     finally:
         target.arm.revoke_disk_access(rg, "db-test-disk0")
+    # what the test did not make stays: a NIC of the operator's, another VM's tagged NSG
+    prod = target.arm.virtual_network(rg, "prod")
+    assert prod is not None
+    theirs = target.arm.create_nic(rg, "db-test-nic-ops", LOCATION, prod.subnets[0].id, None, None, {})
+    other = target.arm.create_nsg(rg, "db-test2-nsg", LOCATION, {"rehost-vm": "db-test2"})
     placement = target.find("db-test")
     assert placement is not None
     target.remove(placement)
     assert target.arm.tagged(rg, "rehost-vm", "db-test") == []
+    assert target.arm.disk(rg, "db-test-disk0") is None
+    assert target.arm.nic(rg, "db-test-nic-ops") is not None
+    assert target.arm.tagged(rg, "rehost-vm", "db-test2") == [other]
+    assert target._replica("db", 0).state() is not None  # the machine's replica is not the test's
+    target.arm.delete_nic(rg, theirs.name)
+    target.arm.delete_nsg(rg, "db-test2-nsg")
 
 
 def test_kill9_during_a_sync_then_the_next_cycle_resumes(arm_fake: ArmFake, secret: str,
@@ -259,6 +278,10 @@ def test_migrate_to_azure_through_the_cli(arm_fake: ArmFake, secret: str, azure_
     target = AzureTarget(targets.registry.get("azure").make_config(opts))
     vm = target.arm.vm(rg, "web-test")
     assert vm is not None and vm.power_state == "running" and vm.tags["owner"] == "tests"
+    # on the test network: its NIC has an address of the test subnet (10.2.0.0/24), not prod's
+    nic = target.arm.nic(rg, "web-test-nic")
+    assert nic is not None and nic.private_ip.startswith("10.2.0."), nic
+    assert vm.tags["rehost-network"] == "test/default"
     made = set(target.arm.tagged(rg, "rehost-vm", "web-test"))
     assert len(made) >= 4, made  # VM, NIC, NSG, disk
     run("failover", "web", "--cleanup")
@@ -273,6 +296,8 @@ def test_migrate_to_azure_through_the_cli(arm_fake: ArmFake, secret: str, azure_
     assert step(real, "verify_boot")["detail"].startswith("boot-diagnostics: ")
     # the final sync made a point that changed nothing: bringing the replica to it wrote nothing
     assert step(real, "stage_disks")["detail"].endswith("replica synced to it first: 0 B written")
+    nic = target.arm.nic(rg, "web-nic")
+    assert nic is not None and nic.private_ip.startswith("10.1.0."), nic  # the failover subnet
     run("complete", "web")
     assert target.arm.vm(rg, "web") is not None and target.arm.disk(rg, "web-disk0") is not None
     replica = target._replica("web", 0)
@@ -346,3 +371,128 @@ def test_direct_upload_and_the_source_private_ip(arm_fake: ArmFake, secret: str,
     assert "10.1.0.50 is in use" in placement.details["ip_note"]
     target.remove(placement)
     target.arm.delete_nic(rg, "squatter")
+
+
+def test_add_and_verify_through_the_api_stores_no_secret(arm_fake: ArmFake, secret: str,
+                                                         tmp_path: Path) -> None:
+    """``POST /api/v1/targets`` with kind ``azure`` takes the same options as ``rehost target
+    add azure`` (ids, networks, storage account, size/SKU defaults, tags, endpoints); a
+    secret is no option, and none of the vault's files holds it after add and verify."""
+    from tests.api.portal import make_disk, make_vault, portal_for
+
+    tokens = make_vault(tmp_path, make_disk(tmp_path / "disk.raw"), replicate=False)
+    rg = seed(arm_fake)
+    with portal_for(tmp_path, tokens) as p:
+        kinds = {k["kind"]: k for k in p.get("/targets/kinds").json()}
+        names = {o["name"] for o in kinds["azure"]["options"]}
+        assert names >= {"subscription", "resource_group", "location", "network", "subnet", "test_network",
+                         "test_subnet", "storage_account", "vm_size", "disk_sku", "tags", "tenant_id",
+                         "client_id", "resource_manager", "authority_host", "blob_endpoint", "direct_upload"}
+        assert not [n for n in names if "secret" in n or "password" in n or "key" in n]
+        config = options(arm_fake, rg, vm_size="Standard_B2s", disk_sku="Premium_LRS",
+                         tags=["owner=api", "cost-centre=42"])
+        refused = p.post("/targets", {"kind": "azure", "name": "az",
+                                      "config": {**config, "client_secret": secret}}, role="admin")
+        assert refused.status_code == 400 and "no option 'client_secret'" in refused.text
+        assert secret not in refused.text
+        r = p.post("/targets", {"kind": "azure", "name": "az", "config": config}, role="admin")
+        assert r.status_code == 201, r.text
+        settings = r.json()["settings"]
+        assert settings["tags"] == ["owner=api", "cost-centre=42"] and settings["vm_size"] == "Standard_B2s"
+        assert settings["disk_sku"] == "Premium_LRS" and settings["resource_manager"] == arm_fake.url
+        verified = p.post("/targets/az/verify", role="operator")
+        assert verified.status_code == 200, verified.text
+        checks = {c["name"]: c for c in verified.json()["checks"]}
+        assert verified.json()["ok"], checks
+        assert {"sign-in", "test network isolated", "storage account", "vm size",
+                "permissions"} <= set(checks)
+        listed = p.get("/targets").text
+        answers = r.text + verified.text + listed
+    assert secret not in answers and "sig=" not in answers
+    for f in (tmp_path / "vault").rglob("*"):
+        if f.is_file():
+            assert secret.encode() not in f.read_bytes(), f
+
+
+def test_the_vm_size_must_take_the_machine_before_replication(arm_fake: ArmFake, secret: str, vault: Vault,
+                                                              tmp_path: Path) -> None:
+    """``--vm-size``: verify says whether the location offers it, with its generations and
+    data disks; a machine with more data disks than it takes is refused before anything is
+    replicated, and the fix names the option and a size that fits."""
+    targets.add_target(vault, "azure", "az", options(arm_fake, seed(arm_fake), vm_size="Standard_A1_v2"))
+    checks = {c.name: c for c in targets.verify_target(vault, "az").checks}
+    assert checks["vm size"].ok and "V1" in checks["vm size"].detail
+    assert "2 data disks" in checks["vm size"].detail, checks["vm size"].detail
+    disks = [random_image(tmp_path / f"d{i}.img", 4 * MiB, 1, seed=i) for i in range(4)]
+    inventory.add_image_source(vault, "wide", disks)  # an OS disk and 3 data disks
+    with pytest.raises(Exception, match=r"does not fit target az: vm size: .*2 data disks, 3 needed"
+                                        r".*use --vm-size Standard_DS1_v2") as err:
+        cycles.replicate_job(vault, "wide")
+    assert "use --size" not in str(err.value)
+    machine = inventory.get_machine(vault, "wide")
+    assert vault.repo.list_points(machine.id) == []
+
+
+def test_health_says_the_replica_is_behind_and_why(arm_fake: ArmFake, secret: str, vault: Vault,
+                                                   tmp_path: Path) -> None:
+    """A sync that fails leaves the point committed and the replica behind: the item's health
+    names the target, the point the replica holds and the error; the next cycle catches up."""
+    rg = seed(arm_fake)
+    targets.add_target(vault, "azure", "az", options(arm_fake, rg))
+    image = random_image(tmp_path / "d.img", 16 * MiB, 2)
+    inventory.add_image_source(vault, "web", [image])
+    first = cycles.replicate_job(vault, "web")
+    assert first.replica and first.replica["state"] == "succeeded"
+
+    def health() -> dict[str, Any]:
+        m = inventory.get_machine(vault, "web")
+        view: dict[str, Any] = overview.machine_view(vault, m, vault.repo.list_points(m.id))
+        return view
+
+    assert health()["health"]["status"] == "healthy"
+    scatter(image, 0.05, seed=3)
+    arm_fake.inject(403, method="POST", path_contains=f"/resourceGroups/{rg}/providers/"
+                    "Microsoft.Storage/storageAccounts/devstoreaccount1/listKeys", times=1)
+    behind = cycles.replicate_job(vault, "web")
+    assert behind.replica and behind.replica["state"] == "warning", behind.replica  # the point stands
+    view = health()
+    assert view["replica"]["point"] == first.point.id  # still the point it held
+    reason = view["health"]["reason"]
+    assert view["health"]["status"] == "warning", view["health"]
+    assert "replica on target az is behind" in reason and "last sync failed" in reason, reason
+    assert "Forbidden" in reason or "403" in reason, reason
+    # the dashboard's item page says the same: the replica's target, its point and the error
+    from fastapi.testclient import TestClient
+
+    from rehost.api.tokens import create_token
+    from rehost.portal.app import create_app
+
+    token = create_token(vault, "viewer", "reader")[1]
+    with TestClient(create_app(vault.root)) as ui:
+        assert ui.post("/ui/login", data={"token": token}).status_code == 200
+        page = ui.get("/ui/items/web").text
+    assert "Replica on az" in page and first.point.id[:12] in page and "last sync failed" in page, page
+    assert "replica on target az is behind" in page and "sig=" not in page
+    caught_up = cycles.replicate_job(vault, "web")
+    assert caught_up.replica and caught_up.replica["state"] == "succeeded"
+    view = health()
+    assert view["replica"]["point"] == caught_up.point.id and view["health"]["status"] == "healthy", view
+
+
+def test_credential_without_a_secret_is_default_azure_credential(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No secret in the environment: ``DefaultAzureCredential`` (environment, managed identity,
+    Azure CLI login) on the configured authority; with one: the service principal."""
+    from azure.identity import ClientSecretCredential, DefaultAzureCredential
+
+    from rehost.targets.azure.arm import ArmEndpoints, credential
+
+    for name in ("AZURE_CLIENT_SECRET", "AZURE_TENANT_ID", "AZURE_CLIENT_ID"):
+        monkeypatch.delenv(name, raising=False)
+    endpoints = ArmEndpoints("https://management.azure.com", "https://login.microsoftonline.com")
+    assert isinstance(credential(None, None, endpoints), DefaultAzureCredential)
+    assert isinstance(credential("tenant", "client", endpoints), DefaultAzureCredential)
+    monkeypatch.setenv("AZURE_CLIENT_SECRET", "s3cret")
+    assert isinstance(credential(None, None, endpoints), DefaultAzureCredential)  # whose principal?
+    monkeypatch.setenv("AZURE_TENANT_ID", "tenant")
+    monkeypatch.setenv("AZURE_CLIENT_ID", "client")
+    assert isinstance(credential(None, None, endpoints), ClientSecretCredential)
