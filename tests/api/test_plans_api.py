@@ -96,19 +96,21 @@ def test_test_failover_of_a_plan_followed_confirmed_and_cleaned_up(tmp_path: Pat
         job = _wait(portal, "/plans/shop/job", lambda j: j["waiting"] is not None)
         assert job["id"] == job_id and job["plan"] == "shop" and job["state"] == "running"
         steps = [(s["name"], s["state"]) for s in job["steps"]]
-        assert steps == [("group_1", "running"), ("group_2", "pending")]
+        assert steps == [("points", "succeeded"), ("group_1", "running"), ("group_2", "pending")]
         assert job["waiting"] == {"key": "1:0", "text": "open the firewall"}
         assert list(job["children"]) == ["db"]  # group 2 waits for the confirmation
         db = job["children"]["db"]
-        assert db["kind"] == "test-failover" and db["state"] == "succeeded" and db["verdict"] is None
-        assert job["verdict"] is None and job["confirmed"] == []
+        assert db["kind"] == "test-failover" and db["state"] == "succeeded"
+        assert [(c["name"], c["ok"]) for c in db["verdict"]["checks"]] == [("boot", True)]
+        assert job["verdict"]["ok"] and [c["machine"] for c in job["verdict"]["checks"]] == ["db"]
+        assert job["confirmed"] == []
 
         assert portal.post("/plans/shop/confirm").json()["confirmed"] == "open the firewall"
         assert portal.wait_job(job_id)["state"] == "succeeded"
         job = portal.get("/plans/shop/job").json()
         assert job["waiting"] is None and job["confirmed"] == ["1:0"]
         assert {m: c["state"] for m, c in job["children"].items()} == {"db": "succeeded", "web": "succeeded"}
-        assert "confirmed: open the firewall" in job["steps"][0]["detail"]
+        assert "confirmed: open the firewall" in job["steps"][1]["detail"]
 
         # a verdict (written by the checks once they have run) goes out as it is kept
         check = {"machine": "web", "name": "http:80", "kind": "http", "ok": False, "detail": "got 502"}
@@ -151,7 +153,7 @@ def test_a_failed_plan_job_names_the_machine_and_its_step(tmp_path: Path) -> Non
         assert portal.wait_job(r.json()["id"])["state"] == "failed"
         job = portal.get("/plans/shop/job").json()
         assert job["state"] == "failed" and "machine bad: test-failover job" in job["error"]
-        assert [s["state"] for s in job["steps"]] == ["failed", "pending"]
+        assert [s["state"] for s in job["steps"]] == ["succeeded", "failed", "pending"]
         assert job["children"]["db"]["state"] == "succeeded" and job["children"]["db"]["step"] == ""
         bad = job["children"]["bad"]
         assert bad["state"] == "failed" and bad["step"] and f"at step {bad['step']!r}" in job["error"]

@@ -49,9 +49,9 @@ def test_groups_in_order_with_the_scripts_output_then_cleanup(w: World, tmp_path
     plans.add_action(w.vault, "shop", 1, "cleanup", script=undo)
     job = run_job(w.vault, plan_jobs.start(w.vault, plan_jobs.TEST_FAILOVER, "shop").id)
     assert job.state == "succeeded", job.error
-    assert [s.name for s in job.steps] == ["group_1", "group_2"]
-    assert "undone" not in job.steps[0].detail
-    assert "configured shop/1" in job.steps[0].detail
+    assert [s.name for s in job.steps] == ["points", "group_1", "group_2"]
+    assert "undone" not in job.steps[1].detail
+    assert "configured shop/1" in job.steps[1].detail
     children = job.outputs["children"]
     db, web = get_job(w.vault, children["db"]), get_job(w.vault, children["web"])
     assert db.state == web.state == "succeeded"
@@ -78,7 +78,7 @@ def test_a_failing_group_stops_the_plan_and_names_the_machine(w: World, tmp_path
     assert "machine bad: test-failover job" in job.error and "failed at step" in job.error
     assert "machine db" not in job.error  # its sibling, started with it, succeeded
     assert get_job(w.vault, job.outputs["children"]["db"]).state == "succeeded"
-    assert job.steps[0].state == "failed" and job.steps[1].state not in DONE_STATES
+    assert job.steps[1].state == "failed" and job.steps[2].state not in DONE_STATES
     assert "web" not in job.outputs["children"]
 
 
@@ -158,7 +158,7 @@ def test_a_manual_action_waits_for_the_operator(w: World, tmp_path: Path) -> Non
     thread.join()
     assert job.state == "succeeded", job.error
     assert confirmed == ["confirmed: open the firewall\n"]
-    assert "confirmed: open the firewall" in job.steps[0].detail
+    assert "confirmed: open the firewall" in job.steps[1].detail
     web = get_job(w.vault, job.outputs["children"]["web"])
-    assert web.started_at is not None and job.steps[0].ended_at is not None
+    assert web.started_at is not None and job.steps[1].ended_at is not None
     assert "waiting" not in job.outputs and job.outputs["confirmed"] == ["1:0"]
