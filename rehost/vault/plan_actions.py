@@ -1,7 +1,7 @@
 """Running a plan's script actions on the rehost host (issue 15).
 
 A script learns where it is in the plan from REHOST_PLAN and REHOST_GROUP, and what has failed
-over so far from a JSON file named by REHOST_PLAN_CONTEXT (each machine's name, target,
+over so far from a JSON file named by REHOST_PLAN_CONTEXT (each machine's name, target, the
 placement and point), so "update the web servers' connection string" needs no hard-coded
 address. Its output is kept, cut to ``OUTPUT_LIMIT`` bytes, so the job shows what it said
 without a chatty script bloating the database; a script that outlives its timeout is killed

@@ -29,6 +29,7 @@ from sqlalchemy import select
 from rehost.errors import InvalidState, NotFound, RehostError, UsageError
 from rehost.jobs.models import JobRow
 from rehost.jobs.runner import DONE_STATES, Step, StepContext, create_job, get_job, plan, run_job
+from rehost.targets.base import Placement
 from rehost.vault import failover, plans, protection, targets, verdicts
 from rehost.vault.plan_actions import run_script
 from rehost.vault.vault import Vault
@@ -121,28 +122,33 @@ def _context(ctx: StepContext) -> dict[str, Any]:
         child = get_job(ctx.vault, job_id)
         machines.append({"name": machine, "job": job_id, "state": child.state,
                          "target": child.params.get("target"), "vm": child.outputs.get("vm"),
-                         "placement": child.outputs.get("placement"), "point": child.outputs.get("point")})
+                         "placement": child.outputs.get("placement"), "point": child.outputs.get("point"),
+                         "endpoints": {str(p): list(e) for p, e in
+                                       _endpoints(ctx.vault, machine, child).items()}})
     return {"plan": ctx.params["plan"], "machines": machines}
 
 
-def _peers(ctx: StepContext) -> list[dict[str, Any]]:
-    """Every port of the machines already started by this plan, as the target reaches it:
-    a later group's machine is started able to reach them."""
-    peers = []
-    for machine, job_id in ctx.outputs.get("children", {}).items():
-        child = get_job(ctx.vault, job_id)
-        placement = child.outputs.get("placement")
-        if not placement or not child.params.get("target"):
-            continue
-        target = targets.provider(targets.get_target(ctx.vault, child.params["target"]))
-        from rehost.targets.base import Placement
+def _endpoints(vault: Vault, machine: str, child: JobRow) -> dict[int, tuple[str, int]]:
+    """Where this host reaches the ports of the machine's checks, as its target says."""
+    placement = child.outputs.get("placement")
+    if not placement or not child.params.get("target"):
+        return {}
+    target = targets.provider(targets.get_target(vault, child.params["target"]))
+    where = Placement.from_json(placement)
+    found = {}
+    for port in verdicts.ports_of(verdicts.list_checks(vault, machine)):
+        end = target.endpoint(where, port)
+        if end is not None:
+            found[port] = end
+    return found
 
-        where = Placement.from_json(placement)
-        for port in verdicts.ports_of(verdicts.list_checks(ctx.vault, machine)):
-            end = target.endpoint(where, port)
-            if end is not None:
-                peers.append({"name": machine, "port": port, "host": end[0], "host_port": end[1]})
-    return peers
+
+def _peers(ctx: StepContext) -> list[dict[str, Any]]:
+    """Every checked port of the machines already started by this plan, as the target
+    reaches it: a later group's machine is started able to reach them."""
+    return [{"name": machine, "port": port, "host": host, "host_port": host_port}
+            for machine, job_id in ctx.outputs.get("children", {}).items()
+            for port, (host, host_port) in _endpoints(ctx.vault, machine, get_job(ctx.vault, job_id)).items()]
 
 
 def _child_params(ctx: StepContext, machine: str, kind: str) -> dict[str, Any]:
