@@ -11,10 +11,11 @@ from typer.core import TyperGroup
 
 from rehost.cli.config_options import config_command
 from rehost.cli.context import byte_progress, emit_json, human, open_vault, out
+from rehost.errors import UsageError
 from rehost.replication.retention import parse_duration
 from rehost.sources import registry
 from rehost.spec import MachineSpec
-from rehost.vault import agents, cycles, inventory, policies, protection, targets
+from rehost.vault import agents, cycles, inventory, plans, policies, protection, targets
 from rehost.vault.export import export_disk
 from rehost.vault.overview import machine_views
 
@@ -101,14 +102,14 @@ def _unpack(ctx: typer.Context, name: str) -> None:
         out.print(note, highlight=False)
 
 
-def _add_vapp(ctx: typer.Context, name: str, options: dict[str, Any]) -> bool:
+def _add_vapp(ctx: typer.Context, name: str, options: dict[str, Any]) -> list[str]:
     """A vApp export (an OVA/OVF of several VMs) given alone: register each VM as its own
     machine, NAME-VM ('-': the vApp's id), and say the startup order each one keeps."""
     from rehost.sources import image
 
     vms = image.vapp_members(options.get("paths") or [])
     if not vms:
-        return False
+        return []
     base = name if name != "-" else image.vapp_name(options["paths"][0])
     out.print(f"{options['paths'][0]} is a vApp of {len(vms)} VMs ({', '.join(vms)}): one machine "
               "each", highlight=False)
@@ -122,7 +123,7 @@ def _add_vapp(ctx: typer.Context, name: str, options: dict[str, Any]) -> bool:
         out.print("startup order (kept in each machine's source settings for recovery plans): "
                   + "; ".join(f"{'.'.join(map(str, o))}: {image.member_name(base, vm)}"
                               + (f" (+{d} s)" if d else "") for o, d, vm in order), highlight=False)
-    return True
+    return [image.member_name(base, vm) for vm in vms]
 
 
 def _hardware(spec: MachineSpec) -> str:
@@ -162,12 +163,29 @@ def add_image(
                                        "OVA/OVF export, or one VMware .vmx."),
     vm: str = typer.Option(None, "--vm", help="Of a vApp (an OVA/OVF of several VMs), import only "
                            "this VM (its id). Default: each VM as its own machine, NAME-VM."),
+    plan: str = typer.Option(None, "--plan", help="Of a vApp: also create this recovery plan, its "
+                             "groups in the vApp's startup order."),
 ) -> None:
     """Register a machine made of disk image files (a VMware or Hyper-V export, a VM folder's
     .vmx). A vApp registers one machine per VM and keeps its startup order.
 
     The same as: rehost source add image NAME DISK... [--vm VM]"""
-    _add(ctx, "image", name, {"paths": [str(d) for d in disks], "vm": vm})
+    if plan is not None:
+        if vm is not None:
+            raise UsageError("--plan makes a plan of a whole vApp: not with --vm")
+        with open_vault(ctx) as vault:
+            plans.check_free(vault, plan)  # before anything is registered
+    options = {"paths": [str(d) for d in disks], "vm": vm}
+    if plan is None:
+        _add(ctx, "image", name, options)
+        return
+    members = _add_vapp(ctx, name, options)
+    if not members:
+        raise UsageError(f"--plan: {disks[0]} is not a vApp (an OVA/OVF of several VMs)")
+    with open_vault(ctx) as vault:
+        made = plans.create_from_startup(vault, plan, members)
+    out.print(f"created plan {plan}: " + "; ".join(f"group {g.number}: {', '.join(g.machines)}"
+                                                   for g in made.groups), highlight=False, markup=False)
 
 
 @source_app.command("add-qemu")

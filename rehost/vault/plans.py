@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from rehost.errors import AlreadyExists, NotFound, UsageError
 from rehost.replication.retention import parse_duration
-from rehost.vault.inventory import check_name, get_machine
+from rehost.vault.inventory import check_name, get_machine, spec_of
 from rehost.vault.models import MachineRow, PlanMachineRow, PlanRow
 from rehost.vault.vault import Vault
 
@@ -86,10 +86,8 @@ def _to_plan(row: PlanRow) -> Plan:
 
 
 def create(vault: Vault, name: str) -> Plan:
-    check_name(name, "plan")
+    check_free(vault, name)
     with vault.session() as s, s.begin():
-        if s.scalar(select(PlanRow).where(PlanRow.name == name)) is not None:
-            raise AlreadyExists(f"a plan named {name!r} already exists")
         s.add(PlanRow(name=name, actions=[]))
     return Plan(name, [])
 
@@ -187,3 +185,38 @@ def plan_of(vault: Vault, machine: MachineRow) -> str | None:
         return s.scalar(
             select(PlanRow.name).join(PlanMachineRow).where(PlanMachineRow.machine_id == machine.id)
         )
+
+
+def startup_groups(vault: Vault, machines: list[str]) -> list[list[str]]:
+    """Machines grouped by their vApp startup order (OVF ``StartupSection``, kept in each
+    machine's source settings): lower orders first, equal orders together; machines with no
+    order (0 or none) start last, together, as vSphere starts them after the ordered ones."""
+    ordered: dict[tuple[int, ...], list[str]] = {}
+    unordered: list[str] = []
+    for m in machines:
+        startup = spec_of(get_machine(vault, m)).settings.get("startup")
+        order = tuple(startup["order"]) if startup else ()
+        if not order or 0 in order:
+            unordered.append(m)
+        else:
+            ordered.setdefault(order, []).append(m)
+    groups = [ordered[k] for k in sorted(ordered)]
+    return groups + ([unordered] if unordered else [])
+
+
+def create_from_startup(vault: Vault, name: str, machines: list[str]) -> Plan:
+    """A plan whose groups follow the vApp's startup order (the vApp becomes a plan)."""
+    groups = startup_groups(vault, machines)
+    create(vault, name)
+    for number, members in enumerate(groups, start=1):
+        for m in members:
+            add_machine(vault, name, m, number)
+    return show(vault, name)
+
+
+def check_free(vault: Vault, name: str) -> None:
+    """Refuse a plan name that is taken or invalid, before anything else is made."""
+    check_name(name, "plan")
+    with vault.session() as s:
+        if s.scalar(select(PlanRow).where(PlanRow.name == name)) is not None:
+            raise AlreadyExists(f"a plan named {name!r} already exists")

@@ -76,6 +76,27 @@ def test_vapp_imports_every_vm_with_its_startup_order(tmp_path: Path, vault: Pat
         assert exported_equal(vault, name, master, tmp_path)
 
 
+def test_a_vapp_becomes_a_plan_in_its_startup_order(tmp_path: Path, vault: Path) -> None:
+    """vApp-BootOrder starts vm-b2 (order 1) before vm-b1 (order 2): the plan's groups."""
+    _, d1 = disk(tmp_path, "d1.vmdk", 1)
+    _, d2 = disk(tmp_path, "d2.vmdk", 2)
+    ova = real_ova(tmp_path / "vApp-BootOrder.ova", "vApp-BootOrder.ovf",
+                   {"vApp-BootOrder-disk1.vmdk": d1, "vApp-BootOrder-disk2.vmdk": d2})
+    r = rehost(vault, "source", "add-image", "app", str(ova), "--plan", "app", "--vm", "vm-b1", check=False)
+    assert r.code == 2 and "not with --vm" in r.err
+    said = rehost(vault, "source", "add-image", "app", str(ova), "--plan", "app").out
+    assert "created plan app: group 1: app-vm-b2; group 2: app-vm-b1" in said
+    shown = rehost(vault, "plan", "show", "app", "--json").json()
+    assert [g["machines"] for g in shown["groups"]] == [["app-vm-b2"], ["app-vm-b1"]]
+    r = rehost(vault, "source", "add-image", "again", str(ova), "--plan", "app", check=False)
+    assert r.code != 0 and "a plan named 'app' already exists" in r.err
+    assert len(rehost(vault, "machines", "--json").json()) == 2  # refused before registering
+    single = tmp_path / "single.raw"
+    single.write_bytes(b"\0" * MiB)
+    r = rehost(vault, "source", "add-image", "one", str(single), "--plan", "one", check=False)
+    assert r.code == 2 and "is not a vApp" in r.err
+
+
 def test_vapp_one_vm_by_choice(tmp_path: Path, vault: Path) -> None:
     _, d1 = disk(tmp_path, "d1.vmdk", 1)
     m2, d2 = disk(tmp_path, "d2.vmdk", 2)
