@@ -169,14 +169,17 @@ def taken_by_a_dead_worker(job: JobRow, workers: set[str]) -> bool:
 def resumable_jobs(vault: Vault, queued_for: float = leases.TTL_S) -> list[JobRow]:
     """Jobs queued for ``queued_for`` seconds that nobody runs, and running ones whose runner
     died: what ``rehost serve`` picks up again, oldest first. (A job just queued is left to
-    the command or request that queued it, which runs it at once.)"""
+    the command or request that queued it, which runs it at once. A plan's child job, with a
+    ``parent`` in its params, is left to its parent, which continues it: resumed on its own
+    too, it would race its parent for the machine.)"""
     live, workers = live_jobs(vault), live_workers(vault)
     old = datetime.now(UTC) - timedelta(seconds=queued_for)
     with vault.session() as s:
         jobs = list(s.scalars(select(JobRow).where(JobRow.state.in_(("queued", "running")))
                               .options(selectinload(JobRow.steps)).order_by(JobRow.created_at)))
-    return [j for j in jobs if (j.state == "queued" and j.id not in live and _aware(j.created_at) < old)
-            or effective_state(j, live) == "interrupted" or taken_by_a_dead_worker(j, workers)]
+    return [j for j in jobs if not (j.params or {}).get("parent") and (
+        (j.state == "queued" and j.id not in live and _aware(j.created_at) < old)
+        or effective_state(j, live) == "interrupted" or taken_by_a_dead_worker(j, workers))]
 
 
 def _aware(t: datetime) -> datetime:

@@ -170,7 +170,8 @@ def _child_job(ctx: StepContext, machine: str, kind: str) -> str | None:
     if job_id is not None and get_job(ctx.vault, job_id).state in DONE_STATES:
         return None
     if job_id is None:
-        job_id = failover.start_job(ctx.vault, kind, machine, **_child_params(ctx, machine, kind)).id
+        job_id = failover.start_job(ctx.vault, kind, machine, parent=ctx.job.id,
+                                    **_child_params(ctx, machine, kind)).id
         children[machine] = job_id
         ctx.save_outputs(children=children)
     return job_id

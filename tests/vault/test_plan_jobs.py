@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -16,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from rehost.jobs.runner import DONE_STATES, get_job, list_jobs, run_job
+from rehost.jobs.runner import DONE_STATES, get_job, list_jobs, resumable_jobs, run_job
 from rehost.vault import inventory, plan_jobs, plans, protection
+from rehost.vault.scheduler import Scheduler
 from tests.cli_helpers import REHOST, REPO, rehost
 from tests.targets.helpers import World, make_disk, world
 
@@ -131,6 +133,39 @@ def test_kill9_mid_plan_then_resume_does_not_redo_finished_machines(w: World, tm
         assert "Group 1: db" in shown and "Group 2: web" in shown
     finally:
         vault.close()
+
+
+def test_serve_continues_a_plan_killed_inside_a_child_through_the_plan(w: World, tmp_path: Path) -> None:
+    """kill -9 while web's child job is mid-step: both jobs are left running. The server's
+    scheduler picks up the plan job only (the child is the plan's to continue: resumed on its
+    own too, it would race the plan for the machine), and the plan ends well."""
+    plans.create(w.vault, "shop")
+    plans.add_machine(w.vault, "shop", "db", 1)
+    plans.add_machine(w.vault, "shop", "web", 2)
+    once = tmp_path / "injected"  # the step runs again on resume, its pre-action with it
+    inject = (f"[ -e {once} ] && exit 0; touch {once}\n"
+              f"{sys.executable} -c \"from rehost.targets.memory import MemorySettings, MemoryTarget; "
+              f"MemoryTarget(MemorySettings(path='{w.target_path}')).inject('start', 'exit')\"\n")
+    plans.add_action(w.vault, "shop", 2, "pre", timeout_s=60, script=_script(tmp_path / "kill.sh", inject))
+    vault_path = Path(w.vault.root)
+    r = rehost(vault_path, "plan", "failover", "shop", "--test", check=False)
+    assert r.code == 137  # ended by the target, as a kill -9 would end it
+    plan_job = next(j for j in list_jobs(w.vault) if j.kind == plan_jobs.TEST_FAILOVER)
+    web = get_job(w.vault, plan_job.outputs["children"]["web"])
+    assert plan_job.state == web.state == "running"  # as the killed process left them
+    picked = [j.id for j in resumable_jobs(w.vault, queued_for=0)]
+    assert plan_job.id in picked and web.id not in picked
+    said: list[str] = []
+    scheduler = Scheduler(w.vault, log=said.append, resume_jobs=True)  # what rehost serve runs
+    try:
+        scheduler.tick()
+    finally:
+        scheduler.close()  # waits for the resumed job
+    plan_job = get_job(w.vault, plan_job.id)
+    assert plan_job.state == "succeeded", (plan_job.error, said)
+    assert [m for m in said if "picking up" in m] == [f"shop: picking up {plan_job.kind} job {plan_job.id}"]
+    assert get_job(w.vault, web.id).state == "succeeded"
+    assert len([j for j in list_jobs(w.vault) if j.kind == "test-failover"]) == 2  # web's job resumed
 
 
 def test_a_manual_action_waits_for_the_operator(w: World, tmp_path: Path) -> None:
