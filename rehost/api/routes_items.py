@@ -17,9 +17,13 @@ from fastapi import APIRouter, Request, Response
 from rehost.api import items, schemas, views
 from rehost.api.auth import Admin, Operator, Reader, VaultDep
 from rehost.api.background import JobLauncher
+from rehost.api.errors import Forbidden
+from rehost.api.tokens import Role
+from rehost.errors import UsageError
+from rehost.guest.probes import Check
 from rehost.jobs.models import JobRow
 from rehost.replication.retention import parse_duration
-from rehost.vault import agents, failover, inventory, overview, protection
+from rehost.vault import agents, failover, inventory, overview, protection, verdicts
 from rehost.vault.cycles import start_replicate_job
 from rehost.vault.vault import Vault
 
@@ -138,6 +142,49 @@ def do_failover(name: str, body: schemas.FailoverIn, request: Request, response:
 
 @router.post("/machines/{name}/complete", response_model=schemas.JobOut, status_code=202,
              responses=JOB_RESPONSE, tags=["failover"])
-def complete(name: str, request: Request, response: Response, vault: VaultDep, _: Operator) -> dict[str, Any]:
-    """Finish a migration: purge the replica data, keep the migrated machine."""
-    return _accepted(request, response, vault, lambda v: failover.start_job(v, "complete", name))
+def complete(name: str, request: Request, response: Response, vault: VaultDep, _: Operator,
+             body: schemas.ForceIn | None = None) -> dict[str, Any]:
+    """Finish a migration: purge the replica data, keep the migrated machine. Refused (409, with
+    what failed) unless the verdict of the item's last failover passed, or ``{"force": true,
+    "reason": "..."}``: the reason is recorded in the job (its ``forced``) and the item's state."""
+    reason = body.force_reason if body else None
+    return _accepted(request, response, vault,
+                     lambda v: failover.start_job(v, "complete", name, force_reason=reason))
+
+
+# -- probes: what a failed-over machine must answer besides booting (its verdict) ---------------------
+
+
+@router.get("/machines/{name}/probes", response_model=list[schemas.ProbeOut], tags=["probes"])
+def list_probes(name: str, vault: VaultDep, _: Reader) -> list[dict[str, Any]]:
+    """The item's probes, in the order a (test) failover runs them after the boot."""
+    return [views.probe_view(c) for c in verdicts.list_checks(vault, name)]
+
+
+@router.post("/machines/{name}/probes", response_model=schemas.ProbeOut, status_code=201, tags=["probes"])
+def add_probe(name: str, body: schemas.ProbeIn, vault: VaultDep, caller: Operator) -> dict[str, Any]:
+    """Add a probe (400 with what is wrong; 409 for a name the item has). A ``script`` probe runs
+    a program on the rehost server, so it needs an admin and an existing file (absolute path)."""
+    fields = body.model_dump()
+    if body.kind == "script":
+        if not caller.may(Role.admin):
+            raise Forbidden(f"token {caller.name!r} has the {caller.role.name} role; a script probe runs a "
+                            "program on the rehost server and needs admin")
+        script = Path(body.script)
+        if not script.is_absolute():
+            raise UsageError(f"script {body.script!r}: give its absolute path on the rehost server")
+        resolved = script.resolve()
+        if not resolved.is_file():
+            raise UsageError(f"script {body.script!r}: no such file on the rehost server")
+        fields["script"] = str(resolved)
+    elif body.script:
+        raise UsageError(f"probe {body.name}: a {body.kind} probe takes no script")
+    check = verdicts.add_check(vault, name, Check(**fields))
+    return views.probe_view(check)
+
+
+@router.delete("/machines/{name}/probes/{probe}", status_code=204, tags=["probes"], response_class=Response)
+def remove_probe(name: str, probe: str, vault: VaultDep, _: Operator) -> Response:
+    """Remove a probe (404 naming the item's probes when it has none by that name)."""
+    verdicts.remove_check(vault, name, probe)
+    return Response(status_code=204)

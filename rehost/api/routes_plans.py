@@ -1,9 +1,12 @@
 """Recovery plans (issue 15): reading a plan, following its newest plan job, starting a test
-failover or its cleanup of the whole plan, and confirming the manual action its running job
-waits for (so an operator away from the rehost host can let the plan go on)."""
+failover of the whole plan (or its cleanup), its real failover and its completion (refused
+while a machine's verdict did not pass, unless forced with a recorded reason), and confirming
+the manual action its running job waits for (so an operator away from the rehost host can let
+the plan go on)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -34,14 +37,6 @@ def newest_plan_job(vault: Vault, name: str) -> JobRow | None:
         )
 
 
-def _verdict(outputs: dict[str, Any]) -> dict[str, Any] | None:
-    """A job's verdict when it has one of the expected shape (older jobs have none)."""
-    v = outputs.get("verdict")
-    if not isinstance(v, dict) or not isinstance(v.get("checks", []), list):
-        return None
-    return {"ok": bool(v.get("ok")), "checks": [dict(c) for c in v.get("checks", []) if isinstance(c, dict)]}
-
-
 def _child_view(vault: Vault, job_id: str) -> dict[str, Any]:
     try:
         child = get_job(vault, job_id)
@@ -52,7 +47,7 @@ def _child_view(vault: Vault, job_id: str) -> dict[str, Any]:
     failed = next((s for s in child.steps if s.state == "failed"), None)
     step = running or failed
     return {"job": child.id, "kind": child.kind, "state": state, "step": step.title if step else "",
-            "verdict": _verdict(child.outputs or {})}
+            "verdict": views.verdict_view(child.outputs or {})}
 
 
 def plan_job_view(vault: Vault, job: JobRow) -> dict[str, Any]:
@@ -67,7 +62,6 @@ def plan_job_view(vault: Vault, job: JobRow) -> dict[str, Any]:
         waiting={"key": str(waiting.get("key", "")), "text": str(waiting.get("text", ""))}
         if isinstance(waiting, dict) and waiting else None,
         confirmed=[str(k) for k in outputs.get("confirmed", [])],
-        verdict=_verdict(outputs),
     )
     return view
 
@@ -106,7 +100,7 @@ def get_plan_job(name: str, vault: VaultDep, _: Reader) -> dict[str, Any]:
     return plan_job_view(vault, job)
 
 
-def _start(vault: Vault, kind: str, name: str) -> JobRow:
+def _start(vault: Vault, kind: str, name: str, **options: Any) -> JobRow:
     """Refuse while the plan's newest job has not ended (one plan job at a time), then start."""
     plans.show(vault, name)
     last = newest_plan_job(vault, name)
@@ -117,18 +111,45 @@ def _start(vault: Vault, kind: str, name: str) -> JobRow:
         if state == "interrupted":
             raise InvalidState(f"plan {name!r} has an interrupted {last.kind} job ({last.id}): "
                                f"continue it with rehost job resume {last.id}")
-    return plan_jobs.start(vault, kind, name)
+    return plan_jobs.start(vault, kind, name, **options)
 
 
 @router.post("/plans/{name}/failover", response_model=schemas.JobOut, status_code=202,
              responses=JOB_RESPONSE, tags=["failover"])
 def failover(name: str, body: schemas.PlanFailoverIn, request: Request, response: Response,
              vault: VaultDep, _: Operator) -> dict[str, Any]:
-    """Test-fail over the whole plan (``{"test": true}``), group after group, or clean that test
-    up (``{"cleanup": true}``), as one plan job that runs now; follow it at ``/plans/{name}/job``.
-    409 for a plan without machines or with a plan job that has not ended."""
-    kind = plan_jobs.TEST_FAILOVER if body.test else plan_jobs.TEST_CLEANUP
-    job = launcher(request).start(vault, lambda v: _start(v, kind, name))
+    """Fail the whole plan over, group after group, as one plan job that runs now; follow it at
+    ``/plans/{name}/job``. ``{"test": true}`` (optionally ``"at": ISO time``: the newest points
+    at or before it) boots copies on the isolated network; ``{"cleanup": true}`` removes them;
+    ``{"shutdown_source": true|false}`` is the real failover. 409 for a plan without machines
+    or with a plan job that has not ended."""
+    options: dict[str, Any] = {}
+    if body.test:
+        kind = plan_jobs.TEST_FAILOVER
+        options["at"] = body.at
+    elif body.cleanup:
+        kind = plan_jobs.TEST_CLEANUP
+    else:
+        kind = plan_jobs.FAILOVER
+        options["shutdown_source"] = bool(body.shutdown_source)
+    return _plan_accepted(request, response, vault, lambda v: _start(v, kind, name, **options))
+
+
+@router.post("/plans/{name}/complete", response_model=schemas.JobOut, status_code=202,
+             responses=JOB_RESPONSE, tags=["failover"])
+def complete(name: str, request: Request, response: Response, vault: VaultDep, _: Operator,
+             body: schemas.ForceIn | None = None) -> dict[str, Any]:
+    """Complete the migration of every machine of the plan, as one plan job. Refused (409, naming
+    each machine whose last failover's verdict did not pass) unless ``{"force": true, "reason":
+    "..."}``: the reason is recorded in the plan job and each machine's."""
+    reason = body.force_reason if body else None
+    return _plan_accepted(request, response, vault,
+                          lambda v: _start(v, plan_jobs.COMPLETE, name, force_reason=reason))
+
+
+def _plan_accepted(request: Request, response: Response, vault: Vault,
+                   create: Callable[[Vault], JobRow]) -> dict[str, Any]:
+    job = launcher(request).start(vault, create)
     response.headers["Location"] = f"/api/v1/jobs/{job.id}"
     return views.job_view(vault, job)
 

@@ -291,6 +291,27 @@ class StepOut(BaseModel):
     ended_at: Utc | None
 
 
+class ForcedOut(BaseModel):
+    reason: str = Field(description="The operator's reason for completing without a passing verdict")
+    why: str = Field(description="What was missing: the failed or absent verdict")
+
+
+class VerdictCheckOut(BaseModel):
+    """One named check against a failed-over machine."""
+
+    model_config = ConfigDict(extra="allow")
+    machine: str = ""
+    name: str = ""
+    kind: str = Field("", description="boot, tcp, http or script")
+    ok: bool
+    detail: str = ""
+
+
+class VerdictOut(BaseModel):
+    ok: bool
+    checks: list[VerdictCheckOut] = Field(default_factory=list)
+
+
 class JobOut(BaseModel):
     id: str
     kind: str
@@ -302,6 +323,9 @@ class JobOut(BaseModel):
     error: str
     cancellable: bool
     steps: list[StepOut]
+    verdict: VerdictOut | None = Field(None, description="A (test) failover's checks, once they have run")
+    forced: ForcedOut | None = Field(None, description="A complete job started without a passing verdict: "
+                                                       "the operator's reason")
 
 
 # -- tokens and overview -------------------------------------------------------------------------------
@@ -362,34 +386,87 @@ class PlanConfirmedOut(BaseModel):
 
 
 class PlanFailoverIn(_In):
-    """Exactly one of them: a real plan failover is not started through the API yet."""
+    """One of three: ``{"test": true}`` (with ``at``), ``{"cleanup": true}``, or a real failover,
+    which must say ``shutdown_source`` (true or false) so that no empty body fails a plan over."""
 
     test: bool = Field(False, description="Test-fail over every machine, group by group, on the "
                                           "isolated network")
     cleanup: bool = Field(False, description="Remove the test machines (last group first) and run the "
                                              "plan's cleanup actions")
+    shutdown_source: bool | None = Field(
+        None, description="A real failover of the plan (neither test nor cleanup): shut each source "
+                          "down first (true) or not (false); required for a real failover")
+    at: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[^\x00]+$",
+                           description="With test: fail over to the newest points at or before this "
+                                       "ISO 8601 time (consistent across the plan)")
 
     @model_validator(mode="after")
     def _one(self) -> PlanFailoverIn:
-        if self.test == self.cleanup:
-            raise ValueError('say {"test": true} or {"cleanup": true}')
+        real = self.shutdown_source is not None
+        if self.test + self.cleanup + real != 1:
+            raise ValueError('say {"test": true}, {"cleanup": true}, or for a real failover '
+                             '{"shutdown_source": true|false}')
+        if self.at is not None and not self.test:
+            raise ValueError('"at" goes with {"test": true}')
         return self
 
 
-class VerdictCheckOut(BaseModel):
-    """One named check against a failed-over machine."""
+class ForceIn(_In):
+    """Complete without a passing verdict only when forced, and then with the reason (recorded)."""
 
-    model_config = ConfigDict(extra="allow")
-    machine: str = ""
-    name: str = ""
-    kind: str = Field("", description="boot, tcp, http or script")
-    ok: bool
-    detail: str = ""
+    force: bool = Field(False, description="Complete although the last failover's verdict did not pass")
+    reason: str | None = Field(None, max_length=1000, pattern=r"^[^\x00]*$",
+                               description="Why (with force): recorded in the job")
+
+    @model_validator(mode="after")
+    def _reason(self) -> ForceIn:
+        if self.force and not (self.reason or "").strip():
+            raise ValueError('"force": true needs a "reason": why the migration is complete without a '
+                             'passing verdict (it is recorded)')
+        if self.reason is not None and not self.force:
+            raise ValueError('a "reason" is recorded only with "force": true')
+        return self
+
+    @property
+    def force_reason(self) -> str | None:
+        return (self.reason or "").strip() if self.force else None
 
 
-class VerdictOut(BaseModel):
-    ok: bool
-    checks: list[VerdictCheckOut] = Field(default_factory=list)
+class ProbeIn(_In):
+    """A named check of a machine, run after its (test) failover: ``tcp`` (``port``, ``send``,
+    ``expect`` in the reply), ``http`` (``port``, ``path``, ``status``, ``expect`` in the body) or
+    ``script`` (a program on the rehost server, absolute path; passes on exit 0; admins only)."""
+
+    name: Name
+    kind: Literal["tcp", "http", "script"]
+    port: int = Field(0, ge=0, le=65535, description="The guest's port (tcp, http)")
+    send: str = Field("", max_length=1000, description="tcp: sent first (\\r\\n escapes allowed)")
+    expect: str = Field("", max_length=1000, description="tcp: in the reply; http: in the body")
+    path: str = Field("/", max_length=2000, description="http: the path to GET")
+    status: int = Field(200, description="http: the status wanted")
+    script: str = Field("", max_length=4096, pattern=r"^[^\x00]*$",
+                        description="script: its absolute path on the rehost server")
+    timeout_s: float = Field(120.0, description="How long to keep trying (services start after the boot)")
+
+
+class ProbeOut(BaseModel):
+    name: str
+    kind: str
+    port: int
+    send: str
+    expect: str
+    path: str
+    status: int
+    script: str
+    timeout_s: float
+    description: str = Field(description="What it checks, in words")
+
+
+class LastVerdictOut(BaseModel):
+    job: str
+    kind: str
+    state: str
+    verdict: VerdictOut | None
 
 
 class PlanChildOut(BaseModel):

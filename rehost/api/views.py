@@ -11,8 +11,11 @@ from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import select
+
+from rehost.guest.probes import Check
 from rehost.jobs.models import JobRow
-from rehost.jobs.runner import list_jobs
+from rehost.jobs.runner import effective_state, list_jobs
 from rehost.jobs.views import first_line, job_dict
 from rehost.repository.manifest import RecoveryPoint
 from rehost.vault import inventory, targets
@@ -68,12 +71,57 @@ def without_traceback(text: str) -> str:
     return head
 
 
+def verdict_view(outputs: dict[str, Any]) -> dict[str, Any] | None:
+    """A job's verdict when it has one of the expected shape (older jobs have none)."""
+    v = outputs.get("verdict")
+    if not isinstance(v, dict) or not isinstance(v.get("checks", []), list):
+        return None
+    return {"ok": bool(v.get("ok")), "checks": [dict(c) for c in v.get("checks", []) if isinstance(c, dict)]}
+
+
+def forced_view(params: dict[str, Any]) -> dict[str, str] | None:
+    """A complete job (a machine's or a plan's) started without a passing verdict: the
+    operator's reason and what was missing, as recorded in the job's params."""
+    forced = params.get("forced")
+    if isinstance(forced, dict) and forced.get("reason"):
+        return {"reason": str(forced["reason"]), "why": str(forced.get("why", ""))}
+    records = params.get("verdicts")
+    if params.get("force_reason") and isinstance(records, dict):  # a plan's complete
+        whys = [f"{m}: {r['forced'].get('why', '')}" for m, r in records.items()
+                if isinstance(r, dict) and isinstance(r.get("forced"), dict)]
+        if whys:
+            return {"reason": str(params["force_reason"]), "why": "; ".join(whys)}
+    return None
+
+
 def job_view(vault: Vault, job: JobRow) -> dict[str, Any]:
     view = job_dict(vault, job)
     view["error"] = without_traceback(view["error"])
     for step in view["steps"]:
         step["detail"] = without_traceback(step["detail"])
+    view["verdict"] = verdict_view(job.outputs or {})
+    view["forced"] = forced_view(job.params or {})
     return view
+
+
+#: the jobs whose verdict an item page shows: the newest of them
+VERDICT_KINDS = ("failover", "test-failover")
+
+
+def last_verdict(vault: Vault, name: str) -> dict[str, Any] | None:
+    """The item's newest (test) failover job and its verdict (None before its checks ran)."""
+    machine_id = inventory.get_machine(vault, name).id
+    with vault.session() as s:
+        job = s.scalar(select(JobRow).where(JobRow.machine_id == machine_id, JobRow.kind.in_(VERDICT_KINDS))
+                       .order_by(JobRow.created_at.desc()).limit(1))
+    if job is None:
+        return None
+    return {"job": job.id, "kind": job.kind, "state": effective_state(job),
+            "verdict": verdict_view(job.outputs or {})}
+
+
+def probe_view(check: Check) -> dict[str, Any]:
+    return {**check.to_json(), "description": check.describe()}
 
 
 def job_views(vault: Vault, machine: str | None = None, limit: int = 50) -> list[dict[str, Any]]:

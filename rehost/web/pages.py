@@ -24,7 +24,7 @@ from rehost.api.tokens import Role, authenticate
 from rehost.jobs import runner
 from rehost.replication.health import _span
 from rehost.units import human
-from rehost.vault import overview, plans, policies, protection, targets
+from rehost.vault import overview, plans, policies, protection, targets, verdicts
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
@@ -108,7 +108,9 @@ def items_page(request: Request, vault: VaultDep, caller: Reader) -> HTMLRespons
 def item_page(name: str, request: Request, vault: VaultDep, caller: Reader) -> HTMLResponse:
     item = views.machine_detail(vault, name)
     points = [views.point_view(p) for p in reversed(protection.list_points(vault, name))]
-    return render(request, "item.html", caller, item=item, points=points,
+    probes = [views.probe_view(c) for c in verdicts.list_checks(vault, name)]
+    return render(request, "item.html", caller, item=item, points=points, probes=probes,
+                  last_verdict=views.last_verdict(vault, name),
                   jobs=views.job_views(vault, name, limit=10),
                   targets=[t.name for t in targets.list_targets(vault)],
                   policies=[p.name for p in policies.list_policies(vault)])

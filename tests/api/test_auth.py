@@ -29,6 +29,9 @@ MIN_ROLE = {
     ("POST", "/api/v1/machines/{name}/test-cleanup"): "operator",
     ("POST", "/api/v1/machines/{name}/failover"): "operator",
     ("POST", "/api/v1/machines/{name}/complete"): "operator",
+    ("GET", "/api/v1/machines/{name}/probes"): "reader",
+    ("POST", "/api/v1/machines/{name}/probes"): "operator",
+    ("DELETE", "/api/v1/machines/{name}/probes/{probe}"): "operator",
     ("GET", "/api/v1/targets"): "reader",
     ("POST", "/api/v1/targets/local"): "admin",
     ("GET", "/api/v1/targets/kinds"): "reader",
@@ -49,6 +52,7 @@ MIN_ROLE = {
     ("GET", "/api/v1/plans/{name}/job"): "reader",
     ("POST", "/api/v1/plans/{name}/failover"): "operator",
     ("POST", "/api/v1/plans/{name}/confirm"): "operator",
+    ("POST", "/api/v1/plans/{name}/complete"): "operator",
     ("GET", "/api/v1/overview"): "reader",
     ("GET", "/api/v1/whoami"): "reader",
 }
@@ -62,7 +66,7 @@ def _endpoints(portal: Portal) -> list[tuple[str, str]]:
 
 def _url(path: str) -> str:
     # "nope": nothing exists by that name, so an admitted call cannot change anything
-    return path.replace("{name}", "nope").replace("{job_id}", "nope")
+    return path.replace("{name}", "nope").replace("{job_id}", "nope").replace("{probe}", "nope")
 
 
 def test_the_role_table_covers_every_endpoint(portal: Portal) -> None:

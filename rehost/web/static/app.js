@@ -31,17 +31,34 @@ function afterAction(data, stay) {
   else window.location.reload();
 }
 
-// buttons that POST to the API:
-// <button data-post="/api/v1/..." [data-body='{"json": 1}'] [data-stay="1"] [data-confirm="..."]>
+// buttons that call the API:
+// <button data-post="/api/v1/..." [data-method="DELETE"] [data-body='{"json": 1}']
+//         [data-body-check="field:checkbox-id"] [data-stay="1"] [data-confirm="..."] [data-force="1"]>
+// data-body-check sets a boolean field of the body from a checkbox; data-force: when the API
+// refuses (a verdict that did not pass), ask for a reason and send it again with force (recorded)
 document.addEventListener("click", async (ev) => {
   const btn = ev.target.closest("[data-post]");
   if (!btn) return;
   ev.preventDefault();
   if (btn.dataset.confirm && !confirm(btn.dataset.confirm)) return;
   btn.disabled = true;
-  const body = btn.dataset.body ? JSON.parse(btn.dataset.body) : undefined;
-  try { afterAction(await api("POST", btn.dataset.post, body), !!btn.dataset.stay); }
-  catch (e) { showError("action-error", e.message); btn.disabled = false; }
+  const method = btn.dataset.method || "POST";
+  let body = btn.dataset.body ? JSON.parse(btn.dataset.body) : undefined;
+  if (btn.dataset.bodyCheck) {
+    const [field, id] = btn.dataset.bodyCheck.split(":");
+    const box = document.getElementById(id);
+    body = Object.assign(body || {}, {[field]: !!(box && box.checked)});
+  }
+  try { afterAction(await api(method, btn.dataset.post, body), !!btn.dataset.stay); }
+  catch (e) {
+    const reason = btn.dataset.force && e.message.includes("--force")
+      ? prompt(e.message + "\n\nComplete anyway? Say why (it is recorded):") : null;
+    if (reason && reason.trim()) {
+      try { afterAction(await api(method, btn.dataset.post, {force: true, reason: reason.trim()}), !!btn.dataset.stay); return; }
+      catch (e2) { showError("action-error", e2.message); }
+    } else showError("action-error", e.message);
+    btn.disabled = false;
+  }
 });
 
 // the failover dialog: one form for test failover and failover
