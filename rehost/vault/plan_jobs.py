@@ -183,7 +183,8 @@ def _run_child(vault: Vault, machine: str, kind: str, job_id: str) -> str:
     if child.state != "succeeded":
         failed = next((s for s in child.steps if s.state == "failed"), None)
         where = f"at step {failed.title!r}" if failed else f"({child.state})"
-        raise PlanStepFailed(f"machine {machine}: {kind} job {job_id} failed {where}: {child.error}")
+        error = (child.error or "").removeprefix(f"{failed.title}: " if failed else "")
+        raise PlanStepFailed(f"machine {machine}: {kind} job {job_id} failed {where}: {error}")
     return f"{machine}: job {job_id} succeeded"
 
 
