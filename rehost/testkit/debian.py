@@ -27,7 +27,7 @@ The guest:
   * extlinux boots ``/boot/vmlinuz-VERSION`` with ``root=UUID=<fs uuid> ro console=ttyS0,115200
     net.ifnames=0`` (``root=/dev/vda1`` when ``fstab_by="device"``). ``net.ifnames=0`` keeps
     the NIC ``eth0`` whatever PCI slot a target gives it. systemd starts a serial getty on
-    ttyS0 (login as root needs a password: none is set, the console is for reading).
+    ttyS0 (root cannot log in: its password is locked; the console is for reading).
   * ``/etc/fstab``: ``UUID=<uuid> / ext4 errors=remount-ro 0 1`` or ``/dev/vda1 / ...``.
   * ``/etc/network/interfaces``: ``auto eth0`` + ``iface eth0 inet dhcp`` (dhclient), or
     ``inet static`` with ``static_address``/``static_gateway`` (defaults: QEMU user-net's
@@ -39,20 +39,26 @@ The guest:
     too), ``REHOST-SYSTEMD state=<running|degraded|...>`` and ``REHOST-NET ip=<addr>`` (the
     first global IPv4 address) or ``REHOST-NET none``.
   * ``/etc/initramfs-tools/conf.d/rehost``: ``MODULES=most`` (every storage/network driver
-    family initramfs-tools knows: virtio, ata/IDE, SCSI incl. Hyper-V's hv_storvsc, Xen, ...)
-    or ``MODULES=dep``. In ``dep`` mode mkinitramfs looks at the *build host* (in the chroot,
-    the root is an ext4 on a loop device): the initramfs then carries ext4 and its helpers
-    but no disk controller driver at all — no virtio_blk, no ata_piix, no hv_storvsc — so the
-    guest boots nowhere until a fix-up adds one; ``initramfs_extra_modules`` go to
-    ``/etc/initramfs-tools/modules`` (e.g. ``("virtio_pci", "virtio_blk")``: a guest that
-    boots on virtio but lacks Hyper-V's drivers). ``initramfs_listing`` shows what ended up.
+    family initramfs-tools knows: ~740 modules, among them virtio_blk/virtio_scsi/virtio_net,
+    ata_piix/ahci, sd_mod, nvme, hv_vmbus/hv_storvsc/hv_netvsc, xen_blkfront, e1000) or
+    ``MODULES=dep``. In ``dep`` mode mkinitramfs looks at the *build host* (in the chroot the
+    root is an ext4 on a loop device), so what ends up depends on that host; on this
+    project's CI host (a virtio VM) ``lsinitramfs`` shows only ext4, jbd2, mbcache, crc16,
+    crc32c_generic/_intel, dm_mod, fan, psmouse and virtio, virtio_ring, virtio_pci(+legacy/
+    modern_dev), virtio_mmio: **no disk driver at all** — no virtio_blk, ata_piix, sd_mod,
+    hv_storvsc — so that guest boots nowhere (the initramfs gives up waiting for the root)
+    until a fix-up adds one. ``initramfs_extra_modules`` go to
+    ``/etc/initramfs-tools/modules`` (e.g. ``("virtio_blk",)``: a guest that boots on KVM's
+    virtio but lacks Hyper-V's drivers). ``initramfs_kernel_modules`` shows what ended up.
   * A fixed random ``/etc/machine-id`` (no first-boot prompts), hostname ``rehost-debian``,
-    no swap, no root password.
+    no swap; root's password stays locked (debootstrap's ``*``).
 
-Measured on the CI host (2 shared cores, TCG): cold debootstrap + cache tarball ~2.5 min;
-a variant from the cache ~15 s (``dep``: +~10 s for the initramfs); boot to the marker
-under TCG ~50-90 s; see ``docs`` of issue 16's tests. Building needs root (chroot, loop,
-mount) and ``debootstrap`` (scripts/install).
+Measured on the CI host (2 shared cores, TCG, 2026-12-05): cold cache 160 s (debootstrap
+90 s, pruning + ``depmod`` + initramfs + tarball ~70 s; the tarball is 412 MB); a variant from
+the cache 3 s (``dep`` or extra modules: 5 s, the initramfs is rebuilt); boot to
+``REHOST-BOOT-OK`` 26-32 s under TCG with 512 MiB (``REHOST-NET`` follows at once); the disk
+is 1 GiB virtual, 432 MB allocated (sparse: copy it with :func:`copy_image`). Building needs
+root (chroot, loop, mount) and ``debootstrap`` (scripts/install).
 """
 
 from __future__ import annotations
