@@ -318,7 +318,9 @@ def cached_root(cache: Path | None = None, *, mirror: str | None = None) -> Path
         fcntl.flock(lock, fcntl.LOCK_EX)
         if tarball.exists():  # another builder finished while we waited
             return tarball
-        work = Path(tempfile.mkdtemp(prefix=".build-", dir=cache))
+        for stale in cache.glob(f".build-{tarball.stem}-*"):  # a builder killed mid-way
+            _safe_rmtree(stale)
+        work = Path(tempfile.mkdtemp(prefix=f".build-{tarball.stem}-", dir=cache))
         try:
             root = work / "root"
             started = time.monotonic()

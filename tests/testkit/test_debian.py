@@ -5,6 +5,7 @@ its marker and its address 10.0.2.15 on the serial console."""
 
 from __future__ import annotations
 
+import os
 import re
 import time
 import uuid
@@ -14,6 +15,7 @@ import pytest
 
 from rehost.testkit.debian import (
     build_debian_guest,
+    chroot_mounts,
     initramfs_kernel_modules,
     initramfs_listing,
 )
@@ -116,3 +118,17 @@ def test_static_guest_with_fstab_by_device_boots(tmp_path: Path, debian_base: Pa
     assert marker == "static-1"
     assert "REHOST-NET ip=10.0.2.15" in console, console[-3000:]
     assert "DHCPDISCOVER" not in console
+
+
+def test_chroot_mounts_are_undone_even_on_error(tmp_path: Path) -> None:
+    """/proc, /sys and /dev bound into a guest root for in-guest tools never outlive the step,
+    so the root can be unmounted (and a build tree removed without following /dev)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting needs root")
+    root = tmp_path / "root"
+    root.mkdir()
+    with pytest.raises(RuntimeError), chroot_mounts(root):
+        assert (root / "proc/self").exists() and (root / "dev/null").exists()
+        raise RuntimeError("a failing in-guest step")
+    assert str(root) not in Path("/proc/self/mounts").read_text()
+    assert not (root / "dev/null").exists()
