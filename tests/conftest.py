@@ -2,7 +2,10 @@
 per test (built by rehost.testkit from Debian packages, see scripts/build-tiny-linux); one
 Azurite (a real blob service) and one Azure Resource Manager contract fake (a test fake, not
 Azure) per session, for the Azure target and the azure: repository backend; one PostgreSQL,
-one Redis and one SeaweedFS per session for the fleet's tests.
+one Redis and one SeaweedFS per session for the fleet's tests. One real Debian 12 guest
+(debootstrap, systemd, ifupdown/DHCP; rehost.testkit.debian) per session, its debootstrapped
+root cached across runs under build/debian-cache/ (``$REHOST_DEBIAN_CACHE``), a sparse private
+copy per test.
 
 The PostgreSQL tier: with ``REHOST_TEST_DATABASE=postgresql`` every vault a test creates
 without naming a database — ``Vault.init`` in the test's process, ``rehost init`` through
@@ -104,6 +107,31 @@ def tiny_image(tiny_linux_base: Path, tmp_path: Path) -> Path:
     dest = tmp_path / "disk.img"
     shutil.copyfile(tiny_linux_base, dest)
     return dest
+
+
+@pytest.fixture(scope="session")
+def debian_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's Debian 12 guest (marker ``debian``, DHCP, fstab by UUID, MODULES=most),
+    built once per run from the cached debootstrap (~2.5 min the first time on a machine,
+    seconds afterwards). Do not modify it: use ``debian_image``."""
+    from rehost.testkit.debian import build_debian_guest, missing_reason
+
+    reason = missing_reason()
+    if reason:
+        pytest.skip(f"cannot build the Debian guest: {reason}")
+    dest = tmp_path_factory.mktemp("debian") / "base.img"
+    started = time.monotonic()
+    build_debian_guest(dest)
+    print(f"\nDebian guest image built in {time.monotonic() - started:.2f}s")
+    return dest
+
+
+@pytest.fixture
+def debian_image(debian_base: Path, tmp_path: Path) -> Path:
+    """A private (sparse) copy of the session's Debian guest that the test may change."""
+    from rehost.testkit.debian import copy_image
+
+    return copy_image(debian_base, tmp_path / "debian.img")
 
 
 @pytest.fixture

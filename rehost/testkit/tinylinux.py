@@ -739,10 +739,21 @@ def extlinux_conf(root_device: str = "/dev/vda1", *, default_label: str = "rehos
     base = f"console=ttyS0,115200 panic=1 rehost.root={root_device}"
     labels = [("rehost", base), ("rehost-stay", f"{base} rehost.stay=1"),
               ("rehost-poweroff", f"{base} rehost.stay=0")]  # fmt: skip
-    out = ["# rehost tiny Linux", "SERIAL 0 115200", "PROMPT 0", "TIMEOUT 0", f"DEFAULT {default_label}"]
-    for label, append in labels:
-        out += [f"LABEL {label}", "  LINUX /boot/vmlinuz", "  INITRD /boot/initrd.img",
-                f"  APPEND {append}"]  # fmt: skip
+    return extlinux_config(
+        [(label, "/boot/vmlinuz", "/boot/initrd.img", append) for label, append in labels],
+        default=default_label,
+        comment="rehost tiny Linux",
+    )
+
+
+def extlinux_config(
+    entries: Sequence[tuple[str, str, str, str]], *, default: str, comment: str
+) -> str:
+    """An ``extlinux.conf`` on the serial console, no prompt: ``entries`` are
+    ``(label, kernel, initrd, append)``; ``default`` is the label that boots."""
+    out = [f"# {comment}", "SERIAL 0 115200", "PROMPT 0", "TIMEOUT 0", f"DEFAULT {default}"]
+    for label, kernel, initrd, append in entries:
+        out += [f"LABEL {label}", f"  LINUX {kernel}", f"  INITRD {initrd}", f"  APPEND {append}"]
     return "\n".join(out) + "\n"
 
 
@@ -750,7 +761,7 @@ def extlinux_conf(root_device: str = "/dev/vda1", *, default_label: str = "rehos
 # loop devices and mounts (always cleaned up)
 
 
-def _wait_partition(loopdev: str, timeout: float = 10.0) -> str:
+def wait_partition(loopdev: str, timeout: float = 10.0) -> str:
     """The partition-1 node of a ``losetup -P`` device; nodes may appear late or never.
 
     Seen on this project's CI host: ``losetup -P`` sets ``partscan`` but the kernel never
@@ -782,7 +793,8 @@ def _wait_partition(loopdev: str, timeout: float = 10.0) -> str:
 
 
 @contextlib.contextmanager
-def _loop(image: Path, *args: str) -> Iterator[str]:
+def loop_device(image: Path, *args: str) -> Iterator[str]:
+    """``losetup --find --show ARGS image``; the device is detached on exit (retried)."""
     dev = _run(["losetup", "--find", "--show", *args, str(image)]).strip()
     try:
         yield dev
@@ -801,7 +813,8 @@ def _loop(image: Path, *args: str) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def _mounted(device: str, *, options: str = "") -> Iterator[Path]:
+def mounted_device(device: str, *, options: str = "") -> Iterator[Path]:
+    """Mount an ext4 ``device`` on a fresh temporary directory; sync and unmount on exit."""
     mnt = Path(tempfile.mkdtemp(prefix="rehost-mnt-"))
     try:
         _run(["mount", "-t", "ext4", *(["-o", options] if options else []), device, mnt])
@@ -820,6 +833,33 @@ def _mounted(device: str, *, options: str = "") -> Iterator[Path]:
         with contextlib.suppress(OSError):
             mnt.rmdir()
 
+
+
+def create_msdos_disk(path: Path, size_mib: int) -> None:
+    """A sparse raw file of ``size_mib`` with an msdos label and one bootable partition from
+    1 MiB to the end (what extlinux and ``partition_extent`` expect)."""
+    with Path(path).open("wb") as f:
+        f.truncate(size_mib * _MIB)
+    _run(["parted", "-s", "-a", "optimal", path, "--", "mklabel", "msdos",
+          "mkpart", "primary", "ext4", "1MiB", "100%", "set", "1", "boot", "on"])  # fmt: skip
+
+
+def format_extlinux_ext4(part: str, *, label: str, inodes: int | None = None) -> None:
+    """``mkfs.ext4`` with what extlinux can boot from: 4 KiB blocks, no ``64bit``,
+    ``metadata_csum_seed`` or ``orphan_file``."""
+    _run(["mkfs.ext4", "-q", "-F", "-b", "4096", *(["-N", str(inodes)] if inodes else []),
+          "-m", "0", "-L", label,
+          "-O", "^64bit,^metadata_csum_seed,^orphan_file",
+          "-E", "lazy_itable_init=0,lazy_journal_init=0", part])  # fmt: skip
+
+
+def write_syslinux_mbr(path: Path, mbr_bin: Path | None = None) -> None:
+    """Write syslinux's MBR boot code (440 bytes, the partition table stays) into ``path``."""
+    mbr = mbr_bin or _first_existing(_MBR_CANDIDATES, "syslinux mbr.bin (install syslinux-common)")
+    with Path(path).open("r+b") as f:
+        f.write(mbr.read_bytes()[:440])
+        f.flush()
+        os.fsync(f.fileno())
 
 def partition_extent(image: Path) -> tuple[int, int]:
     """Byte offset and size of partition 1, read from the image's MBR."""
@@ -851,7 +891,7 @@ def mounted_root(image: Path, *, readonly: bool = False) -> Iterator[Path]:
     args = ["--offset", str(start), "--sizelimit", str(size)]
     if readonly:
         args.append("--read-only")
-    with _loop(image, *args) as dev, _mounted(dev, options="ro" if readonly else "") as mnt:
+    with loop_device(image, *args) as dev, mounted_device(dev, options="ro" if readonly else "") as mnt:
         yield mnt
 
 
@@ -898,18 +938,11 @@ def build_tiny_linux(
     tmp = dest.with_name(f".{dest.name}.tmp")
     tmp.unlink(missing_ok=True)
     try:
-        with tmp.open("wb") as f:
-            f.truncate(size_mib * _MIB)
-        _run(["parted", "-s", "-a", "optimal", tmp, "--", "mklabel", "msdos",
-              "mkpart", "primary", "ext4", "1MiB", "100%", "set", "1", "boot", "on"])  # fmt: skip
-
-        with _loop(tmp, "--partscan") as loopdev:
-            part = _wait_partition(loopdev)
-            _run(["mkfs.ext4", "-q", "-F", "-b", "4096", "-N", "2048", "-m", "0",
-                  "-L", "rehost-root",
-                  "-O", "^64bit,^metadata_csum_seed,^orphan_file",
-                  "-E", "lazy_itable_init=0,lazy_journal_init=0", part])  # fmt: skip
-            with _mounted(part) as root:
+        create_msdos_disk(tmp, size_mib)
+        with loop_device(tmp, "--partscan") as loopdev:
+            part = wait_partition(loopdev)
+            format_extlinux_ext4(part, label="rehost-root", inodes=2048)
+            with mounted_device(part) as root:
                 boot = root / "boot"
                 (boot / "extlinux").mkdir(parents=True)
                 shutil.copyfile(kernel.image, boot / "vmlinuz")
@@ -922,10 +955,7 @@ def build_tiny_linux(
                 (root / MODE_PATH).write_text(mode + "\n")
                 _run(["extlinux", "--install", boot / "extlinux"])
 
-        with tmp.open("r+b") as f:
-            f.write(mbr_bin.read_bytes()[:440])  # boot code only: keep the partition table
-            f.flush()
-            os.fsync(f.fileno())
+        write_syslinux_mbr(tmp, mbr_bin)
         tmp.replace(dest)
     finally:
         tmp.unlink(missing_ok=True)
