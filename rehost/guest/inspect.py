@@ -283,9 +283,12 @@ def inspect_batch(machines: Sequence[Sequence[str]],
             if (whole := _whole(g, root)) in dev_owner:
                 roots.setdefault(dev_owner[whole][0], []).append(root)
         results = []
+        filesystems: dict[str, str] = {}  # listed once, and only if a machine needs it (slow)
         for m, sources in enumerate(machines):
             mine = {dev: d for dev, (mm, d) in dev_owner.items() if mm == m}
-            results.append(_inspect_machine(g, tuple(sources), roots.get(m, []), mine))
+            if m not in roots and not filesystems:
+                filesystems = dict(g.list_filesystems())
+            results.append(_inspect_machine(g, tuple(sources), roots.get(m, []), mine, filesystems))
         elapsed = (time.monotonic() - started) / len(machines)
         return [_with_seconds(r, elapsed) for r in results]
     finally:
@@ -308,7 +311,8 @@ def _whole(g: Any, device: str) -> str:
         return device
 
 
-def _inspect_machine(g: Any, sources: tuple[str, ...], roots: list[str], disks: dict[str, int]) -> Inspection:
+def _inspect_machine(g: Any, sources: tuple[str, ...], roots: list[str], disks: dict[str, int],
+                     filesystems: dict[str, str]) -> Inspection:
     notes: list[str] = []
     if len(roots) > 1:
         notes.append(f"{len(roots)} operating systems found ({', '.join(roots)}); the first is reported")
@@ -322,7 +326,7 @@ def _inspect_machine(g: Any, sources: tuple[str, ...], roots: list[str], disks: 
         }
         mounts = sorted(g.inspect_get_mountpoints(root).items(), key=lambda kv: len(kv[0]))
     else:
-        root, os_type, info, mounts = _find_linux_root(g, disks)
+        root, os_type, info, mounts = _find_linux_root(g, disks, filesystems)
         if not root:
             return Inspection(disks=sources, os_type="unknown",
                               notes=("no operating system found on these disks",))
@@ -365,9 +369,10 @@ def _inspect_machine(g: Any, sources: tuple[str, ...], roots: list[str], disks: 
         g.umount_all()
 
 
-def _find_linux_root(g: Any, disks: dict[str, int]) -> tuple[str, str, dict[str, Any], list[tuple[str, str]]]:
+def _find_linux_root(g: Any, disks: dict[str, int],
+                     filesystems: dict[str, str]) -> tuple[str, str, dict[str, Any], list[tuple[str, str]]]:
     """No distribution recognised: a filesystem with a Linux kernel in /boot is a Linux root."""
-    for dev, fstype in g.list_filesystems().items():
+    for dev, fstype in filesystems.items():
         if _whole(g, dev) not in disks or fstype in ("swap", "unknown", ""):
             continue
         try:
@@ -783,10 +788,13 @@ def _swap_disk(g: Any, e: FstabEntry, disks: dict[str, int], os_disk: int | None
             return os_disk if g.is_file(e.spec) and _mount_of(g, e.spec) == "/" else None
         dev = None
         value = e.spec.split("=", 1)[1] if "=" in e.spec else e.spec.rsplit("/", 1)[1]
-        if e.by == "uuid":
-            dev = g.findfs_uuid(value)
-        elif e.by == "label":
-            dev = g.findfs_label(value)
+        if e.by in ("uuid", "label"):
+            # this machine's partitions only: cloned machines in one batch share UUIDs
+            read = g.vfs_uuid if e.by == "uuid" else g.vfs_label
+            for part in [*g.list_partitions(), *g.list_devices()]:
+                if _whole(g, part) in disks and _safe(read, part).lower() == value.lower():
+                    dev = part
+                    break
         elif e.by == "device":
             # the guest's own name: the same letter and number here is that disk only if that
             # partition really is a swap area (else unknown)
@@ -806,6 +814,13 @@ def _swap_disk(g: Any, e: FstabEntry, disks: dict[str, int], os_disk: int | None
     except RuntimeError:
         return None
     return None
+
+
+def _safe(read: Any, device: str) -> str:
+    try:
+        return str(read(device))
+    except RuntimeError:
+        return ""
 
 
 def _mount_of(g: Any, path: str) -> str:
