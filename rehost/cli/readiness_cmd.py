@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 
 from rehost.cli.context import emit_json, open_vault, out
@@ -27,17 +29,22 @@ def readiness(
         report = vault_readiness.readiness(vault, name, target=target, point=point)
     if as_json:
         emit_json(report.to_json())
-        return
-    r = report.readiness
-    how = "cached inspection" if report.cached else f"inspected in {report.inspection.seconds:.0f}s"
-    _say(f"{report.machine} on target {report.target} ({r.target_kind}), point {report.point[:12]} "
-         f"({how}): {r.verdict}")
-    for q in r.requirements:
-        _say(f"  {_MARK[q.status]}  {q.name}: {q.detail}")
-        if q.fix and q.status != "pass":
-            _say(f"        fix: {q.fix}")
+    else:
+        show(report.to_json())
+
+
+def show(data: dict[str, Any]) -> None:
+    """Print a readiness report (as ReadinessReport.to_json and the API give it)."""
+    ins = Inspection.from_json(data["inspection"])
+    how = "cached inspection" if data["cached"] else f"inspected in {ins.seconds:.0f}s"
+    _say(f"{data['machine']} on target {data['target']} ({data['target_kind']}), point "
+         f"{data['point'][:12]} ({how}): {data['verdict']}")
+    for q in data["requirements"]:
+        _say(f"  {_MARK[q['status']]}  {q['name']}: {q['detail']}")
+        if q["fix"] and q["status"] != "pass":
+            _say(f"        fix: {q['fix']}")
     _say("")
-    for line in facts(report.inspection):
+    for line in facts(ins):
         _say(line)
 
 
