@@ -63,3 +63,35 @@ def test_readiness_of_a_point_is_inspected_once(tmp_path: Path, tiny_image: Path
     text = rehost(vault, "readiness", "tiny", "--target", "here").out
     assert "cached inspection" in text and "PASS  virtio_blk driver" in text
     assert "kernel: /boot/vmlinuz" in text
+
+
+def test_one_inspection_per_point_without_libguestfs(tmp_path: Path) -> None:
+    """The cache and the NBD plumbing, with a stand-in inspector that reads the served disk."""
+    import nbd
+
+    vault = tmp_path / "vault"
+    disk = tmp_path / "d.raw"
+    disk.write_bytes(b"rehost!!" + b"\0" * ((1 << 20) - 8))
+    rehost(vault, "init")
+    rehost(vault, "target", "add", "memory", "double", "--path", str(tmp_path / "double"))
+    rehost(vault, "source", "add-image", "m1", str(disk))
+    rehost(vault, "replicate", "m1")
+    calls = []
+
+    def inspector(uris, fmt):  # type: ignore[no-untyped-def]
+        h = nbd.NBD()
+        h.connect_uri(uris[0])
+        calls.append(h.pread(8, 0))
+        h.shutdown()
+        return Inspection(disks=tuple(uris), os_type="unknown", notes=("stand-in",))
+
+    v = Vault.open(vault)
+    try:
+        first = vault_readiness.readiness(v, "m1", inspector=inspector)
+        second = vault_readiness.readiness(v, "m1", inspector=inspector)
+    finally:
+        v.engine.dispose()
+    assert calls == [b"rehost!!"]  # served read-only from the vault, inspected once
+    assert not first.cached and second.cached and second.inspection == first.inspection
+    assert first.readiness.target_kind == "memory" and first.readiness.requirements == ()
+    assert vault_readiness.cache_path(v, "m1", first.point).is_file()
