@@ -54,8 +54,8 @@ def _say(text: str) -> None:
 
 def facts(ins: Inspection) -> list[str]:
     """The inspection's findings, one line each."""
-    lines = [f"os: {ins.os_type} {ins.distro} {ins.version} ({ins.product}), root {ins.root_device or '?'} "
-             f"on disk {'?' if ins.os_disk is None else ins.os_disk}"]
+    lines = [f"os: {ins.os_type} {ins.distro} {ins.version} ({ins.product}), root filesystem on "
+             f"{ins.root_device or 'an unknown device'}"]
     for k in ins.kernels:
         mods = "unknown" if k.initrd_modules is None else f"{len(k.initrd_modules)} modules"
         err = f" ({k.initrd_error})" if k.initrd_error else ""

@@ -152,6 +152,7 @@ class Inspection:
     product: str = "unknown"
     version: str = "unknown"
     hostname: str = "unknown"
+    #: where the root filesystem is, as the machine's disks count ("disk 0 partition 1")
     root_device: str = ""
     #: index of the disk holding the root filesystem (the OS disk); None when unknown
     os_disk: int | None = None
@@ -332,6 +333,7 @@ def _inspect_machine(g: Any, sources: tuple[str, ...], roots: list[str], disks: 
                               notes=("no operating system found on these disks",))
         notes.append("the distribution is not recognised (no /etc/os-release); found a Linux kernel in /boot")
     os_disk = disks.get(_whole(g, root))
+    where = _relative(g, root, disks)
     # libguestfs maps the guest's fstab names onto the appliance's devices: a /dev/sda1 in a
     # guest's fstab may be another machine's disk in a batch, so the root is mounted from its
     # own device and other mounts only from this machine's disks
@@ -346,11 +348,11 @@ def _inspect_machine(g: Any, sources: tuple[str, ...], roots: list[str], disks: 
             notes.append(f"{dev} not mounted on {mp}: {e}")
     try:
         if os_type == "windows":
-            return Inspection(disks=sources, os_type="windows", root_device=root, os_disk=os_disk,
+            return Inspection(disks=sources, os_type="windows", root_device=where, os_disk=os_disk,
                               not_checked=WINDOWS_MISSING, notes=tuple(notes), **info)
         if os_type != "linux":
             notes.append(f"{os_type}: only Linux and Windows are inspected")
-            return Inspection(disks=sources, os_type=os_type, root_device=root, os_disk=os_disk,
+            return Inspection(disks=sources, os_type=os_type, root_device=where, os_disk=os_disk,
                               notes=tuple(notes), **info)
         size, free = _space(g)
         bootloader = _bootloader(g)
@@ -359,7 +361,7 @@ def _inspect_machine(g: Any, sources: tuple[str, ...], roots: list[str], disks: 
         interfaces, net_known = _network(g, notes)
         fstab, fstab_found = _fstab(g)
         return Inspection(
-            disks=sources, os_type="linux", root_device=root, os_disk=os_disk,
+            disks=sources, os_type="linux", root_device=where, os_disk=os_disk,
             kernels=_kernels(g, bootloader, notes), bootloader=bootloader, cmdline=cmdline,
             consoles=tuple(a.split("=", 1)[1] for a in _split(cmdline or "") if a.startswith("console=")),
             interfaces=interfaces, network_known=net_known, fstab=fstab, fstab_found=fstab_found,
@@ -367,6 +369,18 @@ def _inspect_machine(g: Any, sources: tuple[str, ...], roots: list[str], disks: 
             agents=_agents(g, root if roots else None), notes=tuple(notes), **info)
     finally:
         g.umount_all()
+
+
+def _relative(g: Any, device: str, disks: dict[str, int]) -> str:
+    """A device as the machine knows it ("disk 0 partition 1"): the appliance's own names
+    (/dev/sdb1) depend on the order of the batch."""
+    disk = disks.get(_whole(g, device))
+    if disk is None:
+        return device
+    try:
+        return f"disk {disk} partition {g.part_to_partnum(device)}"
+    except RuntimeError:
+        return f"disk {disk}"
 
 
 def _find_linux_root(g: Any, disks: dict[str, int],

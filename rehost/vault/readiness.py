@@ -17,7 +17,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +88,8 @@ def inspect_point(vault: Vault, name: str, point: str = "latest", *, inspector: 
             result = inspector(uris, "raw")
         finally:
             stop_point_servers(vault, vm)
+        # the sockets are gone: name what was inspected instead
+        result = replace(result, disks=tuple(f"point {p.short_id} disk {d.index}" for d in p.disks))
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(result.to_json(), indent=1))
         tmp.replace(path)

@@ -61,6 +61,7 @@ def test_tiny_linux(inspected: dict[str, Inspection]) -> None:
 def test_synthetic_debian_with_static_ip_device_names_and_swap(inspected: dict[str, Inspection]) -> None:
     ins = inspected["debian"]
     assert (ins.os_type, ins.distro, ins.hostname) == ("linux", "debian", "guest")
+    assert ins.root_device == "disk 0 partition 1"  # the appliance calls it /dev/sdb1 in this batch
     assert ins.version.startswith("12.")
     [kernel] = ins.kernels
     v = find_kernel().version

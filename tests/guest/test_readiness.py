@@ -29,7 +29,7 @@ def _guest(modules: tuple[str, ...] | None = ("virtio_blk", "virtio_pci", "virti
     kernel = KernelInfo(f"/boot/vmlinuz-{V}", V, f"/boot/initrd.img-{V}", modules, ("gzip",), "", builtin)
     base = Inspection(
         disks=("d0",), os_type="linux", distro="debian", product="Debian GNU/Linux 12", version="12.8",
-        root_device="/dev/sda1", os_disk=0, kernels=(kernel,),
+        root_device="disk 0 partition 1", os_disk=0, kernels=(kernel,),
         bootloader=Bootloader("grub", "/boot/grub/grub.cfg",
                               (BootEntry("Debian", f"/boot/vmlinuz-{V}", f"/boot/initrd.img-{V}",
                                          "root=UUID=x ro console=ttyS0,115200"),), "Debian"),
