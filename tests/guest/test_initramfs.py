@@ -53,3 +53,23 @@ def test_names() -> None:
     assert module_name("lib/modules/6.1/kernel/drivers/hv/hv_vmbus.ko.xz") == "hv_vmbus"
     assert module_name("lib/modules/6.1/modules.dep") is None
     assert builtin_names("kernel/drivers/virtio/virtio.ko\nkernel/fs/ext4/ext4.ko\n") == ("ext4", "virtio")
+
+
+def test_the_hosts_own_debian_initramfs() -> None:
+    """A real initramfs-tools image (zstd on Debian 12, maybe after an early-microcode archive)."""
+    from pathlib import Path
+
+    from rehost.testkit.tinylinux import TinyLinuxError, find_kernel
+
+    try:
+        version = find_kernel().version
+    except TinyLinuxError:  # no kernel installed: nothing to compare with
+        pytest.skip("no kernel installed")
+    path = Path(f"/boot/initrd.img-{version}")
+    if not path.is_file():
+        pytest.skip(f"{path} does not exist")
+    listing = list_initramfs(path.read_bytes())
+    assert version in listing.module_versions
+    on_disk = {module_name(str(p)) for p in Path(f"/lib/modules/{version}").rglob("*.ko*")}
+    assert set(listing.modules) <= on_disk and {"ext4", "virtio_blk"} <= set(listing.modules)
+    assert listing.builtin is not None and "virtio_pci" not in listing.builtin
