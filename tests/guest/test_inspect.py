@@ -1,6 +1,6 @@
 """Offline inspection on real disks: the test kit's tiny Linux and a synthetic Debian disk
-whose files the test chose. ONE appliance launch for the whole module (both machines in one
-batch, ~25-40 s under TCG)."""
+whose files the test chose, and the tiny Linux prepared for Azure. ONE appliance launch for
+the whole module (the three machines in one batch, ~35-50 s under TCG)."""
 
 from __future__ import annotations
 
@@ -26,14 +26,15 @@ def _is(req, status: str, text: str) -> bool:  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="module")
-def inspected(tiny_linux_base: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Inspection]:
+def inspected(tiny_linux_base: Path, azure_linux_base: Path,
+              tmp_path_factory: pytest.TempPathFactory) -> dict[str, Inspection]:
     pytest.importorskip("guestfs", reason="python3-guestfs is not installed (run scripts/install)")
     synthetic = build_guest_disk(tmp_path_factory.mktemp("guest") / "debian.img", files={
         "etc/fstab": FSTAB, "etc/network/interfaces": INTERFACES, "usr/bin/cloud-init": "#!/bin/sh\n",
     }, modules=("virtio_blk", "virtio_net", "virtio_pci", "ext4"), builtin=("hv_vmbus",))
-    tiny, debian = inspect_batch([[str(tiny_linux_base)], [str(synthetic)]])
-    print(f"\ninspection: {tiny.seconds:.1f}s per machine (2 in one launch)")
-    return {"tiny": tiny, "debian": debian}
+    tiny, debian, azure = inspect_batch([[str(tiny_linux_base)], [str(synthetic)], [str(azure_linux_base)]])
+    print(f"\ninspection: {tiny.seconds:.1f}s per machine (3 in one launch)")
+    return {"tiny": tiny, "debian": debian, "azure": azure}
 
 
 def test_tiny_linux(inspected: dict[str, Inspection]) -> None:
@@ -90,3 +91,15 @@ def test_synthetic_debian_with_static_ip_device_names_and_swap(inspected: dict[s
     assert az["provisioning agent"].status == "pass"
     local = {r.name: r for r in evaluate(ins, "local").requirements}
     assert local["virtio_blk driver"].status == "pass" and local["DHCP on the primary NIC"].status == "warn"
+
+
+def test_the_tiny_linux_prepared_for_azure_has_its_drivers(inspected: dict[str, Inspection]) -> None:
+    from rehost.cli.demo_azure import GUEST_MODULES
+
+    ins = inspected["azure"]
+    [kernel] = ins.kernels
+    assert kernel.initrd_modules is not None and set(GUEST_MODULES) <= set(kernel.initrd_modules)
+    azure = {r.name: r for r in evaluate(ins, "azure").requirements}
+    for driver in ("hv_vmbus", "hv_storvsc", "hv_netvsc"):
+        assert _is(azure[f"{driver} driver"], "pass", "/boot/initrd.img")
+    assert azure["serial console on ttyS0"].status == "pass"
