@@ -69,6 +69,8 @@ _STABLE_PREFIXES = {"UUID=": "uuid", "LABEL=": "label", "PARTUUID=": "partuuid",
 _INITRD_NAMES = ("initrd.img-{v}", "initrd-{v}.img", "initramfs-{v}.img", "initrd-{v}", "initramfs-{v}")
 _PLAIN_INITRDS = ("initrd.img", "initrd", "initramfs.img", "initramfs.cpio.gz", "initrd.gz")
 INITRD_LIMIT = 512 << 20
+#: bumped when an Inspection would come out different for the same disks (cached ones are redone)
+FORMAT = 1
 
 
 @dataclass(frozen=True)

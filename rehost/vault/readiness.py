@@ -3,7 +3,7 @@
 The point's disks are served read-only over NBD (the same servers instant recovery uses, each
 holding a reading lease so prune keeps the point) and inspected in one libguestfs launch
 (``rehost.guest.inspect``, 15–27 s under TCG). The Inspection is cached as JSON per point in
-the vault's cache folder (``cache/<machine>/inspection-<point id>.json``): a point never
+the vault's cache folder (``cache/<machine>/inspection-v<FORMAT>-<point id>.json``): a point never
 changes, so a second readiness check of the same point (for this or another target) reads
 the file and launches nothing. The target's own limits (disk sizes, count, firmware:
 ``Target.check_machine``) are added as requirements.
@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from rehost.guest.inspect import Inspection, inspect_disks
+from rehost.guest.inspect import FORMAT, Inspection, inspect_disks
 from rehost.guest.readiness import Readiness, Requirement, evaluate
 from rehost.vault.instant import start_point_servers, stop_point_servers
 from rehost.vault.inventory import get_machine, spec_of
@@ -48,7 +48,7 @@ class ReadinessReport:
 
 
 def cache_path(vault: Vault, machine: str, point_id: str) -> Path:
-    return vault.cache.root / machine / f"inspection-{point_id}.json"
+    return vault.cache.root / machine / f"inspection-v{FORMAT}-{point_id}.json"
 
 
 @contextlib.contextmanager
