@@ -342,12 +342,16 @@ def _inspect_machine(g: Any, sources: tuple[str, ...], roots: list[str], disks: 
     mounts = [("/", root)] + [(mp, dev) for mp, dev in mounts if mp != "/"]
     for mp, dev in mounts:
         if _whole(g, dev) not in disks:
-            notes.append(f"{mp} not mounted: its device {dev} is not one of this machine's disks")
+            notes.append(f"{mp} not mounted: the guest's fstab names a device that is not one of its disks")
             continue
         try:
             g.mount_ro(dev, mp)
         except RuntimeError as e:
-            notes.append(f"{dev} not mounted on {mp}: {e}")
+            if mp == "/":  # nothing below can be read: say so rather than read the appliance's /
+                g.umount_all()
+                return Inspection(disks=sources, os_type=os_type, root_device=where, os_disk=os_disk,
+                                  notes=(*notes, f"the root filesystem could not be mounted: {e}"), **info)
+            notes.append(f"{_relative(g, dev, disks)} not mounted on {mp}: {e}")
     try:
         if os_type == "windows":
             return Inspection(disks=sources, os_type="windows", root_device=where, os_disk=os_disk,
