@@ -16,7 +16,16 @@ from typing import Any
 from fastapi import APIRouter, FastAPI
 
 import rehost
-from rehost.api import errors, metrics, routes_infra, routes_items, routes_jobs, routes_plans, schemas
+from rehost.api import (
+    errors,
+    metrics,
+    routes_infra,
+    routes_items,
+    routes_jobs,
+    routes_plans,
+    routes_readiness,
+    schemas,
+)
 from rehost.api.background import JobLauncher
 from rehost.api.deps import VaultPool
 from rehost.vault import failover, plan_jobs
@@ -64,6 +73,7 @@ def create_api(vault_root: Path, password: Callable[[], str] | None = None, *,
     api.include_router(routes_infra.router)
     api.include_router(routes_jobs.router)
     api.include_router(routes_plans.router)
+    api.include_router(routes_readiness.router)
     app.include_router(api)
     # Prometheus scrapes /metrics by convention, outside the versioned API, with a token as well
     app.include_router(metrics.router, responses={code: ERRORS[code] for code in (401, 403)})

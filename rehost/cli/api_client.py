@@ -152,6 +152,22 @@ def points(ctx: typer.Context, name: str, as_json: bool = typer.Option(False, "-
         out.print(f"{d['id'][:12]}  {d['time']}  {d['consistency']}")
 
 
+@remote_app.command("readiness")
+def readiness(ctx: typer.Context, name: str, target: str = typer.Option(None, help="A target's name."),
+              point: str = typer.Option("latest"), as_json: bool = typer.Option(False, "--json")) -> None:
+    """Will NAME boot on its target? Each requirement with pass / warn / fail and the fix."""
+    from rehost.cli.readiness_cmd import show
+
+    params = {"point": point, **({"target": target} if target else {})}
+    c = client(ctx)
+    c.http.timeout = httpx.Timeout(600.0)  # a first inspection of a point starts an appliance (20-60 s)
+    data = c.call("GET", f"/machines/{name}/readiness", params=params)
+    if as_json:
+        emit_json(data)
+    else:
+        show(data)
+
+
 @remote_app.command("replicate")
 def replicate(
     ctx: typer.Context,

@@ -19,6 +19,7 @@ from rehost.cli import (
     plan_cmd,
     policy_cmd,
     probe_cmd,
+    readiness_cmd,
     target_cmd,
     token_cmd,
     vault_cmd,
@@ -89,6 +90,7 @@ policy_cmd.register(app)
 token_cmd.register(app)
 worker_cmd.register(app)
 plan_cmd.register(app)
+readiness_cmd.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:

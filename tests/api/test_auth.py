@@ -32,6 +32,7 @@ MIN_ROLE = {
     ("GET", "/api/v1/machines/{name}/probes"): "reader",
     ("POST", "/api/v1/machines/{name}/probes"): "operator",
     ("DELETE", "/api/v1/machines/{name}/probes/{probe}"): "operator",
+    ("GET", "/api/v1/machines/{name}/readiness"): "reader",
     ("GET", "/api/v1/targets"): "reader",
     ("POST", "/api/v1/targets/local"): "admin",
     ("GET", "/api/v1/targets/kinds"): "reader",

@@ -90,3 +90,11 @@ def test_token_commands(tmp_path: Path, portal: Portal) -> None:
     assert runner.invoke(token_app, ["revoke", "ci"], obj=obj).exit_code == 0
     r2 = portal.client.get("/api/v1/whoami", headers={"Authorization": f"Bearer {secret}"})
     assert r2.status_code == 401
+
+
+def test_readiness_refusals_match_the_local_cli(portal: Portal, server: str) -> None:
+    """(A report itself needs an appliance launch: tests/vault/test_readiness.py has one.)"""
+    tok = portal.tokens["reader"]
+    code, _, err = remote(server, tok, "readiness", "nobody")
+    local = rehost(portal.vault, "readiness", "nobody", check=False)
+    assert code == local.code == NotFound.exit_code and "no machine named 'nobody'" in err

@@ -1,0 +1,64 @@
+#!/usr/bin/env python3
+"""Benchmark (not a test): what an offline guest inspection costs (rehost readiness).
+
+Builds the test kit's tiny Linux and a synthetic Debian disk (rehost.testkit.guestdisk), then
+times ``inspect_batch`` for 1 machine in one appliance launch and for N machines (alternating
+the two kinds, each its own image file) in one launch. libguestfs runs with the direct
+backend and force_tcg (as rehost does here). Prints a markdown table.
+
+    .venv/bin/python bench/inspect_cost.py [--batch 5] [--workdir DIR]
+
+Run as root (the tiny Linux image is built with loop devices).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from rehost.guest.inspect import inspect_batch
+from rehost.testkit.guestdisk import build_guest_disk
+from rehost.testkit.tinylinux import build_tiny_linux
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=5)
+    ap.add_argument("--workdir", type=Path, default=None)
+    args = ap.parse_args()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="rehost-bench-inspect-"))
+    work.mkdir(parents=True, exist_ok=True)
+    tiny = build_tiny_linux(work / "tiny.img")
+    debian = build_guest_disk(work / "debian.img", files={"etc/fstab": "/dev/sda1 / ext4 defaults 0 1\n"})
+    rows = []
+    for label, disks in (("tiny Linux, alone", [tiny]), ("synthetic Debian, alone", [debian])):
+        t = time.monotonic()
+        [r] = inspect_batch([[str(disks[0])]])
+        rows.append((label, 1, time.monotonic() - t))
+        assert r.os_type == "linux", r
+    copies = []
+    for i in range(args.batch):
+        src = tiny if i % 2 == 0 else debian
+        dst = work / f"m{i}.img"
+        shutil.copyfile(src, dst)
+        copies.append([str(dst)])
+    t = time.monotonic()
+    results = inspect_batch(copies)
+    rows.append((f"{args.batch} machines in one launch", args.batch, time.monotonic() - t))
+    assert all(r.os_type == "linux" and r.kernels for r in results)
+    print(f"host: {platform.node()}, {os.cpu_count()} CPUs, libguestfs direct + force_tcg\n")
+    print("| inspection | machines | total s | s per machine |")
+    print("|---|---|---|---|")
+    for label, n, s in rows:
+        print(f"| {label} | {n} | {s:.1f} | {s / n:.1f} |")
+    if args.workdir is None:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

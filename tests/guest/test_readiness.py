@@ -1,0 +1,112 @@
+"""Readiness rules per target kind, on hand-made inspections (no libguestfs)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from rehost.guest.inspect import (
+    WINDOWS_MISSING,
+    BootEntry,
+    Bootloader,
+    FstabEntry,
+    Inspection,
+    Interface,
+    KernelInfo,
+    Swap,
+)
+from rehost.guest.readiness import evaluate
+
+V = "6.1.0-27-amd64"
+
+def _is(req, status: str, text: str) -> bool:  # type: ignore[no-untyped-def]
+    return bool(req.status == status and text in req.detail)
+
+
+
+def _guest(modules: tuple[str, ...] | None = ("virtio_blk", "virtio_pci", "virtio_net", "hv_vmbus",
+                                              "hv_storvsc", "hv_netvsc"),
+           builtin: tuple[str, ...] | None = (), **kw: object) -> Inspection:
+    kernel = KernelInfo(f"/boot/vmlinuz-{V}", V, f"/boot/initrd.img-{V}", modules, ("gzip",), "", builtin)
+    base = Inspection(
+        disks=("d0",), os_type="linux", distro="debian", product="Debian GNU/Linux 12", version="12.8",
+        root_device="disk 0 partition 1", os_disk=0, kernels=(kernel,),
+        bootloader=Bootloader("grub", "/boot/grub/grub.cfg",
+                              (BootEntry("Debian", f"/boot/vmlinuz-{V}", f"/boot/initrd.img-{V}",
+                                         "root=UUID=x ro console=ttyS0,115200"),), "Debian"),
+        cmdline="root=UUID=x ro console=ttyS0,115200", consoles=("ttyS0,115200",),
+        interfaces=(Interface("eth0", "dhcp", source="/etc/network/interfaces", tool="ifupdown"),),
+        network_known=True, fstab=(FstabEntry("UUID=x", "/", "ext4", "defaults", "uuid"),), fstab_found=True,
+        agents={"walinuxagent": True, "cloud-init": False, "vmware-tools": False})
+    return replace(base, **kw)  # type: ignore[arg-type]
+
+
+def _by_name(r):  # type: ignore[no-untyped-def]
+    return {q.name: q for q in r.requirements}
+
+
+def test_a_prepared_guest_passes_everywhere() -> None:
+    g = _guest()
+    for kind in ("local", "azure"):
+        r = evaluate(g, kind)
+        assert r.status == "pass", [q for q in r.requirements if q.status != "pass"]
+    assert evaluate(g, "memory").requirements == ()
+
+
+def test_missing_disk_driver_fails_with_the_fix() -> None:
+    r = evaluate(_guest(modules=("virtio_blk", "virtio_pci", "virtio_net")), "azure")
+    storvsc = _by_name(r)["hv_storvsc driver"]
+    assert r.status == "fail" and storvsc.status == "fail"
+    assert "update-initramfs" in storvsc.fix and "hv_storvsc" in storvsc.fix
+    assert evaluate(_guest(modules=("hv_vmbus",)), "local").failed()[0].name == "virtio_blk driver"
+
+
+def test_built_in_drivers_count() -> None:
+    g = _guest(modules=("virtio_net",), builtin=("virtio_blk", "virtio_pci"))
+    r = _by_name(evaluate(g, "local"))
+    assert _is(r["virtio_blk driver"], "pass", "built into")
+
+
+def test_an_unreadable_initramfs_is_not_a_pass() -> None:
+    k = KernelInfo(f"/boot/vmlinuz-{V}", V, f"/boot/initrd.img-{V}", None, (),
+                   "lz4-compressed initramfs: not supported", None)
+    r = _by_name(evaluate(_guest(kernels=(k,)), "local"))
+    assert _is(r["virtio_blk driver"], "fail", "unknown")
+
+
+def test_static_ip_device_names_swap_and_console_on_azure() -> None:
+    g = _guest(
+        interfaces=(Interface("eth0", "static", ("10.1.2.3/24",), "10.1.2.1", "/etc/network/interfaces",
+                              "ifupdown"),),
+        fstab=(FstabEntry("/dev/sda1", "/", "ext4", "defaults", "device"),
+               FstabEntry("/dev/sda2", "none", "swap", "sw", "device")),
+        swaps=(Swap("/dev/sda2", "device", 0, True),), cmdline="root=/dev/sda1 ro quiet", consoles=())
+    az = _by_name(evaluate(g, "azure"))
+    assert _is(az["DHCP on the primary NIC"], "fail", "10.1.2.3/24")
+    assert _is(az["fstab by UUID or LABEL"], "warn", "/dev/sda1")
+    assert _is(az["no swap on the OS disk"], "warn", "/dev/sda2")
+    assert az["serial console on ttyS0"].status == "warn"
+    local = _by_name(evaluate(g, "local"))
+    assert local["DHCP on the primary NIC"].status == "warn"  # boots; the address may not fit
+    assert "no swap on the OS disk" not in local
+
+
+def test_unknown_is_reported_as_unknown() -> None:
+    g = _guest(interfaces=(), network_known=False, swaps=(Swap("/dev/sdc9", "device", None, None),),
+               fstab=(FstabEntry("/dev/sdc9", "none", "swap", "sw", "device"),))
+    az = _by_name(evaluate(g, "azure"))
+    assert _is(az["DHCP on the primary NIC"], "warn", "unknown")
+    assert _is(az["no swap on the OS disk"], "warn", "could not be found")
+
+
+def test_windows_says_which_checks_do_not_exist() -> None:
+    w = Inspection(disks=("d0",), os_type="windows", product="Windows Server 2019 Standard", version="10.0",
+                   not_checked=WINDOWS_MISSING)
+    [req] = evaluate(w, "azure").requirements
+    assert req.status == "warn" and "Windows Server 2019" in req.detail and "SYSTEM hive" in req.fix
+    nothing = Inspection(disks=("d0",), os_type="unknown", notes=("no operating system found",))
+    assert evaluate(nothing, "local").status == "fail"
+
+
+def test_json_round_trip() -> None:
+    g = _guest(swaps=(Swap("UUID=s", "uuid", 0, True),))
+    assert Inspection.from_json(g.to_json()) == g
