@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rehost.guest import inspect as gi
+from rehost.guest import config_files as gi
 
 
 def test_ifupdown_static_and_dhcp() -> None:
