@@ -6,16 +6,14 @@ guest's port to them, so the probes run for real."""
 from __future__ import annotations
 
 import http.server
-import socket
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 from rehost.targets.memory import MemoryTarget
 from rehost.vault import targets
 from rehost.vault.vault import Vault
+from tests import loopback
 
 PAGE = b"<h1>hello from the shop</h1>"
 
@@ -32,45 +30,14 @@ class _Page(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@contextmanager
-def http_service() -> Iterator[int]:
+def http_service() -> AbstractContextManager[int]:
     """An HTTP server on 127.0.0.1: ``/health`` answers 200 with ``PAGE``; its port."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Page)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    return loopback.http_service(_Page)
 
 
-@contextmanager
-def silent_service() -> Iterator[int]:
+def silent_service() -> AbstractContextManager[int]:
     """A TCP server on 127.0.0.1 that accepts every connection and closes it at once; its port."""
-    sock = socket.create_server(("127.0.0.1", 0))
-    sock.settimeout(0.2)
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            conn.close()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield sock.getsockname()[1]
-    finally:
-        stop.set()
-        thread.join(5)
-        sock.close()
+    return loopback.tcp_service()
 
 
 def expose(vault_path: Path, machine: str, port: int, host_port: int, target: str = "t") -> None:

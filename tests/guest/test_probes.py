@@ -4,39 +4,13 @@ from __future__ import annotations
 
 import http.server
 import socket
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
 from rehost.errors import UsageError
 from rehost.guest.probes import Check, probe
-
-
-def _serve(handler: Callable[[socket.socket], None]) -> tuple[int, Callable[[], None]]:
-    """A TCP server on 127.0.0.1 that hands every connection to ``handler``."""
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(8)
-    stop = threading.Event()
-
-    def loop() -> None:
-        srv.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                conn, _ = srv.accept()
-            except TimeoutError:
-                continue
-            with conn:
-                handler(conn)
-
-    threading.Thread(target=loop, daemon=True).start()
-
-    def close() -> None:
-        stop.set()
-        srv.close()
-
-    return srv.getsockname()[1], close
+from tests.loopback import http_service, tcp_service
 
 
 @pytest.fixture
@@ -53,38 +27,29 @@ def http_port() -> Iterator[int]:
         def log_message(self, *args: object) -> None:
             pass
 
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield srv.server_address[1]
-    srv.shutdown()
+    with http_service(Handler) as port:
+        yield port
 
 
 def test_tcp_passes_only_when_bytes_come_back() -> None:
-    banner, close1 = _serve(lambda c: c.sendall(b"SSH-2.0-test\r\n"))
-    silent, close2 = _serve(lambda c: c.close())  # what a forwarder does when nothing listens inside
-    try:
+    with tcp_service(lambda c: c.sendall(b"SSH-2.0-test\r\n")) as banner, \
+            tcp_service() as silent:  # closes at once: a forwarder when nothing listens inside
         ok = probe(Check("ssh", "tcp", port=banner, expect="SSH-", timeout_s=5), "127.0.0.1", banner)
         assert ok.ok and "SSH-2.0" in ok.detail
         bad = probe(Check("db", "tcp", port=silent, timeout_s=2), "127.0.0.1", silent)
         assert not bad.ok and "no byte came back" in bad.detail and "tries" in bad.detail
         wrong = probe(Check("ssh", "tcp", port=banner, expect="HTTP/", timeout_s=1.5), "127.0.0.1", banner)
         assert not wrong.ok and "did not contain 'HTTP/'" in wrong.detail
-    finally:
-        close1()
-        close2()
 
 
 def test_tcp_sends_first_then_reads_the_answer() -> None:
     def echo(c: socket.socket) -> None:
         c.sendall(c.recv(100).upper())
 
-    port, close = _serve(echo)
-    try:
+    with tcp_service(echo) as port:
         r = probe(Check("echo", "tcp", port=port, send="ping\\r\\n", expect="PING", timeout_s=5),
                   "127.0.0.1", port)
         assert r.ok, r.detail
-    finally:
-        close()
 
 
 def test_refused_port_is_retried_until_the_deadline() -> None:

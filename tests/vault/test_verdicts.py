@@ -6,8 +6,6 @@ failed a port check."""
 from __future__ import annotations
 
 import http.server
-import socket
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +19,7 @@ from rehost.targets.memory import MemoryTarget
 from rehost.vault import failover, inventory, plan_jobs, plans, protection, verdicts
 from rehost.vault.inventory import get_machine
 from tests.cli_helpers import rehost
+from tests.loopback import http_service, tcp_service
 from tests.targets.helpers import World, make_disk, world
 
 
@@ -40,26 +39,8 @@ class Web(http.server.BaseHTTPRequestHandler):
 def services() -> Iterator[dict[str, int]]:
     """An HTTP server that answers, and a port that accepts and closes without a byte (what
     QEMU's forwarding does when nothing listens in the guest)."""
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Web)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    mute = socket.socket()
-    mute.bind(("127.0.0.1", 0))
-    mute.listen(16)
-    stop = threading.Event()
-
-    def accept_and_close() -> None:
-        mute.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                mute.accept()[0].close()
-            except TimeoutError:
-                continue
-
-    threading.Thread(target=accept_and_close, daemon=True).start()
-    yield {"http": srv.server_address[1], "mute": mute.getsockname()[1]}
-    stop.set()
-    srv.shutdown()
-    mute.close()
+    with http_service(Web) as http_port, tcp_service() as mute:
+        yield {"http": http_port, "mute": mute}
 
 
 @pytest.fixture
