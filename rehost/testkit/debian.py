@@ -80,11 +80,8 @@ from pathlib import Path
 from typing import Literal
 
 from rehost.errors import RehostError
-from rehost.testkit.tinylinux import (
-    MARKER_PATH,
-    _check_marker,
+from rehost.testkit.diskimage import (
     create_msdos_disk,
-    extlinux_config,
     format_extlinux_ext4,
     loop_device,
     mounted_device,
@@ -92,6 +89,7 @@ from rehost.testkit.tinylinux import (
     wait_partition,
     write_syslinux_mbr,
 )
+from rehost.testkit.tinylinux import MARKER_PATH, _check_marker, extlinux_config
 
 InitramfsModules = Literal["most", "dep"]
 NetworkMode = Literal["dhcp", "static"]

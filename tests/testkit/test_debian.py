@@ -19,8 +19,9 @@ from rehost.testkit.debian import (
     initramfs_kernel_modules,
     initramfs_listing,
 )
+from rehost.testkit.diskimage import partition_extent
 from rehost.testkit.qemu import Drive, QemuVM
-from rehost.testkit.tinylinux import partition_extent, read_file, read_marker
+from rehost.testkit.tinylinux import read_file, read_marker
 
 pytestmark = pytest.mark.slow
 

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from rehost.testkit.diskimage import partition_extent
 from rehost.testkit.tinylinux import (
     BASE_MODULES,
     TinyLinuxError,
     build_initramfs,
     extlinux_conf,
     find_kernel,
-    partition_extent,
     read_file,
     read_marker,
     resolve_modules,

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from rehost.testkit.diskimage import partition_extent
 from rehost.testkit.qemu import Drive, QemuVM
-from rehost.testkit.tinylinux import partition_extent, set_marker, set_mode
+from rehost.testkit.tinylinux import set_marker, set_mode
 from tests.cli_helpers import REHOST, REPO, qemu_img_compare, rehost
 
 
