@@ -14,6 +14,7 @@ import json
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ import pytest
 from rehost.api.tokens import create_token
 from rehost.jobs.runner import get_job, list_jobs
 from rehost.testkit.tinylinux import set_marker, set_mode
-from rehost.vault import failover, inventory, plan_jobs, plans, protection, targets, verdicts
+from rehost.vault import failover, instant, inventory, plan_jobs, plans, protection, targets, verdicts
 from rehost.vault.vault import Vault
 from tests.api.portal import portal_for
 from tests.cli_helpers import REHOST, rehost
@@ -42,9 +43,28 @@ def _script(path: Path, body: str) -> str:
     return str(path)
 
 
+@pytest.fixture
+def leave_no_machine(tmp_path: Path) -> Iterator[None]:
+    """Whatever the test's end, no test machine keeps running (a failed assert skips the
+    test's own cleanup; left over, three TCG guests would slow every later test)."""
+    yield
+    if not (tmp_path / "vault").exists():
+        return
+    vault = Vault.open(tmp_path / "vault")
+    try:
+        target = targets.provider(targets.get_target(vault, "t"))
+        for m in ("db", "web1", "web2"):
+            placement = target.find(failover.vm_for_test(m))
+            if placement is not None:
+                target.remove(placement)
+            instant.stop_point_servers(vault, failover.vm_for_test(m))
+    finally:
+        vault.close()
+
+
 @pytest.mark.slow
 def test_three_machine_plan_test_failover_on_the_isolated_network(
-        tiny_linux_base: Path, tmp_path: Path, need_qemu: None) -> None:
+        tiny_linux_base: Path, tmp_path: Path, need_qemu: None, leave_no_machine: None) -> None:
     vault = Vault.init(tmp_path / "vault")
     try:
         targets.add_target(vault, "local", "t", {"path": tmp_path / "target"})
