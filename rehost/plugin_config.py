@@ -16,7 +16,7 @@ import dataclasses
 import importlib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
@@ -75,6 +75,9 @@ class Option:
     argument: bool = False
     #: takes a list of values (a ``tuple[X, ...]`` field)
     many: bool = False
+    #: names a file or folder on the rehost server (confined to the allowed roots when it
+    #: comes through the API: ``field(metadata={"host_path": True})``)
+    host_path: bool = False
 
     @property
     def flag(self) -> str:
@@ -95,7 +98,8 @@ def options(config: type[Any]) -> list[Option]:
         hint = hints[f.name]
         many = typing.get_origin(hint) is tuple
         out.append(Option(f.name, _unwrap(typing.get_args(hint)[0] if many else hint), required, default,
-                          str(f.metadata.get("help", "")), bool(f.metadata.get("argument")), many))
+                          str(f.metadata.get("help", "")), bool(f.metadata.get("argument")), many,
+                          bool(f.metadata.get("host_path"))))
     return out
 
 
@@ -153,6 +157,24 @@ def _one(what: str, opt: Option, value: Any) -> Any:
     if want is Path and isinstance(value, str | Path) and str(value) and "\0" not in str(value):
         return Path(value)
     raise UsageError(f"{what}: {opt.flag} must be {want.__name__}, not {value!r}")
+
+
+#: checks a path from an untrusted caller and returns the path to use: ``guard(path, what)``
+PathGuard = Callable[[str, str], str]
+
+
+def confined(config: type[Any], raw: Mapping[str, Any], guard: PathGuard, what: str) -> dict[str, Any]:
+    """``raw`` with every host-path option passed through ``guard`` (before ``make_config``)."""
+    out = dict(raw)
+    for o in options(config):
+        value = out.get(o.name)
+        if not o.host_path or value is None:
+            continue
+        if o.many and isinstance(value, list | tuple):
+            out[o.name] = [guard(str(v), f"{what} {o.flag}") for v in value]
+        elif isinstance(value, str | Path):
+            out[o.name] = guard(str(value), f"{what} {o.flag}")
+    return out
 
 
 def to_json(config: Any) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from fastapi import APIRouter, FastAPI
 
 import rehost
 from rehost.api import (
+    audit,
     errors,
     metrics,
     routes_infra,
@@ -26,8 +27,10 @@ from rehost.api import (
     routes_readiness,
     schemas,
 )
+from rehost.api.audit import AuditMiddleware
 from rehost.api.background import JobLauncher
 from rehost.api.deps import VaultPool
+from rehost.api.signin import SignInGuard
 from rehost.vault import failover, plan_jobs
 
 _ = failover, plan_jobs  # importing them registers the job plans the API runs
@@ -66,7 +69,9 @@ def create_api(vault_root: Path, password: Callable[[], str] | None = None, *,
     )
     app.state.pool = pool
     app.state.jobs = jobs
+    app.state.signin_guard = SignInGuard()
     errors.install(app, page_errors)
+    app.add_middleware(AuditMiddleware)  # type: ignore[arg-type]
 
     api = APIRouter(prefix="/api/v1", responses=ERRORS)
     api.include_router(routes_items.router)
@@ -74,6 +79,7 @@ def create_api(vault_root: Path, password: Callable[[], str] | None = None, *,
     api.include_router(routes_jobs.router)
     api.include_router(routes_plans.router)
     api.include_router(routes_readiness.router)
+    api.include_router(audit.router)
     app.include_router(api)
     # Prometheus scrapes /metrics by convention, outside the versioned API, with a token as well
     app.include_router(metrics.router, responses={code: ERRORS[code] for code in (401, 403)})

@@ -15,7 +15,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from rehost.api.deps import COOKIE, CSRF_HEADER, Caller, VaultPool, identify
 from rehost.api.errors import Forbidden, Unauthorized
+from rehost.api.signin import SignInGuard
 from rehost.api.tokens import Role
+from rehost.vault import audit
 from rehost.vault.vault import Vault
 
 bearer_scheme = HTTPBearer(
@@ -30,6 +32,16 @@ def pool_of(request: Request) -> VaultPool:
     pool = request.app.state.pool
     assert isinstance(pool, VaultPool)
     return pool
+
+
+def guard_of(request: Request) -> SignInGuard:
+    guard = request.app.state.signin_guard
+    assert isinstance(guard, SignInGuard)
+    return guard
+
+
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else ""
 
 
 def borrow_vault(request: Request) -> Iterator[Vault]:
@@ -49,10 +61,19 @@ def needs(role: Role) -> Callable[..., Caller]:
         credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)] = None,
     ) -> Caller:
         header = f"Bearer {credentials.credentials}" if credentials else None
-        caller = identify(vault, header, request.cookies.get(COOKIE))
+        cookie = request.cookies.get(COOKIE)
+        address = client_address(request)
+        guard = guard_of(request)
+        if header or cookie:
+            guard.check(address)
+        caller = identify(vault, header, cookie)
         if caller is None:
+            if header or cookie:
+                guard.failed(address)
             raise Unauthorized("a valid API token is needed: send 'Authorization: Bearer TOKEN' "
                                "(an admin makes one with: rehost token create NAME --role reader)")
+        guard.succeeded(address)
+        audit.identified(caller.actor(address, via="ui" if caller.via_cookie else "api"))
         if not caller.may(role):
             raise Forbidden(f"token {caller.name!r} has the {caller.role.name} role; "
                             f"this needs {role.name} or higher")

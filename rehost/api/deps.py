@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from rehost.api.tokens import Role, authenticate
+from rehost.vault.audit import Actor
 from rehost.vault.models import TokenRow
 from rehost.vault.vault import Vault
 
@@ -91,6 +92,10 @@ class Caller:
 
     def may(self, role: Role) -> bool:
         return self.role >= role
+
+    def actor(self, address: str, via: str = "api") -> Actor:
+        """As the audit log names this caller."""
+        return Actor(f"token:{self.name}", role=self.role.name, via=via, address=address)
 
 
 def bearer(header: str | None) -> str | None:

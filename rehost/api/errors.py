@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rehost.errors import AlreadyExists, InvalidState, NotFound, RehostError, UsageError, WrongPassword
+from rehost.vault.roots import PathNotAllowed
 
 log = logging.getLogger("rehost.api")
 
@@ -32,11 +33,23 @@ class Forbidden(RehostError):
     exit_code = 8
 
 
+class TooManyAttempts(RehostError):
+    """Too many wrong tokens from one address: it must wait (``retry_after`` seconds)."""
+
+    exit_code = 9
+
+    def __init__(self, message: str = "", retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 #: most specific first: ObjectNotFound is both a BackendError and a NotFound
 STATUS: list[tuple[type[RehostError], int]] = [
     (Unauthorized, 401),
     (WrongPassword, 401),
     (Forbidden, 403),
+    (PathNotAllowed, 403),
+    (TooManyAttempts, 429),
     (NotFound, 404),
     (AlreadyExists, 409),
     (InvalidState, 409),
@@ -68,6 +81,8 @@ def install(app: FastAPI, page_errors: PageErrors | None = None) -> None:
         if page is not None:
             return page
         headers = {"WWW-Authenticate": "Bearer"} if code == 401 else None
+        if isinstance(e, TooManyAttempts):
+            headers = {"Retry-After": str(e.retry_after)}
         return JSONResponse({"error": message}, status_code=code, headers=headers)
 
     @app.exception_handler(RequestValidationError)

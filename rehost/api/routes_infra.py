@@ -10,9 +10,10 @@ from fastapi import APIRouter, Response
 
 from rehost.api import schemas, tokens, views
 from rehost.api.auth import Admin, Operator, Reader, VaultDep
+from rehost.replication.retention import parse_duration
 from rehost.sources import registry
 from rehost.targets import registry as target_registry
-from rehost.vault import inventory, policies, targets
+from rehost.vault import inventory, policies, roots, targets
 
 router = APIRouter(tags=["infrastructure"])
 
@@ -27,7 +28,7 @@ def list_targets(vault: VaultDep, _: Reader) -> list[dict[str, Any]]:
 def add_local_target(body: schemas.AddLocalTargetIn, vault: VaultDep, _: Admin) -> dict[str, Any]:
     """Register the rehost server's own QEMU as a target; machines live under ``path``."""
     row = targets.add_local_target(vault, body.name, Path(body.path), accel=body.accel,
-                                   memory_mib=body.memory_mib)
+                                   memory_mib=body.memory_mib, confine=roots.guard(vault))
     return views.target_view(targets.get_target(vault, row.name))
 
 
@@ -41,7 +42,7 @@ def list_target_kinds(_: Reader) -> list[dict[str, Any]]:
 def add_target(body: schemas.AddTargetIn, vault: VaultDep, _: Admin) -> dict[str, Any]:
     """Register a target of any kind; ``config`` is validated by the kind's typed config (as
     ``rehost target add KIND``): a bad option is a 400 naming it, the vault untouched."""
-    row = targets.add_target(vault, body.kind, body.name, body.config)
+    row = targets.add_target(vault, body.kind, body.name, body.config, confine=roots.guard(vault))
     return views.target_view(targets.get_target(vault, row.name))
 
 
@@ -64,7 +65,7 @@ def list_source_kinds(_: Reader) -> list[dict[str, Any]]:
 def add_source(body: schemas.AddSourceIn, vault: VaultDep, _: Admin) -> dict[str, Any]:
     """Register a machine from a source of any kind; ``config`` is validated by the kind's typed
     config (as ``rehost source add KIND``): a bad option is a 400 naming it, the vault untouched."""
-    done = inventory.add_source(vault, body.kind, body.name or "", body.config)
+    done = inventory.add_source(vault, body.kind, body.name or "", body.config, confine=roots.guard(vault))
     invitation = dataclasses.asdict(done.invitation) if done.invitation is not None else None
     return {"machine": views.machine_detail(vault, done.machine.name), "invitation": invitation}
 
@@ -107,7 +108,8 @@ def list_tokens(vault: VaultDep, _: Admin) -> list[dict[str, Any]]:
 @router.post("/tokens", response_model=schemas.TokenCreatedOut, status_code=201, tags=["tokens"])
 def create_token(body: schemas.TokenIn, vault: VaultDep, _: Admin) -> dict[str, Any]:
     """A new token; its secret is in this response only (the vault keeps a hash)."""
-    row, secret = tokens.create_token(vault, body.name, body.role)
+    expires = parse_duration(body.expires) if body.expires else None
+    row, secret = tokens.create_token(vault, body.name, body.role, expires)
     return {**views.token_view(row), "token": secret}
 
 

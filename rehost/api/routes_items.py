@@ -23,7 +23,7 @@ from rehost.errors import UsageError
 from rehost.guest.probes import Check
 from rehost.jobs.models import JobRow
 from rehost.replication.retention import parse_duration
-from rehost.vault import agents, failover, inventory, overview, protection, verdicts
+from rehost.vault import agents, failover, inventory, overview, protection, roots, verdicts
 from rehost.vault.cycles import start_replicate_job
 from rehost.vault.vault import Vault
 
@@ -54,7 +54,8 @@ def list_sources(vault: VaultDep, _: Reader) -> list[dict[str, Any]]:
 @router.post("/sources/image", response_model=schemas.MachineOut, status_code=201, tags=["infrastructure"])
 def add_image_source(body: schemas.AddImageSourceIn, vault: VaultDep, _: Admin) -> dict[str, Any]:
     """Register a machine made of disk image files on the rehost server (or one OVA/OVF)."""
-    m = inventory.add_image_source(vault, body.name, [Path(p) for p in body.paths], vm=body.vm)
+    m = inventory.add_image_source(vault, body.name, [Path(p) for p in body.paths], vm=body.vm,
+                                   confine=roots.guard(vault))
     return views.machine_detail(vault, m.name)
 
 
@@ -170,10 +171,7 @@ def add_probe(name: str, body: schemas.ProbeIn, vault: VaultDep, caller: Operato
         if not caller.may(Role.admin):
             raise Forbidden(f"token {caller.name!r} has the {caller.role.name} role; a script probe runs a "
                             "program on the rehost server and needs admin")
-        script = Path(body.script)
-        if not script.is_absolute():
-            raise UsageError(f"script {body.script!r}: give its absolute path on the rehost server")
-        resolved = script.resolve()
+        resolved = roots.confine(vault, body.script or "", "script")
         if not resolved.is_file():
             raise UsageError(f"script {body.script!r}: no such file on the rehost server")
         fields["script"] = str(resolved)

@@ -321,6 +321,7 @@ class JobOut(BaseModel):
     started_at: Utc | None
     ended_at: Utc | None
     error: str
+    actor: str = Field("", description="Who asked for it: token:NAME, local:USER or system:scheduler")
     cancellable: bool
     steps: list[StepOut]
     verdict: VerdictOut | None = Field(None, description="A (test) failover's checks, once they have run")
@@ -334,6 +335,8 @@ class JobOut(BaseModel):
 class TokenIn(_In):
     name: Name
     role: Literal["reader", "operator", "admin"]
+    expires: str | None = Field(None, max_length=12, description="e.g. 30d: the token stops working "
+                                "that long from now (default: never)")
 
 
 class TokenOut(BaseModel):
@@ -341,6 +344,7 @@ class TokenOut(BaseModel):
     role: str
     created_at: Utc
     last_used: Utc | None
+    expires_at: Utc | None = None
 
 
 class TokenCreatedOut(TokenOut):
@@ -490,3 +494,25 @@ class PlanJobOut(JobOut):
     waiting: PlanWaitingOut | None
     confirmed: list[str] = Field(description="The keys of the manual actions confirmed so far")
     verdict: VerdictOut | None = Field(None, description="The plan's checks, once they have run")
+
+
+class AuditOut(BaseModel):
+    id: int
+    time: str
+    actor: str = Field(description="token:NAME, local:USER, anonymous or system:WHAT")
+    role: str
+    via: Literal["cli", "api", "ui", "system"]
+    address: str
+    operation: str
+    object: str
+    params: dict[str, Any] = Field(description="As given, with every secret replaced by ***")
+    result: Literal["ok", "error", "denied"]
+    status: int | None
+    detail: str
+    job: str | None
+
+
+class RootOut(BaseModel):
+    path: str
+    devices: bool
+    default: bool

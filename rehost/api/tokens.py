@@ -43,15 +43,20 @@ def _hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def create_token(vault: Vault, name: str, role: str) -> tuple[TokenRow, str]:
-    """A new token; returns the row and the secret, which is never available again."""
+def create_token(vault: Vault, name: str, role: str,
+                 expires: timedelta | None = None) -> tuple[TokenRow, str]:
+    """A new token; returns the row and the secret, which is never available again. With
+    ``expires`` it stops working that long from now."""
     check_name(name, "token")
     parsed = Role.parse(role)
+    if expires is not None and expires <= timedelta(0):
+        raise UsageError("a token's expiry must be in the future (e.g. --expires 30d)")
     secret = PREFIX + secrets.token_urlsafe(32)
     with vault.session() as s, s.begin():
         if s.scalar(select(TokenRow).where(TokenRow.name == name)) is not None:
             raise AlreadyExists(f"a token named {name!r} already exists (revoke it first)")
-        row = TokenRow(name=name, role=parsed.name, secret_hash=_hash(secret))
+        row = TokenRow(name=name, role=parsed.name, secret_hash=_hash(secret),
+                       expires_at=datetime.now(UTC) + expires if expires is not None else None)
         s.add(row)
     return row, secret
 
@@ -69,6 +74,13 @@ def revoke_token(vault: Vault, name: str) -> None:
         s.delete(row)
 
 
+def expired(row: TokenRow, now: datetime | None = None) -> bool:
+    if row.expires_at is None:
+        return False
+    at = row.expires_at if row.expires_at.tzinfo else row.expires_at.replace(tzinfo=UTC)
+    return (now or datetime.now(UTC)) >= at
+
+
 def authenticate(vault: Vault, secret: str) -> TokenRow | None:
     """The token a secret belongs to, or None; records when it was last used."""
     if not secret.startswith(PREFIX) or len(secret) > 200:
@@ -78,6 +90,8 @@ def authenticate(vault: Vault, secret: str) -> TokenRow | None:
         if row is None:
             return None
         now = datetime.now(UTC)
+        if expired(row, now):
+            return None
         last = row.last_used.replace(tzinfo=UTC) if row.last_used else None
         if last is None or now - last >= TOUCH_EVERY:
             row.last_used = now

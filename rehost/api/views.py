@@ -58,7 +58,8 @@ def target_view(t: TargetRow) -> dict[str, Any]:
 
 
 def token_view(t: TokenRow) -> dict[str, Any]:
-    return {"name": t.name, "role": t.role, "created_at": t.created_at, "last_used": t.last_used}
+    return {"name": t.name, "role": t.role, "created_at": t.created_at, "last_used": t.last_used,
+            "expires_at": t.expires_at}
 
 
 TRACEBACK = "\nTraceback (most recent call last):"

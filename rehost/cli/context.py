@@ -25,6 +25,7 @@ from rich.progress import (
 
 from rehost.errors import UsageError
 from rehost.units import human as human  # re-exported: the commands format bytes through here
+from rehost.vault import audit
 from rehost.vault.vault import Vault
 
 # soft_wrap: long lines stay whole in logs and pipes (rich would cut them at 80 columns)
@@ -61,13 +62,56 @@ def password_from_env_or_prompt(*, confirm: bool = False) -> str:
     return pw
 
 
+#: commands that change nothing, so the audit log does not record them; any other command is
+#: recorded (a new command is audited unless it is added here)
+READ_ONLY = frozenset({
+    "machines", "points", "jobs", "check", "readiness", "serve", "worker", "audit",
+    "source kinds", "target kinds", "target list", "probe list", "policy list", "token list",
+    "plan show", "plan list", "config show",
+})
+
+
 @contextmanager
 def open_vault(ctx: typer.Context) -> Iterator[Vault]:
+    """The command's vault; a state-changing command leaves an entry in its audit log, with the
+    local user as the actor and the command's outcome."""
     vault = Vault.open(options(ctx).vault_path, password_from_env_or_prompt)
     try:
-        yield vault
+        try:
+            yield vault
+        except BaseException as e:
+            record_command(ctx, vault, e)
+            raise
+        record_command(ctx, vault, None)
     finally:
         vault.close()
+
+
+def command_name(ctx: typer.Context) -> str:
+    return ctx.command_path.split(" ", 1)[1] if " " in ctx.command_path else ctx.command_path
+
+
+def record_command(ctx: typer.Context, vault: Vault, error: BaseException | None) -> None:
+    """One entry per command run (a command may open its vault more than once)."""
+    name = command_name(ctx)
+    params = {k: v for k, v in ctx.params.items() if k != "as_json" and v not in (None, False, (), [])}
+    if name == "job" and params.get("what") not in ("resume", "cancel"):
+        return
+    if name in READ_ONLY or ctx.meta.get("rehost.audited"):
+        return
+    ctx.meta["rehost.audited"] = True
+    failed = error is not None and not (isinstance(error, typer.Exit) and error.exit_code == 0)
+    subject = params.get("name") or params.get("machine") or params.get("job_id") or ""
+    detail = ("interrupted" if isinstance(error, KeyboardInterrupt)
+              else str(error) if failed and not isinstance(error, typer.Exit) else "")
+    try:
+        audit.record(vault, f"rehost {name}", object=str(subject), params=params,
+                     result="error" if failed else "ok", detail=detail)
+    except Exception as e:  # the command's own outcome (or error) matters more than its record
+        if error is None:
+            raise
+        err.print(f"rehost: warning: the audit log could not record this command: {e}", highlight=False,
+                  markup=False)
 
 
 def emit_json(data: Any) -> None:

@@ -12,6 +12,8 @@ import typer
 
 from rehost.cli import (
     api_client,
+    audit_cmd,
+    config_cmd,
     demo_cmd,
     failover_cmd,
     job_cmd,
@@ -91,6 +93,8 @@ token_cmd.register(app)
 worker_cmd.register(app)
 plan_cmd.register(app)
 readiness_cmd.register(app)
+audit_cmd.register(app)
+config_cmd.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:

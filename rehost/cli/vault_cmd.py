@@ -13,6 +13,7 @@ from rehost.cli.context import (
     options,
     out,
     password_from_env_or_prompt,
+    record_command,
 )
 from rehost.errors import IntegrityError
 from rehost.jobs import leases
@@ -64,6 +65,7 @@ def init(
     where = "" if database is None else f", state in {vault.database}"
     where += f", repository {vault.repo.storage.location}" if repository else ""
     where += f", jobs through {broker.split('@')[-1]}" if broker else ""
+    record_command(ctx, vault, None)  # the database URL's password is never in it (refused above)
     vault.close()
     out.print(("joined vault " if join else "created vault ") + f"{path}"
               + (" (encrypted)" if encrypt else "") + where)

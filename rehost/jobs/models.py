@@ -32,6 +32,8 @@ class JobRow(Base):
     #: the runner that claimed the job (host:pid:nonce); it holds the lease ``job:<id>`` while
     #: it runs, and a job whose lease lapsed is interrupted and picked up again
     holder: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    #: who asked for it, as the audit log names them ("token:NAME", "local:USER", "system:scheduler")
+    actor: Mapped[str] = mapped_column(String(200), default="")
     created_at: Mapped[datetime] = mapped_column(default=_now)
     started_at: Mapped[datetime | None] = mapped_column(nullable=True)
     ended_at: Mapped[datetime | None] = mapped_column(nullable=True)

@@ -24,6 +24,8 @@ from rehost.errors import InvalidState, NotFound, RehostError
 from rehost.jobs import leases
 from rehost.jobs.models import JobRow, StepRow
 from rehost.process import alive
+from rehost.vault import audit
+from rehost.vault.audit import Actor
 from rehost.vault.vault import Vault
 
 DONE_STATES = ("succeeded", "skipped", "warning")
@@ -100,7 +102,8 @@ def create_job(vault: Vault, kind: str, machine_id: str | None, machine_name: st
                params: dict[str, Any]) -> JobRow:
     if kind not in _PLANS:
         raise NotFound(f"unknown job kind {kind!r}")
-    job = JobRow(kind=kind, machine_id=machine_id, machine_name=machine_name, params=params)
+    job = JobRow(kind=kind, machine_id=machine_id, machine_name=machine_name, params=params,
+                 actor=audit.current_actor().name)
     steps = _PLANS[kind](vault, job)
     job.steps = [StepRow(index=i, name=st.name, title=st.title) for i, st in enumerate(steps)]
     with vault.session() as s, s.begin():
@@ -210,9 +213,24 @@ def run_job(vault: Vault, job_id: str, observer: Observer | None = None) -> JobR
                     if job.state == "queued":  # it never started: it failed, and says why
                         _update_job(vault, job, state="failed", error=str(e), ended_at=_now())
                     raise
-            return _run_steps(vault, job, claim.holder, observer)
+            # what the job creates (a plan's child jobs) is done for whoever asked for the job
+            with audit.acting_as(Actor(job.actor or "unknown", via="system")):
+                done = _run_steps(vault, job, claim.holder, observer)
+            _audit_end(vault, done)
+            return done
     finally:
         claim.release()
+
+
+def _audit_end(vault: Vault, job: JobRow) -> None:
+    """A job started by someone ends with an entry of its own: its request's entry says only
+    that it was accepted. Jobs of rehost itself (the scheduler's cycles) are not recorded."""
+    if job.state not in ("succeeded", "failed", "cancelled") or job.actor.startswith("system:"):
+        return
+    audit.record(vault, f"job {job.kind} ended", actor=Actor(job.actor or "unknown", via="system"),
+                 object=job.machine_name, result="ok" if job.state == "succeeded" else "error",
+                 detail=job.error if job.state != "succeeded" else "", job_id=job.id,
+                 params={"state": job.state})
 
 
 def _run_steps(vault: Vault, job: JobRow, holder: str, observer: Observer | None) -> JobRow:

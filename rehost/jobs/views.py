@@ -24,6 +24,7 @@ def job_dict(vault: Vault, j: JobRow) -> dict[str, Any]:
     return {
         "id": j.id, "kind": j.kind, "machine": j.machine_name, "state": state,
         "created_at": j.created_at, "started_at": j.started_at, "ended_at": j.ended_at, "error": j.error,
+        "actor": j.actor,
         "cancellable": state not in ("succeeded", "cancelled") and can_cancel(vault, j),
         "steps": [{"name": s.name, "title": s.title, "state": s.state, "done": s.done, "total": s.total,
                    "detail": s.detail, "started_at": s.started_at, "ended_at": s.ended_at} for s in j.steps],

@@ -41,6 +41,7 @@ class ImageConfig:
         "help": "Disk images (raw, qcow2, vmdk, vhd, vhdx), in the machine's disk order, or one "
                 "OVA/OVF export, or one VMware .vmx.",
         "argument": True,
+        "host_path": True,
     })
     vm: str | None = field(default=None, metadata={
         "help": "For a vApp (an OVA/OVF of several VMs): import only this VM, by its id (default: "
@@ -315,7 +316,7 @@ PLUGIN = registry.register(registry.SourcePlugin(
     kind="image",
     summary="A machine made of disk image files (a VMware or Hyper-V export, an OVA/OVF, a .vmx).",
     config=ImageConfig,
-    capabilities=registry.Capabilities(change_tracking="hash-diff"),
+    capabilities=registry.Capabilities(change_tracking="hash-diff", disks_are_files=True),
     discover=discover,
     open=_open,
     name_hint="'-' takes the name inside an OVA/OVF/VMX",

@@ -29,10 +29,10 @@ class QemuConfig:
 
     qmp_socket: str = field(metadata={
         "help": "A QMP socket of the running QEMU that rehost may own (QEMU serves one client per "
-                "socket: start it with -qmp unix:PATH,server=on,wait=off)."})
+                "socket: start it with -qmp unix:PATH,server=on,wait=off).", "host_path": True})
     guest_agent: str | None = field(default=None, metadata={
         "help": "The qemu-guest-agent socket, for app-consistent points (default: none, "
-                "crash-consistent points only)."})
+                "crash-consistent points only).", "host_path": True})
     granularity: int = field(default=DEFAULT_GRANULARITY, metadata={
         "help": f"Dirty-bitmap granularity in bytes, a power of two >= 512 (default "
                 f"{DEFAULT_GRANULARITY}: reads exactly what changed; 64 KiB saves QEMU memory on "

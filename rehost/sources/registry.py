@@ -50,6 +50,8 @@ class Capabilities:
     has_heartbeat: bool = False
     #: the machine's disks arrive after registration (with its agent's enrollment)
     disks_arrive_later: bool = False
+    #: the disks it discovers are files on the rehost server (their refs are paths)
+    disks_are_files: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -133,7 +133,8 @@ CAPABILITIES = Capabilities(boots_from_nbd=True, test_network="isolated", verdic
 class LocalSettings:
     """The ``local`` target's config (``rehost target add local NAME --path DIR``)."""
 
-    path: Path = field(metadata={"help": "Folder where failed-over machines and their disks live."})
+    path: Path = field(metadata={"help": "Folder where failed-over machines and their disks live.",
+                                 "host_path": True})
     accel: str = field(default="tcg", metadata={
         "help": "tcg (software emulation) or kvm (where /dev/kvm works)."})
     memory_mib: int = field(default=256, metadata={

@@ -67,7 +67,8 @@ class InjectedFault(RehostError):
 class MemorySettings:
     """The ``memory`` target's config (``rehost target add memory NAME --path DIR``)."""
 
-    path: Path = field(metadata={"help": "Folder for the test double's state and staged disks."})
+    path: Path = field(metadata={"help": "Folder for the test double's state and staged disks.",
+                                 "host_path": True})
     exit_code: int = field(default=137, metadata={
         "help": "Exit status of an injected 'exit' fault (137: as killed by SIGKILL)."})
 

@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
+from rehost import plugin_config
 from rehost.errors import AlreadyExists, NotFound, UsageError
+from rehost.plugin_config import PathGuard
 from rehost.sources import registry
 from rehost.sources.base import SourceProvider
 from rehost.spec import DiskSpec, Firmware, MachineSpec, NicSpec
@@ -51,21 +53,28 @@ class Registered:
     invitation: Invitation | None = None
 
 
-def add_source(vault: Vault, kind: str, name: str, options: Mapping[str, Any]) -> Registered:
+def add_source(vault: Vault, kind: str, name: str, options: Mapping[str, Any], *,
+               confine: PathGuard | None = None) -> Registered:
     """Register a machine from a source of ``kind`` (image, qemu, physical, ...) with the
     kind's config options.
 
     Everything is validated, and the machine discovered, before anything is written: a bad
     input leaves the vault as it was. ``name`` may be empty when the source names the machine
-    (an OVA).
+    (an OVA). ``confine`` (the API's allowed roots) checks every path the caller gave and
+    every disk file the source found (a VMX may name disks anywhere).
     """
     plugin = registry.get(kind)
+    if confine is not None:
+        options = plugin_config.confined(plugin.config, options, confine, f"source kind {kind}")
     config = registry.make_config(kind, options)
     if name:
         check_name(name)
         with vault.session() as s:
             _refuse_taken(s, name)
     spec = plugin.discover(name, config)
+    if confine is not None and plugin.capabilities.disks_are_files:
+        for d in spec.disks:
+            confine(d.ref, f"disk {d.index} of {spec.name}")
     check_name(spec.name)
     with vault.session() as s, s.begin():
         _refuse_taken(s, spec.name)
@@ -91,11 +100,11 @@ def _disk_rows(spec: MachineSpec) -> list[DiskRow]:
 
 
 def add_image_source(vault: Vault, name: str | None, paths: Sequence[Path],
-                     vm: str | None = None) -> MachineRow:
+                     vm: str | None = None, *, confine: PathGuard | None = None) -> MachineRow:
     """Register a machine made of image files (or an OVA/OVF, or one ``vm`` of a vApp) as a
     source of its own."""
     options: dict[str, Any] = {"paths": [str(p) for p in paths], **({"vm": vm} if vm else {})}
-    return add_source(vault, "image", name or "", options).machine
+    return add_source(vault, "image", name or "", options, confine=confine).machine
 
 
 def spec_json(spec: MachineSpec) -> dict[str, Any]:

@@ -121,6 +121,8 @@ class TokenRow(Base):
     secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=_now)
     last_used: Mapped[datetime | None] = mapped_column(nullable=True)
+    #: None: never expires; a request with it after this time gets 401
+    expires_at: Mapped[datetime | None] = mapped_column(nullable=True)
 
 
 class PointRecordRow(Base):
@@ -203,3 +205,35 @@ class PlanMachineRow(Base):
     position: Mapped[int] = mapped_column(Integer)
     plan: Mapped[PlanRow] = relationship(back_populates="members")
     machine: Mapped[MachineRow] = relationship()
+
+
+class AuditRow(Base):
+    """One state-changing operation (CLI or API) and who made it (issue 19). Append-only: no
+    code path updates a row, and only retention (``rehost.vault.audit``) deletes old ones."""
+
+    __tablename__ = "audit"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    time: Mapped[datetime] = mapped_column(default=_now, index=True)
+    #: "token:NAME", "local:USER", "anonymous" or "system:scheduler"
+    actor: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(16), default="")
+    #: cli | api | ui | system
+    via: Mapped[str] = mapped_column(String(8))
+    address: Mapped[str] = mapped_column(String(64), default="")
+    operation: Mapped[str] = mapped_column(String(200))
+    object: Mapped[str] = mapped_column(String(200), default="")
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    #: ok | error | denied
+    result: Mapped[str] = mapped_column(String(8))
+    status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    detail: Mapped[str] = mapped_column(String(500), default="")
+    job_id: Mapped[str | None] = mapped_column(String(16), nullable=True)
+
+
+class SettingRow(Base):
+    """The vault's own settings, shared by every host of a fleet (allowed roots, audit
+    retention): changed with ``rehost config`` on a host, never through the API."""
+
+    __tablename__ = "settings"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[Any] = mapped_column(JSON)

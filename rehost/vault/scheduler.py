@@ -27,7 +27,7 @@ from rehost.jobs.runner import resumable_jobs
 from rehost.replication.retention import PointTime, points_to_keep
 from rehost.repository.manifest import Consistency, RecoveryPoint
 from rehost.repository.prune import prune
-from rehost.vault import agents, inventory, point_records, policies
+from rehost.vault import agents, audit, inventory, point_records, policies
 from rehost.vault.cycles import replicate_job
 from rehost.vault.models import MachineRow, PolicyRow
 from rehost.vault.point_records import PointRecord, PointSummary
@@ -37,6 +37,9 @@ from rehost.vault.vault import Vault
 RETENTION_EVERY_S = 600
 #: how often ``rehost serve`` looks for jobs whose runner died
 RESUME_EVERY_S = 15.0
+
+
+SCHEDULER = audit.Actor("system:scheduler", via="system")
 
 
 def default_workers() -> int:
@@ -138,7 +141,7 @@ class Scheduler:
                 continue
             run, app = self.due(machine, policy, summaries.get(machine.id, PointSummary()))
             if run:
-                fut = self._pool.submit(self._cycle, machine, policy, app)
+                fut = self._pool.submit(self._scheduled_cycle, machine, policy, app)
                 self._running[machine.id] = fut
                 started.append(fut)
         self._retention(with_policy, wait=wait)
@@ -198,6 +201,12 @@ class Scheduler:
         ).items():
             if record.get("error"):
                 self.log(f"{name}: no heartbeat: {record['error']}")
+
+    def _scheduled_cycle(self, machine: MachineRow, policy: PolicyRow, app: bool) -> TickResult:
+        """A cycle the policy asked for: its job's actor is rehost itself, not the user who
+        started ``rehost serve`` (and the audit log does not record it)."""
+        with audit.acting_as(SCHEDULER):
+            return self._cycle(machine, policy, app)
 
     def _cycle(self, machine: MachineRow, policy: PolicyRow, app: bool) -> TickResult:
         started = self.clock()

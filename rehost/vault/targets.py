@@ -13,6 +13,7 @@ from sqlalchemy import select
 
 from rehost import plugin_config
 from rehost.errors import AlreadyExists, InvalidState, NotFound, UsageError
+from rehost.plugin_config import PathGuard
 from rehost.targets import registry
 from rehost.targets.base import Target, VerifyReport
 from rehost.vault.inventory import check_name, spec_of
@@ -20,10 +21,14 @@ from rehost.vault.models import MachineRow, TargetRow
 from rehost.vault.vault import Vault
 
 
-def add_target(vault: Vault, kind: str, name: str, options: Mapping[str, Any]) -> TargetRow:
-    """Register a target of ``kind``; its options are checked against the kind's config."""
+def add_target(vault: Vault, kind: str, name: str, options: Mapping[str, Any], *,
+               confine: PathGuard | None = None) -> TargetRow:
+    """Register a target of ``kind``; its options are checked against the kind's config, and
+    its folders against ``confine`` (the API's allowed roots) when given."""
     check_name(name, "target")
     plugin = registry.get(kind)
+    if confine is not None:
+        options = plugin_config.confined(plugin.config, options, confine, f"target kind {kind}")
     config = plugin.make_config(options)
     with vault.session() as s, s.begin():
         if s.scalar(select(TargetRow).where(TargetRow.name == name)) is not None:
@@ -36,10 +41,12 @@ def add_target(vault: Vault, kind: str, name: str, options: Mapping[str, Any]) -
 
 
 def add_local_target(
-    vault: Vault, name: str, path: Path, *, accel: str = "tcg", memory_mib: int = 256
+    vault: Vault, name: str, path: Path, *, accel: str = "tcg", memory_mib: int = 256,
+    confine: PathGuard | None = None,
 ) -> TargetRow:
     """``rehost target add-local``: the spelling from before the registry."""
-    return add_target(vault, "local", name, {"path": path, "accel": accel, "memory_mib": memory_mib})
+    return add_target(vault, "local", name, {"path": path, "accel": accel, "memory_mib": memory_mib},
+                      confine=confine)
 
 
 def get_target(vault: Vault, name: str) -> TargetRow:

@@ -18,13 +18,13 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from rehost.api import routes_plans, views
-from rehost.api.auth import Reader, VaultDep, pool_of
+from rehost.api.auth import Admin, Reader, VaultDep, client_address, guard_of, pool_of
 from rehost.api.deps import COOKIE, CSRF_HEADER, Caller
 from rehost.api.tokens import Role, authenticate
 from rehost.jobs import runner
 from rehost.replication.health import _span
 from rehost.units import human
-from rehost.vault import overview, plans, policies, protection, targets, verdicts
+from rehost.vault import audit, overview, plans, policies, protection, roots, targets, verdicts
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
@@ -75,11 +75,17 @@ def login_form(request: Request) -> HTMLResponse:
 @router.post("/login")
 def login(request: Request, token: Annotated[str, Form(max_length=200)]) -> Response:
     """Check the token, then keep it in an HttpOnly cookie (scripts cannot read it)."""
+    address = client_address(request)
+    guard = guard_of(request)
+    guard.check(address)
     with pool_of(request).borrow() as vault:
         row = authenticate(vault, token.strip())
     if row is None:
+        guard.failed(address)
         return render(request, "login.html", None, status_code=401,
                       error="that token is not valid (ask an admin: rehost token create NAME --role reader)")
+    guard.succeeded(address)
+    audit.identified(Caller(row, via_cookie=True).actor(address, via="ui"))
     resp = RedirectResponse("/ui/", status_code=303)
     resp.set_cookie(COOKIE, token.strip(), httponly=True, samesite="strict", path="/",
                     secure=request.url.scheme == "https")
@@ -151,3 +157,12 @@ def infrastructure_page(request: Request, vault: VaultDep, caller: Reader) -> HT
     return render(request, "infrastructure.html", caller, sources=views.source_views(vault),
                   targets=[views.target_view(t) for t in targets.list_targets(vault)],
                   policies=[policies.policy_json(p) for p in policies.list_policies(vault)])
+
+
+@router.get("/audit")
+def audit_page(request: Request, vault: VaultDep, caller: Admin) -> HTMLResponse:
+    """Who did what (admins only, like ``GET /api/v1/audit``): the newest 500 entries."""
+    entries = [audit.entry_json(r) for r in audit.entries(vault, limit=500)]
+    return render(request, "audit.html", caller, entries=entries,
+                  roots=[r.to_json() for r in roots.allowed_roots(vault)],
+                  retention=audit.retention_text(vault))

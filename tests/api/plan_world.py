@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rehost.api.tokens import create_token
-from rehost.vault import inventory, protection, targets
+from rehost.vault import inventory, protection, roots, targets
 from rehost.vault.vault import Vault
 from tests.api.portal import ROLES
 from tests.targets.helpers import make_disk
@@ -18,6 +18,7 @@ def make_plan_vault(root: Path, machines: tuple[str, ...] = ("db", "web"),
     """``unbootable``: machines whose disk has no boot signature (their test failover fails)."""
     vault = Vault.init(root / "vault")
     try:
+        roots.allow_root(vault, root)  # the test's scripts and images, as an admin allows a folder
         targets.add_target(vault, "memory", "t", {"path": root / "target"})
         for name in machines:
             disk = make_disk(root / f"{name}.img", name, bootable=name not in unbootable)

@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 from rehost.api.tokens import create_token
 from rehost.portal.app import create_app
 from rehost.process import free_port
-from rehost.vault import inventory, protection, targets
+from rehost.vault import inventory, protection, roots, targets
 from rehost.vault.vault import Vault
 
 MiB = 1 << 20
@@ -37,9 +37,12 @@ def make_disk(path: Path, size: int = 8 * MiB) -> Path:
 
 
 def make_vault(root: Path, disk: Path, *, machine: str = "web", replicate: bool = True) -> dict[str, str]:
-    """A vault with a target ``here``, one image machine (replicated once) and a token per role."""
+    """A vault with a target ``here``, one image machine (replicated once) and a token per role;
+    the API may use the test's folder (``rehost config allow-root``), as an admin would allow
+    the folder of the images to import."""
     vault = Vault.init(root / "vault")
     try:
+        roots.allow_root(vault, root)
         targets.add_local_target(vault, "here", root / "target")
         inventory.add_image_source(vault, machine, [disk])
         if replicate:

@@ -8,6 +8,7 @@ import hashlib
 import pytest
 from sqlalchemy import select
 
+from rehost.api.signin import SignInGuard
 from rehost.vault.models import TokenRow
 from tests.api.portal import ROLES, Portal
 
@@ -56,6 +57,8 @@ MIN_ROLE = {
     ("POST", "/api/v1/plans/{name}/complete"): "operator",
     ("GET", "/api/v1/overview"): "reader",
     ("GET", "/api/v1/whoami"): "reader",
+    ("GET", "/api/v1/audit"): "admin",
+    ("GET", "/api/v1/config/roots"): "admin",
 }
 
 
@@ -79,6 +82,7 @@ def test_the_role_table_covers_every_endpoint(portal: Portal) -> None:
 def test_every_endpoint_refuses_a_missing_or_bad_token(portal: Portal, header: str | None) -> None:
     headers = {"Authorization": header} if header is not None else {}
     for method, path in _endpoints(portal):
+        portal.app.state.signin_guard = SignInGuard()  # wrong tokens are slowed down after five
         r = portal.client.request(method, _url(path), headers=headers, json={})
         assert r.status_code == 401, (method, path, r.status_code, r.text)
         assert r.headers["WWW-Authenticate"] == "Bearer"

@@ -124,3 +124,24 @@ def test_test_failover_from_the_dialog(browser: Any, tmp_path: Path, tiny_image:
             shots.take(page, "after-cleanup")
     finally:
         kill_leftovers(str(tmp_path))
+
+
+def test_the_audit_page_shows_who_did_what_to_admins_only(browser: Any, tmp_path: Path, shots: Shots) -> None:
+    with site_over(tmp_path, make_disk(tmp_path / "disk.raw")) as site:
+        page = sign_in(browser, site, "admin")
+        page.goto(f"{site.url}/ui/items/web")
+        page.click("#replicate")
+        page.wait_for_url(re.compile(r".*/ui/jobs/[0-9a-f]+$"))
+        assert wait_job(page, 60) == "succeeded"
+        page.click("text=Audit")
+        rows = page.locator("#audit tbody tr")
+        first = rows.filter(has_text="POST /api/v1/machines/{name}/replicate").first.inner_text()
+        assert "token:admin-token (admin)" in first and "ui" in first and "ok 202" in first
+        assert rows.filter(has_text="job replicate ended").count() == 1
+        assert str(tmp_path) in page.inner_text("#roots")  # the folder make_vault allowed
+        shots.take(page, "audit")
+
+        reader = sign_in(browser, site, "reader")
+        assert reader.locator("nav >> text=Audit").count() == 0
+        reader.goto(f"{site.url}/ui/audit")
+        assert "needs admin" in reader.inner_text("main")
