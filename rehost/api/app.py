@@ -25,6 +25,7 @@ from rehost.api import (
     routes_jobs,
     routes_plans,
     routes_readiness,
+    routes_report,
     schemas,
 )
 from rehost.api.audit import AuditMiddleware
@@ -79,6 +80,7 @@ def create_api(vault_root: Path, password: Callable[[], str] | None = None, *,
     api.include_router(routes_jobs.router)
     api.include_router(routes_plans.router)
     api.include_router(routes_readiness.router)
+    api.include_router(routes_report.router)
     api.include_router(audit.router)
     app.include_router(api)
     # Prometheus scrapes /metrics by convention, outside the versioned API, with a token as well

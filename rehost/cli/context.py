@@ -65,7 +65,7 @@ def password_from_env_or_prompt(*, confirm: bool = False) -> str:
 #: commands that change nothing, so the audit log does not record them; any other command is
 #: recorded (a new command is audited unless it is added here)
 READ_ONLY = frozenset({
-    "machines", "points", "jobs", "check", "readiness", "serve", "worker", "audit",
+    "machines", "points", "jobs", "check", "readiness", "serve", "worker", "audit", "report",
     "source kinds", "target kinds", "target list", "probe list", "policy list", "token list",
     "plan show", "plan list", "config show",
 })

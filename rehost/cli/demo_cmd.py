@@ -207,6 +207,8 @@ def _lifecycle(vault: Vault, scenario: _Scenario, source: Path, step: Any, set_m
         az = scenario.azure
         step("Check that the replica disks are gone from the storage account", lambda: az.replica_blobs(name),
              lambda b: "none left" if not b else f"LEFT BEHIND: {', '.join(b)}")
+    step("Write the migration report (rehost report)", lambda: _write_report(vault, name, scenario.workdir),
+         lambda path: str(path))
     m = inventory.get_machine(vault, name)
     out.print(f"\n{name} is {m.state}: it runs on target {m.placement.get('target_name')} "
               f"({m.placement.get('dir')}), console log {m.placement.get('console')}", highlight=False)
@@ -215,6 +217,19 @@ def _lifecycle(vault: Vault, scenario: _Scenario, source: Path, step: Any, set_m
         if placement is not None:
             step("Stop the migrated machine (demo only; --keep leaves it running)",
                  lambda: provider.stop(placement))
+
+
+def _write_report(vault: Vault, name: str, workdir: Path) -> Path:
+    """What a migration hands over: the printable report, and its text twin."""
+    from rehost.cli.report_cmd import markdown
+    from rehost.vault import report
+    from rehost.web.report import render
+
+    data = report.machine_report(vault, name)
+    (workdir / f"report-{name}.md").write_text(markdown(data))
+    path = workdir / f"report-{name}.html"
+    path.write_text(render(data))
+    return path
 
 
 @contextmanager

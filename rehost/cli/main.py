@@ -22,6 +22,7 @@ from rehost.cli import (
     policy_cmd,
     probe_cmd,
     readiness_cmd,
+    report_cmd,
     target_cmd,
     token_cmd,
     vault_cmd,
@@ -94,6 +95,7 @@ worker_cmd.register(app)
 plan_cmd.register(app)
 readiness_cmd.register(app)
 audit_cmd.register(app)
+report_cmd.register(app)
 config_cmd.register(app)
 
 

@@ -9,13 +9,14 @@ from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
 
 from rehost.api.app import create_api
-from rehost.web import pages
+from rehost.web import pages, report
 
 
 def create_app(vault_root: Path, password: Callable[[], str] | None = None) -> FastAPI:
     """The API with the dashboard mounted; the dashboard answers the errors of its own pages."""
     app = create_api(vault_root, password, page_errors=pages.error_page)
     pages.install(app)
+    report.install(app)
 
     @app.get("/", include_in_schema=False)
     def root() -> RedirectResponse:

@@ -64,9 +64,10 @@ def add_source(vault: Vault, kind: str, name: str, options: Mapping[str, Any], *
     every disk file the source found (a VMX may name disks anywhere).
     """
     plugin = registry.get(kind)
+    config = registry.make_config(kind, options)  # unknown and mistyped options first
     if confine is not None:
-        options = plugin_config.confined(plugin.config, options, confine, f"source kind {kind}")
-    config = registry.make_config(kind, options)
+        config = registry.make_config(kind, plugin_config.confined(plugin.config, options, confine,
+                                                                   f"source kind {kind}"))
     if name:
         check_name(name)
         with vault.session() as s:

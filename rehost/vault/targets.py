@@ -27,9 +27,10 @@ def add_target(vault: Vault, kind: str, name: str, options: Mapping[str, Any], *
     its folders against ``confine`` (the API's allowed roots) when given."""
     check_name(name, "target")
     plugin = registry.get(kind)
+    config = plugin.make_config(options)  # unknown and mistyped options first
     if confine is not None:
-        options = plugin_config.confined(plugin.config, options, confine, f"target kind {kind}")
-    config = plugin.make_config(options)
+        inside = plugin_config.confined(plugin.config, options, confine, f"target kind {kind}")
+        config = plugin.make_config(inside)
     with vault.session() as s, s.begin():
         if s.scalar(select(TargetRow).where(TargetRow.name == name)) is not None:
             raise AlreadyExists(f"a target named {name!r} already exists")

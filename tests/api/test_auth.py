@@ -58,6 +58,8 @@ MIN_ROLE = {
     ("GET", "/api/v1/overview"): "reader",
     ("GET", "/api/v1/whoami"): "reader",
     ("GET", "/api/v1/audit"): "admin",
+    ("GET", "/api/v1/machines/{name}/report"): "reader",
+    ("GET", "/api/v1/plans/{name}/report"): "reader",
     ("GET", "/api/v1/config/roots"): "admin",
 }
 

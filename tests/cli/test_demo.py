@@ -4,12 +4,13 @@ or (``--physical``) from a physical server through a real ``rehost-agent`` proce
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.cli_helpers import REHOST, REPO
+from tests.cli_helpers import REHOST, REPO, rehost
 
 
 def _demo(*args: str) -> subprocess.CompletedProcess[str]:
@@ -30,6 +31,8 @@ def test_demo_migrates_and_boots(tmp_path: Path, physical: bool) -> None:
     assert "REHOST-BOOT-OK" in summary.get("Failover with source shutdown", ""), r.stdout
     assert "marker=v1" not in r.stdout and "marker=v2" in r.stdout, r.stdout + r.stderr
     assert "is migration_completed" in r.stdout
+    if not physical:
+        _check_report(workdir)
     if physical:
         assert "Agent certificate revoked at completion  yes" in r.stdout
         assert (workdir / "agent" / "powered-off").exists()  # failover shut it down via the agent
@@ -37,6 +40,39 @@ def test_demo_migrates_and_boots(tmp_path: Path, physical: bool) -> None:
         assert "read 48.0 KiB" in r.stdout  # the agent's change tracking: only changed blocks
     leftovers = subprocess.run(["pgrep", "-af", str(workdir)], capture_output=True, text=True).stdout
     assert [ln for ln in leftovers.splitlines() if "pgrep" not in ln] == []  # nothing left running
+
+
+def _check_report(workdir: Path) -> None:
+    """The migration report after the demo: where the machine went, from which point, with
+    which verdict and how long each step took; its HTML renders in Chromium."""
+    name = "web01"
+    data = rehost(workdir / "vault", "report", name, "--format", "json").json()
+    assert data["state"] == "migration_completed"
+    assert data["target"]["name"] and data["target"]["kind"] == "local" and data["target"]["vm"] == name
+    assert data["point"]["id"] and data["point"]["id"][:12] in data["point"]["chosen"]
+    assert data["verdict"]["ok"] and "REHOST-BOOT-OK" in data["verdict"]["checks"][0]["detail"]
+    steps = {s["name"]: s for s in data["failover"]["steps"]}
+    assert steps["verify_boot"]["seconds"] > 0 and steps["final_sync"]["state"] == "succeeded"
+    assert data["failover"]["seconds"] >= sum(s["seconds"] or 0 for s in data["failover"]["steps"]) - 1
+    assert any("purged" in x for x in data["removed"])
+    assert any("DNS" in t for t in data["to_do"]) and data["complete"]["state"] == "succeeded"
+    md = (workdir / f"report-{name}.md").read_text()
+    assert "- Verdict: passed" in md and "| Verify boot | succeeded |" in md
+    html = workdir / f"report-{name}.html"
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("chromium is missing (scripts/install installs it)")
+    shot = workdir / "report.png"
+    headless = [chromium, "--headless", "--no-sandbox", "--disable-gpu"]
+    dom = subprocess.run([*headless, "--dump-dom", html.as_uri()], capture_output=True, text=True,
+                         timeout=120).stdout
+    assert 'id="verdict"' in dom and "passed" in dom.split('id="verdict"')[1][:200]
+    subprocess.run([*headless, f"--screenshot={shot}", "--window-size=1200,1600", html.as_uri()],
+                   capture_output=True, timeout=120)
+    assert shot.stat().st_size > 10_000  # a page was drawn
+    artifacts = REPO / "build" / "web-artifacts" / "demo-report"
+    artifacts.mkdir(parents=True, exist_ok=True)
+    shutil.copy(shot, artifacts / "report.png")
 
 
 @pytest.mark.slow
