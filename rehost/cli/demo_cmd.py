@@ -222,8 +222,8 @@ def _lifecycle(vault: Vault, scenario: _Scenario, source: Path, step: Any, set_m
 def _write_report(vault: Vault, name: str, workdir: Path) -> Path:
     """What a migration hands over: the printable report, and its text twin."""
     from rehost.cli.report_cmd import markdown
+    from rehost.portal.report import render
     from rehost.vault import report
-    from rehost.web.report import render
 
     data = report.machine_report(vault, name)
     (workdir / f"report-{name}.md").write_text(markdown(data))

@@ -39,7 +39,7 @@ def report_cmd(
     if fmt == "json":
         text = json.dumps(data, indent=2, default=str) + "\n"
     elif fmt == "html":
-        from rehost.web.report import render  # jinja2 only when asked for
+        from rehost.portal.report import render  # jinja2 only when asked for
 
         text = render(data)
     else:
