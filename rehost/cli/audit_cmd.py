@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from rehost.cli.context import emit_json, open_vault, out
+from rehost.cli.context import emit_json, listing, open_vault, short_time
 from rehost.vault import audit
 
 
@@ -32,5 +32,5 @@ def audit_cmd(
         who = e["actor"] + (f" ({e['role']})" if e["role"] else "")
         result = e["result"] + (f" {e['status']}" if e["status"] else "")
         result += f" job {e['job']}" if e["job"] else ""
-        line = f"{e['time'][:19]}  {who:28} {e['via']:6} {e['operation']} {e['object']}  {result}"
-        out.print(line + (f"  {e['detail']}" if e["detail"] else ""), highlight=False, markup=False)
+        listing(f"{short_time(e['time'])}  {who:28} {e['via']:6} {e['operation']} {e['object']}  {result}",
+                e["detail"])

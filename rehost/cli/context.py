@@ -6,6 +6,7 @@ import getpass
 import json
 import os
 import sys
+import textwrap
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -112,6 +113,41 @@ def record_command(ctx: typer.Context, vault: Vault, error: BaseException | None
             raise
         err.print(f"rehost: warning: the audit log could not record this command: {e}", highlight=False,
                   markup=False)
+
+
+#: listings fit a terminal this wide (issue 18): an entry's line is cut, its details wrapped
+WIDTH = 100
+
+
+def clip(text: str, width: int = WIDTH) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def wrapped(text: str, indent: str = "    ", width: int = WIDTH, *, hanging: str | None = None) -> list[str]:
+    """``text`` in lines of at most ``width``: the first after ``indent``, the others after
+    ``hanging`` (default: two spaces deeper). Long words are broken."""
+    rest = indent + "  " if hanging is None else hanging
+    return textwrap.wrap(text, width, initial_indent=indent, subsequent_indent=rest,
+                         break_long_words=True, break_on_hyphens=False) or [indent.rstrip()]
+
+
+def print_wrapped(text: str, indent: str = "", *, hanging: str | None = None) -> None:
+    for line in wrapped(text, indent, hanging=hanging):
+        out.print(line, highlight=False, markup=False)
+
+
+def listing(first: str, *details: str) -> None:
+    """One entry of a listing: its line, cut to ``WIDTH``, and each detail wrapped beneath it."""
+    out.print(clip(first), highlight=False, markup=False)
+    for d in details:
+        if d:
+            for line in wrapped(d):
+                out.print(line, highlight=False, markup=False)
+
+
+def short_time(iso: str | None) -> str:
+    """``2026-12-05T18:41:55.781047Z`` -> ``2026-12-05 18:41:55``: seconds are enough to read."""
+    return iso[:19].replace("T", " ") if iso else "never"
 
 
 def emit_json(data: Any) -> None:

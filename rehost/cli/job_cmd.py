@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from rehost.cli.context import emit_json, err, open_vault, out
+from rehost.cli.context import WIDTH, emit_json, err, open_vault, out, wrapped
 from rehost.errors import UsageError
 from rehost.jobs import dispatch
 from rehost.jobs.models import JobRow, StepRow
@@ -47,7 +47,9 @@ def _mark(state: str) -> str:
 
 def print_job(view: dict[str, Any]) -> None:
     for line in job_lines(view):
-        out.print(line, highlight=False, markup=False)
+        lead = len(line) - len(line.lstrip())
+        for part in wrapped(line.strip(), " " * lead) if len(line) > WIDTH else [line]:
+            out.print(part, highlight=False, markup=False)
 
 
 def show(fetch: Callable[[], dict[str, Any]], *, as_json: bool, watch: bool) -> None:

@@ -10,7 +10,16 @@ import typer
 from typer.core import TyperGroup
 
 from rehost.cli.config_options import config_command
-from rehost.cli.context import byte_progress, emit_json, human, open_vault, out
+from rehost.cli.context import (
+    byte_progress,
+    emit_json,
+    human,
+    listing,
+    open_vault,
+    out,
+    print_wrapped,
+    short_time,
+)
 from rehost.errors import UsageError
 from rehost.replication.retention import parse_duration
 from rehost.sources import registry
@@ -144,15 +153,15 @@ def kinds(as_json: bool = typer.Option(False, "--json")) -> None:
         emit_json(registry.describe())
         return
     for plugin in registry.plugins():
-        out.print(f"{plugin.kind:9} {plugin.summary}", highlight=False)
+        print_wrapped(f"{plugin.kind:9} {plugin.summary}", hanging=" " * 10)
         caps = plugin.capabilities
-        out.print(f"          changed blocks: {caps.change_tracking}; shut down at failover: "
-                  f"{'yes' if caps.can_shutdown else 'no'}; app-consistent: {caps.app_consistent or 'no'}",
-                  highlight=False)
+        shuts = "yes" if caps.can_shutdown else "no"
+        print_wrapped(f"changed blocks: {caps.change_tracking}; shut down at failover: {shuts}; "
+                      f"app-consistent: {caps.app_consistent or 'no'}", " " * 10, hanging=" " * 12)
         for o in registry.options(plugin.config):
             flag = f"{o.name.upper()}..." if o.argument else o.flag
             need = "required" if o.required else "optional" if o.default is None else f"default {o.default}"
-            out.print(f"          {flag:16} {o.help} ({need})", highlight=False)
+            print_wrapped(f"{flag:16} {o.help} ({need})", " " * 10, hanging=" " * 27)
 
 
 @source_app.command("add-image")
@@ -252,16 +261,15 @@ def machines(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) 
     if not data:
         out.print("no machines yet: rehost source add image NAME DISK...")
     for d in data:
-        lt = d["latest_time"] or "never"
-        where = f"  runs on {d['target']} ({d['runs_at']})" if d["runs_at"] else ""
         h = d["health"]
-        where += f"  {h['status']}" + (f" ({h['reason']})" if h["reason"] else "")
         agent = d["agent"] or {}
+        seen = ""
         if agent:
-            seen = agent.get("seen") or "never"
-            where += f"  agent seen {seen}" + (f" ({agent['error']})" if agent.get("error") else "")
-        out.print(f"{d['name']:20} {d['source']:8} {d['state']:20} points={d['points']:<4} "
-                  f"latest={lt}{where}", highlight=False)
+            seen = f"agent seen {agent.get('seen') or 'never'}"
+            seen += f" ({agent['error']})" if agent.get("error") else ""
+        listing(f"{d['name']:20} {d['source']:8} {d['state']:20} points={d['points']:<4} "
+                f"latest {short_time(d['latest_time'])}  {h['status']}",
+                h["reason"], f"runs on {d['target']} ({d['runs_at']})" if d["runs_at"] else "", seen)
 
 
 def replicate(

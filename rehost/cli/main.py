@@ -99,9 +99,22 @@ report_cmd.register(app)
 config_cmd.register(app)
 
 
+#: what ``rehost`` alone prints: the lifecycle, one line per step, then where the rest is
+LIFECYCLE = """\
+1. rehost init; rehost target add local NAME --path DIR; rehost target verify NAME
+2. rehost source add image|qemu|physical|vsphere NAME ...      (kinds: rehost source kinds)
+3. rehost policy create P; rehost replicate NAME --policy P; rehost serve   (keeps the RPO)
+4. rehost failover NAME --test, then --cleanup; rehost failover NAME --shutdown-source
+5. rehost complete NAME; rehost report NAME                  (every command: rehost --help)
+"""
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: a user error is one line on stderr and a non-zero exit code."""
     args = sys.argv[1:] if argv is None else list(argv)
+    if not args:
+        sys.stdout.write(LIFECYCLE)
+        return 0
     try:
         (api_client.remote_app if api_client.wants_server(args) else app)(args=args, prog_name="rehost")
         return 0

@@ -7,7 +7,16 @@ from pathlib import Path
 
 import typer
 
-from rehost.cli.context import emit_json, err, open_vault, options, out, password_from_env_or_prompt
+from rehost.cli.context import (
+    emit_json,
+    err,
+    listing,
+    open_vault,
+    options,
+    out,
+    password_from_env_or_prompt,
+)
+from rehost.replication.health import span
 from rehost.vault import policies
 from rehost.vault.scheduler import Scheduler, default_workers
 
@@ -105,14 +114,11 @@ def list_cmd(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) 
         emit_json(data)
         return
     for d in data:
-        bw = f"{d['bandwidth_bps']} B/s" if d["bandwidth_bps"] else "unlimited"
-        out.print(
-            f"{d['name']:16} rpo {d['rpo_threshold_s']}s  retention {d['retention_s']}s  "
-            f"crash every {d['crash_consistent_every_s']}s  app every "
-            f"{d['app_consistent_every_s'] or 'never'}  bandwidth {bw}"
-            + (f"  windows {'; '.join(d['bandwidth_schedule'])}" if d["bandwidth_schedule"] else ""),
-            highlight=False,
-        )
+        bw = f"{d['bandwidth_bps'] / 1e6:g}MB/s" if d["bandwidth_bps"] else "unlimited"  # as given
+        app = span(d["app_consistent_every_s"]) if d["app_consistent_every_s"] else "never"
+        listing(f"{d['name']:16} rpo {span(d['rpo_threshold_s']):5} retention {span(d['retention_s']):6} "
+                f"crash every {span(d['crash_consistent_every_s']):5} app every {app:5} bandwidth {bw}",
+                *(f"in window {w}" for w in d["bandwidth_schedule"]))
 
 
 def serve(

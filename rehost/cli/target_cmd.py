@@ -8,7 +8,7 @@ from typing import Any
 import typer
 
 from rehost.cli.config_options import config_command
-from rehost.cli.context import emit_json, err, open_vault, out
+from rehost.cli.context import emit_json, err, listing, open_vault, out, print_wrapped
 from rehost.errors import InvalidState
 from rehost.targets import registry
 from rehost.vault import targets
@@ -45,10 +45,11 @@ def kinds(as_json: bool = typer.Option(False, "--json")) -> None:
         emit_json(data)
         return
     for k in data:
-        out.print(f"{k['kind']:8} {k['summary']}", highlight=False)
+        print_wrapped(f"{k['kind']:8} {k['summary']}", hanging=" " * 9)
         for o in k["options"]:
             need = "required" if o["required"] else f"default {o['default']}"
-            out.print(f"         --{o['name'].replace('_', '-'):16} {o['help']} ({need})", highlight=False)
+            flag = "--" + o["name"].replace("_", "-")
+            print_wrapped(f"{flag:18} {o['help']} ({need})", " " * 9, hanging=" " * 28)
 
 
 @target_app.command("add-local")
@@ -96,5 +97,6 @@ def list_cmd(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) 
         return
     for d in data:
         v = {None: "never verified", True: "verified", False: "FAILED verification"}[d["verified_ok"]]
-        out.print(f"{d['name']:16} {d['kind']:6} {d['settings'].get('path', '')}  {v}  "
-                  f"networks: {', '.join(d['networks'])}", highlight=False)
+        where = d["settings"].get("path") or d["settings"].get("resource_group") or ""
+        listing(f"{d['name']:16} {d['kind']:6} {v:20} networks: {', '.join(d['networks'])}",
+                f"at {where}" if where else "")

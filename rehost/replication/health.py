@@ -84,7 +84,7 @@ def assess(h: HealthInput, now: datetime) -> Health:
         status = "warning" if status == "healthy" else status
         age = "none yet" if h.last_app_point is None else f"last {_ago(now, h.last_app_point)}"
         reasons.append(
-            f"app-consistent points overdue ({age}; policy every {_span(h.app_every_s)}): "
+            f"app-consistent points overdue ({age}; policy every {span(h.app_every_s)}): "
             "is the guest agent reachable?"
         )
     return Health(status, rpo, "; ".join(reasons))
@@ -92,7 +92,7 @@ def assess(h: HealthInput, now: datetime) -> Health:
 
 def _why_behind(h: HealthInput, now: datetime, rpo: float) -> str:
     """The likely cause, most specific first."""
-    head = f"RPO {_span(rpo)} exceeds {_span(h.rpo_threshold_s or 0)}"
+    head = f"RPO {span(rpo)} exceeds {span(h.rpo_threshold_s or 0)}"
     if h.agent and h.agent_error:
         return f"{head}: {_agent(h, now)}"
     if h.last_error and h.last_attempt is not None:
@@ -103,7 +103,7 @@ def _why_behind(h: HealthInput, now: datetime, rpo: float) -> str:
     if h.state == "paused":
         return f"{head}: replication is paused"
     if h.last_cycle_s is not None and h.last_cycle_s > (h.rpo_threshold_s or 0):
-        took = _span(h.last_cycle_s)
+        took = span(h.last_cycle_s)
         return f"{head}: a cycle takes {took}, longer than the threshold (churn or bandwidth)"
     if h.backlog_bytes:
         return f"{head}: {h.backlog_bytes} changed bytes waiting"
@@ -134,7 +134,7 @@ def _agent(h: HealthInput, now: datetime) -> str:
     return f"the agent has not answered {since}: {h.agent_error}"
 
 
-def _span(seconds: float) -> str:
+def span(seconds: float) -> str:
     if seconds < 120:
         return f"{seconds:.0f}s"
     if seconds < 7200:
@@ -143,4 +143,7 @@ def _span(seconds: float) -> str:
 
 
 def _ago(now: datetime, then: datetime) -> str:
-    return f"{_span((now - then).total_seconds())} ago"
+    return f"{span((now - then).total_seconds())} ago"
+
+
+_span = span  # the dashboard (rehost/web/pages.py) imports this name

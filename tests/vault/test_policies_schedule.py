@@ -189,7 +189,8 @@ def test_cli_round_trip(tmp_path: Path) -> None:
         {"days": [5, 6], "start": "00:00", "end": "24:00", "bps": None},
     ]
     listed = rehost(vault, "policy", "list").out
-    assert "windows mon-fri 08:00-18:00=10MB/s; sat,sun 00:00-24:00=none" in listed
+    assert ("bandwidth 100MB/s\n    in window mon-fri 08:00-18:00=10MB/s\n"
+            "    in window sat,sun 00:00-24:00=none") in listed
 
     rehost(vault, "policy", "update", "gold", "--bandwidth-window", "22:00-06:00=50MB/s")  # replaces it
     rehost(vault, "policy", "update", "gold", "--rpo-threshold", "2m")  # other changes keep it
