@@ -116,10 +116,19 @@ def replicate(name: str, request: Request, response: Response, vault: VaultDep, 
              responses=JOB_RESPONSE, tags=["failover"])
 def test_failover(name: str, body: schemas.FailoverTestIn, request: Request, response: Response,
                   vault: VaultDep, _: Operator) -> dict[str, Any]:
-    """Boot a throw-away copy of a point on the isolated network; replication goes on."""
-    params = {"point": body.point, "target": body.target, "boot_timeout": body.boot_timeout}
+    """Boot a throw-away copy of a point on the isolated network; replication goes on. Its
+    first step checks the point's readiness for the target: a failing requirement fails the job
+    before anything is made, unless ``{"force_readiness": true, "reason": "..."}`` (the reason
+    and what failed are recorded in the readiness step and the item's state)."""
+    params = {"point": body.point, "target": body.target, "boot_timeout": body.boot_timeout,
+              **_readiness_force(body)}
     return _accepted(request, response, vault,
                      lambda v: failover.start_job(v, "test-failover", name, **params))
+
+
+def _readiness_force(body: schemas.FailoverTestIn) -> dict[str, Any]:
+    reason = body.readiness_force_reason
+    return {} if reason is None else {"readiness_force_reason": reason}
 
 
 @router.post("/machines/{name}/test-cleanup", response_model=schemas.JobOut, status_code=202,
@@ -134,9 +143,12 @@ def test_cleanup(name: str, request: Request, response: Response, vault: VaultDe
              responses=JOB_RESPONSE, tags=["failover"])
 def do_failover(name: str, body: schemas.FailoverIn, request: Request, response: Response,
                 vault: VaultDep, _: Operator) -> dict[str, Any]:
-    """Fail over to the target: final sync (for ``latest``), boot, then copy the disks over."""
+    """Fail over to the target: readiness, final sync (for ``latest``), boot, then copy the
+    disks over. A failing readiness requirement fails the job before the source is shut down,
+    unless ``{"force_readiness": true, "reason": "..."}`` (the reason and what failed are
+    recorded in the readiness step and the item's state)."""
     params = {"point": body.point, "target": body.target, "boot_timeout": body.boot_timeout,
-              "shutdown_source": body.shutdown_source}
+              "shutdown_source": body.shutdown_source, **_readiness_force(body)}
     return _accepted(request, response, vault, lambda v: failover.start_job(v, "failover", name, **params))
 
 

@@ -187,6 +187,23 @@ class FailoverTestIn(_In):
     point: PointSpec = "latest"
     target: Name | None = None
     boot_timeout: float = Field(300.0, gt=0, le=3600, description="Seconds to wait for the boot marker")
+    force_readiness: bool = Field(False, description="Go on although a readiness requirement of the point "
+                                                     "fails (needs a reason; both are recorded in the job)")
+    reason: str | None = Field(None, max_length=1000, pattern=r"^[^\x00]*$",
+                               description="Why (with force_readiness): recorded in the job")
+
+    @model_validator(mode="after")
+    def _readiness_reason(self) -> FailoverTestIn:
+        if self.force_readiness and not (self.reason or "").strip():
+            raise ValueError('"force_readiness": true needs a "reason": why the machine may fail over '
+                             'although a readiness requirement fails (it is recorded)')
+        if self.reason is not None and not self.force_readiness:
+            raise ValueError('a "reason" is recorded only with "force_readiness": true')
+        return self
+
+    @property
+    def readiness_force_reason(self) -> str | None:
+        return (self.reason or "").strip() if self.force_readiness else None
 
 
 class FailoverIn(FailoverTestIn):
