@@ -9,7 +9,8 @@ from dataclasses import replace
 import pytest
 
 from rehost.guest import readiness as guest_readiness
-from rehost.guest.inspect import BootEntry, Bootloader, FstabEntry, Inspection, Interface, KernelInfo
+from rehost.guest.config_files import BootEntry, Bootloader, FstabEntry, Interface
+from rehost.guest.inspect import Inspection, KernelInfo
 from rehost.vault import readiness as vault_readiness
 from rehost.vault.vault import Vault
 

@@ -24,6 +24,7 @@ from rehost.guest.probes import Check
 from rehost.jobs.models import JobRow
 from rehost.replication.retention import parse_duration
 from rehost.vault import agents, failover, inventory, overview, protection, verdicts
+from rehost.vault import readiness as vault_readiness
 from rehost.vault.cycles import start_replicate_job
 from rehost.vault.vault import Vault
 
@@ -73,10 +74,11 @@ def list_machines(vault: VaultDep, _: Reader) -> list[dict[str, Any]]:
     return overview.machine_views(vault)
 
 
-@router.get("/machines/{name}", response_model=schemas.MachineOut)
+@router.get("/machines/{name}", response_model=schemas.MachineDetailOut)
 def get_machine(name: str, vault: VaultDep, _: Reader) -> dict[str, Any]:
-    """One item with its disks, health, placement after failover and assigned target."""
-    return views.machine_detail(vault, name)
+    """One item with its disks, health, placement after failover, assigned target and what is
+    known of its newest point's readiness (cached: nothing is inspected to answer)."""
+    return {**views.machine_detail(vault, name), "readiness": vault_readiness.known(vault, name)}
 
 
 @router.get("/machines/{name}/points", response_model=list[schemas.PointOut], tags=["recovery points"])

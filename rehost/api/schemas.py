@@ -82,6 +82,18 @@ class HealthOut(BaseModel):
     reason: str
 
 
+class ReadinessKnownOut(BaseModel):
+    """What is known of the newest point's readiness for the item's target (no inspection is
+    started to answer): ``status`` pass, warn, fail or not inspected."""
+
+    point: str
+    target: str
+    status: str
+    failed: list[str] = Field(default_factory=list, description="The failed requirements' names")
+    warnings: int = 0
+    text: str = Field("", description='For a list: "fail (2)", "warn (1)", "pass"')
+
+
 class MachineOut(BaseModel):
     name: str
     source: str
@@ -108,6 +120,12 @@ class MachineOut(BaseModel):
         None, description="Its copy on a target that keeps one (Azure page blobs): target, the point "
         "it holds (point, point_time, synced_at), the last sync's figures (last) or error")
     assigned_target: str | None = Field(description="The target it fails over to (detail only)")
+
+
+class MachineDetailOut(MachineOut):
+    readiness: ReadinessKnownOut | None = Field(
+        None, description="The newest point's readiness for its target, from the cached inspection "
+        "(GET /machines/{name}/readiness inspects); null without a target or a point")
 
 
 class PointDiskOut(BaseModel):

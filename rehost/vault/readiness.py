@@ -21,12 +21,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from rehost.errors import RehostError
 from rehost.guest.inspect import FORMAT, Inspection, inspect_disks
 from rehost.guest.readiness import Readiness, Requirement, evaluate, has_rules, no_rules
 from rehost.vault.instant import start_point_servers, stop_point_servers
 from rehost.vault.inventory import get_machine, spec_of
 from rehost.vault.models import MachineRow, TargetRow
-from rehost.vault.protection import find_point
+from rehost.vault.protection import find_point, point_list
 from rehost.vault.targets import get_target, provider, target_of
 from rehost.vault.vault import Vault
 
@@ -194,3 +195,36 @@ def timed_readiness(vault: Vault, name: str, **kw: Any) -> tuple[ReadinessReport
     started = time.monotonic()
     report = readiness(vault, name, **kw)
     return report, time.monotonic() - started
+
+
+# -- what is known without inspecting (the item view) ------------------------------------------------
+
+
+def known(vault: Vault, name: str) -> dict[str, Any] | None:
+    """The newest point's readiness for the machine's target, from what is cached: no NBD
+    server, no appliance (a file read). ``None`` without a target or a point; ``status``
+    ``not inspected`` while nobody has inspected that point (``rehost readiness``, or a
+    failover's readiness step, does)."""
+    machine = get_machine(vault, name)
+    try:
+        row = target_of(vault, machine)
+    except RehostError:  # no target, or several and none assigned
+        return None
+    records = point_list(vault, name)
+    if not records:
+        return None
+    point = records[-1].id
+    summary: dict[str, Any] = {"point": point, "target": row.name}
+    if has_rules(row.kind):
+        ins = _load(cache_path(vault, machine.name, point))
+        if ins is None:
+            return {**summary, "status": "not inspected", "failed": [], "warnings": 0,
+                    "text": f"not inspected (rehost readiness {name})"}
+        found = evaluate(ins, row.kind)
+    else:
+        found = no_rules(row.kind)
+    found = Readiness(found.target_kind, found.requirements + _limits(vault, machine, row))
+    failed = [r.name for r in found.failed()]
+    warnings = sum(r.status == "warn" for r in found.requirements)
+    text = found.status + (f" ({len(failed)})" if failed else f" ({warnings})" if warnings else "")
+    return {**summary, "status": found.status, "failed": failed, "warnings": warnings, "text": text}

@@ -14,6 +14,9 @@ from tests.inspections import UNREADY_FOR_AZURE, judge_memory_as_azure, seed
 
 
 def test_readiness_report_and_refusals(portal: Portal) -> None:
+    known = portal.get("/machines/web").json()["readiness"]  # the item view inspects nothing
+    assert known["status"] == "not inspected" and known["target"] == "here"
+    assert known["text"] == "not inspected (rehost readiness web)"
     vault = portal.open_vault()
     try:
         first = vault_readiness.readiness(  # a stand-in inspection fills the point's cache
@@ -27,6 +30,9 @@ def test_readiness_report_and_refusals(portal: Portal) -> None:
     assert body["target_kind"] == "local" and body["status"] == "fail"  # no OS found: will not boot
     assert body["requirements"][0]["name"] == "operating system"
     assert Inspection.from_json(body["inspection"]) == first.inspection
+    known = portal.get("/machines/web").json()["readiness"]  # now from the cached inspection
+    assert known == {"point": first.point, "target": "here", "status": "fail", "failed": ["operating system"],
+                     "warnings": 0, "text": "fail (1)"}
 
     assert portal.get("/machines/web/readiness", params={"target": "nowhere"}).status_code == 404
     assert portal.get("/machines/web/readiness", params={"point": "zz"}).status_code == 400

@@ -160,3 +160,18 @@ def test_a_job_made_before_the_readiness_step_resumes_with_its_own_steps(w: Worl
     assert job.state == "succeeded", job.error
     assert [s.name for s in job.steps][:2] == ["prerequisites", "choose_point"]
     assert "readiness" not in job.outputs
+
+
+def test_what_is_known_of_the_newest_point(w: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The item view's summary: from the cache only, of the newest point, for its target."""
+    assert vault_readiness.known(w.vault, "web") == {  # the memory double's guests need nothing
+        "point": w.points[-1], "target": "t", "status": "pass", "failed": [], "warnings": 0, "text": "pass"}
+    judge_memory_as_azure(monkeypatch)
+    assert vault_readiness.known(w.vault, "web")["status"] == "not inspected"  # type: ignore[index]
+    seed(w.vault, "web", w.points[-1], UNREADY_FOR_AZURE)
+    k = vault_readiness.known(w.vault, "web")
+    assert k is not None and k["text"] == "fail (3)" and k["failed"] == list(FAILED)
+    w.replicate("second")  # a newer point, not inspected yet
+    assert vault_readiness.known(w.vault, "web")["status"] == "not inspected"  # type: ignore[index]
+    seed(w.vault, "web", w.points[-1], WARNED_FOR_AZURE)
+    assert vault_readiness.known(w.vault, "web")["text"] == "warn (1)"  # type: ignore[index]
