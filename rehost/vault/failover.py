@@ -101,18 +101,20 @@ def _readiness(test: bool) -> Callable[[StepContext], str]:
         if failed and not reason:
             again = f"rehost failover {name}{' --test' if test else ''} --force-readiness --reason TEXT"
             raise InvalidState(f"{name} is not ready for target {g.target} ({len(g.failed())} failed "
-                               f"requirement(s) of point {g.point[:12]}): {failed}. Fix them on the source "
-                               f"and replicate again, or {again} (recorded)")
+                               f"requirement(s) of point {g.point[:12]}): {failed}. Fix them, or {again} "
+                               "(recorded)")
         passed = sum(r.status == "pass" for r in g.readiness.requirements)
         detail = f"{where}: {g.readiness.status} ({passed} passed"
-        detail += f", {len(g.warnings())} warning(s), {len(g.failed())} failed; inspection {g.inspection})"
-        if g.warnings():
-            detail += "; warnings: " + "; ".join(f"{r.name}: {r.detail}" for r in g.warnings())
-        if failed:
-            detail += f"; FORCED past the failed requirement(s) ({failed}); reason: {reason}"
-        if test or spec != "latest":
-            return detail
-        return detail + " (the final sync's point adds the last writes; it is not inspected again)"
+        detail += f", {len(g.warnings())} warning(s), {len(g.failed())} failed; {g.inspection})"
+        if not test and spec == "latest":
+            detail += " (the final sync's point adds the last writes; it is not inspected again)"
+        warnings = [r for r in g.warnings() if r.name != "inspection"]  # said in the parentheses
+        if warnings:
+            detail += "; warnings: " + "; ".join(f"{r.name}: {r.detail}" for r in warnings)
+        if failed:  # the fixes are in the job's outputs (readiness.failed)
+            named = "; ".join(f"{r.name}: {r.detail}" for r in g.failed())
+            detail += f"; FORCED past the failed requirement(s) ({named}); reason: {reason}"
+        return detail
 
     return run
 

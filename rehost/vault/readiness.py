@@ -129,7 +129,7 @@ class Gate:
     point: str
     target: str
     readiness: Readiness
-    #: "cached", "inspected", "not inspected: <why>", or "not needed (<kind> targets)"
+    #: "cached inspection", "inspected now", "not inspected: <why>", or "no inspection needed (...)"
     inspection: str
 
     def failed(self) -> list[Requirement]:
@@ -168,7 +168,7 @@ def gate(vault: Vault, name: str, *, target: str, point: str = "latest",
     row = get_target(vault, target)
     p = find_point(vault, name, point)  # a bad point is the caller's error, not a warning
     if not has_rules(row.kind):
-        found, how = no_rules(row.kind), f"not needed ({row.kind} targets)"
+        found, how = no_rules(row.kind), f"no inspection needed ({row.kind} targets)"
     else:
         try:
             off = inspection_off()
@@ -186,7 +186,7 @@ def gate(vault: Vault, name: str, *, target: str, point: str = "latest",
                 f"see rehost readiness {name} --target {row.name}; the failover goes on unchecked"),))
             how = f"not inspected: {why}"
         else:
-            found, how = evaluate(ins, row.kind), "cached" if cached else "inspected"
+            found, how = evaluate(ins, row.kind), "cached inspection" if cached else "inspected now"
     found = Readiness(found.target_kind, found.requirements + _limits(vault, machine, row))
     return Gate(machine.name, p.id, row.name, found, how)
 

@@ -91,7 +91,7 @@ def test_warnings_do_not_block_and_are_shown(w: World, monkeypatch: pytest.Monke
     job = _run(w, "test-failover")
     assert job.state == "succeeded", job.error
     state, detail = _step(job, "readiness")
-    assert state == "succeeded" and "warn (" in detail and "inspection cached" in detail
+    assert state == "succeeded" and "warn (" in detail and "cached inspection" in detail
     assert "warnings: serial console on ttyS0: no console=ttyS0" in detail
     assert "readiness_forced" not in job.params and "forced" not in job.outputs["readiness"]
     assert [r["name"] for r in job.outputs["readiness"]["warnings"]] == ["serial console on ttyS0"]
@@ -114,7 +114,7 @@ def test_an_inspection_that_cannot_run_does_not_block(w: World, monkeypatch: pyt
 def test_a_target_whose_guests_need_nothing_is_not_inspected(w: World) -> None:
     job = _run(w, "test-failover")
     assert job.state == "succeeded", job.error
-    assert "inspection not needed (memory targets)" in _step(job, "readiness")[1]
+    assert "no inspection needed (memory targets)" in _step(job, "readiness")[1]
     assert not vault_readiness.cache_path(w.vault, "web", w.points[-1]).exists()
 
 
