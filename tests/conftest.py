@@ -39,6 +39,10 @@ if TYPE_CHECKING:
 TOOLS = ("losetup", "mount", "parted", "mkfs.ext4", "extlinux", "partx")
 #: the database the tests' vaults use: "sqlite" (the default) or "postgresql" (the tier)
 TEST_DATABASE = os.environ.get("REHOST_TEST_DATABASE", "") or "sqlite"
+#: every (test) failover's readiness step uses a point's cached inspection only: an appliance
+#: launch per failover (~40 s under TCG) would double the boot tests; tests/vault/
+#: test_readiness.py inspects for real, test_failover_readiness.py turns it back on
+os.environ.setdefault("REHOST_READINESS_INSPECT", "off")
 
 
 def pytest_configure(config: pytest.Config) -> None:

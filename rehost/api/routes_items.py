@@ -24,6 +24,7 @@ from rehost.guest.probes import Check
 from rehost.jobs.models import JobRow
 from rehost.replication.retention import parse_duration
 from rehost.vault import agents, failover, inventory, overview, protection, roots, verdicts
+from rehost.vault import readiness as vault_readiness
 from rehost.vault.cycles import start_replicate_job
 from rehost.vault.vault import Vault
 
@@ -74,10 +75,11 @@ def list_machines(vault: VaultDep, _: Reader) -> list[dict[str, Any]]:
     return overview.machine_views(vault)
 
 
-@router.get("/machines/{name}", response_model=schemas.MachineOut)
+@router.get("/machines/{name}", response_model=schemas.MachineDetailOut)
 def get_machine(name: str, vault: VaultDep, _: Reader) -> dict[str, Any]:
-    """One item with its disks, health, placement after failover and assigned target."""
-    return views.machine_detail(vault, name)
+    """One item with its disks, health, placement after failover, assigned target and what is
+    known of its newest point's readiness (cached: nothing is inspected to answer)."""
+    return {**views.machine_detail(vault, name), "readiness": vault_readiness.known(vault, name)}
 
 
 @router.get("/machines/{name}/points", response_model=list[schemas.PointOut], tags=["recovery points"])
@@ -117,10 +119,19 @@ def replicate(name: str, request: Request, response: Response, vault: VaultDep, 
              responses=JOB_RESPONSE, tags=["failover"])
 def test_failover(name: str, body: schemas.FailoverTestIn, request: Request, response: Response,
                   vault: VaultDep, _: Operator) -> dict[str, Any]:
-    """Boot a throw-away copy of a point on the isolated network; replication goes on."""
-    params = {"point": body.point, "target": body.target, "boot_timeout": body.boot_timeout}
+    """Boot a throw-away copy of a point on the isolated network; replication goes on. Its
+    first step checks the point's readiness for the target: a failing requirement fails the job
+    before anything is made, unless ``{"force_readiness": true, "reason": "..."}`` (the reason
+    and what failed are recorded in the readiness step and the item's state)."""
+    params = {"point": body.point, "target": body.target, "boot_timeout": body.boot_timeout,
+              **_readiness_force(body)}
     return _accepted(request, response, vault,
                      lambda v: failover.start_job(v, "test-failover", name, **params))
+
+
+def _readiness_force(body: schemas.FailoverTestIn) -> dict[str, Any]:
+    reason = body.readiness_force_reason
+    return {} if reason is None else {"readiness_force_reason": reason}
 
 
 @router.post("/machines/{name}/test-cleanup", response_model=schemas.JobOut, status_code=202,
@@ -135,9 +146,12 @@ def test_cleanup(name: str, request: Request, response: Response, vault: VaultDe
              responses=JOB_RESPONSE, tags=["failover"])
 def do_failover(name: str, body: schemas.FailoverIn, request: Request, response: Response,
                 vault: VaultDep, _: Operator) -> dict[str, Any]:
-    """Fail over to the target: final sync (for ``latest``), boot, then copy the disks over."""
+    """Fail over to the target: readiness, final sync (for ``latest``), boot, then copy the
+    disks over. A failing readiness requirement fails the job before the source is shut down,
+    unless ``{"force_readiness": true, "reason": "..."}`` (the reason and what failed are
+    recorded in the readiness step and the item's state)."""
     params = {"point": body.point, "target": body.target, "boot_timeout": body.boot_timeout,
-              "shutdown_source": body.shutdown_source}
+              "shutdown_source": body.shutdown_source, **_readiness_force(body)}
     return _accepted(request, response, vault, lambda v: failover.start_job(v, "failover", name, **params))
 
 

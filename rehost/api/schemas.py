@@ -82,6 +82,18 @@ class HealthOut(BaseModel):
     reason: str
 
 
+class ReadinessKnownOut(BaseModel):
+    """What is known of the newest point's readiness for the item's target (no inspection is
+    started to answer): ``status`` pass, warn, fail or not inspected."""
+
+    point: str
+    target: str
+    status: str
+    failed: list[str] = Field(default_factory=list, description="The failed requirements' names")
+    warnings: int = 0
+    text: str = Field("", description='For a list: "fail (2)", "warn (1)", "pass"')
+
+
 class MachineOut(BaseModel):
     name: str
     source: str
@@ -108,6 +120,12 @@ class MachineOut(BaseModel):
         None, description="Its copy on a target that keeps one (Azure page blobs): target, the point "
         "it holds (point, point_time, synced_at), the last sync's figures (last) or error")
     assigned_target: str | None = Field(description="The target it fails over to (detail only)")
+
+
+class MachineDetailOut(MachineOut):
+    readiness: ReadinessKnownOut | None = Field(
+        None, description="The newest point's readiness for its target, from the cached inspection "
+        "(GET /machines/{name}/readiness inspects); null without a target or a point")
 
 
 class PointDiskOut(BaseModel):
@@ -187,6 +205,23 @@ class FailoverTestIn(_In):
     point: PointSpec = "latest"
     target: Name | None = None
     boot_timeout: float = Field(300.0, gt=0, le=3600, description="Seconds to wait for the boot marker")
+    force_readiness: bool = Field(False, description="Go on although a readiness requirement of the point "
+                                                     "fails (needs a reason; both are recorded in the job)")
+    reason: str | None = Field(None, max_length=1000, pattern=r"^[^\x00]*$",
+                               description="Why (with force_readiness): recorded in the job")
+
+    @model_validator(mode="after")
+    def _readiness_reason(self) -> FailoverTestIn:
+        if self.force_readiness and not (self.reason or "").strip():
+            raise ValueError('"force_readiness": true needs a "reason": why the machine may fail over '
+                             'although a readiness requirement fails (it is recorded)')
+        if self.reason is not None and not self.force_readiness:
+            raise ValueError('a "reason" is recorded only with "force_readiness": true')
+        return self
+
+    @property
+    def readiness_force_reason(self) -> str | None:
+        return (self.reason or "").strip() if self.force_readiness else None
 
 
 class FailoverIn(FailoverTestIn):

@@ -34,11 +34,22 @@ def failover(
     target: str = typer.Option(None, help="Target name (default: the machine's, or the only one)."),
     boot_marker: str = typer.Option(fo.DEFAULT_BOOT_MARKER, help="Regex the console must show."),
     boot_timeout: float = typer.Option(fo.DEFAULT_BOOT_TIMEOUT_S, help="Seconds to wait for it."),
+    force_readiness: bool = typer.Option(
+        False, "--force-readiness", help="Go on although a readiness requirement fails (see rehost "
+        "readiness NAME; needs --reason; both are recorded in the job)."),
+    reason: str = typer.Option(None, "--reason", help="Why, with --force-readiness."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Fail a machine over to its target (or test it with --test, then --cleanup)."""
+    """Fail a machine over to its target (or test it with --test, then --cleanup).
+
+    The first step checks the point's readiness for the target (rehost readiness): a failing
+    requirement stops the failover before anything is made, unless --force-readiness."""
     if test and cleanup:
         raise UsageError("--test and --cleanup are separate steps: run --test first, --cleanup later")
+    if reason is not None and not force_readiness:
+        raise UsageError("--reason goes with --force-readiness")
+    if force_readiness and cleanup:
+        raise UsageError("--force-readiness goes with a (test) failover, not --cleanup")
     with open_vault(ctx) as vault:
         if cleanup:
             job = fo.start_job(vault, "test-cleanup", name)
@@ -46,6 +57,8 @@ def failover(
             kind = "test-failover" if test else "failover"
             params = {"point": point, "target": target, "boot_marker": boot_marker,
                       "boot_timeout": boot_timeout, "shutdown_source": shutdown_source}
+            if force_readiness:
+                params["readiness_force_reason"] = reason or ""
             job = fo.start_job(vault, kind, name, **params)
         if not as_json:
             err.print(f"job {job.id}: {job.kind} of {name}", highlight=False)

@@ -19,7 +19,7 @@ Target kinds:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -65,21 +65,32 @@ class Readiness:
 
 
 KINDS = ("local", "azure", "memory")
+#: target kinds whose guest needs nothing (the test double boots nothing): not inspected
+NO_RULES = frozenset({"memory"})
+
+
+def has_rules(kind: str) -> bool:
+    """Whether an inspection of the guest tells anything for target ``kind``."""
+    return kind in RULES
+
+
+def no_rules(kind: str) -> Readiness:
+    """Target ``kind``'s readiness without an inspection: nothing (``NO_RULES``), or a
+    warning that nobody checks its guests."""
+    if kind in NO_RULES:
+        return Readiness(kind, ())
+    return Readiness(kind, (Requirement("target kind", "warn", f"no readiness rules for {kind!r} targets",
+                                        "check the guest by hand"),))
 
 
 def evaluate(ins: Inspection, kind: str) -> Readiness:
     """The requirements of target ``kind`` for the inspected guest."""
-    if kind == "memory":
-        return Readiness(kind, ())
-    if kind not in ("local", "azure"):
-        return Readiness(kind, (Requirement("target kind", "warn", f"no readiness rules for {kind!r} targets",
-                                            "check the guest by hand"),))
+    rules = RULES.get(kind)
+    if rules is None:
+        return no_rules(kind)
     reqs = [*_os(ins)]
     if ins.os_type == "linux":
-        if kind == "local":
-            reqs += _local(ins)
-        else:
-            reqs += _azure(ins)
+        reqs += rules(ins)
     return Readiness(kind, tuple(reqs))
 
 
@@ -246,6 +257,10 @@ def _agent(ins: Inspection) -> Requirement:
                        "boots but reports no provisioning state, and extensions do not work." + extra,
                        "install walinuxagent (or cloud-init), or accept that Azure marks the VM "
                        "not provisioned")
+
+
+#: the Linux rules of each target kind (the operating system is checked for every kind)
+RULES: dict[str, Callable[[Inspection], list[Requirement]]] = {"local": _local, "azure": _azure}
 
 
 def required_modules(kind: str) -> tuple[str, ...]:

@@ -5,6 +5,10 @@ its kind: a target that boots from NBD (the local QEMU host) gets point servers,
 and hydration after the start (instant recovery); a target that stages disks (upload-then-
 boot, such as Azure) gets each disk of the point copied in before the machine is made.
 
+Both start with a readiness step (``rehost.vault.readiness.gate``): a failing requirement of
+the point for the target ends the job before anything is made or the source is shut down,
+unless the job was started with a reason to go on (``readiness_forced``, recorded).
+
 Every step is safe to run twice: a job resumed after a kill -9 re-runs the step that was cut
 short and finds what it had already made (servers, staged disks, a machine, a running one).
 """
@@ -14,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from rehost.errors import InvalidState, RehostError
+from rehost.errors import InvalidState, RehostError, UsageError
 from rehost.jobs import leases
 from rehost.jobs.models import JobRow
 from rehost.jobs.runner import SkipStep, Step, StepContext, create_job, plan, running_jobs
@@ -23,6 +27,7 @@ from rehost.repository.prune import prune
 from rehost.targets.base import Capabilities, Peer, Placement, PointDisk, Target
 from rehost.units import human
 from rehost.vault import instant, point_records, replicas, targets, verdicts
+from rehost.vault import readiness as vault_readiness
 from rehost.vault.inventory import get_machine, provider_for, set_state, spec_of
 from rehost.vault.protection import find_point, list_points, replicate
 from rehost.vault.states import ItemState as S
@@ -45,6 +50,7 @@ def start_job(vault: Vault, kind: str, name: str, **params: Any) -> JobRow:
     if kind == "complete":
         params.update(verdicts.require_passing(vault, name, params.pop("force_reason", None)))
     if kind in ("test-failover", "failover"):
+        params.update(_readiness_force(name, params.pop("readiness_force_reason", None)))
         row = targets.target_of(vault, machine, params.get("target"))
         params["target"] = row.name
         if kind == "test-failover" and targets.provider(row).capabilities.test_network is None:
@@ -55,6 +61,70 @@ def start_job(vault: Vault, kind: str, name: str, **params: Any) -> JobRow:
         if params.get("point", "latest") not in ("latest", "latest-processed"):
             find_point(vault, name, params["point"])  # refuse a bad point before any job exists
     return create_job(vault, kind, machine.id, name, params)
+
+
+def _readiness_force(name: str, reason: str | None) -> dict[str, Any]:
+    """What a (test) failover records when the operator lets it go on past failing readiness
+    requirements: the reason, in the job's params; the readiness step's output adds what failed
+    (as ``complete --force`` records the reason and the missing verdict)."""
+    if reason is None:
+        return {}
+    if not reason.strip():
+        raise UsageError(f"--force-readiness needs --reason TEXT: why {name} may fail over although a "
+                         "readiness requirement fails (it is recorded)")
+    return {"readiness_forced": {"reason": reason.strip()}}
+
+
+def _forced_note(ctx: StepContext) -> str:
+    """For the item's state reason: a (test) failover that went on past failed requirements."""
+    r = ctx.outputs.get("readiness") or {}
+    if not r.get("forced"):
+        return ""
+    return f"; went on although {len(r['failed'])} readiness requirement(s) failed: {r['forced']['reason']}"
+
+
+# -- readiness: will the point boot on the target? (the first step: nothing is made yet) -------------
+
+
+def _readiness(test: bool) -> Callable[[StepContext], str]:
+    def run(ctx: StepContext) -> str:
+        name, spec = ctx.job.machine_name, ctx.params.get("point", "latest")
+        g = vault_readiness.gate(ctx.vault, name, target=ctx.params["target"], point=spec)
+        record = g.to_json()
+        reason = (ctx.params.get("readiness_forced") or {}).get("reason")
+        failed = "; ".join(f"{r.name}: {r.detail}" + (f" (fix: {r.fix})" if r.fix else "")
+                           for r in g.failed())
+        if failed and reason:
+            record["forced"] = {"reason": reason}
+        ctx.save_outputs(readiness=record)
+        where = f"point {g.point[:12]} on target {g.target}"
+        if failed and not reason:
+            again = f"rehost failover {name}{' --test' if test else ''} --force-readiness --reason TEXT"
+            raise InvalidState(f"{name} is not ready for target {g.target} ({len(g.failed())} failed "
+                               f"requirement(s) of point {g.point[:12]}): {failed}. Fix them, or {again} "
+                               "(recorded)")
+        passed = sum(r.status == "pass" for r in g.readiness.requirements)
+        detail = f"{where}: {g.readiness.status} ({passed} passed"
+        detail += f", {len(g.warnings())} warning(s), {len(g.failed())} failed; {g.inspection})"
+        if not test and spec == "latest":
+            detail += " (the final sync's point adds the last writes; it is not inspected again)"
+        warnings = [r for r in g.warnings() if r.name != "inspection"]  # said in the parentheses
+        if warnings:
+            detail += "; warnings: " + "; ".join(f"{r.name}: {r.detail}" for r in warnings)
+        if failed:  # the fixes are in the job's outputs (readiness.failed)
+            named = "; ".join(f"{r.name}: {r.detail}" for r in g.failed())
+            detail += f"; FORCED past the failed requirement(s) ({named}); reason: {reason}"
+        return detail
+
+    return run
+
+
+def _readiness_steps(job: JobRow, *, test: bool) -> list[Step]:
+    """The readiness step, first; not in a job made before there was one (it resumes with the
+    steps it was made with, e.g. a failover past its point of no return across an upgrade)."""
+    if job.steps and job.steps[0].name != "readiness":
+        return []
+    return [Step("readiness", "Check readiness for the target", _readiness(test))]
 
 
 # -- the target's part: shared by test failover and failover ------------------------------------
@@ -216,7 +286,11 @@ def _materialize(caps: Capabilities, *, test: bool) -> list[Step]:
 
 
 def _choose_point(ctx: StepContext) -> str:
+    """The point the readiness step evaluated, unless a final sync has made a newer one."""
     spec = ctx.params.get("point", "latest")
+    checked = (ctx.outputs.get("readiness") or {}).get("point")
+    if checked and not (ctx.job.kind == "failover" and spec == "latest"):
+        spec = checked
     p = find_point(ctx.vault, ctx.job.machine_name, spec)
     ctx.save_outputs(point=p.id)
     return f"point {p.short_id} ({p.time}, {p.consistency.value})"
@@ -236,10 +310,11 @@ def _test_failover_plan(vault: Vault, job: JobRow) -> list[Step]:
         ctx.save_outputs(vm=vm_for_test(ctx.job.machine_name))
         detail = _verify_target(ctx)
         machine = get_machine(ctx.vault, ctx.job.machine_name)
-        set_state(ctx.vault, machine, S.TEST_FAILOVER, f"test failover job {ctx.job.id}")
+        set_state(ctx.vault, machine, S.TEST_FAILOVER, f"test failover job {ctx.job.id}{_forced_note(ctx)}")
         return detail
 
     return [
+        *_readiness_steps(job, test=True),
         Step("prerequisites", "Check prerequisites", prerequisites),
         Step("choose_point", "Choose recovery point", _choose_point),
         *_materialize(_capabilities(vault, job), test=True),
@@ -327,10 +402,12 @@ def _failover_plan(vault: Vault, job: JobRow) -> list[Step]:
             row = s.get(MachineRow, machine.id)
             assert row is not None
             row.placement = record
-        set_state(ctx.vault, machine, S.FAILED_OVER, f"runs on target {ctx.params['target']}")
+        set_state(ctx.vault, machine, S.FAILED_OVER,
+                  f"runs on target {ctx.params['target']}{_forced_note(ctx)}")
         return f"{machine.name} runs on {ctx.params['target']} ({placement.location})"
 
     return [
+        *_readiness_steps(job, test=False),
         Step("prerequisites", "Check prerequisites", prerequisites),
         Step("shutdown_source", "Shut down source machine", shutdown_source, must_succeed=False),
         Step("final_sync", "Final sync", final_sync),

@@ -26,8 +26,9 @@ from rehost.vault.inventory import get_machine
 from tests.cli_helpers import REPO, rehost
 from tests.targets.helpers import World, make_disk, world
 
-FAILOVER_STEPS = ["prerequisites", "shutdown_source", "final_sync", "choose_point", "stop_replication",
-                  "stage_disks", "create_machine", "start", "verify_boot", "finish", "checks"]
+FAILOVER_STEPS = ["readiness", "prerequisites", "shutdown_source", "final_sync", "choose_point",
+                  "stop_replication", "stage_disks", "create_machine", "start", "verify_boot", "finish",
+                  "checks"]
 
 #: runs a job in a child process and ends that process (os._exit, as a kill -9 would) right
 #: after the named step's work, before the runner records the step; or, with "hang", holds
@@ -91,8 +92,8 @@ def _staged_equals(w: World, vm: str, image: Path) -> bool:
 def test_test_failover_stages_the_point_and_cleanup_leaves_nothing(w: World, tmp_path: Path) -> None:
     job = _run(w, "test-failover")
     assert job.state == "succeeded", job.error
-    assert [s.name for s in job.steps] == ["prerequisites", "choose_point", "stage_disks", "create_machine",
-                                           "start", "verify_boot", "checks"]
+    assert [s.name for s in job.steps] == ["readiness", "prerequisites", "choose_point", "stage_disks",
+                                           "create_machine", "start", "verify_boot", "checks"]
     steps = _steps(job)
     assert "REHOST-BOOT-OK marker=second" in steps["verify_boot"]
     assert "isolated network" in steps["start"]
