@@ -109,9 +109,12 @@ def overview_page(request: Request, vault: VaultDep, caller: Reader) -> HTMLResp
 
 @router.get("/items")
 def items_page(request: Request, vault: VaultDep, caller: Reader) -> HTMLResponse:
-    items = overview.machine_views(vault)
-    busy = any(j["state"] in ("running", "queued") for j in views.job_views(vault, limit=20))
-    return render(request, "items.html", caller, items=items, live=busy)  # live: refreshes while jobs run
+    """Every item; while jobs run (an initial replication after enabling), each item shows its
+    job with its progress and the page refreshes itself."""
+    busy = [j for j in views.job_views(vault, limit=50) if j["state"] in ("running", "queued")]
+    running = {j["machine"]: j for j in reversed(busy)}  # the newest job of each machine
+    return render(request, "items.html", caller, items=overview.machine_views(vault), running=running,
+                  live=bool(busy))
 
 
 @router.get("/items/{name}")

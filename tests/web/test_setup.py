@@ -8,6 +8,7 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -173,6 +174,7 @@ def test_from_an_empty_vault_to_a_test_failover(browser: Any, tmp_path: Path, ti
             page.click("#add-source")
             page.wait_for_selector("#source-done:not([hidden])")
             assert "Added web (image): 1 disk(s)" in page.inner_text("#source-result")
+            shots.take(page, "source")
 
             page.fill("#target-form input[name=name]", "here")
             page.fill("#target-form input[name=path]", str(tmp_path / "vault" / "targets" / "here"))
@@ -180,7 +182,7 @@ def test_from_an_empty_vault_to_a_test_failover(browser: Any, tmp_path: Path, ti
             page.wait_for_selector("#verify-badge.healthy", timeout=30_000)
             assert page.locator("#verify-checks li.check.fail").count() == 0
             assert page.locator("#verify-checks li.check.ok").count() >= 2
-            shots.take(page, "source-and-target-verified")
+            shots.take(page, "target-verified")
 
             page.fill("#policy-form input[name=name]", "standard")
             page.fill("#policy-form input[name=rpo_threshold]", "15m")
@@ -202,12 +204,11 @@ def test_from_an_empty_vault_to_a_test_failover(browser: Any, tmp_path: Path, ti
             shots.take(page, "items-enabling")
 
             page.goto(f"{site.url}/ui/items/web")
-            for _ in range(120):  # the first replication is a job the item's page lists
-                if page.locator("#points tbody tr").count() >= 1:
-                    break
-                page.wait_for_timeout(1000)
+            deadline = time.monotonic() + 120
+            while page.locator("#points tbody tr").count() == 0:  # the first replication, a job
+                assert time.monotonic() < deadline, page.inner_text("main")
+                page.wait_for_timeout(500)
                 page.reload()
-            assert page.locator("#points tbody tr").count() >= 1
             shots.take(page, "first-point")
 
             page.click("#open-test-failover")

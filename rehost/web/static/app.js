@@ -419,19 +419,20 @@ function setupEnable() {
       });
       const results = document.getElementById("enable-results");
       results.replaceChildren();
-      let failed = null;
-      for (const name of machines) {
+      const line = (name, ok, text) => results.append(el("li", {class: "check " + (ok ? "ok" : "fail")},
+        el("span", {class: "mark"}), el("b", {}, name), el("span", {class: "check-detail"}, text)));
+      // one at a time, stopping at the first refusal: a bad setting is refused for the first
+      // machine, before any is changed
+      for (const [i, name] of machines.entries()) {
         try {
           await api("POST", "/api/v1/machines/" + encodeURIComponent(name) + "/enable", body);
-          results.append(el("li", {class: "check ok"}, el("span", {class: "mark"}), el("b", {}, name),
-            el("span", {class: "check-detail"}, "enabled")));
+          line(name, true, "enabled");
         } catch (e) {
-          failed = failed || e;
-          results.append(el("li", {class: "check fail"}, el("span", {class: "mark"}), el("b", {}, name),
-            el("span", {class: "check-detail"}, e.message)));
+          line(name, false, e.message);
+          machines.slice(i + 1).forEach((rest) => line(rest, false, "not tried"));
+          throw e;
         }
       }
-      if (failed) throw failed;
       window.location = "/ui/items";
     });
   });
