@@ -58,8 +58,12 @@ def field_error(page: Any, form: str, field: str) -> str:
     return str(page.inner_text(f"#{form} .field[data-field={field}] .field-error")).strip()
 
 
-def test_forms_show_refusals_next_to_the_field_and_create_nothing(browser: Any, tmp_path: Path,
-                                                                   shots: Shots) -> None:
+def test_refusals_show_inline_then_two_machines_are_enabled(browser: Any, tmp_path: Path,
+                                                             shots: Shots) -> None:
+    """An invalid policy (negative RPO, retention shorter than the crash interval), a path
+    outside the allowed roots and a missing option are shown next to their field and create
+    nothing; corrected, the same forms add two machines, a target and a policy, and an operator
+    enables both at once. Readers get no buttons, operators no source forms."""
     outside = make_disk(tmp_path / "outside.raw", MiB)  # the vault allows only its default roots
     with empty_site(tmp_path) as site:
         page = open_setup(browser, site)
@@ -109,11 +113,45 @@ def test_forms_show_refusals_next_to_the_field_and_create_nothing(browser: Any, 
         page.goto(f"{site.url}/ui/infrastructure")
         assert "None yet" in page.inner_text("#sources") and "None yet" in page.inner_text("#policies")
 
+        # corrected, the same forms succeed: two machines from the vault's imports/, its targets/
+        page.click("#policies >> text=create a policy")
+        page.wait_for_selector("#source-form .options .field")
+        imports = tmp_path / "vault" / "imports"
+        imports.mkdir(exist_ok=True)
+        for name in ("db", "web"):
+            page.fill("#source-form input[name=name]", name)
+            page.fill("#source-form textarea[name=paths]", str(make_disk(imports / f"{name}.raw", MiB)))
+            page.click("#add-source")
+            page.wait_for_selector(f"#source-result >> text=Added {name} (image)")
+        page.fill("#target-form input[name=name]", "here")
+        page.fill("#target-form input[name=path]", str(tmp_path / "vault" / "targets" / "here"))
+        page.click("#add-target")
+        page.wait_for_selector("#verify-badge.healthy", timeout=30_000)
+        page.fill("#policy-form input[name=name]", "standard")
+        page.fill("#policy-form input[name=retention]", "2h")
+        page.click("#create-policy")
+        page.wait_for_selector("#policy-result:not([hidden])")
+        assert not page.locator("#policy-form .field-error").first.is_visible()
+
         operator = sign_in(browser, site, "operator")  # enables replication; sources and policies need admin
         assert operator.inner_text("#nav-setup") == "Enable replication"
         operator.goto(f"{site.url}/ui/setup")
         assert operator.locator("#source-form").count() == 0
         assert operator.locator("#setup-needs-admin").count() == 1
+        operator.goto(f"{site.url}/ui/enable")  # several machines at once
+        operator.check("#pick-db")
+        operator.check("#pick-web")
+        operator.select_option("#enable-policy", "standard")
+        operator.select_option("select[data-source-net=default]", "isolated")
+        operator.uncheck("input[name=replicate]")
+        shots.take(operator, "enable-two")
+        operator.click("#enable-start")
+        operator.wait_for_url(f"{site.url}/ui/items")
+        for name in ("db", "web"):
+            assert "standard" in operator.inner_text(f"tr[data-item={name}]")
+            machine = operator.request.get(f"{site.url}/api/v1/machines/{name}").json()
+            assert machine["network_map"] == {"default": "isolated"} and machine["assigned_target"] == "here"
+
         reader = sign_in(browser, site, "reader")
         assert reader.locator("#nav-setup").count() == 0
         reader.goto(f"{site.url}/ui/enable")
