@@ -23,10 +23,12 @@ from rehost.api import routes_plans, views
 from rehost.api.auth import Admin, Reader, VaultDep, client_address, guard_of, pool_of
 from rehost.api.deps import COOKIE, CSRF_HEADER, Caller
 from rehost.api.tokens import Role, authenticate
+from rehost.errors import RehostError
 from rehost.jobs import runner
 from rehost.replication.health import _span
 from rehost.units import human
 from rehost.vault import agents, audit, overview, plans, policies, protection, roots, targets, verdicts
+from rehost.vault.models import TargetRow
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
@@ -198,9 +200,17 @@ def enable_page(request: Request, vault: VaultDep, caller: Reader) -> HTMLRespon
         it["networks"] = sorted({n.get("network") or "default" for n in it["spec"].get("nics") or []}
                                 or {"default"})
     target_rows = targets.list_targets(vault)
-    target_nets = {t.name: [{"name": n.name, "isolated": n.isolated} for n in targets.provider(t).networks()]
-                   for t in target_rows}
+    target_nets = {t.name: target_networks(t) for t in target_rows}
     return render(request, "enable.html", caller, items=items, target_nets=target_nets,
                   targets=[views.target_view(t) for t in target_rows],
                   policies=[p.name for p in policies.list_policies(vault)],
                   networks=sorted({n for it in items for n in it["networks"]}))
+
+
+def target_networks(row: TargetRow) -> list[dict[str, Any]]:
+    """The networks a target offers (none when its stored settings no longer open it: the
+    enable request then says why)."""
+    try:
+        return [{"name": n.name, "isolated": n.isolated} for n in targets.provider(row).networks()]
+    except RehostError:
+        return []
