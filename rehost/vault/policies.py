@@ -192,6 +192,8 @@ def _seconds(text: str | None, default: int, what: str, *, allow_zero: bool = Fa
         return default
     if allow_zero and text.strip() in ("0", "never", "off"):
         return 0
+    if text.strip().startswith("-"):
+        raise UsageError(f"{what} must be positive, not {text.strip()!r}")
     s = int(parse_duration(text).total_seconds())
     if s <= 0:
         raise UsageError(f"{what} must be positive")
@@ -266,10 +268,23 @@ def _apply(
         row.bandwidth_bps = None if bandwidth in ("0", "none", "off") else parse_bandwidth(bandwidth)
     if schedule is not None:
         row.bandwidth_schedule = parse_schedule(schedule)
+    if row.retention_s < row.crash_consistent_every_s:
+        raise UsageError(
+            f"--retention ({_span(row.retention_s)}) must be at least the --crash-consistent-every "
+            f"({_span(row.crash_consistent_every_s)}): every point would expire before the next is taken"
+        )
     if row.crash_consistent_every_s > row.rpo_threshold_s:
         raise UsageError("--crash-consistent-every must not exceed --rpo-threshold, or the RPO cannot be met")
     if row.retention_s < row.rpo_threshold_s:
         raise UsageError("--retention must be at least the --rpo-threshold")
+
+
+def _span(seconds: int) -> str:
+    """Seconds as the shortest duration text that is exact: 90 -> '90s', 3600 -> '1h'."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 def get_policy(vault: Vault, name: str) -> PolicyRow:

@@ -1,9 +1,11 @@
 """Dashboard pages (/ui): overview, replicated items, item detail, jobs, recovery plans,
-infrastructure.
+infrastructure, and the setup pages (prepare infrastructure, enable replication).
 
 Pages read through ``rehost.api.views`` exactly what the JSON API returns, and change
 nothing themselves: the buttons call the API (with the sign-in cookie and the CSRF header),
-so a dashboard action and an API call cannot drift apart.
+so a dashboard action and an API call cannot drift apart. The setup forms are drawn in the
+browser from the provider configs ``GET /api/v1/{sources,targets}/kinds`` describe, so a new
+provider needs no page of its own.
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ from rehost.api import routes_plans, views
 from rehost.api.auth import Admin, Reader, VaultDep, client_address, guard_of, pool_of
 from rehost.api.deps import COOKIE, CSRF_HEADER, Caller
 from rehost.api.tokens import Role, authenticate
+from rehost.errors import RehostError
 from rehost.jobs import runner
 from rehost.replication.health import _span
 from rehost.units import human
-from rehost.vault import audit, overview, plans, policies, protection, roots, targets, verdicts
+from rehost.vault import agents, audit, overview, plans, policies, protection, roots, targets, verdicts
+from rehost.vault.models import TargetRow
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
@@ -107,7 +111,12 @@ def overview_page(request: Request, vault: VaultDep, caller: Reader) -> HTMLResp
 
 @router.get("/items")
 def items_page(request: Request, vault: VaultDep, caller: Reader) -> HTMLResponse:
-    return render(request, "items.html", caller, items=overview.machine_views(vault))
+    """Every item; while jobs run (an initial replication after enabling), each item shows its
+    job with its progress and the page refreshes itself."""
+    busy = [j for j in views.job_views(vault, limit=50) if j["state"] in ("running", "queued")]
+    running = {j["machine"]: j for j in reversed(busy)}  # the newest job of each machine
+    return render(request, "items.html", caller, items=overview.machine_views(vault), running=running,
+                  live=bool(busy))
 
 
 @router.get("/items/{name}")
@@ -166,3 +175,42 @@ def audit_page(request: Request, vault: VaultDep, caller: Admin) -> HTMLResponse
     return render(request, "audit.html", caller, entries=entries,
                   roots=[r.to_json() for r in roots.allowed_roots(vault)],
                   retention=audit.retention_text(vault))
+
+
+@router.get("/setup")
+def setup_page(request: Request, caller: Reader) -> HTMLResponse:
+    """Prepare infrastructure: protection goal, then the source, target and policy forms (admins;
+    the forms come from the kinds the API lists, so a new provider needs no page of its own)."""
+    return render(request, "setup.html", caller, enroll_url=enroll_url(request))
+
+
+def enroll_url(request: Request) -> str:
+    """Where agents register: what the app that runs the enrollment endpoint says
+    (``app.state.enroll_url``), else ``rehost serve``'s default port on the host the browser used."""
+    known = getattr(request.app.state, "enroll_url", None)
+    return str(known) if known else agents.enrollment_url(request.url.hostname)
+
+
+@router.get("/enable")
+def enable_page(request: Request, vault: VaultDep, caller: Reader) -> HTMLResponse:
+    """Enable replication of several machines: a policy, a target and a network map for each
+    target's networks (the source networks are those the machines' NICs are plugged into)."""
+    items = overview.machine_views(vault)
+    for it in items:
+        it["networks"] = sorted({n.get("network") or "default" for n in it["spec"].get("nics") or []}
+                                or {"default"})
+    target_rows = targets.list_targets(vault)
+    target_nets = {t.name: target_networks(t) for t in target_rows}
+    return render(request, "enable.html", caller, items=items, target_nets=target_nets,
+                  targets=[views.target_view(t) for t in target_rows],
+                  policies=[p.name for p in policies.list_policies(vault)],
+                  networks=sorted({n for it in items for n in it["networks"]}))
+
+
+def target_networks(row: TargetRow) -> list[dict[str, Any]]:
+    """The networks a target offers (none when its stored settings no longer open it: the
+    enable request then says why)."""
+    try:
+        return [{"name": n.name, "isolated": n.isolated} for n in targets.provider(row).networks()]
+    except RehostError:
+        return []

@@ -167,8 +167,281 @@ function setupPlanPolling() {
   }, 1000);
 }
 
+// -- forms: an API error goes next to the field it names (the CLI's --flag, or the API's
+// "config.name:" / "name:"), else at the top of the form; nothing is kept from a failed submit
+function escapeRx(s) { return s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&"); }
+
+function fieldPatterns(name) {
+  const flag = "--" + name.replace(/_/g, "-");
+  const out = [new RegExp(escapeRx(flag) + "(?![a-z0-9-])"),
+               new RegExp("(^|[\\s;(])(config\\.)?" + escapeRx(name) + "(\\.[0-9]+)?:")];
+  if (name === "name") out.push(/\bname '/);
+  return out;
+}
+
+// the phrases a service's message names a field by, besides its flag: data-names="a|b"
+function fieldMatchers(field) {
+  const extra = (field.dataset.names || "").split("|").filter(Boolean).map((w) => new RegExp(escapeRx(w)));
+  return [...fieldPatterns(field.dataset.field), ...extra];
+}
+
+function clearErrors(form) {
+  form.querySelectorAll(".error").forEach((el) => { el.hidden = true; el.textContent = ""; });
+  form.querySelectorAll(".field.invalid").forEach((el) => el.classList.remove("invalid"));
+}
+
+function showFormError(form, message) {
+  let best = null;
+  let at = Infinity;
+  form.querySelectorAll(".field[data-field]").forEach((field) => {
+    for (const rx of fieldMatchers(field)) {
+      const m = rx.exec(message);
+      if (m && m.index < at) { at = m.index; best = field; }
+    }
+  });
+  if (best && best.closest("details")) best.closest("details").open = true;
+  const el = best ? best.querySelector(".field-error") : form.querySelector(".form-error");
+  if (best) best.classList.add("invalid");
+  el.textContent = message;
+  el.hidden = false;
+  return best ? best.dataset.field : null;
+}
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k === "class") node.className = v;
+    else if (k === "dataset") Object.assign(node.dataset, v);
+    else node.setAttribute(k, v);
+  }
+  node.append(...children.filter((c) => c !== null && c !== undefined));
+  return node;
+}
+
+// one input per option of a provider's config, as GET /api/v1/{sources,targets}/kinds lists them
+function optionField(opt) {
+  const flag = "--" + opt.name.replace(/_/g, "-");
+  let input;
+  if (opt.type === "bool") input = el("input", {type: "checkbox"});
+  else if (opt.list) input = el("textarea", {rows: "2"});
+  else input = el("input", {type: "text", autocomplete: "off"});
+  input.name = opt.name;
+  input.dataset.option = opt.type;
+  if (opt.list) input.dataset.list = "1";
+  const dflt = Array.isArray(opt.default) ? opt.default.join(", ") : opt.default;
+  if (opt.type !== "bool" && dflt !== null && dflt !== "") input.placeholder = "default: " + dflt;
+  else if (opt.list) input.placeholder = "one a line";
+  if (opt.type === "bool" && opt.default === true) input.checked = true;
+  return el("label", {class: "field" + (opt.type === "bool" ? " check" : ""), dataset: {field: opt.name}},
+    opt.type === "bool" ? input : null,
+    opt.name.replace(/_/g, " "), " ", el("code", {}, flag),
+    opt.required ? el("span", {class: "req"}, " *") : null,
+    opt.type === "bool" ? null : input,
+    el("span", {class: "help"}, opt.help),
+    el("span", {class: "error field-error", hidden: ""}));
+}
+
+function drawOptions(form, kind) {
+  const box = form.querySelector(".options");
+  box.replaceChildren();
+  const optional = kind.options.filter((o) => !o.required);
+  kind.options.filter((o) => o.required).forEach((o) => box.append(optionField(o)));
+  if (optional.length) {
+    const more = el("details", {}, el("summary", {}, "More options (" + optional.length + ")"));
+    optional.forEach((o) => more.append(optionField(o)));
+    box.append(more);
+  }
+  clearErrors(form);
+}
+
+function configOf(form) {
+  const config = {};
+  form.querySelectorAll("[data-option]").forEach((input) => {
+    if (input.dataset.option === "bool") { if (input.checked) config[input.name] = true; return; }
+    const text = input.value.trim();
+    if (!text) return;  // the kind's default
+    config[input.name] = input.dataset.list ? text.split("\n").map((s) => s.trim()).filter(Boolean) : text;
+  });
+  return config;
+}
+
+async function submitting(form, work) {
+  clearErrors(form);
+  const button = form.querySelector("button[type=submit]");
+  button.disabled = true;
+  try { await work(); }
+  catch (e) { showFormError(form, e.message); }
+  finally { button.disabled = false; }
+}
+
+// Prepare infrastructure: protection goal, then source, target (verified) and policy forms
+async function setupWizard() {
+  const wizard = document.getElementById("setup");
+  if (!wizard) return;
+  const [sourceKinds, targetKinds] = await Promise.all([
+    api("GET", "/api/v1/sources/kinds"), api("GET", "/api/v1/targets/kinds")]);
+  const pick = (select, kinds, form, title) => {
+    kinds.forEach((k) => select.append(el("option", {value: k.kind},
+      k.kind + (k.test_double ? " (test double)" : ""))));
+    const first = kinds.find((k) => !k.test_double);
+    if (first) select.value = first.kind;
+    const draw = () => {
+      const kind = kinds.find((k) => k.kind === select.value);
+      drawOptions(form, kind);
+      document.getElementById(title).textContent = kind.kind + ": " + kind.summary;
+      document.getElementById("goal-summary").textContent =
+        "From " + document.getElementById("source-kind").value + " to " + document.getElementById("target-kind").value + ".";
+    };
+    select.addEventListener("change", draw);
+    return draw;
+  };
+  const sourceForm = document.getElementById("source-form");
+  const targetForm = document.getElementById("target-form");
+  const drawSource = pick(document.getElementById("source-kind"), sourceKinds, sourceForm, "source-kind-title");
+  const drawTarget = pick(document.getElementById("target-kind"), targetKinds, targetForm, "target-kind-title");
+  drawSource();
+  drawTarget();
+
+  sourceForm.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    submitting(sourceForm, async () => {
+      const body = {kind: document.getElementById("source-kind").value, config: configOf(sourceForm)};
+      const name = sourceForm.elements.name.value.trim();
+      if (name) body.name = name;
+      const done = await api("POST", "/api/v1/sources", body);
+      const m = done.machine;
+      const result = document.getElementById("source-result");
+      result.textContent = "Added " + m.name + " (" + m.source + ")" +
+        (m.disks.length ? ": " + m.disks.length + " disk(s)" : "");
+      document.getElementById("source-done").hidden = false;
+      if (done.invitation) showInvitation(done.invitation, wizard.dataset.enrollUrl);
+    });
+  });
+
+  targetForm.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    submitting(targetForm, async () => {
+      const name = targetForm.elements.name.value.trim();
+      const t = await api("POST", "/api/v1/targets",
+        {kind: document.getElementById("target-kind").value, name, config: configOf(targetForm)});
+      await verifyTarget(t.name);
+    });
+  });
+  document.getElementById("verify-again").addEventListener("click", () =>
+    verifyTarget(document.getElementById("verify").dataset.target).catch((e) => showFormError(targetForm, e.message)));
+
+  const policyForm = document.getElementById("policy-form");
+  policyForm.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    submitting(policyForm, async () => {
+      const body = {};
+      for (const f of ["name", "rpo_threshold", "retention", "crash_consistent_every", "app_consistent_every", "bandwidth"]) {
+        const v = policyForm.elements[f].value.trim();
+        if (v) body[f] = v;
+      }
+      const windows = policyForm.elements.bandwidth_schedule.value.split("\n").map((s) => s.trim()).filter(Boolean);
+      if (windows.length) body.bandwidth_schedule = windows;
+      const p = await api("POST", "/api/v1/policies", body);
+      const result = document.getElementById("policy-result");
+      result.textContent = "Created policy " + p.name + ": RPO threshold " + p.rpo_threshold_s + " s, retention " +
+        p.retention_s + " s, a crash-consistent point every " + p.crash_consistent_every_s + " s.";
+      result.hidden = false;
+    });
+  });
+}
+
+async function verifyTarget(name) {
+  const box = document.getElementById("verify");
+  box.dataset.target = name;
+  document.getElementById("verify-title").textContent = "Verifying target " + name + "…";
+  const badge = document.getElementById("verify-badge");
+  badge.textContent = "";
+  box.hidden = false;
+  const report = await api("POST", "/api/v1/targets/" + encodeURIComponent(name) + "/verify");
+  document.getElementById("verify-title").textContent = "Target " + name;
+  badge.textContent = report.ok ? "verified" : "failed";
+  badge.className = "badge " + (report.ok ? "healthy" : "critical");
+  document.getElementById("verify-checks").replaceChildren(...report.checks.map((c) =>
+    el("li", {class: "check " + (c.ok ? "ok" : "fail"), dataset: {check: c.name}},
+      el("span", {class: "mark"}), el("b", {}, c.name), el("span", {class: "check-detail"}, c.detail))));
+}
+
+// a physical server: its one-time passphrase and agent command, then the agent turning up
+function showInvitation(inv, enrollUrl) {
+  document.getElementById("inv-machine").textContent = inv.machine;
+  document.getElementById("inv-expires").textContent = Math.round(inv.expires_in_s / 60) + " min";
+  document.getElementById("inv-passphrase").textContent = inv.passphrase;
+  document.getElementById("inv-fingerprint").textContent = inv.fingerprint;
+  document.getElementById("agent-command").textContent = "rehost-agent register --server " + enrollUrl +
+    " --passphrase " + inv.passphrase + " --fingerprint " + inv.fingerprint + " --disk /dev/sda";
+  document.getElementById("invitation").hidden = false;
+  const status = document.getElementById("agent-status");
+  const url = "/api/v1/machines/" + encodeURIComponent(inv.machine);
+  const timer = setInterval(async () => {
+    let m;
+    try { m = await api("GET", url); } catch (e) { return; }  // retried a second later
+    const agent = m.agent || {};
+    if (!agent.enrolled_at) return;
+    const inventory = agent.inventory || {};
+    const disks = inventory.disks || [];
+    status.textContent = "registered " + String(agent.enrolled_at).replace("T", " ").slice(0, 19) + " UTC" + (agent.address ? " from " + agent.address : "") +
+      (inventory.hostname ? ": " + inventory.hostname : "") + ", " + disks.length + " disk(s)";
+    status.dataset.state = "registered";
+    clearInterval(timer);
+  }, 1000);
+}
+
+// Enable replication of several machines: one policy, target and network map for all of them
+function setupEnable() {
+  const form = document.getElementById("enable-form");
+  const target = document.getElementById("enable-target");
+  if (!form || !target) return;
+  const networks = JSON.parse(target.dataset.networks || "{}");
+  const drawNetworks = () => {
+    const nets = networks[target.value] || [];
+    form.querySelectorAll("select[data-source-net]").forEach((select) => {
+      select.replaceChildren(el("option", {value: ""}, "(the target's default)"),
+        ...nets.map((n) => el("option", {value: n.name}, n.name + (n.isolated ? " (isolated)" : ""))));
+    });
+  };
+  target.addEventListener("change", drawNetworks);
+  drawNetworks();
+  form.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    submitting(form, async () => {
+      const machines = [...form.querySelectorAll("input[name=machine]:checked")].map((b) => b.value);
+      if (!machines.length) throw new Error("pick at least one machine");
+      const body = {network_map: {}, replicate: form.elements.replicate.checked};
+      if (form.elements.policy.value) body.policy = form.elements.policy.value;
+      if (target.value) body.target = target.value;
+      form.querySelectorAll("select[data-source-net]").forEach((s) => {
+        if (s.value) body.network_map[s.dataset.sourceNet] = s.value;
+      });
+      const results = document.getElementById("enable-results");
+      results.replaceChildren();
+      const line = (name, ok, text) => results.append(el("li", {class: "check " + (ok ? "ok" : "fail")},
+        el("span", {class: "mark"}), el("b", {}, name), el("span", {class: "check-detail"}, text)));
+      // one at a time, stopping at the first refusal: a bad setting is refused for the first
+      // machine, before any is changed
+      for (const [i, name] of machines.entries()) {
+        try {
+          await api("POST", "/api/v1/machines/" + encodeURIComponent(name) + "/enable", body);
+          line(name, true, "enabled");
+        } catch (e) {
+          line(name, false, e.message);
+          machines.slice(i + 1).forEach((rest) => line(rest, false, "not tried"));
+          throw e;
+        }
+      }
+      window.location = "/ui/items";
+    });
+  });
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   setupFailoverDialog();
   setupJobPolling();
   setupPlanPolling();
+  setupWizard().catch((e) => showError("action-error", e.message));
+  setupEnable();
 });
