@@ -30,7 +30,8 @@ def _shaped(pattern: str, hint: str) -> AfterValidator:
     return AfterValidator(check)
 
 
-_DURATION = r"\s*[0-9]{1,9}\s*[smhdSMHD]\s*"
+# a sign is let through so the service refuses "-5m" with the CLI's message ("must be positive")
+_DURATION = r"\s*-?[0-9]{1,9}\s*[smhdSMHD]\s*"
 Duration = Annotated[str, Field(max_length=32, json_schema_extra={"pattern": f"^{_DURATION}$"},
                                 description="e.g. 30s, 5m, 24h, 7d"),
                      _shaped(_DURATION, "a number and s, m, h or d (e.g. 24h)")]

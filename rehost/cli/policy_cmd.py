@@ -16,7 +16,6 @@ from rehost.cli.context import (
     out,
     password_from_env_or_prompt,
 )
-from rehost.replication.health import span
 from rehost.vault import policies
 from rehost.vault.scheduler import Scheduler, default_workers
 
@@ -115,9 +114,10 @@ def list_cmd(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) 
         return
     for d in data:
         bw = f"{d['bandwidth_bps'] / 1e6:g}MB/s" if d["bandwidth_bps"] else "unlimited"  # as given
-        app = span(d["app_consistent_every_s"]) if d["app_consistent_every_s"] else "never"
-        listing(f"{d['name']:16} rpo {span(d['rpo_threshold_s']):5} retention {span(d['retention_s']):6} "
-                f"crash every {span(d['crash_consistent_every_s']):5} app every {app:5} bandwidth {bw}",
+        t = policies.duration_text
+        app = t(d["app_consistent_every_s"]) if d["app_consistent_every_s"] else "never"
+        listing(f"{d['name']:16} rpo {t(d['rpo_threshold_s']):5} retention {t(d['retention_s']):6} "
+                f"crash every {t(d['crash_consistent_every_s']):5} app every {app:5} bandwidth {bw}",
                 *(f"in window {w}" for w in d["bandwidth_schedule"]))
 
 

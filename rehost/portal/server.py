@@ -113,8 +113,9 @@ def serve(
                 with _stop_on_signals(stop):
                     scheduler_loop(vault_root, once.callback, stop, tick, log, workers)
                 return
+            enroll_port = None if enroll_listen in (None, "off") else parse_listen(enroll_listen)[1]
             _serve_portal(vault_root, once, stop, sock, listen=listen, cert=cert, tick=tick, log=log, key=key,
-                          workers=workers)
+                          workers=workers, enroll_port=enroll_port)
     finally:
         if sock is not None:
             sock.close()
@@ -143,7 +144,7 @@ def _enrollment(vault_root: Path, password: Callable[[], str] | None, listen: st
 
 def _serve_portal(vault_root: Path, once: OncePassword, stop: threading.Event, sock: socket.socket, *,
                   listen: str, cert: Path | None, key: Path | None, tick: float,
-                  log: Callable[[str], None], workers: int = 1) -> None:
+                  log: Callable[[str], None], workers: int = 1, enroll_port: int | None = None) -> None:
     host, port = parse_listen(listen)
 
     import uvicorn
@@ -156,6 +157,7 @@ def _serve_portal(vault_root: Path, once: OncePassword, stop: threading.Event, s
     except BaseException:
         sock.close()
         raise
+    app.state.enroll_port = enroll_port  # the setup page shows agents this port
     with app.state.pool.borrow() as vault:
         if not list_tokens(vault):
             log("no API tokens yet: make one with rehost token create NAME --role admin")

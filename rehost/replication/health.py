@@ -145,5 +145,3 @@ def span(seconds: float) -> str:
 def _ago(now: datetime, then: datetime) -> str:
     return f"{span((now - then).total_seconds())} ago"
 
-
-_span = span  # the dashboard (rehost/web/pages.py) imports this name

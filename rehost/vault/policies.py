@@ -270,8 +270,9 @@ def _apply(
         row.bandwidth_schedule = parse_schedule(schedule)
     if row.retention_s < row.crash_consistent_every_s:
         raise UsageError(
-            f"--retention ({_span(row.retention_s)}) must be at least the --crash-consistent-every "
-            f"({_span(row.crash_consistent_every_s)}): every point would expire before the next is taken"
+            f"--retention ({duration_text(row.retention_s)}) must be at least the --crash-consistent-every "
+            f"({duration_text(row.crash_consistent_every_s)}): every point would expire before the next "
+            "is taken"
         )
     if row.crash_consistent_every_s > row.rpo_threshold_s:
         raise UsageError("--crash-consistent-every must not exceed --rpo-threshold, or the RPO cannot be met")
@@ -279,7 +280,7 @@ def _apply(
         raise UsageError("--retention must be at least the --rpo-threshold")
 
 
-def _span(seconds: int) -> str:
+def duration_text(seconds: int) -> str:
     """Seconds as the shortest duration text that is exact: 90 -> '90s', 3600 -> '1h'."""
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds % size == 0:

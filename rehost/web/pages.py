@@ -25,7 +25,7 @@ from rehost.api.deps import COOKIE, CSRF_HEADER, Caller
 from rehost.api.tokens import Role, authenticate
 from rehost.errors import RehostError
 from rehost.jobs import runner
-from rehost.replication.health import _span
+from rehost.replication.health import span
 from rehost.units import human
 from rehost.vault import agents, audit, overview, plans, policies, protection, roots, targets, verdicts
 from rehost.vault.models import TargetRow
@@ -33,7 +33,7 @@ from rehost.vault.models import TargetRow
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
 templates.env.filters["human"] = human
-templates.env.filters["span"] = lambda s: "–" if s is None else _span(float(s))
+templates.env.filters["span"] = lambda s: "–" if s is None else span(float(s))
 templates.env.globals["csrf_header"] = CSRF_HEADER
 
 
@@ -186,9 +186,13 @@ def setup_page(request: Request, caller: Reader) -> HTMLResponse:
 
 def enroll_url(request: Request) -> str:
     """Where agents register: what the app that runs the enrollment endpoint says
-    (``app.state.enroll_url``), else ``rehost serve``'s default port on the host the browser used."""
+    (``app.state.enroll_url``), else the port ``rehost serve`` enrolls on
+    (``app.state.enroll_port``, default 8744) on the host the browser used."""
     known = getattr(request.app.state, "enroll_url", None)
-    return str(known) if known else agents.enrollment_url(request.url.hostname)
+    if known:
+        return str(known)
+    port = getattr(request.app.state, "enroll_port", None)
+    return agents.enrollment_url(request.url.hostname, int(port or agents.DEFAULT_ENROLL_PORT))
 
 
 @router.get("/enable")

@@ -22,6 +22,8 @@ def test_report_json_and_page(tmp_path: Path) -> None:
         page = p.client.get("/ui/report/machines/db", headers=p.auth("reader"))
         assert page.status_code == 200 and "<h1>Migration report: db</h1>" in page.text
         assert f"job <code>{job}</code>" in page.text
+        item = p.client.get("/ui/items/db", headers=p.auth("reader")).text
+        assert 'href="/ui/report/machines/db"' in item
         anonymous = p.client.get("/ui/report/machines/db", follow_redirects=False)
         assert anonymous.status_code == 303 and anonymous.headers["location"] == "/ui/login"
         assert p.get("/plans/nope/report").status_code == 404
