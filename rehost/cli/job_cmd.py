@@ -7,6 +7,16 @@ from collections.abc import Callable
 from typing import Any
 
 import typer
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TaskProgressColumn,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 
 from rehost.cli.context import WIDTH, emit_json, err, open_vault, out, wrapped
 from rehost.errors import UsageError
@@ -26,15 +36,35 @@ def register(app: typer.Typer) -> None:
 
 
 class ConsoleObserver:
-    """Prints each step as it ends: the CLI's view of a job."""
+    """Prints each step as it starts and ends, and a progress bar (bytes done of the total, the
+    rate, the time left) while a step that counts bytes runs: the CLI's view of a job."""
+
+    def __init__(self) -> None:
+        self._bar: Progress | None = None
+        self._task: TaskID | None = None
 
     def step_started(self, job: JobRow, step: StepRow) -> None:
         err.print(f"  {_mark('running')} {step.title}", highlight=False)
 
     def step_progress(self, job: JobRow, step: StepRow) -> None:
-        pass
+        if not step.total:
+            return
+        if self._bar is None:
+            self._bar = Progress(TextColumn("    {task.description}"), BarColumn(), TaskProgressColumn(),
+                                 DownloadColumn(binary_units=True), TransferSpeedColumn(),
+                                 TimeRemainingColumn(), console=err, transient=True)
+            self._bar.start()
+            self._task = self._bar.add_task(step.title, total=step.total)
+        assert self._task is not None
+        self._bar.update(self._task, completed=step.done, total=step.total)
+
+    def _close_bar(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar, self._task = None, None
 
     def step_ended(self, job: JobRow, step: StepRow) -> None:
+        self._close_bar()
         secs = (step.ended_at - step.started_at).total_seconds() if step.ended_at and step.started_at else 0
         err.print(f"  {_mark(step.state)} {step.title} ({secs:.1f}s) {first_line(step.detail)}",
                   highlight=False)
