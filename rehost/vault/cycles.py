@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from rehost.errors import InvalidState
+from rehost.errors import InvalidState, RehostError
 from rehost.jobs import dispatch
 from rehost.jobs.models import JobRow, StepRow
 from rehost.jobs.runner import (
@@ -27,8 +27,10 @@ from rehost.jobs.runner import (
 from rehost.replication.cycle import CycleResult
 from rehost.repository.writer import WriteStats
 from rehost.units import human
-from rehost.vault import replicas, targets
+from rehost.vault import point_records, replicas, targets
 from rehost.vault.inventory import get_machine
+from rehost.vault.models import MachineRow
+from rehost.vault.point_records import PointSummary
 from rehost.vault.protection import replicate
 from rehost.vault.states import require
 from rehost.vault.vault import Vault
@@ -56,7 +58,21 @@ def start_replicate_job(
         params["bandwidth_bps"] = bandwidth_bps
     if scheduled:
         params["scheduled"] = True
+    first_for = _first_point_for(vault, machine)
+    if first_for:
+        params["readiness_target"] = first_for  # decided now: a resumed job keeps its steps
     return create_job(vault, REPLICATE, machine.id, name, params)
+
+
+def _first_point_for(vault: Vault, machine: MachineRow) -> str | None:
+    """The target whose readiness the first point is checked for at enable time: the machine's
+    (or the vault's only) target, when the machine has no point yet; None otherwise."""
+    if point_records.summaries(vault).get(machine.id, PointSummary()).points:
+        return None
+    try:
+        return targets.target_of(vault, machine).name
+    except RehostError:  # no target yet: the failover checks it, against the target it gets
+        return None
 
 
 class _InProcess:
@@ -180,7 +196,25 @@ def _replicate_plan(vault: Vault, job: JobRow) -> list[Step]:
         return (f"replica on {machine.replica.get('target')} at point {point.short_id}: "
                 f"{human(r.bytes_written)} written in {r.requests} requests ({r.seconds:.1f}s){note}")
 
+    def first_readiness(ctx: StepContext) -> str:
+        """Issue 16: the first point is checked when replication is enabled, so a guest that
+        will not boot on its target is known days before its failover (which checks again)."""
+        from rehost.vault import readiness
+
+        target = str(ctx.params["readiness_target"])
+        g = readiness.gate(ctx.vault, ctx.job.machine_name, target=target, point=str(ctx.outputs["point"]))
+        failed = g.failed()
+        said = f"for target {target} ({g.inspection}): {g.readiness.status}"
+        if failed:  # a warning on the job: replication itself went well
+            fixes = "; ".join(f"{r.name}: {r.detail} (fix: {r.fix})" for r in failed)
+            raise InvalidState(f"{said}; {fixes}")
+        warned = g.warnings()
+        return said + ("; " + "; ".join(f"{r.name}: {r.detail}" for r in warned) if warned else "")
+
     steps = [Step("replicate", "Replicate (a full copy first, then changed blocks)", run)]
+    if job.params.get("readiness_target"):
+        steps.append(Step("readiness", "Check the first point's readiness for the target", first_readiness,
+                          must_succeed=False))
     machine = get_machine(vault, job.machine_name)
     if replicas.keeper_for(vault, machine) is not None:
         # a failed sync leaves the point committed; the copy catches up next time
