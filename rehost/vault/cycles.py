@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from rehost.errors import InvalidState
@@ -27,7 +28,7 @@ from rehost.jobs.runner import (
 from rehost.replication.cycle import CycleResult
 from rehost.repository.writer import WriteStats
 from rehost.units import human
-from rehost.vault import replicas, targets
+from rehost.vault import policies, replicas, targets
 from rehost.vault.inventory import get_machine
 from rehost.vault.protection import replicate
 from rehost.vault.states import require
@@ -52,6 +53,10 @@ def start_replicate_job(
     if misfit:
         raise InvalidState(misfit)
     params: dict[str, Any] = {"app_consistent": app_consistent}
+    policy = policies.policy_of(vault, machine)
+    if bandwidth_bps is None and not scheduled and policy is not None:
+        # the policy caps every cycle, the first full copy above all (the scheduler passes its own)
+        bandwidth_bps = policies.bandwidth_at(policy, datetime.now())
     if bandwidth_bps:
         params["bandwidth_bps"] = bandwidth_bps
     if scheduled:
