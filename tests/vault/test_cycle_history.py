@@ -42,7 +42,8 @@ def test_every_cycle_records_a_row_directly_or_as_a_job(tmp_path: Path) -> None:
     rows = _since(vault)
     assert [r.point for r in rows] == [first.point.id, second.point.id]
     assert [r.point_time for r in rows] == [first.point.time, second.point.time]
-    assert rows[0].changed_bytes == first.changed_bytes and rows[1].changed_bytes == second.changed_bytes == 8192
+    assert rows[0].changed_bytes == first.changed_bytes
+    assert rows[1].changed_bytes == second.changed_bytes == 8192
     assert rows[1].stored_bytes == second.stats.stored_bytes
     assert all(r.ok and r.seconds > 0 and r.consistency == "crash-consistent" for r in rows)
     assert rows[0].time <= rows[1].time <= datetime.now(UTC)
@@ -98,4 +99,5 @@ def test_history_with_the_previous_cycle(tmp_path: Path) -> None:
     since = now - timedelta(hours=24)
     assert [r.point for r in cycle_history.history(vault, "m", since)] == ["inside"]
     # the newest successful cycle before: where the RPO stood when the window opened
-    assert [r.point for r in cycle_history.history(vault, "m", since, with_previous=True)] == ["before", "inside"]
+    with_before = cycle_history.history(vault, "m", since, with_previous=True)
+    assert [r.point for r in with_before] == ["before", "inside"]
