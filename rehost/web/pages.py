@@ -144,7 +144,7 @@ def item_page(name: str, request: Request, vault: VaultDep, caller: Reader,
     points = [views.point_view(p) for p in reversed(protection.list_points(vault, name))]
     probes = [views.probe_view(c) for c in verdicts.list_checks(vault, name)]
     return render(request, "item.html", caller, item=item, points=points, probes=probes,
-                  charts=item_charts(vault, name, window), window=window,
+                  window=window, **item_history(vault, name, window),
                   last_verdict=views.last_verdict(vault, name),
                   jobs=views.job_views(vault, name, limit=10),
                   targets=[t.name for t in targets.list_targets(vault)],
@@ -155,8 +155,9 @@ def item_page(name: str, request: Request, vault: VaultDep, caller: Reader,
 MAX_WINDOW = cycle_history.MIN_KEEP
 
 
-def item_charts(vault: Vault, name: str, window: str) -> dict[str, str]:
-    """RPO, bytes changed and duration per cycle over ``window`` before now, as inline SVG."""
+def item_history(vault: Vault, name: str, window: str) -> dict[str, Any]:
+    """``charts``: RPO, bytes changed and duration per cycle over ``window`` before now, as
+    inline SVG; ``last``: the newest cycle however it ran (None before the first)."""
     try:
         width = min(parse_duration(window), MAX_WINDOW)
     except UsageError:
@@ -165,8 +166,9 @@ def item_charts(vault: Vault, name: str, window: str) -> dict[str, str]:
     policy = policies.policy_of(vault, machine)
     now = datetime.now(UTC)
     cycles = cycle_history.history(vault, machine.id, now - width, with_previous=True)
-    return charts.item_charts(cycles, policy.rpo_threshold_s if policy else None, now.timestamp(),
-                              width.total_seconds())
+    drawn = charts.item_charts(cycles, policy.rpo_threshold_s if policy else None, now.timestamp(),
+                               width.total_seconds())
+    return {"charts": drawn, "last": cycles[-1] if cycles else None}
 
 
 @router.get("/jobs")

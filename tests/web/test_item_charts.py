@@ -100,6 +100,7 @@ def test_the_item_page_charts_twenty_real_cycles(browser: Any, tmp_path: Path, s
         # the first copy, then a few changed blocks per cycle
         assert sizes[0] > 200 * 1024 and set(sizes[1:]) <= {4096.0 * n for n in range(1, 6)}
         assert page.locator("#duration-chart rect.bar").count() >= CYCLES + 1
+        assert "changed" in page.inner_text("#last-cycle")  # cycles run here, not by the scheduler
         page.locator("#charts").scroll_into_view_if_needed()
         shots.take(page, "item-charts")
         page.goto(f"{url}/ui/items/web")  # the default window: the last 24 h
