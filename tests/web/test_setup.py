@@ -78,7 +78,7 @@ def test_refusals_show_inline_then_two_machines_are_enabled(browser: Any, tmp_pa
         page.fill("#policy-form input[name=rpo_threshold]", "-5m")
         page.click("#create-policy")
         page.wait_for_selector("#policy-form .field[data-field=rpo_threshold] .field-error:not([hidden])")
-        assert "'-5m' is not valid" in field_error(page, "policy-form", "rpo_threshold")
+        assert "must be positive, not '-5m'" in field_error(page, "policy-form", "rpo_threshold")
         shots.take(page, "negative-rpo")
 
         page.fill("#policy-form input[name=rpo_threshold]", "5m")
