@@ -20,6 +20,7 @@ from rehost.api import (
     audit,
     errors,
     metrics,
+    routes_cycles,
     routes_infra,
     routes_items,
     routes_jobs,
@@ -81,6 +82,7 @@ def create_api(vault_root: Path, password: Callable[[], str] | None = None, *,
     api.include_router(routes_plans.router)
     api.include_router(routes_readiness.router)
     api.include_router(routes_report.router)
+    api.include_router(routes_cycles.router)
     api.include_router(audit.router)
     app.include_router(api)
     # Prometheus scrapes /metrics by convention, outside the versioned API, with a token as well

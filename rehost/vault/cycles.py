@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from rehost.errors import InvalidState, RehostError
@@ -27,7 +28,7 @@ from rehost.jobs.runner import (
 from rehost.replication.cycle import CycleResult
 from rehost.repository.writer import WriteStats
 from rehost.units import human
-from rehost.vault import point_records, replicas, targets
+from rehost.vault import point_records, policies, replicas, targets
 from rehost.vault.inventory import get_machine
 from rehost.vault.models import MachineRow
 from rehost.vault.point_records import PointSummary
@@ -54,6 +55,10 @@ def start_replicate_job(
     if misfit:
         raise InvalidState(misfit)
     params: dict[str, Any] = {"app_consistent": app_consistent}
+    policy = policies.policy_of(vault, machine)
+    if bandwidth_bps is None and not scheduled and policy is not None:
+        # the policy caps every cycle, the first full copy above all (the scheduler passes its own)
+        bandwidth_bps = policies.bandwidth_at(policy, datetime.now())
     if bandwidth_bps:
         params["bandwidth_bps"] = bandwidth_bps
     if scheduled:

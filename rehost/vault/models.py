@@ -8,7 +8,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Index, Integer, LargeBinary, String
+from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Index, Integer, LargeBinary, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -237,3 +237,28 @@ class SettingRow(Base):
     __tablename__ = "settings"
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[Any] = mapped_column(JSON)
+
+
+class CycleRecordRow(Base):
+    """One replication cycle, however it ran (scheduler, ``rehost replicate``, the API): when
+    it ended, how long it took, what it changed and shipped, its point or its error. The item
+    page draws its charts from these (``rehost.vault.cycle_history``); retention deletes rows
+    older than the machine's policy retention or 7 days, whichever is longer. No foreign key:
+    like ``point_records``, a history may outlive its machine row until retention drops it."""
+
+    __tablename__ = "cycle_records"
+    __table_args__ = (Index("ix_cycle_records_machine_time", "machine_id", "time"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    machine_id: Mapped[str] = mapped_column(String(64))
+    #: when the cycle ended (UTC)
+    time: Mapped[datetime] = mapped_column()
+    seconds: Mapped[float] = mapped_column(Float)
+    changed_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    #: what the cycle wrote to the repository (after dedup and compression)
+    stored_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    point_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    #: the point's time (the manifest's text): the RPO chart's sawtooth drops to it
+    point_time: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    consistency: Mapped[str] = mapped_column(String(32), default="")
+    #: "" when the cycle made its point
+    error: Mapped[str] = mapped_column(String(500), default="")

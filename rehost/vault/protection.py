@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from contextlib import suppress
 from datetime import UTC, datetime
 
-from rehost.errors import NotFound, UsageError
+from rehost.errors import NotFound, RehostError, UsageError
 from rehost.jobs import leases
 from rehost.replication.cycle import CycleResult, Resume, run_cycle
 from rehost.replication.retention import PointTime, RetentionPolicy, points_to_keep
@@ -14,7 +15,7 @@ from rehost.replication.throttle import throttled
 from rehost.repository.manifest import Consistency, RecoveryPoint
 from rehost.repository.prune import PruneReport, prune
 from rehost.repository.storage import ThrottledStorage
-from rehost.vault import agents, point_records
+from rehost.vault import agents, cycle_history, point_records
 from rehost.vault.inventory import get_machine, provider_for, set_state, spec_of
 from rehost.vault.models import MachineRow
 from rehost.vault.point_records import PointRecord
@@ -41,7 +42,29 @@ def replicate(
     machine = get_machine(vault, name)
     require("replicate", machine.state, name, machine.state_reason)
     with leases.machine(vault, machine.id, name, "replicate"), leases.writing(vault, "replicate", machine.id):
-        return _cycle(vault, machine, progress, app_consistent, bandwidth_bps)
+        started = time.monotonic()
+        try:
+            result = _cycle(vault, machine, progress, app_consistent, bandwidth_bps)
+        except Exception as e:
+            _history(vault, machine.id, time.monotonic() - started, error=e)
+            raise
+        _history(vault, machine.id, time.monotonic() - started, result=result)
+        return result
+
+
+def _history(vault: Vault, machine_id: str, seconds: float, *, result: CycleResult | None = None,
+             error: Exception | None = None) -> None:
+    """The cycle's row in the per-cycle history (the item page's charts). A convenience: a
+    cycle never fails for it (its point is stored, or its own error is on the way)."""
+    with suppress(Exception):
+        if result is not None:
+            p = result.point
+            cycle_history.record(vault, machine_id, seconds=seconds, changed_bytes=result.changed_bytes,
+                                 stored_bytes=result.stats.stored_bytes, point=p.id, point_time=p.time,
+                                 consistency=p.consistency.value)
+        else:
+            msg = str(error) if isinstance(error, RehostError) else f"{type(error).__name__}: {error}"
+            cycle_history.record(vault, machine_id, seconds=seconds, error=msg)
 
 
 def _cycle(

@@ -10,11 +10,12 @@ provider needs no page of its own.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, FastAPI, Form, Request
+from fastapi import APIRouter, FastAPI, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
@@ -23,12 +24,27 @@ from rehost.api import routes_plans, views
 from rehost.api.auth import Admin, Reader, VaultDep, client_address, guard_of, pool_of
 from rehost.api.deps import COOKIE, CSRF_HEADER, Caller
 from rehost.api.tokens import Role, authenticate
-from rehost.errors import RehostError
+from rehost.errors import RehostError, UsageError
 from rehost.jobs import runner
 from rehost.replication.health import span
+from rehost.replication.retention import parse_duration
 from rehost.units import human
-from rehost.vault import agents, audit, overview, plans, policies, protection, roots, targets, verdicts
+from rehost.vault import (
+    agents,
+    audit,
+    cycle_history,
+    inventory,
+    overview,
+    plans,
+    policies,
+    protection,
+    roots,
+    targets,
+    verdicts,
+)
 from rehost.vault.models import TargetRow
+from rehost.vault.vault import Vault
+from rehost.web import charts
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
@@ -120,15 +136,39 @@ def items_page(request: Request, vault: VaultDep, caller: Reader) -> HTMLRespons
 
 
 @router.get("/items/{name}")
-def item_page(name: str, request: Request, vault: VaultDep, caller: Reader) -> HTMLResponse:
+def item_page(name: str, request: Request, vault: VaultDep, caller: Reader,
+              window: Annotated[str, Query(max_length=16)] = "24h") -> HTMLResponse:
+    """The item, its charts over ``window`` (default the last day; at most ``MAX_WINDOW``),
+    probes, verdict, points and jobs."""
     item = views.machine_detail(vault, name)
     points = [views.point_view(p) for p in reversed(protection.list_points(vault, name))]
     probes = [views.probe_view(c) for c in verdicts.list_checks(vault, name)]
     return render(request, "item.html", caller, item=item, points=points, probes=probes,
+                  window=window, **item_history(vault, name, window),
                   last_verdict=views.last_verdict(vault, name),
                   jobs=views.job_views(vault, name, limit=10),
                   targets=[t.name for t in targets.list_targets(vault)],
                   policies=[p.name for p in policies.list_policies(vault)])
+
+
+#: the longest chart window the item page draws (what retention keeps at least)
+MAX_WINDOW = cycle_history.MIN_KEEP
+
+
+def item_history(vault: Vault, name: str, window: str) -> dict[str, Any]:
+    """``charts``: RPO, bytes changed and duration per cycle over ``window`` before now, as
+    inline SVG; ``last``: the newest cycle however it ran (None before the first)."""
+    try:
+        width = min(parse_duration(window), MAX_WINDOW)
+    except UsageError:
+        width = timedelta(days=1)
+    machine = inventory.get_machine(vault, name)
+    policy = policies.policy_of(vault, machine)
+    now = datetime.now(UTC)
+    cycles = cycle_history.history(vault, machine.id, now - width, with_previous=True)
+    drawn = charts.item_charts(cycles, policy.rpo_threshold_s if policy else None, now.timestamp(),
+                               width.total_seconds())
+    return {"charts": drawn, "last": cycles[-1] if cycles else None}
 
 
 @router.get("/jobs")

@@ -59,6 +59,7 @@ MIN_ROLE = {
     ("GET", "/api/v1/whoami"): "reader",
     ("GET", "/api/v1/audit"): "admin",
     ("GET", "/api/v1/machines/{name}/report"): "reader",
+    ("GET", "/api/v1/machines/{name}/cycles"): "reader",
     ("GET", "/api/v1/plans/{name}/report"): "reader",
     ("GET", "/api/v1/config/roots"): "admin",
 }
