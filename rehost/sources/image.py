@@ -32,6 +32,7 @@ from rehost.replication.cycle import ReadableDisk
 from rehost.repository.manifest import Consistency, RecoveryPoint
 from rehost.sources import registry
 from rehost.sources.base import Snapshot
+from rehost.sources.image_hyperv import export_disks, is_export_folder
 from rehost.sources.image_vmx import discover_vmx, safe_name
 from rehost.spec import DiskSpec, Firmware, MachineSpec, NicSpec
 
@@ -47,7 +48,7 @@ class ImageConfig:
     paths: tuple[str, ...] = field(metadata={
         "help": "Disk images (raw, qcow2, vmdk, vhd, vhdx, or a Hyper-V checkpoint .avhdx with its "
                 "parents next to it), in the machine's disk order, or one OVA/OVF export, or one "
-                "VMware .vmx.",
+                "VMware .vmx, or one Hyper-V export folder (its 'Virtual Hard Disks').",
         "argument": True,
         "host_path": True,
     })
@@ -106,8 +107,14 @@ def _plain_disks(paths: Sequence[str], dirty_log: bool = False) -> list[DiskImag
 def discover(name: str, config: ImageConfig) -> MachineSpec:
     """The machine the files make up. An OVF descriptor or a .vmx also gives its name (when
     ``name`` is empty), CPUs, memory, NICs, guest OS and firmware; bare images give only disks."""
-    path = _container(config.paths)
     settings: dict[str, Any] = {"paths": list(config.paths)}
+    if len(config.paths) == 1 and is_export_folder(Path(config.paths[0])):
+        # a Hyper-V export folder: its disks (the newest checkpoint of each chain), its name
+        folder = Path(config.paths[0])
+        found = tuple(str(p) for p in export_disks(folder))
+        return discover(name or safe_name(folder.absolute().name),
+                        ImageConfig(found, config.vm, config.replay_log_copy))
+    path = _container(config.paths)
     if path is not None and path.suffix.lower() == ".vmx":
         return discover_vmx(name, path, settings)
     if path is None:
@@ -356,5 +363,5 @@ PLUGIN = registry.register(registry.SourcePlugin(
     capabilities=registry.Capabilities(change_tracking="hash-diff", disks_are_files=True),
     discover=discover,
     open=_open,
-    name_hint="'-' takes the name inside an OVA/OVF/VMX",
+    name_hint="'-' takes the name inside an OVA/OVF/VMX, or a Hyper-V export folder's name",
 ))

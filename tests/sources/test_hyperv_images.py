@@ -5,8 +5,14 @@ own record of what it wrote."""
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
+import pytest
+
+from rehost.disks import vhdx_chain
+from rehost.errors import UsageError
+from rehost.sources.image_hyperv import export_disks
 from rehost.testkit.vhdx_chain import MIB, Layer, expected, write_chain, write_vhdx
 from tests.cli_helpers import qemu_img_compare, rehost
 
@@ -36,14 +42,20 @@ def test_a_checkpoint_chain_replicates_and_exports_its_merged_content(tmp_path: 
     assert again["point"] != point["point"]
 
 
-def test_a_missing_parent_registers_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("damage", ["missing", "rewritten"])
+def test_a_broken_chain_registers_nothing(tmp_path: Path, damage: str) -> None:
     paths = write_chain(tmp_path, SIZE, LAYERS[:2])
-    paths[0].unlink()
+    if damage == "missing":
+        paths[0].unlink()
+        message = 'disk_1.avhdx: its parent ".\\disk.vhdx" is missing'
+    else:  # the base written again after the checkpoint: a new DataWriteGuid
+        write_vhdx(paths[0], SIZE, LAYERS[0])
+        message = "disk_1.avhdx: its parent " + str(paths[0]) + " does not match"
     vault = tmp_path / "vault"
     rehost(vault, "init")
     r = rehost(vault, "source", "add", "image", "hv", str(paths[-1]), check=False)
     assert r.code != 0
-    assert 'disk_1.avhdx: its parent ".\\disk.vhdx" is missing' in r.err
+    assert message in r.err
     assert rehost(vault, "machines", "--json").json() == []
 
 
@@ -69,3 +81,41 @@ def test_a_dirty_vhdx_is_named_then_read_through_a_replayed_copy(tmp_path: Path)
     assert hashlib.sha256(path.read_bytes()).hexdigest() == before  # the user's file: untouched
     copies = list((vault / "cache" / "images").glob("*.vhdx"))
     assert len(copies) == 1
+
+
+def _export_folder(root: Path) -> Path:
+    """``Export-VM``'s layout: a chain of two checkpoints on disk 0, a plain second disk, and an
+    older branch from disk 0's first checkpoint (a checkpoint applied, then left)."""
+    folder = root / "web01"
+    disks = folder / "Virtual Hard Disks"
+    disks.mkdir(parents=True)
+    (folder / "Virtual Machines").mkdir()
+    (folder / "Virtual Machines" / "5F3A.vmcx").write_bytes(b"not read")
+    paths = write_chain(disks, SIZE, LAYERS, names=["web01.vhdx", "web01_A.avhdx", "web01_C.avhdx"])
+    guid = vhdx_chain.read_vhdx(paths[1]).data_write_guid
+    old = disks / "web01_B.avhdx"
+    write_vhdx(old, SIZE, Layer(), parent=paths[1], parent_guid=guid)
+    os.utime(old, (1, 1))
+    write_vhdx(disks / "data.vhdx", 2 * MIB, Layer({0: b"x" * 4096}))
+    return folder
+
+
+def test_export_folder_finds_the_newest_end_of_each_chain(tmp_path: Path) -> None:
+    folder = _export_folder(tmp_path)
+    disks = folder / "Virtual Hard Disks"
+    assert export_disks(folder) == [disks / "data.vhdx", disks / "web01_C.avhdx"]
+    vault = tmp_path / "vault"
+    rehost(vault, "init")
+    rehost(vault, "source", "add", "image", "-", str(folder))
+    machine = rehost(vault, "machines", "--json").json()[0]
+    assert machine["name"] == "web01"
+    rehost(vault, "replicate", "web01")
+    out = tmp_path / "out.raw"
+    rehost(vault, "export", "web01", "--point", "latest", "--disk", "1", "--output", str(out))
+    (tmp_path / "want.raw").write_bytes(expected(SIZE, LAYERS))
+    assert qemu_img_compare(out, tmp_path / "want.raw")
+
+
+def test_a_folder_that_is_no_export_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="not a Hyper-V export"):
+        export_disks(tmp_path)
