@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import struct
 import tempfile
 import threading
@@ -375,18 +376,14 @@ def _bitmap_runs(layer: VhdxFile, start: int, end: int) -> Iterator[tuple[int, i
     with open(layer.path, "rb") as f:
         f.seek(offset + first // 8)
         bits = f.read((last + 7) // 8 - first // 8)
-    base = first // 8 * 8
-    run_start, run_bit = first, None
-    for s in range(first, last):
-        k = s - base
-        bit = bool(bits[k >> 3] >> (k & 7) & 1)
-        if run_bit is None:
-            run_bit = bit
-        elif bit != run_bit:
-            yield chunk * per_chunk + run_start * sector, (s - run_start) * sector, run_bit
-            run_start, run_bit = s, bit
-    if run_bit is not None:
-        yield chunk * per_chunk + run_start * sector, (last - run_start) * sector, run_bit
+    if len(bits) < (last + 7) // 8 - first // 8:
+        raise DiskError(f"{layer.path}: its sector bitmap at {offset} is cut short")
+    # one character per sector, least significant bit first; runs found by the regex engine
+    text = format(int.from_bytes(bits, "little"), f"0{8 * len(bits)}b")[::-1]
+    skip = first - first // 8 * 8
+    at = chunk * per_chunk + first * sector
+    for run in re.finditer(r"0+|1+", text[skip:skip + last - first]):
+        yield at + run.start() * sector, len(run.group()) * sector, run.group()[0] == "1"
 
 
 class ChainReader:
