@@ -129,8 +129,8 @@ def write_vhdx(path: Path, size: int, layer: Layer, *, parent: Path | None = Non
     return data_write
 
 
-def write_chain(folder: Path, size: int, layers: Sequence[Layer], *, names: Sequence[str] = ()
-                ) -> list[Path]:
+def write_chain(folder: Path, size: int, layers: Sequence[Layer], *, names: Sequence[str] = (),
+                sector: int = 512) -> list[Path]:
     """A base ``disk.vhdx`` and one ``disk_N.avhdx`` per further layer (each the child of the
     one before); returns the paths, base first."""
     names = list(names) or ["disk.vhdx"] + [f"disk_{i}.avhdx" for i in range(1, len(layers))]
@@ -138,7 +138,8 @@ def write_chain(folder: Path, size: int, layers: Sequence[Layer], *, names: Sequ
     guid = None
     for i, layer in enumerate(layers):
         path = folder / names[i]
-        guid = write_vhdx(path, size, layer, parent=paths[-1] if paths else None, parent_guid=guid)
+        guid = write_vhdx(path, size, layer, parent=paths[-1] if paths else None, parent_guid=guid,
+                          sector=sector)
         paths.append(path)
     return paths
 
