@@ -13,10 +13,10 @@ live), its metadata (block size, virtual size, sector size, HasParent, the paren
 and its BAT (per payload block a state and a file offset; differencing disks also have a
 sector bitmap block per chunk, one bit per sector present in this file).
 
-A chain is validated before anything reads it: every parent must exist (found by the
-locator's ``relative_path``, then by the file name of ``absolute_win32_path`` next to the
-child) and carry the DataWriteGuid the child's ``parent_linkage`` records; all layers must
-have the same size; no layer may hold an un-replayed log.
+A chain is validated before anything reads it: every parent must exist next to its child
+(found by the file name of the locator's ``relative_path``, else of ``absolute_win32_path``)
+and carry the DataWriteGuid the child's ``parent_linkage`` records; all layers must have the
+same size; no layer may hold an un-replayed log.
 """
 
 from __future__ import annotations
@@ -275,26 +275,21 @@ def _locator(item: bytes, bad: Any) -> dict[str, str]:
 # -- the chain ----------------------------------------------------------------------------------
 
 def find_parent(child: VhdxFile) -> Path:
-    """The parent file the child's locator names: ``relative_path`` from the child's folder,
-    else the file name of ``absolute_win32_path`` next to the child."""
+    """The parent file the child's locator names, looked for next to the child (where Hyper-V
+    keeps a checkpoint's parent): by the file name of ``relative_path``, then of
+    ``absolute_win32_path`` and ``volume_path``. A locator cannot make rehost read a file
+    elsewhere (``..\\..\\secret.vhdx``), as a VMDK may not name extents outside its folder."""
     folder = child.path.absolute().parent
-    tried = []
-    relative = child.locator.get("relative_path")
-    if relative:
-        candidate = folder.joinpath(*PureWindowsPath(relative).parts)
-        tried.append(str(candidate))
-        if candidate.is_file():
-            return candidate
-    absolute = child.locator.get("absolute_win32_path") or child.locator.get("volume_path")
-    if absolute:
-        candidate = folder / PureWindowsPath(absolute).name
-        if str(candidate) not in tried:
-            tried.append(str(candidate))
-        if candidate.is_file():
-            return candidate
-    named = relative or absolute or "no file name"
-    looked = " and ".join(tried) or "nothing"
-    raise UsageError(f'{child.path}: its parent "{named}" is missing (looked for {looked})')
+    names = [PureWindowsPath(child.locator[key]).name
+             for key in ("relative_path", "absolute_win32_path", "volume_path") if child.locator.get(key)]
+    for name in names:
+        if name and (folder / name).is_file():
+            return folder / name
+    named = next((child.locator[k] for k in ("relative_path", "absolute_win32_path", "volume_path")
+                  if child.locator.get(k)), "no file name")
+    looked = " and ".join(dict.fromkeys(str(folder / n) for n in names if n)) or "nothing"
+    raise UsageError(f'{child.path}: its parent "{named}" is missing (looked for {looked}; a '
+                     "checkpoint's parent must be in its folder)")
 
 
 def read_chain(path: Path, max_depth: int = 64) -> list[VhdxFile]:

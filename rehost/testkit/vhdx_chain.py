@@ -16,6 +16,7 @@ against each other.
 
 from __future__ import annotations
 
+import os
 import struct
 import uuid
 from collections.abc import Mapping, Sequence
@@ -181,11 +182,10 @@ def _metadata(size: int, block_size: int, sector: int, path: Path, parent: Path 
     if parent is not None:
         if parent_guid is None:
             raise ValueError("a differencing disk needs its parent's DataWriteGuid")
-        relative = PureWindowsPath(parent.name) if parent.parent == path.parent else \
-            PureWindowsPath(*Path(parent).relative_to(path.parent).parts)
+        relative = PureWindowsPath(*Path(os.path.relpath(parent, path.parent)).parts)
         items.append((v.PARENT_LOCATOR, _locator({
             "parent_linkage": "{" + str(parent_guid) + "}",
-            "relative_path": ".\\" + str(relative),
+            "relative_path": str(relative) if relative.parts[0] == ".." else ".\\" + str(relative),
             "absolute_win32_path": str(PureWindowsPath("C:\\Hyper-V\\Virtual Hard Disks", parent.name)),
         }), 4))
     region = bytearray(MIB)

@@ -103,8 +103,22 @@ def test_the_nbd_export_equals_the_record_and_holes_are_not_read(chain: list[Pat
 def test_a_missing_parent_names_it(chain: list[Path]) -> None:
     chain[1].unlink()
     with pytest.raises(UsageError, match=r'disk_2\.avhdx: its parent "\.\\disk_1\.avhdx" is '
-                                         r"missing \(looked for .*disk_1\.avhdx\)"):
+                                         r"missing \(looked for .*disk_1\.avhdx; "):
         probe(chain[-1])
+
+
+def test_a_parent_outside_the_childs_folder_is_not_followed(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    base = tmp_path / "a" / "base.vhdx"
+    guid = write_vhdx(base, 2 * MIB, Layer())
+    write_vhdx(tmp_path / "b" / "c.avhdx", 2 * MIB, Layer(), parent=base, parent_guid=guid)
+    assert vhdx_chain.read_vhdx(tmp_path / "b" / "c.avhdx").locator["relative_path"] == r"..\a\base.vhdx"
+    with pytest.raises(UsageError, match=r"c\.avhdx: its parent \"\.\.\\a\\base\.vhdx\" is missing "
+                                         r"\(looked for .*b/base\.vhdx; a checkpoint's parent must be in "):
+        probe(tmp_path / "b" / "c.avhdx")
+    shutil.copyfile(base, tmp_path / "b" / "base.vhdx")  # moved next to its child: found
+    assert probe(tmp_path / "b" / "c.avhdx").format == "avhdx"
 
 
 def test_a_parent_with_another_data_write_guid_is_refused(chain: list[Path], tmp_path: Path) -> None:
