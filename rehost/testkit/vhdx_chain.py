@@ -16,6 +16,7 @@ against each other.
 
 from __future__ import annotations
 
+import itertools
 import os
 import struct
 import uuid
@@ -223,3 +224,27 @@ def _log_entry(log_guid: uuid.UUID, file_offset: int, data: bytes, file_size: in
     struct.pack_into("<4sI4084sI", entry, 4096, b"data", 0, data[8:4092], 1)
     struct.pack_into("<I", entry, 4, v.crc32c(entry))
     return bytes(entry)
+
+
+def layers_from_raw(*states: Path, sector: int = 512) -> list[Layer]:
+    """A chain's layers from raw images of a disk over time: the base holds the first state's
+    non-zero blocks, each checkpoint the sectors that differ from the state before it (as
+    Hyper-V records a guest's writes). The states must have the same size."""
+    images = [s.read_bytes() for s in states]
+    layers = [Layer({off: images[0][off:off + MIB] for off in range(0, len(images[0]), MIB)
+                     if images[0][off:off + MIB].count(0) != len(images[0][off:off + MIB])})]
+    for before, after in itertools.pairwise(images):
+        if len(before) != len(after):
+            raise ValueError("the states of a disk have one size")
+        writes: dict[int, bytes] = {}
+        run = -1
+        for off in range(0, len(after), sector):
+            if after[off:off + sector] != before[off:off + sector]:
+                if run < 0:
+                    run = off
+            elif run >= 0:
+                writes[run], run = after[run:off], -1
+        if run >= 0:
+            writes[run] = after[run:]
+        layers.append(Layer(writes))
+    return layers

@@ -13,7 +13,7 @@ import pytest
 from rehost.disks import vhdx_chain
 from rehost.errors import UsageError
 from rehost.sources.image_hyperv import export_disks
-from rehost.testkit.vhdx_chain import MIB, Layer, expected, write_chain, write_vhdx
+from rehost.testkit.vhdx_chain import MIB, Layer, expected, layers_from_raw, write_chain, write_vhdx
 from tests.cli_helpers import qemu_img_compare, rehost
 
 SIZE = 4 * MIB
@@ -119,3 +119,34 @@ def test_export_folder_finds_the_newest_end_of_each_chain(tmp_path: Path) -> Non
 def test_a_folder_that_is_no_export_is_refused(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="not a Hyper-V export"):
         export_disks(tmp_path)
+
+
+@pytest.mark.slow
+def test_an_export_folder_with_a_checkpoint_fails_over_and_boots(tmp_path: Path, tiny_image: Path) -> None:
+    """The demo machine exported from Hyper-V with one checkpoint: the base holds the disk as
+    it was (marker "base"), the checkpoint the guest's writes since (marker "checkpoint")."""
+    from rehost.testkit.tinylinux import set_marker
+
+    set_marker(tiny_image, "base")
+    before = tmp_path / "before.img"
+    before.write_bytes(tiny_image.read_bytes())
+    set_marker(tiny_image, "checkpoint")
+    layers = layers_from_raw(before, tiny_image)
+    assert 0 < sum(len(d) for d in layers[1].writes.values()) < 256 * 1024  # a few sectors
+    disks = tmp_path / "demo" / "Virtual Hard Disks"
+    disks.mkdir(parents=True)
+    size = tiny_image.stat().st_size
+    write_chain(disks, size, layers, names=["demo.vhdx", "demo_9C1E7B0A-2D5F-4E0B-8A61-3F7D2C4B9E10.avhdx"])
+    vault, target = tmp_path / "vault", tmp_path / "target"
+    rehost(vault, "init")
+    rehost(vault, "target", "add", "local", "here", "--path", str(target))
+    rehost(vault, "source", "add", "image", "-", str(tmp_path / "demo"))
+    rehost(vault, "replicate", "demo")
+    out = tmp_path / "out.raw"
+    rehost(vault, "export", "demo", "--point", "latest", "--output", str(out))
+    assert qemu_img_compare(out, tiny_image)
+    r = rehost(vault, "failover", "demo", "--test", "--json").json()
+    assert r["state"] == "succeeded", r
+    boot = next(s for s in r["steps"] if s["name"] == "verify_boot")
+    assert "REHOST-BOOT-OK marker=checkpoint" in boot["detail"]
+    rehost(vault, "failover", "demo", "--cleanup")
