@@ -11,10 +11,12 @@ import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+from rehost.disks import vhdx_chain
 from rehost.disks.extent import Extent
-from rehost.disks.formats import DiskImage, probe, qemu_image_opts
+from rehost.disks.formats import CHAIN_FORMATS, DiskImage, probe, qemu_image_opts
 from rehost.disks.nbd_disk import BASE_ALLOCATION, NbdDisk
 from rehost.disks.nbd_server import QemuNbdServer
+from rehost.errors import UsageError
 
 __all__ = [
     "BASE_ALLOCATION",
@@ -34,8 +36,15 @@ def open_disk(image: DiskImage, *, writable: bool = False) -> Iterator[NbdDisk]:
     """Serve ``image`` with qemu-nbd and yield one connection to it; stop both after.
 
     For several parallel connections use ``QemuNbdServer`` and ``open_nbd`` on its
-    ``socket_path`` instead.
+    ``socket_path`` instead. A differencing VHDX chain (format ``avhdx``), which QEMU cannot
+    read, is served by rehost's own NBD server instead (``vhdx_chain.serve_chain``).
     """
+    if image.format in CHAIN_FORMATS:
+        if writable or image.in_container:
+            raise UsageError(f"{image.path}: a differencing VHDX is only read, as a file of its own")
+        with vhdx_chain.serve_chain(image.path) as chain:
+            yield chain
+        return
     with QemuNbdServer(image, writable=writable) as server:
         disk = NbdDisk.connect(server.socket_path)
         disk.name = image.describe()

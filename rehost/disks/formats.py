@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from rehost.disks import vhdx_chain
 from rehost.errors import UsageError
 
 #: Formats rehost reads and writes, by QEMU driver name (``vpc`` is VHD).
@@ -44,7 +46,12 @@ FORMAT_NAMES = {
     "vmdk": "VMDK",
     "vpc": "VHD",
     "vhdx": "VHDX",
+    "avhdx": "differencing VHDX",
 }
+
+#: Formats QEMU cannot read that rehost serves itself: a differencing VHDX (a Hyper-V
+#: checkpoint) and its parents, through libvhdi (``rehost.disks.vhdx_chain``).
+CHAIN_FORMATS = ("avhdx",)
 
 SECTOR = 512
 _QEMU_IMG_TIMEOUT = 60.0
@@ -60,7 +67,7 @@ class DiskImage:
     """
 
     path: Path
-    format: str  # raw | qcow2 | vmdk | vpc | vhdx
+    format: str  # raw | qcow2 | vmdk | vpc | vhdx | avhdx (a differencing VHDX chain)
     virtual_size: int
     offset: int = 0
     length: int | None = None
@@ -82,16 +89,22 @@ def probe(
     *,
     offset: int = 0,
     length: int | None = None,
+    dirty_log: bool = False,
 ) -> DiskImage:
     """Find out what disk image ``path`` is, or raise UsageError saying why it is none.
 
     ``fmt`` forces a format (QEMU then only checks it). ``offset``/``length`` probe an
     image stored inside a container file. For qcow2 images with a backing file the
     overlay's virtual size is used; the chain is opened by QEMU when reading.
+
+    A differencing VHDX (``.avhdx``, or any VHDX whose header says HasParent) is validated
+    with its whole chain and comes back as format ``avhdx``. A VHDX whose log was not replayed
+    is a ``DirtyLogError``, unless ``dirty_log`` allows it (its log is then replayed on a copy
+    before reading: ``replay_on_copy``).
     """
     path = Path(path)
     size = _check_file(path)
-    if fmt is not None and fmt not in FORMATS:
+    if fmt is not None and fmt not in FORMATS + CHAIN_FORMATS:
         raise UsageError(f"{path}: unknown disk format {fmt!r} (use one of {', '.join(FORMATS)})")
     if offset < 0 or (length is not None and (length < 0 or offset + length > size)):
         raise UsageError(f"{path}: the disk at bytes {offset}+{length} lies outside the file")
@@ -100,7 +113,18 @@ def probe(
         raise UsageError(f"{_where(path, offset, length)}: is empty, not a disk image")
 
     image = DiskImage(path, fmt or "raw", 0, offset, length)
-    info = _qemu_img_info(image, forced=fmt is not None)
+    vhdx = _vhdx_header(path) if not image.in_container and fmt in (None, "vhdx", "avhdx") else None
+    if vhdx is not None and (vhdx.has_parent or fmt == "avhdx"):
+        layers = vhdx_chain.read_chain(path)  # every parent there, and the right one
+        return DiskImage(path, "avhdx", layers[0].virtual_size)
+    try:
+        info = _qemu_img_info(image, forced=fmt is not None)
+    except UsageError as e:
+        if vhdx is None or not (vhdx.dirty or "log that needs to be replayed" in str(e)):
+            raise
+        if dirty_log:
+            return DiskImage(path, "vhdx", vhdx.virtual_size)
+        raise vhdx_chain.DirtyLogError(path) from None
     detected = str(info.get("format", ""))
     expected = EXTENSIONS.get(path.suffix.lower()) if not image.in_container else None
 
@@ -149,6 +173,8 @@ def blockdev_options(image: DiskImage) -> dict[str, Any]:
         node = {"driver": "raw", "offset": image.offset, "file": node}
         if image.length is not None:
             node["size"] = image.length
+    if image.format in CHAIN_FORMATS:
+        raise UsageError(f"{image.path}: a {FORMAT_NAMES[image.format]} is read by rehost, not QEMU")
     if image.format == "raw" and not image.in_container:
         return {"driver": "raw", "file": node}
     if image.format == "raw":
@@ -163,6 +189,38 @@ def qemu_image_opts(image: DiskImage) -> str:
 
 def _where(path: Path, offset: int, length: int | None) -> str:
     return str(path) if offset == 0 and length is None else f"{path} (bytes {offset}+{length})"
+
+
+def _vhdx_header(path: Path) -> vhdx_chain.VhdxFile | None:
+    """A VHDX's own description of itself (None for other files, or one QEMU may judge)."""
+    if not vhdx_chain.is_vhdx(path):
+        return None
+    try:
+        return vhdx_chain.read_vhdx(path)
+    except UsageError:
+        if path.suffix.lower() == ".avhdx":
+            raise
+        return None
+
+
+def replay_on_copy(image: DiskImage, dest: Path) -> DiskImage:
+    """Copy ``image`` (a VHDX whose log was not replayed) to ``dest``, replay the log there
+    with ``qemu-img check -r all``, and return the copy. The user's file is only read."""
+    if not dest.exists():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        part = dest.with_name(dest.name + f".{os.getpid()}.part")
+        try:
+            shutil.copyfile(image.path, part)
+            proc = subprocess.run(["qemu-img", "check", "-q", "-r", "all", "-f", "vhdx", str(part)],
+                                  capture_output=True, text=True, timeout=_QEMU_IMG_TIMEOUT * 10,
+                                  check=False)
+            if proc.returncode not in (0, 3):  # 3: leaked clusters, harmless
+                raise UsageError(f"{image.path}: replaying its log on a copy failed "
+                                 f"({_qemu_reason(proc.stderr, str(part))})")
+            os.replace(part, dest)
+        finally:
+            part.unlink(missing_ok=True)
+    return probe(dest, "vhdx")
 
 
 def _check_file(path: Path) -> int:

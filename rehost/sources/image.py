@@ -1,6 +1,12 @@
 """Source ``image``: a machine made of disk image files (raw, qcow2, VMDK, VHD, VHDX), a VMware
 export (OVA/OVF, one VM of a vApp) or a VMware VM folder (its ``.vmx``). Images are read
-through qemu-nbd, read-only.
+through qemu-nbd, read-only; a Hyper-V checkpoint chain (a differencing ``.avhdx`` on its
+parents) through libvhdi and rehost's own NBD server (``rehost.disks.vhdx_chain``).
+
+A VHDX whose log was not replayed (the VM was not shut down cleanly) is refused, unless the
+source was added with ``replay_log_copy``: each cycle then reads a copy in the vault's cache
+(``cache/images``) on which ``qemu-img check -r all`` replayed the log, made again when the file
+changes. The user's file is never written.
 
 An export is read again at every cycle (``rehost.disks.ova``): a re-exported OVA at the same
 path has its disks at new offsets, perhaps with new sizes. A disk that grew or shrank is read
@@ -19,12 +25,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rehost.disks import DiskImage, open_disk, ova, probe, streams
+from rehost.disks import DiskImage, open_disk, ova, probe, streams, vhdx_chain
+from rehost.disks.formats import replay_on_copy
 from rehost.errors import UsageError
 from rehost.replication.cycle import ReadableDisk
 from rehost.repository.manifest import Consistency, RecoveryPoint
 from rehost.sources import registry
 from rehost.sources.base import Snapshot
+from rehost.sources.image_hyperv import export_disks, is_export_folder
 from rehost.sources.image_vmx import discover_vmx, safe_name
 from rehost.spec import DiskSpec, Firmware, MachineSpec, NicSpec
 
@@ -38,14 +46,19 @@ class ImageConfig:
     """Disk image files on the rehost server: one machine per source."""
 
     paths: tuple[str, ...] = field(metadata={
-        "help": "Disk images (raw, qcow2, vmdk, vhd, vhdx), in the machine's disk order, or one "
-                "OVA/OVF export, or one VMware .vmx.",
+        "help": "Disk images (raw, qcow2, vmdk, vhd, vhdx, or a Hyper-V checkpoint .avhdx with its "
+                "parents next to it), in the machine's disk order, or one OVA/OVF export, or one "
+                "VMware .vmx, or one Hyper-V export folder (its 'Virtual Hard Disks').",
         "argument": True,
         "host_path": True,
     })
     vm: str | None = field(default=None, metadata={
         "help": "For a vApp (an OVA/OVF of several VMs): import only this VM, by its id (default: "
                 "every VM of the vApp, each as its own machine NAME-VM)."})
+    replay_log_copy: bool = field(default=False, metadata={
+        "help": "A VHDX whose log was not replayed (the VM was not shut down cleanly): replay the "
+                "log on a copy in the vault's cache and read the copy (your file is never "
+                "written; default: refuse such a file)."})
 
     def __post_init__(self) -> None:
         if not self.paths:
@@ -81,8 +94,8 @@ def member_name(base: str, vm: str) -> str:
     return safe_name(f"{base}-{vm}")
 
 
-def _plain_disks(paths: Sequence[str]) -> list[DiskImage]:
-    images = [probe(Path(p).absolute()) for p in paths]
+def _plain_disks(paths: Sequence[str], dirty_log: bool = False) -> list[DiskImage]:
+    images = [probe(Path(p).absolute(), dirty_log=dirty_log) for p in paths]
     seen: set[Path] = set()
     for img in images:
         if img.path.resolve() in seen:
@@ -94,18 +107,28 @@ def _plain_disks(paths: Sequence[str]) -> list[DiskImage]:
 def discover(name: str, config: ImageConfig) -> MachineSpec:
     """The machine the files make up. An OVF descriptor or a .vmx also gives its name (when
     ``name`` is empty), CPUs, memory, NICs, guest OS and firmware; bare images give only disks."""
-    path = _container(config.paths)
     settings: dict[str, Any] = {"paths": list(config.paths)}
+    if len(config.paths) == 1 and is_export_folder(Path(config.paths[0])):
+        # a Hyper-V export folder: its disks (the newest checkpoint of each chain), its name
+        folder = Path(config.paths[0])
+        found = tuple(str(p) for p in export_disks(folder))
+        return discover(name or safe_name(folder.absolute().name),
+                        ImageConfig(found, config.vm, config.replay_log_copy))
+    path = _container(config.paths)
     if path is not None and path.suffix.lower() == ".vmx":
         return discover_vmx(name, path, settings)
     if path is None:
         if config.vm:
             raise UsageError("--vm picks a VM of an OVA/OVF vApp; these are plain disk images")
+        if config.replay_log_copy:
+            settings["replay_log_copy"] = True
         disks = tuple(
             DiskSpec(index=i, size=img.virtual_size, ref=str(img.path.absolute()), format=img.format,
                      offset=img.offset, length=img.length)
-            for i, img in enumerate(_plain_disks(config.paths)))
+            for i, img in enumerate(_plain_disks(config.paths, config.replay_log_copy)))
         return MachineSpec(name=name, disks=disks, settings=settings)
+    if config.replay_log_copy:
+        raise UsageError("--replay-log-copy is for VHDX image files, not an OVA/OVF/VMX")
     machine = ova.read(path, config.vm)
     if config.vm:
         settings["vm"] = machine.system.id
@@ -165,6 +188,8 @@ class ImageSource:
                     img = image_of(disk)
                     if not img.path.is_file():
                         raise UsageError(f"disk {disk.index} of {machine.name}: {img.path} no longer exists")
+                    if machine.settings.get("replay_log_copy"):
+                        img = self._replayed(machine, disk.index, img, notes, stack)
                     disks.append((disk.index, stack.enter_context(open_disk(img))))
             # Files at rest are one instant; if a hypervisor still writes them, use source qemu.
             yield Snapshot(disks, Consistency.CRASH, metadata={"kind": self.kind}, notes=notes)
@@ -217,6 +242,25 @@ class ImageSource:
             notes.append(f"disk {index} ({disk.href}, {disk.label}) unpacked into the cache "
                          f"({dest.stat().st_blocks * 512 >> 20} MiB on disk)")
         return probe(dest, disk.format if disk.format != "raw" else None)
+
+    def _replayed(self, machine: MachineSpec, index: int, img: DiskImage, notes: list[str],
+                  stack: ExitStack) -> DiskImage:
+        """``img`` itself when its log is clean; else a copy in the cache with the log replayed
+        (made once per version of the file, an older copy removed)."""
+        if img.format != "vhdx" or not vhdx_chain.read_vhdx(img.path).dirty:
+            return img
+        cache = self.cache_dir or Path(
+            stack.enter_context(tempfile.TemporaryDirectory(prefix="rehost-replay-")))
+        prefix = f"{_cache_prefix(machine)}{index}-"
+        key = streams.cache_key([streams.Piece(img.path, 0, img.path.stat().st_size)], "replay")
+        dest = cache / f"{prefix}{key}.vhdx"
+        if not dest.exists():
+            log.info("replaying the log of %s on a copy, %s", img.path, dest)
+            for old in cache.glob(f"{prefix}*"):
+                old.unlink(missing_ok=True)  # the copy of an earlier version of the file
+            notes.append(f"disk {index} ({img.path}): {vhdx_chain.DIRTY_LOG}; the log was replayed "
+                         f"on a copy in the cache, {dest} (the file itself is untouched)")
+        return replay_on_copy(img, dest)
 
     def can_shutdown(self, machine: MachineSpec) -> str | None:
         return "image files have no running machine to shut down"
@@ -319,5 +363,5 @@ PLUGIN = registry.register(registry.SourcePlugin(
     capabilities=registry.Capabilities(change_tracking="hash-diff", disks_are_files=True),
     discover=discover,
     open=_open,
-    name_hint="'-' takes the name inside an OVA/OVF/VMX",
+    name_hint="'-' takes the name inside an OVA/OVF/VMX, or a Hyper-V export folder's name",
 ))
