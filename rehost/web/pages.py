@@ -42,6 +42,7 @@ from rehost.vault import (
     targets,
     verdicts,
 )
+from rehost.vault import readiness as vault_readiness
 from rehost.vault.models import TargetRow
 from rehost.vault.vault import Vault
 from rehost.web import charts
@@ -146,6 +147,7 @@ def item_page(name: str, request: Request, vault: VaultDep, caller: Reader,
     return render(request, "item.html", caller, item=item, points=points, probes=probes,
                   window=window, **item_history(vault, name, window),
                   last_verdict=views.last_verdict(vault, name),
+                  readiness=vault_readiness.known(vault, name),
                   jobs=views.job_views(vault, name, limit=10),
                   targets=[t.name for t in targets.list_targets(vault)],
                   policies=[p.name for p in policies.list_policies(vault)])

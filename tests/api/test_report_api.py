@@ -24,6 +24,8 @@ def test_report_json_and_page(tmp_path: Path) -> None:
         assert f"job <code>{job}</code>" in page.text
         item = p.client.get("/ui/items/db", headers=p.auth("reader")).text
         assert 'href="/ui/report/machines/db"' in item
+        # the memory target's guests need nothing: its readiness is known without an inspection
+        assert 'id="readiness"' in item and "for target t" in item
         anonymous = p.client.get("/ui/report/machines/db", follow_redirects=False)
         assert anonymous.status_code == 303 and anonymous.headers["location"] == "/ui/login"
         assert p.get("/plans/nope/report").status_code == 404
