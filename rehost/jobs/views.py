@@ -7,6 +7,7 @@ importing each other; the text works on the JSON dict, which is all a remote CLI
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from rehost.jobs.models import JobRow
@@ -42,12 +43,30 @@ def job_row(job: dict[str, Any]) -> str:
     return f"{job['id']}  {job['kind']:14} {job['machine']:16} {job['state']:12} {current}"
 
 
+def progress_text(step: dict[str, Any], now: datetime | None = None) -> str:
+    """`` 37% (380 MiB of 1.0 GiB, 95 MiB/s)``: the rate is the step's average so far."""
+    done, total = int(step["done"]), int(step["total"])
+    text = f" {done * 100 // total}% ({human(done)} of {human(total)}"
+    started = step.get("started_at")
+    if isinstance(started, str):  # a remote CLI's JSON
+        try:
+            started = datetime.fromisoformat(started.replace("Z", "+00:00"))
+        except ValueError:
+            started = None
+    if isinstance(started, datetime):
+        began = started if started.tzinfo else started.replace(tzinfo=UTC)
+        secs = ((now or datetime.now(UTC)) - began).total_seconds()
+        if secs > 0 and done:
+            text += f", {human(int(done / secs))}/s"
+    return text + ")"
+
+
 def job_lines(job: dict[str, Any]) -> list[str]:
     """``job_dict``'s shape as plain text (no markup: a step's detail may hold brackets)."""
     lines = [f"job {job['id']}  {job['kind']} {job['machine']}  {job['state']}"]
     for s in job["steps"]:
         running = s["total"] and s["state"] == "running"
-        prog = f" {s['done'] * 100 // s['total']}% of {human(s['total'])}" if running else ""
+        prog = progress_text(s) if running else ""
         lines.append(f"  {MARK.get(s['state'], '?')} {s['title']}{prog}  {first_line(s['detail'])}")
     if job["state"] == "interrupted":
         lines.append(f"  interrupted (its process is gone): resume with rehost job resume {job['id']}")

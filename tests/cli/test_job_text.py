@@ -3,9 +3,10 @@ view with ``rehost.jobs.views.job_lines``, the only thing a remote CLI has."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from rehost.jobs.views import job_lines, job_row
+from rehost.jobs.views import job_lines, job_row, progress_text
 
 
 def _job(**kw: Any) -> dict[str, Any]:
@@ -25,7 +26,7 @@ def test_a_running_job_shows_progress_in_bytes_and_first_lines_only() -> None:
     assert job_lines(_job()) == [
         "job j1  failover web  running",
         "  ✓ Final sync  point abc",
-        "  … Create machine 50% of 1.0 GiB  [not markup]",
+        "  … Create machine 50% (512.0 MiB of 1.0 GiB)  [not markup]",
         "    Start  ",
     ]
     assert job_row(_job()).split() == ["j1", "failover", "web", "running", "Create", "machine"]
@@ -35,3 +36,11 @@ def test_an_interrupted_job_says_how_to_resume_and_its_error_line() -> None:
     lines = job_lines(_job(state="interrupted", error="boom\nTraceback (most recent call last):"))
     assert lines[-2:] == ["  interrupted (its process is gone): resume with rehost job resume j1",
                           "  error: boom"]
+
+
+def test_a_running_step_shows_its_rate_whether_its_start_is_a_time_or_json_text() -> None:
+    step = {"done": 512 << 20, "total": 1 << 30}
+    now = datetime(2026, 12, 5, 12, 0, 10, tzinfo=UTC)
+    for started in (now - timedelta(seconds=8), "2026-12-05T12:00:02Z"):
+        said = progress_text({**step, "started_at": started}, now)
+        assert said == " 50% (512.0 MiB of 1.0 GiB, 64.0 MiB/s)"
