@@ -49,10 +49,19 @@ class Registry(Generic[P]):
         return plugin
 
     def plugins(self) -> list[P]:
-        """Every kind, in registration order."""
+        """Every kind: the built-in ones in ``builtin``'s order, whichever of their modules
+        another import loaded first (a listing, the dashboard's default kind, must not depend
+        on that), then the others in registration order."""
         for module in self.builtin:
             importlib.import_module(module)
-        return list(self._plugins.values())
+        rank = {m: i for i, m in enumerate(self.builtin)}
+        listed = list(self._plugins.values())
+
+        def order(p: P) -> tuple[int, int]:
+            module = getattr(getattr(p, "config", None), "__module__", "")
+            return rank.get(module, len(rank)), listed.index(p)
+
+        return sorted(listed, key=order)
 
     def get(self, kind: str) -> P:
         """The plugin of ``kind``, or a UsageError that lists the kinds there are."""

@@ -70,3 +70,13 @@ def test_target_add_kind_through_the_api(tmp_path: Path) -> None:
         r = p.post("/targets", {**body, "name": "d2", "config": {"path": "x", "colour": "red"}}, role="admin")
         assert r.status_code == 400 and "no option 'colour'" in r.text
         assert [t["name"] for t in p.get("/targets").json()] == ["double", "here"]
+
+
+def test_kinds_are_listed_in_the_builtin_order_whatever_was_imported_first() -> None:
+    """The dashboard's default target kind is the first listed: it must not depend on which
+    test (or code path) imported the Azure target module before the registry was asked."""
+    import rehost.targets.azure.target
+    import rehost.targets.memory  # noqa: F401
+    from rehost.targets import registry
+
+    assert [p.kind for p in registry.plugins()][:3] == ["local", "azure", "memory"]
