@@ -18,9 +18,10 @@ V = "6.1.0-27-amd64"
 ALL_DRIVERS = ("virtio_blk", "virtio_pci", "virtio_net", "hv_vmbus", "hv_storvsc", "hv_netvsc")
 
 
-def guest(modules: tuple[str, ...] = ALL_DRIVERS, **kw: object) -> Inspection:
+def guest(modules: tuple[str, ...] | None = ALL_DRIVERS, builtin: tuple[str, ...] | None = (),
+          **kw: object) -> Inspection:
     """A Debian guest ready for every target kind; ``kw`` changes what the test is about."""
-    kernel = KernelInfo(f"/boot/vmlinuz-{V}", V, f"/boot/initrd.img-{V}", modules, ("gzip",), "", ())
+    kernel = KernelInfo(f"/boot/vmlinuz-{V}", V, f"/boot/initrd.img-{V}", modules, ("gzip",), "", builtin)
     base = Inspection(
         disks=("d0",), os_type="linux", distro="debian", product="Debian GNU/Linux 12", version="12.8",
         root_device="disk 0 partition 1", os_disk=0, kernels=(kernel,),

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from rehost.guest.inspect import (
     WINDOWS_MISSING,
-    BootEntry,
-    Bootloader,
     FstabEntry,
     Inspection,
     Interface,
@@ -15,6 +11,7 @@ from rehost.guest.inspect import (
     Swap,
 )
 from rehost.guest.readiness import evaluate
+from tests.inspections import guest
 
 V = "6.1.0-27-amd64"
 
@@ -23,21 +20,7 @@ def _is(req, status: str, text: str) -> bool:  # type: ignore[no-untyped-def]
 
 
 
-def _guest(modules: tuple[str, ...] | None = ("virtio_blk", "virtio_pci", "virtio_net", "hv_vmbus",
-                                              "hv_storvsc", "hv_netvsc"),
-           builtin: tuple[str, ...] | None = (), **kw: object) -> Inspection:
-    kernel = KernelInfo(f"/boot/vmlinuz-{V}", V, f"/boot/initrd.img-{V}", modules, ("gzip",), "", builtin)
-    base = Inspection(
-        disks=("d0",), os_type="linux", distro="debian", product="Debian GNU/Linux 12", version="12.8",
-        root_device="disk 0 partition 1", os_disk=0, kernels=(kernel,),
-        bootloader=Bootloader("grub", "/boot/grub/grub.cfg",
-                              (BootEntry("Debian", f"/boot/vmlinuz-{V}", f"/boot/initrd.img-{V}",
-                                         "root=UUID=x ro console=ttyS0,115200"),), "Debian"),
-        cmdline="root=UUID=x ro console=ttyS0,115200", consoles=("ttyS0,115200",),
-        interfaces=(Interface("eth0", "dhcp", source="/etc/network/interfaces", tool="ifupdown"),),
-        network_known=True, fstab=(FstabEntry("UUID=x", "/", "ext4", "defaults", "uuid"),), fstab_found=True,
-        agents={"walinuxagent": True, "cloud-init": False, "vmware-tools": False})
-    return replace(base, **kw)  # type: ignore[arg-type]
+_guest = guest  # a Debian guest ready for every target kind (tests/inspections.py)
 
 
 def _by_name(r):  # type: ignore[no-untyped-def]
