@@ -48,6 +48,16 @@ def wait_job(page: Any, timeout_s: float) -> str:
     return str(page.inner_text("#job-state")).strip()
 
 
+def clean_up_test(page: Any, site: Site, shots: Shots) -> None:
+    """From the item page of ``web`` in test failover: clean up, and see it protected again."""
+    page.click("#test-cleanup")
+    page.wait_for_url(re.compile(r".*/ui/jobs/[0-9a-f]+$"))
+    assert wait_job(page, 120) == "succeeded"
+    page.goto(f"{site.url}/ui/items/web")
+    assert "protected" in page.inner_text("#item-name")
+    shots.take(page, "after-cleanup")
+
+
 def test_sign_in_browse_and_replicate(browser: Any, tmp_path: Path, shots: Shots) -> None:
     with site_over(tmp_path, make_disk(tmp_path / "disk.raw")) as site:
         page = browser.new_page()
@@ -116,12 +126,7 @@ def test_test_failover_from_the_dialog(browser: Any, tmp_path: Path, tiny_image:
 
             page.goto(f"{site.url}/ui/items/web")
             assert "test failover" in page.inner_text("#item-name")
-            page.click("#test-cleanup")
-            page.wait_for_url(re.compile(r".*/ui/jobs/[0-9a-f]+$"))
-            assert wait_job(page, 120) == "succeeded"
-            page.goto(f"{site.url}/ui/items/web")
-            assert "protected" in page.inner_text("#item-name")
-            shots.take(page, "after-cleanup")
+            clean_up_test(page, site, shots)
     finally:
         kill_leftovers(str(tmp_path))
 

@@ -24,7 +24,7 @@ from rehost.vault.vault import Vault
 from tests.api.portal import ROLES, MiB, kill_leftovers, live_server, make_disk, portal_for
 from tests.cli_helpers import REPO
 from tests.web.conftest import Shots
-from tests.web.test_dashboard import Site, sign_in, wait_job
+from tests.web.test_dashboard import Site, clean_up_test, sign_in, wait_job
 
 
 def empty_vault(root: Path, *allowed: Path) -> dict[str, str]:
@@ -258,11 +258,6 @@ def test_from_an_empty_vault_to_a_test_failover(browser: Any, tmp_path: Path, ti
             assert "REHOST-BOOT-OK marker=setup" in page.inner_text("[data-step=verify_boot] .detail")
             shots.take(page, "test-failover")
             page.goto(f"{site.url}/ui/items/web")
-            page.click("#test-cleanup")
-            page.wait_for_url(re.compile(r".*/ui/jobs/[0-9a-f]+$"))
-            assert wait_job(page, 120) == "succeeded"
-            page.goto(f"{site.url}/ui/items/web")
-            assert "protected" in page.inner_text("#item-name")
-            shots.take(page, "after-cleanup")
+            clean_up_test(page, site, shots)
     finally:
         kill_leftovers(str(tmp_path))
