@@ -130,8 +130,9 @@ def test_failover(name: str, body: schemas.FailoverTestIn, request: Request, res
 
 
 def _readiness_force(body: schemas.FailoverTestIn) -> dict[str, Any]:
+    """The readiness options of a (test) failover: the forced reason, the fix-ups asked for."""
     reason = body.readiness_force_reason
-    return {} if reason is None else {"readiness_force_reason": reason}
+    return {"fixups": list(body.fixups), **({} if reason is None else {"readiness_force_reason": reason})}
 
 
 @router.post("/machines/{name}/test-cleanup", response_model=schemas.JobOut, status_code=202,

@@ -210,6 +210,10 @@ class FailoverTestIn(_In):
                                                      "fails (needs a reason; both are recorded in the job)")
     reason: str | None = Field(None, max_length=1000, pattern=r"^[^\x00]*$",
                                description="Why (with force_readiness): recorded in the job")
+    fixups: list[Annotated[str, Field(max_length=32)]] = Field(
+        default_factory=list, max_length=8,
+        description="Fix-ups on the copy on the target, never the source or the point: initramfs, dhcp, "
+                    "fstab, serial-console, remove-agents, or all")
 
     @model_validator(mode="after")
     def _readiness_reason(self) -> FailoverTestIn:

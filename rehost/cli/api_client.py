@@ -205,16 +205,29 @@ def failover(
     shutdown_source: bool = typer.Option(False, "--shutdown-source"),
     target: str = typer.Option(None, help="Target name (default: the machine's, or the only one)."),
     boot_timeout: float = typer.Option(300.0, help="Seconds to wait for the boot marker."),
+    force_readiness: bool = typer.Option(
+        False, "--force-readiness", help="Go on although a readiness requirement fails (needs --reason; "
+        "both are recorded in the job)."),
+    reason: str = typer.Option(None, "--reason", help="Why, with --force-readiness."),
+    fix_up: list[str] = typer.Option([], "--fix-up", help="Fix-ups on the copy (rehost failover --help)."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Fail a machine over on the server (or test it with --test, then --cleanup)."""
     if test and cleanup:
         raise UsageError("--test and --cleanup are separate steps: run --test first, --cleanup later")
+    if reason is not None and not force_readiness:
+        raise UsageError("--reason goes with --force-readiness")
+    if (force_readiness or fix_up) and cleanup:
+        raise UsageError("--force-readiness and --fix-up go with a (test) failover, not --cleanup")
     c = client(ctx)
     if cleanup:
         job = c.call("POST", f"/machines/{name}/test-cleanup")
     else:
         body: dict[str, Any] = {"point": point, "target": target, "boot_timeout": boot_timeout}
+        if force_readiness:
+            body.update(force_readiness=True, reason=reason or "")
+        if fix_up:
+            body["fixups"] = [n for v in fix_up for n in v.split(",") if n.strip()]
         if not test:
             body["shutdown_source"] = shutdown_source
         job = c.call("POST", f"/machines/{name}/{'test-failover' if test else 'failover'}", body)

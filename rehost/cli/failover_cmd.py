@@ -12,9 +12,14 @@ import typer
 from rehost.cli.context import emit_json, err, open_vault, out
 from rehost.cli.job_cmd import ConsoleObserver, job_dict
 from rehost.errors import UsageError
+from rehost.guest.fixups import FIXUPS, parse_fixups
 from rehost.jobs import dispatch
 from rehost.vault import failover as fo
 from rehost.vault.protection import find_point
+
+FIXUP_HELP = ("Change the copy on the target, never the source or the point: "
+              + "; ".join(f"{name}: {what}" for name, what in FIXUPS.items())
+              + ". Repeat, or comma-separate, or all.")
 
 
 def register(app: typer.Typer) -> None:
@@ -38,25 +43,32 @@ def failover(
         False, "--force-readiness", help="Go on although a readiness requirement fails (see rehost "
         "readiness NAME; needs --reason; both are recorded in the job)."),
     reason: str = typer.Option(None, "--reason", help="Why, with --force-readiness."),
+    fix_up: list[str] = typer.Option(
+        [], "--fix-up", help=FIXUP_HELP),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Fail a machine over to its target (or test it with --test, then --cleanup).
 
     The first step checks the point's readiness for the target (rehost readiness): a failing
-    requirement stops the failover before anything is made, unless --force-readiness."""
+    requirement stops the failover before anything is made, unless --force-readiness, or
+    unless a --fix-up asked for repairs it on the copy (checked again after it ran)."""
     if test and cleanup:
         raise UsageError("--test and --cleanup are separate steps: run --test first, --cleanup later")
     if reason is not None and not force_readiness:
         raise UsageError("--reason goes with --force-readiness")
     if force_readiness and cleanup:
         raise UsageError("--force-readiness goes with a (test) failover, not --cleanup")
+    fixups = parse_fixups(fix_up)
+    if fixups and cleanup:
+        raise UsageError("--fix-up goes with a (test) failover, not --cleanup")
     with open_vault(ctx) as vault:
         if cleanup:
             job = fo.start_job(vault, "test-cleanup", name)
         else:
             kind = "test-failover" if test else "failover"
             params = {"point": point, "target": target, "boot_marker": boot_marker,
-                      "boot_timeout": boot_timeout, "shutdown_source": shutdown_source}
+                      "boot_timeout": boot_timeout, "shutdown_source": shutdown_source,
+                      "fixups": list(fixups)}
             if force_readiness:
                 params["readiness_force_reason"] = reason or ""
             job = fo.start_job(vault, kind, name, **params)

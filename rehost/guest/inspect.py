@@ -192,7 +192,7 @@ def _same_path(a: str, b: str) -> bool:
 # the launch
 
 
-def _handle() -> Any:
+def appliance() -> Any:
     try:
         import guestfs
     except ImportError as e:
@@ -231,7 +231,7 @@ def inspect_batch(machines: Sequence[Sequence[str]],
     launch's cost is shared, and each Inspection's ``seconds`` is the total over the count."""
     started = time.monotonic()
     formats = formats if formats is not None else ["raw"] * len(machines)
-    g = _handle()
+    g = appliance()
     owner: list[tuple[int, int]] = []  # appliance drive index -> (machine, disk)
     for m, (sources, fmts) in enumerate(zip(machines, formats, strict=True)):
         per = [fmts] * len(sources) if isinstance(fmts, str) else list(fmts)
@@ -253,7 +253,7 @@ def inspect_batch(machines: Sequence[Sequence[str]],
         except RuntimeError:
             found = []
         for root in found:
-            if (whole := _whole(g, root)) in dev_owner:
+            if (whole := whole_device(g, root)) in dev_owner:
                 roots.setdefault(dev_owner[whole][0], []).append(root)
         results = []
         filesystems: dict[str, str] = {}  # listed once, and only if a machine needs it (slow)
@@ -261,7 +261,7 @@ def inspect_batch(machines: Sequence[Sequence[str]],
             mine = {dev: d for dev, (mm, d) in dev_owner.items() if mm == m}
             if m not in roots and not filesystems:
                 filesystems = dict(g.list_filesystems())
-            results.append(_inspect_machine(g, tuple(sources), roots.get(m, []), mine, filesystems))
+            results.append(inspect_machine(g, tuple(sources), roots.get(m, []), mine, filesystems))
         elapsed = (time.monotonic() - started) / len(machines)
         return [_with_seconds(r, elapsed) for r in results]
     finally:
@@ -277,41 +277,24 @@ def _with_seconds(r: Inspection, s: float) -> Inspection:
     return replace(r, seconds=round(s, 2))
 
 
-def _whole(g: Any, device: str) -> str:
+def whole_device(g: Any, device: str) -> str:
     try:
         return str(g.part_to_dev(device))
     except RuntimeError:
         return device
 
 
-def _inspect_machine(g: Any, sources: tuple[str, ...], roots: list[str], disks: dict[str, int],
+def inspect_machine(g: Any, sources: tuple[str, ...], roots: list[str], disks: dict[str, int],
                      filesystems: dict[str, str]) -> Inspection:
     notes: list[str] = []
-    if len(roots) > 1:
-        notes.append(f"{len(roots)} operating systems found ({', '.join(roots)}); the first is reported")
-    if roots:
-        root = roots[0]
-        os_type = g.inspect_get_type(root)
-        info: dict[str, Any] = {
-            "distro": g.inspect_get_distro(root), "product": g.inspect_get_product_name(root),
-            "version": f"{g.inspect_get_major_version(root)}.{g.inspect_get_minor_version(root)}",
-            "hostname": g.inspect_get_hostname(root),
-        }
-        mounts = sorted(g.inspect_get_mountpoints(root).items(), key=lambda kv: len(kv[0]))
-    else:
-        root, os_type, info, mounts = _find_linux_root(g, disks, filesystems)
-        if not root:
-            return Inspection(disks=sources, os_type="unknown",
-                              notes=("no operating system found on these disks",))
-        notes.append("the distribution is not recognised (no /etc/os-release); found a Linux kernel in /boot")
-    os_disk = disks.get(_whole(g, root))
+    root, os_type, info, mounts = locate(g, roots, disks, filesystems, notes)
+    if not root:
+        return Inspection(disks=sources, os_type="unknown",
+                          notes=("no operating system found on these disks",))
+    os_disk = disks.get(whole_device(g, root))
     where = _relative(g, root, disks)
-    # libguestfs maps the guest's fstab names onto the appliance's devices: a /dev/sda1 in a
-    # guest's fstab may be another machine's disk in a batch, so the root is mounted from its
-    # own device and other mounts only from this machine's disks
-    mounts = [("/", root)] + [(mp, dev) for mp, dev in mounts if mp != "/"]
     for mp, dev in mounts:
-        if _whole(g, dev) not in disks:
+        if whole_device(g, dev) not in disks:
             notes.append(f"{mp} not mounted: the guest's fstab names a device that is not one of its disks")
             continue
         try:
@@ -348,10 +331,36 @@ def _inspect_machine(g: Any, sources: tuple[str, ...], roots: list[str], disks: 
         g.umount_all()
 
 
+def locate(g: Any, roots: list[str], disks: dict[str, int], filesystems: dict[str, str],
+           notes: list[str]) -> tuple[str, str, dict[str, Any], list[tuple[str, str]]]:
+    """The machine's root device, OS type, what libguestfs knows of the OS, and its mounts
+    (mountpoint, appliance device; ``/`` first); ``("", "unknown", {}, [])`` when none."""
+    if len(roots) > 1:
+        notes.append(f"{len(roots)} operating systems found ({', '.join(roots)}); the first is reported")
+    if roots:
+        root = roots[0]
+        os_type = g.inspect_get_type(root)
+        info: dict[str, Any] = {
+            "distro": g.inspect_get_distro(root), "product": g.inspect_get_product_name(root),
+            "version": f"{g.inspect_get_major_version(root)}.{g.inspect_get_minor_version(root)}",
+            "hostname": g.inspect_get_hostname(root),
+        }
+        mounts = sorted(g.inspect_get_mountpoints(root).items(), key=lambda kv: len(kv[0]))
+    else:
+        root, os_type, info, mounts = _find_linux_root(g, disks, filesystems)
+        if not root:
+            return "", "unknown", {}, []
+        notes.append("the distribution is not recognised (no /etc/os-release); found a Linux kernel in /boot")
+    # libguestfs maps the guest's fstab names onto the appliance's devices: a /dev/sda1 in a
+    # guest's fstab may be another machine's disk in a batch, so the root is mounted from its
+    # own device and other mounts only from this machine's disks
+    return root, os_type, info, [("/", root)] + [(mp, dev) for mp, dev in mounts if mp != "/"]
+
+
 def _relative(g: Any, device: str, disks: dict[str, int]) -> str:
     """A device as the machine knows it ("disk 0 partition 1"): the appliance's own names
     (/dev/sdb1) depend on the order of the batch."""
-    disk = disks.get(_whole(g, device))
+    disk = disks.get(whole_device(g, device))
     if disk is None:
         return device
     try:
@@ -364,7 +373,7 @@ def _find_linux_root(g: Any, disks: dict[str, int],
                      filesystems: dict[str, str]) -> tuple[str, str, dict[str, Any], list[tuple[str, str]]]:
     """No distribution recognised: a filesystem with a Linux kernel in /boot is a Linux root."""
     for dev, fstype in filesystems.items():
-        if _whole(g, dev) not in disks or fstype in ("swap", "unknown", ""):
+        if whole_device(g, dev) not in disks or fstype in ("swap", "unknown", ""):
             continue
         try:
             g.mount_ro(dev, "/")
@@ -379,7 +388,7 @@ def _find_linux_root(g: Any, disks: dict[str, int],
     return "", "unknown", {}, []
 
 
-def _read(g: Any, path: str) -> str | None:
+def read_text(g: Any, path: str) -> str | None:
     try:
         if g.is_file(path, followsymlinks=True):
             return bytes(g.read_file(path)).decode(errors="replace")
@@ -434,7 +443,7 @@ def _kernels(g: Any, bootloader: Bootloader, notes: list[str]) -> tuple[KernelIn
         builtin: tuple[str, ...] | None = None
         if initrd and g.is_file(initrd, followsymlinks=True):
             try:
-                listing = _list_initrd(g, initrd)
+                listing = list_initrd(g, initrd)
                 mods, archives, builtin = listing.modules, listing.archives, listing.builtin
             except (InitramfsError, RuntimeError) as e:
                 error = str(e)
@@ -443,7 +452,7 @@ def _kernels(g: Any, bootloader: Bootloader, notes: list[str]) -> tuple[KernelIn
         else:
             error = "no initramfs found for this kernel"
         if version:
-            text = _read(g, f"/lib/modules/{version}/modules.builtin") or _read(
+            text = read_text(g, f"/lib/modules/{version}/modules.builtin") or read_text(
                 g, f"/usr/lib/modules/{version}/modules.builtin")
             if text is not None:
                 builtin = builtin_names(text)
@@ -455,7 +464,7 @@ def _norm(p: str) -> str:
     return p if p.startswith("/boot/") else "/boot" + (p if p.startswith("/") else "/" + p)
 
 
-def _list_initrd(g: Any, path: str) -> Any:
+def list_initrd(g: Any, path: str) -> Any:
     size = g.filesize(path)
     if size > INITRD_LIMIT:
         raise InitramfsError(f"{path} is {size} bytes: too big to list")
@@ -474,13 +483,13 @@ def _list_initrd(g: Any, path: str) -> Any:
 def _bootloader(g: Any) -> Bootloader:
     for path in ("/boot/extlinux/extlinux.conf", "/boot/syslinux/syslinux.cfg", "/extlinux.conf",
                  "/boot/extlinux.conf", "/syslinux/syslinux.cfg"):
-        text = _read(g, path)
+        text = read_text(g, path)
         if text is not None:
             return parse_extlinux(text, path)
-    default_grub = _read(g, "/etc/default/grub")
+    default_grub = read_text(g, "/etc/default/grub")
     grub_cmdline = parse_default_grub(default_grub) if default_grub is not None else None
     for path in ("/boot/grub/grub.cfg", "/boot/grub2/grub.cfg", "/boot/efi/EFI/debian/grub.cfg"):
-        text = _read(g, path)
+        text = read_text(g, path)
         if text is not None:
             bl = parse_grub_cfg(text, path)
             return Bootloader(bl.kind, bl.config, bl.entries, bl.default, grub_cmdline)
@@ -512,12 +521,12 @@ def _network(g: Any, notes: list[str]) -> tuple[tuple[Interface, ...], bool]:
     out: list[Interface] = []
     known = False
     for path in ["/etc/network/interfaces", *_files(g, "/etc/network/interfaces.d")]:
-        text = _read(g, path)
+        text = read_text(g, path)
         if text is not None:
             known = True
             out += parse_ifupdown(text, path)
     for path in [*_files(g, "/etc/netplan", ".yaml"), *_files(g, "/etc/netplan", ".yml")]:
-        text = _read(g, path)
+        text = read_text(g, path)
         if text is not None:
             known = True
             try:
@@ -525,17 +534,17 @@ def _network(g: Any, notes: list[str]) -> tuple[tuple[Interface, ...], bool]:
             except ValueError as e:
                 notes.append(f"{path}: {e}")
     for path in _files(g, "/etc/systemd/network", ".network"):
-        text = _read(g, path)
+        text = read_text(g, path)
         if text is not None:
             known = True
             out += parse_networkd(text, path)
     for path in _files(g, "/etc/NetworkManager/system-connections"):
-        text = _read(g, path)
+        text = read_text(g, path)
         if text is not None:
             known = True
             out += parse_nmconnection(text, path)
     for path in _files(g, "/etc/sysconfig/network-scripts"):
-        if path.rsplit("/", 1)[1].startswith("ifcfg-") and (text := _read(g, path)) is not None:
+        if path.rsplit("/", 1)[1].startswith("ifcfg-") and (text := read_text(g, path)) is not None:
             known = True
             out += parse_ifcfg(text, path)
     return tuple(i for i in out if i.name != "lo"), known
@@ -562,7 +571,7 @@ def _network(g: Any, notes: list[str]) -> tuple[tuple[Interface, ...], bool]:
 
 
 def _fstab(g: Any) -> tuple[tuple[FstabEntry, ...], bool]:
-    text = _read(g, "/etc/fstab")
+    text = read_text(g, "/etc/fstab")
     return (parse_fstab(text), True) if text is not None else ((), False)
 
 
@@ -587,31 +596,44 @@ def _swap_disk(g: Any, e: FstabEntry, disks: dict[str, int], os_disk: int | None
             # this machine's partitions only: cloned machines in one batch share UUIDs
             read = g.vfs_uuid if e.by == "uuid" else g.vfs_label
             for part in [*g.list_partitions(), *g.list_devices()]:
-                if _whole(g, part) in disks and _safe(read, part).lower() == value.lower():
+                if whole_device(g, part) in disks and safe_read(read, part).lower() == value.lower():
                     dev = part
                     break
         elif e.by == "device":
             # the guest's own name: the same letter and number here is that disk only if that
             # partition really is a swap area (else unknown)
-            m = DEVICE_NAME_RE.match(e.spec)
-            if m and m.group(1):
-                letters = m.group(1)
-                idx = 0
-                for ch in letters:
-                    idx = idx * 26 + (ord(ch) - 96)
-                whole = next((d for d, i in disks.items() if i == idx - 1), None)
-                if whole is not None and m.group(2):
-                    cand = f"{whole}{m.group(2)}"
-                    if cand in g.list_partitions() and g.vfs_type(cand) == "swap":
-                        dev = cand
+            cand = guest_device(g, e.spec, disks)
+            if cand is not None and cand in g.list_partitions() and g.vfs_type(cand) == "swap":
+                dev = cand
         if dev:
-            return disks.get(_whole(g, dev))
+            return disks.get(whole_device(g, dev))
     except RuntimeError:
         return None
     return None
 
 
-def _safe(read: Any, device: str) -> str:
+def guest_device(g: Any, spec: str, disks: dict[str, int]) -> str | None:
+    """The appliance's device for a name the guest uses (``/dev/vdb2``: the machine's disk 1,
+    partition 2; ``/dev/nvme0n1p1``: disk 0, partition 1), None when the name is not one of
+    these or that disk is not the machine's. Whether it is the right partition is for the
+    caller to check (its type, its UUID)."""
+    m = DEVICE_NAME_RE.match(spec)
+    if not m:
+        return None
+    if m.group(1):
+        idx = 0
+        for ch in m.group(1):
+            idx = idx * 26 + (ord(ch) - 96)
+        idx, part = idx - 1, m.group(2)
+    else:
+        idx, part = int(m.group(3)), m.group(4) or ""
+    whole = next((d for d, i in disks.items() if i == idx), None)
+    if whole is None:
+        return None
+    return f"{whole}{part}" if part else whole
+
+
+def safe_read(read: Any, device: str) -> str:
     try:
         return str(read(device))
     except RuntimeError:

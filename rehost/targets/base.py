@@ -112,6 +112,9 @@ class PointDisk:
     uri: str | None = None
     #: the replicated item's name, under which a ``keeps_replicas`` target keeps its copy
     machine: str = ""
+    #: the format of what ``uri`` names: raw for a point's export; qcow2 for a copy with
+    #: fix-ups (an overlay file on the export, ``rehost.vault.fixup``)
+    format: str = "raw"
 
 
 @dataclass(frozen=True)

@@ -256,7 +256,7 @@ class LocalTarget:
             if not path.exists():
                 tmp = path.with_suffix(".tmp")
                 r = subprocess.run(
-                    ["qemu-img", "create", "-q", "-u", "-f", "qcow2", "-b", disk.uri, "-F", "raw",
+                    ["qemu-img", "create", "-q", "-u", "-f", "qcow2", "-b", disk.uri, "-F", disk.format,
                      str(tmp), str(disk.size)], capture_output=True, text=True)
                 if r.returncode != 0:
                     raise DiskError(f"cannot create disk {disk.index} of {vm}: {r.stderr.strip()}")

@@ -19,6 +19,8 @@ from collections.abc import Callable
 from typing import Any
 
 from rehost.errors import InvalidState, RehostError, UsageError
+from rehost.guest.fixups import fixup_for, parse_fixups
+from rehost.guest.readiness import evaluate
 from rehost.jobs import leases
 from rehost.jobs.models import JobRow
 from rehost.jobs.runner import SkipStep, Step, StepContext, create_job, plan, running_jobs
@@ -26,7 +28,7 @@ from rehost.repository.manifest import RecoveryPoint
 from rehost.repository.prune import prune
 from rehost.targets.base import Capabilities, Peer, Placement, PointDisk, Target
 from rehost.units import human
-from rehost.vault import instant, point_records, replicas, targets, verdicts
+from rehost.vault import fixup, instant, point_records, replicas, targets, verdicts
 from rehost.vault import readiness as vault_readiness
 from rehost.vault.inventory import get_machine, provider_for, set_state, spec_of
 from rehost.vault.protection import find_point, list_points, replicate
@@ -51,6 +53,7 @@ def start_job(vault: Vault, kind: str, name: str, **params: Any) -> JobRow:
         params.update(verdicts.require_passing(vault, name, params.pop("force_reason", None)))
     if kind in ("test-failover", "failover"):
         params.update(_readiness_force(name, params.pop("readiness_force_reason", None)))
+        params["fixups"] = list(parse_fixups(params.get("fixups") or ()))
         row = targets.target_of(vault, machine, params.get("target"))
         params["target"] = row.name
         if kind == "test-failover" and targets.provider(row).capabilities.test_network is None:
@@ -92,15 +95,22 @@ def _readiness(test: bool) -> Callable[[StepContext], str]:
         g = vault_readiness.gate(ctx.vault, name, target=ctx.params["target"], point=spec)
         record = g.to_json()
         reason = (ctx.params.get("readiness_forced") or {}).get("reason")
-        failed = "; ".join(f"{r.name}: {r.detail}" + (f" (fix: {r.fix})" if r.fix else "")
-                           for r in g.failed())
+        fixing = set(ctx.params.get("fixups") or ())
+        # what a fix-up asked for repairs on the copy does not stop the job here: the fix-up
+        # step checks the copy again and stops it if the requirement still fails
+        left = [r for r in g.failed() if fixup_for(r.name) not in fixing]
+        fixed_later = [r for r in g.failed() if fixup_for(r.name) in fixing]
+        failed = "; ".join(f"{r.name}: {r.detail}" + (f" (fix: {r.fix}" + _fixup_hint(r.name) + ")" if r.fix
+                                                      else "") for r in left)
         if failed and reason:
             record["forced"] = {"reason": reason}
+        if fixed_later:
+            record["left_to_fixups"] = [r.name for r in fixed_later]
         ctx.save_outputs(readiness=record)
         where = f"point {g.point[:12]} on target {g.target}"
         if failed and not reason:
             again = f"rehost failover {name}{' --test' if test else ''} --force-readiness --reason TEXT"
-            raise InvalidState(f"{name} is not ready for target {g.target} ({len(g.failed())} failed "
+            raise InvalidState(f"{name} is not ready for target {g.target} ({len(left)} failed "
                                f"requirement(s) of point {g.point[:12]}): {failed}. Fix them, or {again} "
                                "(recorded)")
         passed = sum(r.status == "pass" for r in g.readiness.requirements)
@@ -111,12 +121,38 @@ def _readiness(test: bool) -> Callable[[StepContext], str]:
         warnings = [r for r in g.warnings() if r.name != "inspection"]  # said in the parentheses
         if warnings:
             detail += "; warnings: " + "; ".join(f"{r.name}: {r.detail}" for r in warnings)
+        if fixed_later:
+            detail += "; left to the fix-ups: " + "; ".join(
+                f"{r.name} ({fixup_for(r.name)}): {r.detail}" for r in fixed_later)
         if failed:  # the fixes are in the job's outputs (readiness.failed)
-            named = "; ".join(f"{r.name}: {r.detail}" for r in g.failed())
+            named = "; ".join(f"{r.name}: {r.detail}" for r in left)
             detail += f"; FORCED past the failed requirement(s) ({named}); reason: {reason}"
         return detail
 
     return run
+
+
+def _fixup_hint(requirement: str) -> str:
+    name = fixup_for(requirement)
+    return f"; or on the copy: --fix-up {name}" if name else ""
+
+
+def _fix_up(ctx: StepContext) -> str:
+    """Apply the fix-ups asked for to overlays of the point, then check the copy again: a
+    requirement they were to repair that still fails stops the job (unless forced)."""
+    names = list(ctx.params.get("fixups") or ())
+    row = targets.get_target(ctx.vault, ctx.params["target"])
+    machine = get_machine(ctx.vault, ctx.job.machine_name)
+    point = _point(ctx)
+    result = fixup.fix_up(ctx.vault, machine, point, ctx.outputs["vm"], row.kind, names)
+    after = evaluate(result.after, row.kind)
+    still = [r for r in after.failed() if fixup_for(r.name) in names]
+    ctx.save_outputs(fixups={**result.to_json(), "readiness_after": after.to_json()})
+    done = "; ".join(f"{f.name}: {f.detail}" for f in result.fixups)
+    if still and not (ctx.params.get("readiness_forced") or {}).get("reason"):
+        named = "; ".join(f"{r.name}: {r.detail}" for r in still)
+        raise InvalidState(f"the fix-ups did not repair the copy: {named} (fix-ups: {done})")
+    return f"{done}; the copy checks {after.status} for {row.kind} targets ({result.seconds:.0f} s)"
 
 
 def _readiness_steps(job: JobRow, *, test: bool) -> list[Step]:
@@ -187,13 +223,22 @@ def _stage_disks(ctx: StepContext) -> str:
                 if r is not None:
                     ctx.save_outputs(replica_sync=r.to_json())
                     synced = f"; replica synced to it first: {human(r.bytes_written)} written"
+        fixed = fixup.fixed_disks(ctx.vault, point, vm)
         for d in point.disks:
             def progress(done: int, _size: int, base: int = base) -> None:
                 ctx.progress(base + done, total)
 
-            target.stage_disk(vm, PointDisk(d.index, d.size, point.id, machine=name),
-                              ctx.vault.repo.iter_disk(point, d.index), progress, spec=spec)
+            if fixed is not None:  # the fixed copy, as a disk of its own (not the target's replica)
+                target.stage_disk(vm, PointDisk(d.index, d.size, fixup.staged_point(point)),
+                                  fixup.staged_data(fixed[d.index]), progress, spec=spec)
+            else:
+                target.stage_disk(vm, PointDisk(d.index, d.size, point.id, machine=name),
+                                  ctx.vault.repo.iter_disk(point, d.index), progress, spec=spec)
             base += d.size
+    if fixed is not None:
+        instant.stop_point_servers(ctx.vault, vm)
+        fixup.remove(ctx.vault, vm)
+        synced += "; the fixed-up copy was staged, not the point"
     ctx.progress(total, total)
     return f"{len(point.disks)} disk(s) of point {point.short_id} staged on {ctx.params['target']}{synced}"
 
@@ -202,12 +247,19 @@ def _create_machine(ctx: StepContext) -> str:
     vault, vm, target = ctx.vault, ctx.outputs["vm"], _target(ctx)
     machine = get_machine(vault, ctx.job.machine_name)
     point = _point(ctx)
+    fixed = ctx.params.get("fixups")
     if target.capabilities.boots_from_nbd:
         disks = instant.start_point_servers(vault, machine, point, vm)
         how = "served from point {} (instant recovery)"
+        if fixed:  # the fix-up overlays, whose backing files are these exports
+            overlays = fixup.fixed_disks(vault, point, vm)
+            if overlays is None:
+                raise InvalidState(f"the fix-ups of {vm} are gone; run the job again (rehost failover)")
+            disks, how = overlays, "served from point {} with the fix-ups on overlays (instant recovery)"
     else:
-        disks = [PointDisk(d.index, d.size, point.id, machine=machine.name) for d in point.disks]
-        how = "staged from point {}"
+        staged = fixup.staged_point(point) if fixed else point.id
+        disks = [PointDisk(d.index, d.size, staged, machine=machine.name) for d in point.disks]
+        how = "staged from point {}" + (" with the fix-ups" if fixed else "")
     placement = target.create(spec_of(machine), vm, disks)
     ctx.save_outputs(placement=placement.to_json())
     return f"{len(disks)} disk(s) {how.format(point.short_id)} in {placement.location}"
@@ -263,13 +315,18 @@ def _hydrate(ctx: StepContext) -> str:
     target = _target(ctx)
     target.hydrate(_placement(ctx, target), ctx.progress)
     instant.stop_point_servers(ctx.vault, ctx.outputs["vm"])
+    fixup.remove(ctx.vault, ctx.outputs["vm"])
     return "disks copied to the target; the machine no longer depends on the repository"
 
 
-def _materialize(caps: Capabilities, *, test: bool) -> list[Step]:
-    """Make the machine on the target from the chosen point, start it, see it boot."""
+def _materialize(caps: Capabilities, job: JobRow, *, test: bool) -> list[Step]:
+    """Make the machine on the target from the chosen point (fixed up, if asked), start it,
+    see it boot."""
     what = "test machine" if test else "machine"
     steps = []
+    names = job.params.get("fixups") or []
+    if names:
+        steps.append(Step("fix_up", f"Fix up the copy ({', '.join(names)})", _fix_up))
     if caps.stages_disks:
         steps.append(Step("stage_disks", "Copy the point's disks to the target", _stage_disks))
     create = "Create test machine (copy-on-write overlay)" if test and caps.boots_from_nbd \
@@ -317,7 +374,7 @@ def _test_failover_plan(vault: Vault, job: JobRow) -> list[Step]:
         *_readiness_steps(job, test=True),
         Step("prerequisites", "Check prerequisites", prerequisites),
         Step("choose_point", "Choose recovery point", _choose_point),
-        *_materialize(_capabilities(vault, job), test=True),
+        *_materialize(_capabilities(vault, job), job, test=True),
         Step("checks", "Check the machine's services (verdict)", _run_checks),
     ]
 
@@ -334,6 +391,7 @@ def _test_cleanup_plan(vault: Vault, job: JobRow) -> list[Step]:
             if placement is not None:
                 target.remove(placement)
         instant.stop_point_servers(ctx.vault, vm)
+        fixup.remove(ctx.vault, vm)
         return f"test machine {vm} and its disks removed"
 
     def back_to_protected(ctx: StepContext) -> str:
@@ -413,7 +471,7 @@ def _failover_plan(vault: Vault, job: JobRow) -> list[Step]:
         Step("final_sync", "Final sync", final_sync),
         Step("choose_point", "Choose recovery point", _choose_point),
         Step("stop_replication", "Stop replication", stop_replication, point_of_no_return=True),
-        *_materialize(_capabilities(vault, job), test=False),
+        *_materialize(_capabilities(vault, job), job, test=False),
         Step("finish", "Record placement", finish),
         Step("checks", "Check the machine's services (verdict)", _run_checks),
     ]
