@@ -130,6 +130,23 @@ def debian_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return dest
 
 
+#: the unready Debian guest's static address: not what QEMU's user network hands out by DHCP
+UNREADY_ADDRESS = "192.168.50.7/24"
+
+
+@pytest.fixture(scope="session")
+def debian_unready(debian_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's Debian guest as the admin who will not get it to boot elsewhere made it
+    (marker ``unready``): ``MODULES=dep`` (its initramfs has no disk driver: it boots nowhere),
+    a static address (``UNREADY_ADDRESS``) and fstab and ``root=`` by device name (/dev/vda1).
+    Built from the same cached root as ``debian_base`` (~5 s). Do not modify it."""
+    from rehost.testkit.debian import build_debian_guest
+
+    return build_debian_guest(tmp_path_factory.mktemp("debian-unready") / "unready.img", marker="unready",
+                              initramfs_modules="dep", network="static", fstab_by="device",
+                              static_address=UNREADY_ADDRESS, static_gateway="192.168.50.1")
+
+
 @pytest.fixture
 def debian_image(debian_base: Path, tmp_path: Path) -> Path:
     """A private (sparse) copy of the session's Debian guest that the test may change."""

@@ -51,7 +51,8 @@ iface eth1 inet static
 def test_ifupdown_switches_only_the_named_ipv4_stanza() -> None:
     new = ifupdown_dhcp(IFUPDOWN, "eth0")
     by_name = {i.name: i for i in parse_ifupdown(new)}
-    assert by_name["eth0"].method == "dhcp" and by_name["eth0"].addresses == () and by_name["eth0"].gateway == ""
+    eth0 = by_name["eth0"]
+    assert (eth0.method, eth0.addresses, eth0.gateway) == ("dhcp", (), "")
     assert by_name["eth1"].method == "static" and by_name["eth1"].addresses == ("10.9.9.9/24",)
     assert "dns-nameservers 192.168.50.1" in new and "iface eth0 inet6 auto" in new
     assert new.startswith("# The loopback network interface\nauto lo\n")
@@ -103,7 +104,8 @@ def test_serial_console_added_once() -> None:
            "LABEL b\n  KERNEL /boot/vmlinuz-2\n")
     out = console_extlinux(ext)
     entries = parse_extlinux(out).entries
-    assert [e.cmdline for e in entries] == ["root=UUID=1 ro quiet console=ttyS0,115200", "console=ttyS0,115200"]
+    assert [e.cmdline for e in entries] == ["root=UUID=1 ro quiet console=ttyS0,115200",
+                                            "console=ttyS0,115200"]
     assert console_extlinux(out) == out
 
     cfg = "menuentry 'Debian' {\n\tlinux /boot/vmlinuz-6 root=UUID=1 ro quiet\n\tinitrd /boot/initrd\n}\n"

@@ -98,7 +98,7 @@ def test_a_fix_up_that_does_not_repair_stops_the_job(w: World, monkeypatch: pyte
     monkeypatch.setattr(fixup, "apply_fixups", _stand_in(UNREADY_FOR_AZURE, []))
     job = _run(w, fixups=["all"])
     assert job.state == "failed"
-    state, detail = _step(job, "fix_up")
+    state, _ = _step(job, "fix_up")
     assert state == "failed" and "the fix-ups did not repair the copy: hv_storvsc driver" in job.error
     assert _step(job, "stage_disks")[0] == "pending"
     assert _run(w, "test-cleanup").state == "succeeded"
