@@ -123,7 +123,8 @@ def failover(name: str, body: schemas.PlanFailoverIn, request: Request, response
     at or before it) boots copies on the isolated network; ``{"cleanup": true}`` removes them;
     ``{"shutdown_source": true|false}`` is the real failover. 409 for a plan without machines
     or with a plan job that has not ended."""
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = {} if body.cleanup else {
+        "fixups": list(body.fixups), "readiness_force_reason": body.readiness_force_reason}
     if body.test:
         kind = plan_jobs.TEST_FAILOVER
         options["at"] = body.at

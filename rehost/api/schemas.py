@@ -202,10 +202,10 @@ class ReplicateIn(_In):
     app_consistent: bool = False
 
 
-class FailoverTestIn(_In):
-    point: PointSpec = "latest"
-    target: Name | None = None
-    boot_timeout: float = Field(300.0, gt=0, le=3600, description="Seconds to wait for the boot marker")
+class ReadinessIn(_In):
+    """What a (test) failover may say about readiness: go on past failed requirements (with
+    the reason, recorded), and the fix-ups to apply to the copy."""
+
     force_readiness: bool = Field(False, description="Go on although a readiness requirement of the point "
                                                      "fails (needs a reason; both are recorded in the job)")
     reason: str | None = Field(None, max_length=1000, pattern=r"^[^\x00]*$",
@@ -216,7 +216,7 @@ class FailoverTestIn(_In):
                     "fstab, serial-console, remove-agents, or all")
 
     @model_validator(mode="after")
-    def _readiness_reason(self) -> FailoverTestIn:
+    def _readiness_reason(self) -> ReadinessIn:
         if self.force_readiness and not (self.reason or "").strip():
             raise ValueError('"force_readiness": true needs a "reason": why the machine may fail over '
                              'although a readiness requirement fails (it is recorded)')
@@ -227,6 +227,12 @@ class FailoverTestIn(_In):
     @property
     def readiness_force_reason(self) -> str | None:
         return (self.reason or "").strip() if self.force_readiness else None
+
+
+class FailoverTestIn(ReadinessIn):
+    point: PointSpec = "latest"
+    target: Name | None = None
+    boot_timeout: float = Field(300.0, gt=0, le=3600, description="Seconds to wait for the boot marker")
 
 
 class FailoverIn(FailoverTestIn):
@@ -429,7 +435,7 @@ class PlanConfirmedOut(BaseModel):
     confirmed: str
 
 
-class PlanFailoverIn(_In):
+class PlanFailoverIn(ReadinessIn):
     """One of three: ``{"test": true}`` (with ``at``), ``{"cleanup": true}``, or a real failover,
     which must say ``shutdown_source`` (true or false) so that no empty body fails a plan over."""
 
@@ -452,6 +458,8 @@ class PlanFailoverIn(_In):
                              '{"shutdown_source": true|false}')
         if self.at is not None and not self.test:
             raise ValueError('"at" goes with {"test": true}')
+        if self.cleanup and (self.force_readiness or self.fixups):
+            raise ValueError('"force_readiness" and "fixups" go with a (test) failover, not "cleanup"')
         return self
 
 

@@ -140,10 +140,18 @@ def failover_cmd(
                                          "group's sources down and sync them last first."),
     at: str = typer.Option(None, "--at", help="--test: each machine's newest point not newer than "
                            "this time (ISO 8601; default: now)."),
+    force_readiness: bool = typer.Option(
+        False, "--force-readiness", help="Each machine goes on although a readiness requirement fails "
+        "(needs --reason; recorded in each machine's job)."),
+    reason: str = typer.Option(None, "--reason", help="Why, with --force-readiness."),
+    fix_up: list[str] = typer.Option([], "--fix-up", help="Fix-ups on each machine's copy (see rehost "
+                                     "failover --help)."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Fail the plan's machines over group after group, as one job: --test (isolated network),
     --cleanup, or a real failover (neither). `rehost job resume ID` continues it after a crash."""
+    if reason is not None and not force_readiness:
+        raise UsageError("--reason goes with --force-readiness")
     if test and cleanup:
         raise UsageError("give --test or --cleanup, not both")
     if at is not None and not test:
@@ -152,7 +160,8 @@ def failover_cmd(
         raise UsageError("--shutdown-source is for a real failover (without --test/--cleanup)")
     kind = plan_jobs.TEST_FAILOVER if test else plan_jobs.TEST_CLEANUP if cleanup else plan_jobs.FAILOVER
     with open_vault(ctx) as vault:
-        job = plan_jobs.start(vault, kind, name, at=at, shutdown_source=shutdown_source)
+        job = plan_jobs.start(vault, kind, name, at=at, shutdown_source=shutdown_source, fixups=fix_up,
+                              readiness_force_reason=(reason or "") if force_readiness else None)
         _run(vault, job, kind, name, as_json)
 
 

@@ -7,6 +7,7 @@ from typing import Any
 import typer
 
 from rehost.cli.context import emit_json, open_vault, out
+from rehost.guest.fixups import fixup_for
 from rehost.guest.inspect import Inspection
 from rehost.vault import readiness as vault_readiness
 
@@ -39,10 +40,16 @@ def show(data: dict[str, Any]) -> None:
     how = "cached inspection" if data["cached"] else f"inspected in {ins.seconds:.0f}s"
     _say(f"{data['machine']} on target {data['target']} ({data['target_kind']}), point "
          f"{data['point'][:12]} ({how}): {data['verdict']}")
+    fixups: list[str] = []
     for q in data["requirements"]:
         _say(f"  {_MARK[q['status']]}  {q['name']}: {q['detail']}")
         if q["fix"] and q["status"] != "pass":
             _say(f"        fix: {q['fix']}")
+        if q["status"] != "pass" and (f := fixup_for(q["name"])) and f not in fixups:
+            fixups.append(f)
+    if fixups:
+        _say(f"  or on the copy, not the source: rehost failover {data['machine']} [--test] "
+             f"--fix-up {','.join(fixups)}")
     _say("")
     for line in facts(ins):
         _say(line)

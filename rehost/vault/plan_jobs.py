@@ -19,7 +19,7 @@ group run at once (one thread per child job), and every one that fails is named.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -27,6 +27,7 @@ from typing import Any
 from sqlalchemy import select
 
 from rehost.errors import InvalidState, NotFound, RehostError, UsageError
+from rehost.guest.fixups import parse_fixups
 from rehost.jobs.models import JobRow
 from rehost.jobs.runner import DONE_STATES, Step, StepContext, create_job, get_job, plan, run_job
 from rehost.targets.base import Placement
@@ -79,10 +80,13 @@ def running_plan_job(vault: Vault, name: str) -> JobRow | None:
 
 
 def start(vault: Vault, kind: str, name: str, *, point: str = "latest", at: str | None = None,
-          shutdown_source: bool = False, force_reason: str | None = None) -> JobRow:
+          shutdown_source: bool = False, force_reason: str | None = None,
+          readiness_force_reason: str | None = None, fixups: Sequence[str] = ()) -> JobRow:
     """Make a plan job from the plan as it is now. Refused for an empty plan, while another
     job of the plan runs, and (complete) while a machine's verdict did not pass, unless forced
-    with a reason: the refusal names every such machine."""
+    with a reason: the refusal names every such machine. A (test) failover's readiness
+    options (a reason to go on past failed requirements, fix-ups on the copies) are handed to
+    every machine's job."""
     p = plans.show(vault, name)
     if not p.machines:
         raise InvalidState(f"plan {name!r} has no machines: rehost plan add {name} MACHINE --group 1")
@@ -91,6 +95,15 @@ def start(vault: Vault, kind: str, name: str, *, point: str = "latest", at: str 
         raise InvalidState(f"plan {name!r} has a {busy.kind} job {busy.state} ({busy.id}); "
                            f"wait for it or rehost job resume {busy.id}")
     params: dict[str, Any] = {"plan": name, "groups": p.to_json()["groups"]}
+    if kind in (TEST_FAILOVER, FAILOVER):
+        params["fixups"] = list(parse_fixups(fixups))
+        if readiness_force_reason is not None:
+            if not readiness_force_reason.strip():
+                raise UsageError(f"--force-readiness needs --reason TEXT: why the machines of plan {name} "
+                                 "may fail over although a readiness requirement fails (it is recorded)")
+            params["readiness_force_reason"] = readiness_force_reason.strip()
+    elif fixups or readiness_force_reason is not None:
+        raise UsageError("--fix-up and --force-readiness go with a plan's (test) failover")
     if kind == TEST_FAILOVER:
         if point != "latest":
             raise UsageError("a plan's test failover takes --point latest (with --at TIME): a point id "
@@ -152,11 +165,14 @@ def _peers(ctx: StepContext) -> list[dict[str, Any]]:
 
 
 def _child_params(ctx: StepContext, machine: str, kind: str) -> dict[str, Any]:
+    readiness: dict[str, Any] = {"fixups": list(ctx.params.get("fixups") or ())}
+    if ctx.params.get("readiness_force_reason"):
+        readiness["readiness_force_reason"] = ctx.params["readiness_force_reason"]
     if kind == "test-failover":
         point = ctx.params.get("consistency", {}).get("points", {}).get(machine, {}).get("id")
-        return {"peers": _peers(ctx), **({"point": point} if point else {})}
+        return {"peers": _peers(ctx), **({"point": point} if point else {}), **readiness}
     if kind == "failover":
-        return {"peers": _peers(ctx), "shutdown_source": bool(ctx.params.get("shutdown_source"))}
+        return {"peers": _peers(ctx), "shutdown_source": bool(ctx.params.get("shutdown_source")), **readiness}
     if kind == "complete" and "force_reason" in ctx.params:
         return {"force_reason": ctx.params["force_reason"]}
     return {}

@@ -68,6 +68,8 @@ def test_fix_ups_make_an_unbootable_guest_boot_on_dhcp(tmp_path: Path, debian_un
     assert report["status"] == "fail" and status["virtio_blk driver"] == "fail"
     assert status["DHCP on the primary NIC"] == status["fstab by UUID or LABEL"] == "warn"
     assert report["inspection"]["agents"]["rehost-agent"] is True
+    said = rehost(vault, "readiness", "web", env=env).out  # from the point's cached inspection
+    assert "on the copy, not the source: rehost failover web [--test] --fix-up initramfs,fstab,dhcp" in said
 
     refused = rehost(vault, "failover", "web", "--test", check=False, env=env)
     assert refused.code != 0 and "web is not ready for target kvm" in refused.err

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from rehost.errors import UsageError
 from rehost.jobs.runner import DONE_STATES, get_job, list_jobs, resumable_jobs, run_job
 from rehost.vault import inventory, plan_jobs, plans, protection
 from rehost.vault.scheduler import Scheduler
@@ -197,3 +198,40 @@ def test_a_manual_action_waits_for_the_operator(w: World, tmp_path: Path) -> Non
     web = get_job(w.vault, job.outputs["children"]["web"])
     assert web.started_at is not None and job.steps[1].ended_at is not None
     assert "waiting" not in job.outputs and job.outputs["confirmed"] == ["1:0"]
+
+
+def test_readiness_is_forced_or_fixed_up_for_every_machine_of_the_plan(
+        w: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A machine that is not ready stops the plan's test failover at its readiness step; with
+    --force-readiness and a reason (or fix-ups) each machine's job is handed them."""
+    from rehost.guest.fixups import FixUpError
+    from rehost.vault import fixup
+    from tests.inspections import UNREADY_FOR_AZURE, judge_memory_as_azure, seed
+
+    judge_memory_as_azure(monkeypatch)
+    seed(w.vault, "web", w.points[-1], UNREADY_FOR_AZURE)
+    plans.create(w.vault, "shop")
+    plans.add_machine(w.vault, "shop", "web", 1)
+    job = run_job(w.vault, plan_jobs.start(w.vault, plan_jobs.TEST_FAILOVER, "shop").id)
+    assert job.state == "failed" and "web is not ready for target t" in job.error
+    child = get_job(w.vault, job.outputs["children"]["web"])
+    assert child.steps[0].name == "readiness" and child.steps[0].state == "failed"
+
+    with pytest.raises(UsageError, match="--force-readiness needs --reason"):
+        plan_jobs.start(w.vault, plan_jobs.TEST_FAILOVER, "shop", readiness_force_reason=" ")
+    with pytest.raises(UsageError, match="unknown fix-up 'dhpc'"):
+        plan_jobs.start(w.vault, plan_jobs.TEST_FAILOVER, "shop", fixups=["dhpc"])
+    with pytest.raises(UsageError, match="go with a plan's \\(test\\) failover"):
+        plan_jobs.start(w.vault, plan_jobs.TEST_CLEANUP, "shop", fixups=["dhcp"])
+
+    def no_appliance(*args: object) -> None:  # the fix-ups themselves: tests/vault/test_failover_fixups.py
+        raise FixUpError("the stand-in was called")
+
+    monkeypatch.setattr(fixup, "apply_fixups", no_appliance)
+    job = run_job(w.vault, plan_jobs.start(w.vault, plan_jobs.TEST_FAILOVER, "shop",
+                                           readiness_force_reason="drivers are built in", fixups=["dhcp"]).id)
+    child = get_job(w.vault, job.outputs["children"]["web"])
+    assert child.params["readiness_forced"] == {"reason": "drivers are built in"}
+    assert child.params["fixups"] == ["dhcp"]
+    assert "FORCED past the failed requirement(s)" in child.steps[0].detail
+    assert job.state == child.state == "failed" and "the stand-in was called" in child.error
