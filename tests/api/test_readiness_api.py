@@ -76,3 +76,31 @@ def test_a_test_failover_stops_at_readiness_unless_forced_with_a_reason(
     assert steps["create_machine"]["state"] == "succeeded"  # it went on (this disk has no MBR: no boot)
     assert "checked by hand" in portal.get("/machines/web").json()["state_reason"]
     assert portal.wait_job(portal.post("/machines/web/test-cleanup").json()["id"])["state"] == "succeeded"
+
+
+def test_fix_ups_through_the_api(portal: Portal, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``fixups`` names the fix-ups: an unknown one is refused before a job exists; a known
+    one reaches the job's fix-up step (the appliance is a stand-in here that refuses the disk:
+    the real fix-ups are in tests/vault/test_fixups_debian.py)."""
+    from rehost.guest.fixups import FixUpError
+    from rehost.vault import fixup
+
+    def stand_in(*args: object) -> None:
+        raise FixUpError("fix-ups exist for Linux guests only; this one is unknown")
+
+    monkeypatch.setattr(fixup, "apply_fixups", stand_in)
+    r = portal.post("/machines/web/test-failover", {"fixups": ["initrd"]})
+    assert r.status_code == 400 and "unknown fix-up 'initrd': choose from initramfs" in r.text, r.text
+    assert portal.get("/machines/web").json()["state"] == "protected"  # no job was made
+    r = portal.post("/plans/none/failover", {"cleanup": True, "fixups": ["dhcp"]})
+    assert r.status_code == 422 and "go with a (test) failover" in r.text, r.text
+
+    monkeypatch.setenv(vault_readiness.INSPECT_ENV, "off")
+    r = portal.post("/machines/web/test-failover", {"fixups": ["dhcp", "fstab"], "boot_timeout": 5})
+    assert r.status_code == 202, r.text
+    job = portal.wait_job(r.json()["id"])
+    steps = {s["name"]: s for s in job["steps"]}
+    assert steps["fix_up"]["title"] == "Fix up the copy (dhcp, fstab)"
+    assert job["state"] == "failed" and "fix-ups exist for Linux guests only" in job["error"]
+    assert steps["create_machine"]["state"] == "pending"
+    assert portal.wait_job(portal.post("/machines/web/test-cleanup").json()["id"])["state"] == "succeeded"
