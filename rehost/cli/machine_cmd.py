@@ -174,17 +174,23 @@ def add_image(
                            "this VM (its id). Default: each VM as its own machine, NAME-VM."),
     plan: str = typer.Option(None, "--plan", help="Of a vApp: also create this recovery plan, its "
                              "groups in the vApp's startup order."),
+    firmware: str = typer.Option(None, "--firmware", help="bios or uefi (default: from the disk — a GPT "
+                                 "disk with an EFI system partition and no BIOS boot code is uefi, "
+                                 "e.g. Hyper-V Generation 2 — or what the OVF/VMX says)."),
+    replay_log_copy: bool = typer.Option(False, "--replay-log-copy", help="A VHDX whose log was not "
+                                         "replayed: replay it on a copy in the vault (never your file)."),
 ) -> None:
     """Register a machine made of disk image files (a VMware or Hyper-V export, a VM folder's
     .vmx). A vApp registers one machine per VM and keeps its startup order.
 
-    The same as: rehost source add image NAME DISK... [--vm VM]"""
+    The same as: rehost source add image NAME DISK... [--vm VM] [--firmware F]"""
     if plan is not None:
         if vm is not None:
             raise UsageError("--plan makes a plan of a whole vApp: not with --vm")
         with open_vault(ctx) as vault:
             plans.check_free(vault, plan)  # before anything is registered
-    options = {"paths": [str(d) for d in disks], "vm": vm}
+    options = {"paths": [str(d) for d in disks], "vm": vm, "firmware": firmware,
+               "replay_log_copy": replay_log_copy}
     if plan is None:
         _add(ctx, "image", name, options)
         return

@@ -21,11 +21,12 @@ import logging
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from rehost.disks import DiskImage, open_disk, ova, probe, streams, vhdx_chain
+from rehost.disks.firmware import detect as detect_firmware
 from rehost.disks.formats import replay_on_copy
 from rehost.errors import UsageError
 from rehost.replication.cycle import ReadableDisk
@@ -55,6 +56,10 @@ class ImageConfig:
     vm: str | None = field(default=None, metadata={
         "help": "For a vApp (an OVA/OVF of several VMs): import only this VM, by its id (default: "
                 "every VM of the vApp, each as its own machine NAME-VM)."})
+    firmware: str | None = field(default=None, metadata={
+        "help": "bios or uefi: what boots the machine (default: from the disk — a GPT disk with an "
+                "EFI system partition and no BIOS boot code in its MBR, such as a Hyper-V "
+                "Generation 2 disk, is uefi — or what the OVF/VMX says)."})
     replay_log_copy: bool = field(default=False, metadata={
         "help": "A VHDX whose log was not replayed (the VM was not shut down cleanly): replay the "
                 "log on a copy in the vault's cache and read the copy (your file is never "
@@ -63,6 +68,8 @@ class ImageConfig:
     def __post_init__(self) -> None:
         if not self.paths:
             raise UsageError("give at least one disk image")
+        if self.firmware is not None and self.firmware not in {f.value for f in Firmware}:
+            raise UsageError(f"--firmware {self.firmware}: bios or uefi")
 
 
 def _container(paths: Sequence[str | Path]) -> Path | None:
@@ -113,20 +120,23 @@ def discover(name: str, config: ImageConfig) -> MachineSpec:
         folder = Path(config.paths[0])
         found = tuple(str(p) for p in export_disks(folder))
         return discover(name or safe_name(folder.absolute().name),
-                        ImageConfig(found, config.vm, config.replay_log_copy))
+                        ImageConfig(found, config.vm, config.firmware, config.replay_log_copy))
     path = _container(config.paths)
     if path is not None and path.suffix.lower() == ".vmx":
-        return discover_vmx(name, path, settings)
+        return _firmware(discover_vmx(name, path, settings), config)
     if path is None:
         if config.vm:
             raise UsageError("--vm picks a VM of an OVA/OVF vApp; these are plain disk images")
         if config.replay_log_copy:
             settings["replay_log_copy"] = True
+        images = _plain_disks(config.paths, config.replay_log_copy)
         disks = tuple(
             DiskSpec(index=i, size=img.virtual_size, ref=str(img.path.absolute()), format=img.format,
                      offset=img.offset, length=img.length)
-            for i, img in enumerate(_plain_disks(config.paths, config.replay_log_copy)))
-        return MachineSpec(name=name, disks=disks, settings=settings)
+            for i, img in enumerate(images))
+        detected = None if config.firmware else detect_firmware(images[0])
+        spec = MachineSpec(name=name, disks=disks, settings=settings, firmware=detected or Firmware.BIOS)
+        return _firmware(spec, config)
     if config.replay_log_copy:
         raise UsageError("--replay-log-copy is for VHDX image files, not an OVA/OVF/VMX")
     machine = ova.read(path, config.vm)
@@ -139,14 +149,19 @@ def discover(name: str, config: ImageConfig) -> MachineSpec:
         settings["startup"] = machine.system.startup.to_json()
     hw = machine.hardware
     default = MachineSpec(name="")
-    return MachineSpec(
+    return _firmware(MachineSpec(
         name=name or safe_name(machine.name), settings=settings,
         disks=tuple(_disk_spec(i, d, path) for i, d in enumerate(machine.disks)),
         firmware=Firmware(hw.firmware) if hw.firmware else default.firmware,
         cpus=hw.cpus or default.cpus, memory_mib=hw.memory_mib or default.memory_mib,
         nics=tuple(NicSpec(mac=mac, network=network) for network, mac in hw.nics),
         guest_os=hw.guest_os,
-    )
+    ), config)
+
+
+def _firmware(spec: MachineSpec, config: ImageConfig) -> MachineSpec:
+    """``--firmware`` given: it wins over the disk and the description."""
+    return replace(spec, firmware=Firmware(config.firmware)) if config.firmware else spec
 
 
 def _disk_spec(index: int, disk: ova.ExportDisk, container: Path) -> DiskSpec:

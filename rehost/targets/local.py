@@ -43,7 +43,7 @@ from typing import Any
 from rehost.disks.qmp import QmpClient, QmpError
 from rehost.errors import DiskError, InvalidState, UsageError
 from rehost.process import alive, free_port
-from rehost.spec import MachineSpec
+from rehost.spec import Firmware, MachineSpec
 from rehost.targets.base import (
     Capabilities,
     Extent,
@@ -70,6 +70,16 @@ _NIC: dict[str, list[str]] = {
     "none": ["-nic", "none"],
 }
 _MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}", re.IGNORECASE)
+#: OVMF (Debian's ovmf): firmware code and the matching variable-store template, 4 MiB first;
+#: the secure-boot builds need SMM and are not used
+OVMF_PAIRS = (("/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"),
+              ("/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_VARS.fd"))
+UEFI_MIN_MEMORY_MIB = 512
+
+
+def ovmf() -> tuple[str, str] | None:
+    """The first OVMF code + variables pair installed here."""
+    return next(((c, v) for c, v in OVMF_PAIRS if os.path.exists(c) and os.path.exists(v)), None)
 
 
 #: the guest-visible address of the first peer; the next ones follow (QEMU's user network is
@@ -173,8 +183,21 @@ class LocalTarget:
     # -- verification ------------------------------------------------------------------------
 
     def check_machine(self, spec: MachineSpec) -> list[VerifyCheck]:
-        """No limits beyond the host's: any disk size or count QEMU takes."""
-        return []
+        """No disk limits beyond the host's; a UEFI machine needs OVMF here and the memory its
+        firmware and boot loader take (GRUB runs out of memory under OVMF with 256 MiB)."""
+        if spec.firmware != Firmware.UEFI:
+            return []
+        found = ovmf()
+        memory = min(spec.memory_mib, self.settings.memory_mib)
+        return [
+            VerifyCheck("uefi firmware", found is not None,
+                        f"OVMF ({found[0]})" if found else "no OVMF firmware found "
+                        f"({', '.join(c for c, _ in OVMF_PAIRS)}): install the ovmf package"),
+            VerifyCheck("uefi memory", memory >= UEFI_MIN_MEMORY_MIB,
+                        f"{memory} MiB" if memory >= UEFI_MIN_MEMORY_MIB else
+                        f"{memory} MiB is too little for OVMF and a boot loader: give the target "
+                        f"--memory-mib {UEFI_MIN_MEMORY_MIB} or more"),
+        ]
 
     def verify(self, needed_bytes: int = 0) -> VerifyReport:
         """Check compute, storage and network prerequisites before anything depends on them."""
@@ -263,8 +286,8 @@ class LocalTarget:
                 os.replace(tmp, path)
             paths.append(path)
         # the machine's CPUs, memory and MACs come from its spec, within what this host has and
-        # allows (CPUs up to its cores, memory up to the target's setting); firmware is
-        # recorded: BIOS only here (no OVMF wiring yet)
+        # allows (CPUs up to its cores, memory up to the target's setting); its firmware picks
+        # the machine: SeaBIOS on pc, or OVMF (UEFI) on q35
         self._write_meta(vm, {"disks": [str(p) for p in paths], "machine": spec.name,
                               "cpus": max(1, min(spec.cpus, os.cpu_count() or 1)),
                               "memory_mib": max(64, min(spec.memory_mib, self.settings.memory_mib)),
@@ -329,8 +352,9 @@ class LocalTarget:
             with contextlib.suppress(FileNotFoundError):
                 (rt / sock).unlink()
         meta = self._meta(vm)
+        uefi = meta.get("firmware") == Firmware.UEFI.value
         cmd = [
-            s.qemu_binary, "-name", vm, "-accel", s.accel, "-machine", "pc",
+            s.qemu_binary, "-name", vm, "-accel", s.accel, "-machine", "q35" if uefi else "pc",
             "-m", str(meta.get("memory_mib", s.memory_mib)), "-smp", str(meta.get("cpus", 1)),
             "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
             "-daemonize", "-pidfile", str(d / "qemu.pid"),
@@ -339,6 +363,8 @@ class LocalTarget:
             "-serial", "chardev:serial0",
             "-qmp", f"unix:{rt / 'qmp.sock'},server=on,wait=off",
         ]  # fmt: skip
+        if uefi:
+            cmd += self._uefi_flash(vm)
         for i, path in enumerate(disks):
             cmd += ["-blockdev", f"driver=qcow2,node-name=disk{i},file.driver=file,"
                     f"file.filename={_opt(path)}",
@@ -369,6 +395,21 @@ class LocalTarget:
         self._write_meta(vm, {"network": network, "accel": s.accel, "qmp": str(rt / "qmp.sock"),
                               "started": time.time(), "ports": forwarded, "peers": addresses})
         return self.describe(vm)
+
+    def _uefi_flash(self, vm: str) -> list[str]:
+        """OVMF's code (read-only, shared) and the machine's own variable store (boot entries
+        survive a restart), made from OVMF's template at the first start."""
+        found = ovmf()
+        if found is None:
+            raise InvalidState(f"{vm} has UEFI firmware but no OVMF is installed here (the ovmf package)")
+        code, template = found
+        store = self.vm_dir(vm) / "OVMF_VARS.fd"
+        if not store.exists():
+            tmp = store.with_suffix(".tmp")
+            shutil.copyfile(template, tmp)
+            os.replace(tmp, store)
+        return ["-drive", f"if=pflash,format=raw,readonly=on,file={_opt(Path(code))}",
+                "-drive", f"if=pflash,format=raw,file={_opt(store)}"]
 
     def describe(self, vm: str) -> Placement:
         meta = self._meta(vm)

@@ -154,17 +154,42 @@ def write_syslinux_mbr(path: Path, mbr_bin: Path | None = None) -> None:
         os.fsync(f.fileno())
 
 
-def partition_extent(image: Path) -> tuple[int, int]:
-    """Byte offset and size of partition 1, read from the image's MBR."""
+def create_gpt_disk(path: Path, size_mib: int, esp_mib: int) -> None:
+    """A sparse raw file of ``size_mib`` with a GPT label: partition 1 (Linux) from 1 MiB up to
+    the EFI system partition, partition 2 (ESP, ``esp_mib``) at the end. Partition 1 stays the
+    root, so ``partition_extent``/``mounted_root`` and the guests' ``/dev/vda1`` hold."""
+    with Path(path).open("wb") as f:
+        f.truncate(size_mib * _MIB)
+    run_tool(["sgdisk", "-n", f"1:2048:-{esp_mib}M", "-t", "1:8300", "-c", "1:root",
+              "-n", "2:0:0", "-t", "2:ef00", "-c", "2:EFI system", str(path)])
+
+
+def partition_extent(image: Path, number: int = 1) -> tuple[int, int]:
+    """Byte offset and size of partition ``number`` (1-4 of an msdos label, or any of a GPT
+    label behind its protective MBR)."""
     with image.open("rb") as f:
-        mbr = f.read(512)
-    if len(mbr) < 512 or mbr[510:512] != b"\x55\xaa":
-        raise DiskImageError(f"{image} has no msdos partition table (is it a raw image?)")
-    entry = mbr[446:462]
+        head = f.read(1024)
+        if len(head) < 1024 or head[510:512] != b"\x55\xaa":
+            raise DiskImageError(f"{image} has no partition table (is it a raw image?)")
+        if head[446 + 4] == 0xEE:  # protective MBR: the GPT header is at LBA 1
+            if head[512:520] != b"EFI PART":
+                raise DiskImageError(f"{image}: protective MBR without a GPT header")
+            table = int.from_bytes(head[512 + 72:512 + 80], "little") * 512
+            entry_size = int.from_bytes(head[512 + 84:512 + 88], "little")
+            f.seek(table + (number - 1) * entry_size)
+            entry = f.read(entry_size)
+            first = int.from_bytes(entry[32:40], "little")
+            last = int.from_bytes(entry[40:48], "little")
+            if len(entry) < 48 or entry[:16] == bytes(16):
+                raise DiskImageError(f"{image}: GPT partition {number} is empty")
+            return first * 512, (last - first + 1) * 512
+    if not 1 <= number <= 4:
+        raise DiskImageError(f"{image}: an msdos label has partitions 1-4, not {number}")
+    entry = head[446 + 16 * (number - 1):446 + 16 * number]
     start = int.from_bytes(entry[8:12], "little") * 512
     size = int.from_bytes(entry[12:16], "little") * 512
     if entry[4] == 0 or size == 0:
-        raise DiskImageError(f"{image}: partition 1 is empty")
+        raise DiskImageError(f"{image}: partition {number} is empty")
     return start, size
 
 

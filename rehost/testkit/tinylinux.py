@@ -7,6 +7,11 @@ seconds, and it boots under TCG in about ten seconds.
 
 Layout (raw image):
   MBR: syslinux ``mbr.bin`` + msdos partition table, partition 1 (bootable) = ext4.
+  Or, with ``firmware="uefi"`` (a Hyper-V Generation 2 or VMware EFI machine): a GPT label,
+  partition 1 = the same ext4 root, partition 2 = an EFI system partition (FAT) holding
+  ``/EFI/BOOT/BOOTX64.EFI``, a standalone GRUB (``grub-mkstandalone``, Debian's
+  grub-efi-amd64-bin) whose built-in grub.cfg finds the root by its label and boots the same
+  kernel and initramfs on the serial console; no BIOS boot code at all (OVMF boots it).
   ext4 root: ``/boot/vmlinuz`` (Debian's kernel), ``/boot/initrd.img`` (busybox + the few
   modules we need), ``/boot/extlinux/`` (extlinux), ``/rehost-marker`` (the text the guest
   prints), ``/rehost-mode`` (``poweroff`` or ``stay``), ``/rehost-payload`` (1 MiB of
@@ -70,6 +75,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -80,12 +86,14 @@ from rehost.errors import RehostError
 from rehost.testkit.diskimage import (
     MBR_CANDIDATES,
     DiskImageError,
+    create_gpt_disk,
     create_msdos_disk,
     first_existing,
     format_extlinux_ext4,
     loop_device,
     mounted_device,
     mounted_root,
+    partition_extent,
     require_root,
     run_tool,
     wait_partition,
@@ -781,6 +789,7 @@ def build_tiny_linux(
     kernel_version: str | None = None,
     extra_modules: Sequence[str] = (),
     guest_agent: bool = True,
+    firmware: Literal["bios", "uefi"] = "bios",
 ) -> Path:
     """Build the bootable raw image at ``dest`` (overwritten) and return ``dest``.
 
@@ -792,9 +801,13 @@ def build_tiny_linux(
     initramfs) and ``virtio_console``; in stay mode it runs on the virtio-serial port
     ``org.qemu.guest_agent.0`` when the VM has one (``QemuVM(guest_agent=True)``).
     Every image also carries ``/bin/rehost-churn MBPS SECONDS [FILE_MIB [FILE]]``.
+    ``firmware="uefi"``: GPT + an EFI system partition instead of an MBR (see the module
+    docstring); it needs ``size_mib`` >= 96.
     """
     require_root()
     _check_marker(marker)
+    if firmware not in ("bios", "uefi"):
+        raise TinyLinuxError(f"firmware must be 'bios' or 'uefi', not {firmware!r}")
     if mode not in ("poweroff", "stay"):
         raise TinyLinuxError(f"mode must be 'poweroff' or 'stay', not {mode!r}")
     dest = Path(dest)
@@ -804,15 +817,22 @@ def build_tiny_linux(
     payload = random.Random(0x7E4057).randbytes(payload_mib * _MIB)
 
     needed = kernel.image.stat().st_size + len(initrd) + len(payload) + 8 * _MIB
+    needed += ESP_MIB * _MIB if firmware == "uefi" else 0
     if size_mib * _MIB < needed + _PART_START:
         raise TinyLinuxError(f"{size_mib} MiB is too small: need about {needed // _MIB + 2} MiB")
 
     tmp = dest.with_name(f".{dest.name}.tmp")
     tmp.unlink(missing_ok=True)
     try:
-        create_msdos_disk(tmp, size_mib)
-        with loop_device(tmp, "--partscan") as loopdev:
-            part = wait_partition(loopdev)
+        if firmware == "uefi":
+            create_gpt_disk(tmp, size_mib, ESP_MIB)
+            start, length = partition_extent(tmp, 1)  # no partition nodes: a loop device per partition
+            device = loop_device(tmp, "--offset", str(start), "--sizelimit", str(length))
+        else:
+            create_msdos_disk(tmp, size_mib)
+            device = loop_device(tmp, "--partscan")
+        with device as loopdev:
+            part = loopdev if firmware == "uefi" else wait_partition(loopdev)
             format_extlinux_ext4(part, label="rehost-root", inodes=2048)
             with mounted_device(part) as root:
                 boot = root / "boot"
@@ -825,13 +845,56 @@ def build_tiny_linux(
                 (root / SUMS_PATH).write_text(f"{digest}  {PAYLOAD_PATH}\n")
                 (root / MARKER_PATH).write_text(marker + "\n")
                 (root / MODE_PATH).write_text(mode + "\n")
-                run_tool(["extlinux", "--install", boot / "extlinux"])
-
-        write_syslinux_mbr(tmp, mbr_bin)
+                if firmware == "bios":
+                    run_tool(["extlinux", "--install", boot / "extlinux"])
+        if firmware == "uefi":
+            _write_esp(tmp)
+        else:
+            write_syslinux_mbr(tmp, mbr_bin)
         tmp.replace(dest)
     finally:
         tmp.unlink(missing_ok=True)
     return dest
+
+
+ESP_MIB = 32
+#: what the standalone GRUB of a UEFI image runs: the root found by its label, the tiny
+#: Linux's default entry on the serial console (what extlinux_conf's default says)
+UEFI_GRUB_CFG = """serial --unit=0 --speed=115200
+terminal_input serial console
+terminal_output serial console
+set timeout=0
+search --no-floppy --label rehost-root --set=root
+echo "REHOST-UEFI grub"
+linux /boot/vmlinuz console=ttyS0,115200 panic=1 rehost.root=/dev/vda1
+initrd /boot/initrd.img
+boot
+"""
+
+
+def _write_esp(image: Path) -> None:
+    """Format partition 2 as FAT and put a standalone GRUB at the removable-media path."""
+    start, size = partition_extent(image, 2)
+    work = Path(tempfile.mkdtemp(prefix="rehost-esp-"))
+    try:
+        cfg = work / "grub.cfg"
+        cfg.write_text(UEFI_GRUB_CFG)
+        efi = work / "BOOTX64.EFI"
+        run_tool(["grub-mkstandalone", "-O", "x86_64-efi", "-o", efi, "--locales=", "--themes=", "--fonts=",
+                  "--install-modules=linux normal search search_label part_gpt part_msdos ext2 fat serial "
+                  "terminal echo test configfile",
+                  "--modules=part_gpt part_msdos ext2 search_label serial terminal",
+                  f"boot/grub/grub.cfg={cfg}"])
+        with loop_device(image, "--offset", str(start), "--sizelimit", str(size)) as dev:
+            run_tool(["mkfs.vfat", "-n", "EFI", dev])
+            env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+            for cmd in (["mmd", "-i", dev, "::/EFI", "::/EFI/BOOT"],
+                        ["mcopy", "-i", dev, str(efi), "::/EFI/BOOT/BOOTX64.EFI"]):
+                r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+                if r.returncode != 0:
+                    raise TinyLinuxError(f"{' '.join(cmd[:1])} failed: {r.stderr.strip()}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _ensure_not_in_use(image: Path) -> None:
