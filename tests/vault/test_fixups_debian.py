@@ -76,6 +76,15 @@ def test_fix_ups_make_an_unbootable_guest_boot_on_dhcp(tmp_path: Path, debian_un
     assert "virtio_blk driver" in refused.err and "or on the copy: --fix-up initramfs" in refused.err
     assert not (tmp_path / "target" / "web-test").exists()  # nothing was made
 
+    try:
+        _check_the_fixed_copy(tmp_path, vault, env, source, digest)
+    finally:  # never leave the test machine running
+        rehost(vault, "failover", "web", "--cleanup", check=False)
+    assert not (vault / "fixups" / "web-test").exists()
+
+
+def _check_the_fixed_copy(tmp_path: Path, vault: Path, env: dict[str, str], source: Path,
+                          digest: str) -> None:
     r = rehost(vault, "failover", "web", "--test", "--fix-up", "all", "--boot-marker", r"REHOST-NET ip=\S+",
                "--json", env=env)
     job = r.json()
@@ -120,6 +129,3 @@ def test_fix_ups_make_an_unbootable_guest_boot_on_dhcp(tmp_path: Path, debian_un
     rehost(vault, "export", "web", "--output", str(exported))
     assert qemu_img_compare(source, exported)
     assert "virtio_blk" not in initramfs_kernel_modules(exported)
-
-    rehost(vault, "failover", "web", "--cleanup")
-    assert not (vault / "fixups" / "web-test").exists()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -79,6 +80,19 @@ def _stop(p: subprocess.Popen[str]) -> str:
     return out or ""
 
 
+def _wait_listening(port: int, serve: subprocess.Popen[str], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if serve.poll() is not None:
+            said = serve.stdout.read() if serve.stdout else ""
+            raise AssertionError(f"rehost serve ended ({serve.returncode}): {said}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"rehost serve did not listen on {port} within {timeout:.0f}s")
+
+
 @pytest.fixture
 def lab(tmp_path: Path, tiny_image: Path) -> Iterator[Lab]:
     vault, target = tmp_path / "vault", tmp_path / "target"
@@ -92,6 +106,7 @@ def lab(tmp_path: Path, tiny_image: Path) -> Iterator[Lab]:
     lab = Lab(vault, target, tiny_image, tmp_path / "agent", f"https://127.0.0.1:{port}",
               free_port(), free_port(), serve, [])
     try:
+        _wait_listening(port, serve)  # a busy host takes seconds to start rehost serve
         yield lab
     finally:
         for p in [*lab.agents, serve]:
