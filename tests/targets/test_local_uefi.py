@@ -24,21 +24,22 @@ def uefi_disk(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if reason:
         pytest.skip(reason)
     return build_tiny_linux(tmp_path_factory.mktemp("uefi") / "gen2.img", size_mib=96, firmware="uefi",
-                            marker="gen2")
+                            mode="stay", marker="gen2")
 
 
 def test_a_uefi_disk_boots_on_q35_with_ovmf(tmp_path: Path, uefi_disk: Path) -> None:
     vault = tmp_path / "vault"
     rehost(vault, "init")
-    rehost(vault, "target", "add-local", "small", "--path", str(tmp_path / "small"))  # 256 MiB
+    rehost(vault, "target", "add-local", "kvm", "--path", str(tmp_path / "kvm"), "--memory-mib", "512")
     rehost(vault, "source", "add-image", "gen2", str(uefi_disk))
+    assert rehost(vault, "machines", "--json").json()[0]["spec"]["firmware"] == "uefi"  # found on the disk
     rehost(vault, "replicate", "gen2")
 
+    rehost(vault, "target", "add-local", "small", "--path", str(tmp_path / "small"))  # 256 MiB
     refused = rehost(vault, "failover", "gen2", "--test", "--target", "small", check=False)
     assert refused.code != 0 and "uefi memory: 256 MiB is too little for OVMF" in refused.err, refused.err
     assert not (tmp_path / "small" / "gen2-test").exists()
 
-    rehost(vault, "target", "add-local", "kvm", "--path", str(tmp_path / "kvm"), "--memory-mib", "512")
     job = rehost(vault, "failover", "gen2", "--test", "--target", "kvm", "--json").json()
     assert job["state"] == "succeeded", job
     boot = next(s for s in job["steps"] if s["name"] == "verify_boot")
