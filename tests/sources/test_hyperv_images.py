@@ -150,3 +150,33 @@ def test_an_export_folder_with_a_checkpoint_fails_over_and_boots(tmp_path: Path,
     boot = next(s for s in r["steps"] if s["name"] == "verify_boot")
     assert "REHOST-BOOT-OK marker=checkpoint" in boot["detail"]
     rehost(vault, "failover", "demo", "--cleanup")
+
+
+def test_a_generation_2_export_is_found_to_be_uefi(tmp_path: Path) -> None:
+    """A Generation 2 VM's disk: GPT, an EFI system partition, no BIOS boot code; read through
+    the checkpoint chain (rehost's own reader), so the firmware comes from the merged disk."""
+    import subprocess
+
+    base = tmp_path / "base.raw"
+    with base.open("wb") as f:
+        f.truncate(16 * MIB)
+    subprocess.run(["sgdisk", "-n", "1:2048:+4M", "-t", "1:ef00", "-n", "2:0:0", "-t", "2:8300", str(base)],
+                   check=True, capture_output=True)
+    later = tmp_path / "later.raw"
+    later.write_bytes(base.read_bytes())
+    with later.open("r+b") as f:
+        f.seek(9 * MIB)
+        f.write(os.urandom(4096))
+    disks = tmp_path / "gen2vm" / "Virtual Hard Disks"
+    disks.mkdir(parents=True)
+    write_chain(disks, 16 * MIB, layers_from_raw(base, later), names=["gen2vm.vhdx", "gen2vm_1.avhdx"])
+    vault = tmp_path / "vault"
+    rehost(vault, "init")
+    rehost(vault, "source", "add", "image", "-", str(tmp_path / "gen2vm"))
+    machine = rehost(vault, "machines", "--json").json()[0]
+    assert machine["name"] == "gen2vm" and machine["spec"]["firmware"] == "uefi"
+    rehost(vault, "source", "add-image", "as-bios", str(disks / "gen2vm_1.avhdx"), "--firmware", "bios")
+    machines = {m["name"]: m for m in rehost(vault, "machines", "--json").json()}
+    assert machines["as-bios"]["spec"]["firmware"] == "bios"  # --firmware wins over the disk
+    r = rehost(vault, "source", "add-image", "bad", str(base), "--firmware", "efi", check=False)
+    assert r.code != 0 and "--firmware efi: bios or uefi" in r.err
