@@ -98,3 +98,16 @@ def test_readiness_refusals_match_the_local_cli(portal: Portal, server: str) -> 
     code, _, err = remote(server, tok, "readiness", "nobody")
     local = rehost(portal.vault, "readiness", "nobody", check=False)
     assert code == local.code == NotFound.exit_code and "no machine named 'nobody'" in err
+
+
+def test_failover_readiness_options_reach_the_server(portal: Portal, server: str) -> None:
+    """--fix-up and --force-readiness are checked the same way through the server."""
+    tok = portal.tokens["operator"]
+    code, _, err = remote(server, tok, "failover", "web", "--test", "--fix-up", "initrd")
+    local = rehost(portal.vault, "failover", "web", "--test", "--fix-up", "initrd", check=False)
+    assert code == local.code != 0
+    assert "unknown fix-up 'initrd'" in err and "unknown fix-up 'initrd'" in local.err
+    code, _, err = remote(server, tok, "failover", "web", "--test", "--reason", "why")
+    assert code != 0 and "--reason goes with --force-readiness" in err
+    code, _, err = remote(server, tok, "failover", "web", "--cleanup", "--fix-up", "dhcp")
+    assert code != 0 and "go with a (test) failover, not --cleanup" in err
