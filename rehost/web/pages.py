@@ -25,6 +25,7 @@ from rehost.api.auth import Admin, Reader, VaultDep, client_address, guard_of, p
 from rehost.api.deps import COOKIE, CSRF_HEADER, Caller
 from rehost.api.tokens import Role, authenticate
 from rehost.errors import RehostError, UsageError
+from rehost.guest.fixups import FIXUPS
 from rehost.jobs import runner
 from rehost.replication.health import span
 from rehost.replication.retention import parse_duration
@@ -147,7 +148,7 @@ def item_page(name: str, request: Request, vault: VaultDep, caller: Reader,
     return render(request, "item.html", caller, item=item, points=points, probes=probes,
                   window=window, **item_history(vault, name, window),
                   last_verdict=views.last_verdict(vault, name),
-                  readiness=vault_readiness.known(vault, name),
+                  readiness=vault_readiness.known(vault, name), fixups=FIXUPS,
                   jobs=views.job_views(vault, name, limit=10),
                   targets=[t.name for t in targets.list_targets(vault)],
                   policies=[p.name for p in policies.list_policies(vault)])

@@ -252,10 +252,13 @@ def test_from_an_empty_vault_to_a_test_failover(browser: Any, tmp_path: Path, ti
             shots.take(page, "first-point")
 
             page.click("#open-test-failover")
+            page.check("#fixup-serial-console")  # one fix-up on the copy: its step is in the job
             page.click("#failover-start")
             page.wait_for_url(re.compile(r".*/ui/jobs/[0-9a-f]+$"))
             assert wait_job(page, 300) == "succeeded", page.inner_text("#steps")
             assert "REHOST-BOOT-OK marker=setup" in page.inner_text("[data-step=verify_boot] .detail")
+            fixed = page.inner_text("[data-step=fix_up] .detail")
+            assert "serial-console: the command line has a ttyS0 console" in fixed, fixed
             shots.take(page, "test-failover")
             page.goto(f"{site.url}/ui/items/web")
             clean_up_test(page, site, shots)

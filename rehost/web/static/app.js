@@ -88,6 +88,8 @@ function setupFailoverDialog() {
     const kind = form.elements.kind.value;
     const body = {point: form.elements.point.value};
     if (kind === "failover") body.shutdown_source = form.elements.shutdown_source.checked;
+    const fixups = Array.from(form.querySelectorAll("input[name=fixup]:checked"), (i) => i.value);
+    if (fixups.length) body.fixups = fixups;
     const start = document.getElementById("failover-start");
     start.disabled = true;
     try {
