@@ -18,8 +18,11 @@ from rehost.disks.formats import CHAIN_FORMATS, DiskImage, qemu_image_opts
 from rehost.errors import RehostError
 from rehost.spec import Firmware
 
-#: the GPT partition type of an EFI system partition (mixed-endian on disk)
-ESP_TYPE = uuid.UUID("C12A7328-F81F-11D2-BA4B-00A0C93EC93B").bytes_le
+#: the GPT partition type of an EFI system partition, and as it is on disk (mixed-endian)
+ESP_GUID = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+ESP_TYPE = uuid.UUID(ESP_GUID).bytes_le
+#: where a UEFI firmware without boot entries for the disk looks for a loader (x86-64)
+FALLBACK_LOADER = "/EFI/BOOT/BOOTX64.EFI"
 SECTOR = 512
 #: the MBR, the GPT header and 32 sectors of entries (128 entries of 128 bytes)
 HEAD_SECTORS = 34

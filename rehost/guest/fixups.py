@@ -39,6 +39,7 @@ from rehost.guest.inspect import (
     AGENT_PACKAGES,
     Inspection,
     appliance,
+    esp_device,
     guest_device,
     inspect_machine,
     list_initrd,
@@ -56,6 +57,8 @@ FIXUPS: dict[str, str] = {
     "fstab": "name filesystems by UUID in /etc/fstab and in root= of the kernel command line",
     "serial-console": "add console=ttyS0,115200 to the kernel command line",
     "remove-agents": "remove the rehost agent and VMware Tools from the copy",
+    "uefi-fallback": "copy a UEFI machine's boot loader to /EFI/BOOT/BOOTX64.EFI on its EFI system "
+                     "partition (a new VM's firmware starts nothing else)",
 }
 #: the drivers the initramfs fix-up adds, per target kind (what its boot and NIC need)
 DRIVERS: dict[str, tuple[str, ...]] = {
@@ -94,7 +97,8 @@ def fixup_for(requirement: str) -> str | None:
     if requirement.endswith(" driver"):
         return "initramfs"
     return {"DHCP on the primary NIC": "dhcp", "fstab by UUID or LABEL": "fstab",
-            "serial console on ttyS0": "serial-console"}.get(requirement)
+            "serial console on ttyS0": "serial-console",
+            "UEFI boot loader at the fallback path": "uefi-fallback"}.get(requirement)
 
 
 @dataclass(frozen=True)
@@ -153,10 +157,13 @@ def apply_fixups(disks: Sequence[str], fmt: str, kind: str, names: Sequence[str]
         done: list[FixUp] = []
         try:
             for name in names:
-                done.append(_FIX[name](_Guest(g, kind, before, mine, root)))
+                if name in _FIX:
+                    done.append(_FIX[name](_Guest(g, kind, before, mine, root)))
         finally:
             g.sync()
             g.umount_all()
+        if "uefi-fallback" in names:  # on the ESP alone, mounted where the root was
+            done.append(_uefi_fallback(g, before, mine))
         after = inspect_machine(g, sources, roots, mine, filesystems)
         return FixUpResult(tuple(done), before, after, time.monotonic() - started)
     finally:
@@ -362,6 +369,43 @@ def _wants_dirs(guest: _Guest) -> list[str]:
     if not guest.g.is_dir(base):
         return []
     return [f"{base}/{n}" for n in guest.g.ls(base) if n.endswith(".wants") and guest.g.is_dir(f"{base}/{n}")]
+
+
+def _uefi_fallback(g: Any, ins: Inspection, disks: dict[str, int]) -> FixUp:
+    """What Debian's ``--force-extra-removable`` does: the distribution's loader folder
+    (shim and GRUB with its grub.cfg, or GRUB alone) copied to /EFI/BOOT, the first stage
+    named BOOTX64.EFI, so that a firmware with no boot entries for this disk starts it."""
+    e = ins.efi
+    if e is None:
+        return FixUp("uefi-fallback", False, "no EFI system partition: the machine boots with a BIOS")
+    if e.fallback:
+        return FixUp("uefi-fallback", False, f"/EFI/BOOT/BOOTX64.EFI is on {e.partition} already")
+    first = next((p for want in ("shimx64.efi", "grubx64.efi") for p in e.loaders
+                  if p.lower().endswith("/" + want)), None)
+    if first is None:
+        found = ", ".join(e.loaders) or "no loaders"
+        raise FixUpError(f"no shimx64.efi or grubx64.efi on {e.partition} ({found}): which loader boots "
+                         "this machine is not known")
+    dev = esp_device(g, disks)
+    if dev is None:
+        raise FixUpError(f"the EFI system partition {e.partition} is gone from the copy")
+    g.mount(dev, "/")
+    try:
+        folder = first.rsplit("/", 1)[0]
+        top = folder.split("/")[1]
+        boot = f"/{top}/BOOT"
+        g.mkdir_p(boot)
+        copied = []
+        for name in g.ls(folder):
+            if g.is_file(f"{folder}/{name}"):
+                g.cp(f"{folder}/{name}", f"{boot}/{name}")
+                copied.append(name)
+        g.cp(first, f"{boot}/BOOTX64.EFI")
+        g.sync()
+    finally:
+        g.umount_all()
+    return FixUp("uefi-fallback", True, f"{first} copied to {boot}/BOOTX64.EFI on {e.partition}, with "
+                 f"{', '.join(copied)} next to it", tuple(f"{boot}/{n}" for n in ["BOOTX64.EFI", *copied]))
 
 
 _FIX: dict[str, Callable[[_Guest], FixUp]] = {

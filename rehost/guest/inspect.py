@@ -23,11 +23,12 @@ import struct
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+from rehost.disks.firmware import ESP_GUID, FALLBACK_LOADER
 from rehost.errors import DiskError
 from rehost.guest.config_files import (
     DEVICE_NAME_RE,
@@ -80,7 +81,7 @@ _INITRD_NAMES = ("initrd.img-{v}", "initrd-{v}.img", "initramfs-{v}.img", "initr
 _PLAIN_INITRDS = ("initrd.img", "initrd", "initramfs.img", "initramfs.cpio.gz", "initrd.gz")
 INITRD_LIMIT = 512 << 20
 #: bumped when an Inspection would come out different for the same disks (cached ones are redone)
-FORMAT = 1
+FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,21 @@ class Swap:
 
 
 @dataclass(frozen=True)
+class EfiInfo:
+    """The machine's EFI system partition, as a UEFI firmware with no boot entries of its own
+    (a new VM's) sees it: it starts ``FALLBACK_LOADER`` or nothing."""
+
+    #: "disk 0 partition 2"
+    partition: str
+    #: every .efi file under /EFI, as named on the ESP (/EFI/debian/shimx64.efi)
+    loaders: tuple[str, ...]
+    #: /EFI/BOOT/BOOTX64.EFI is there
+    fallback: bool
+    #: the disk's MBR carries BIOS boot code too (it boots both ways)
+    bios_boot_code: bool
+
+
+@dataclass(frozen=True)
 class Inspection:
     disks: tuple[str, ...]
     #: linux, windows, or unknown (nothing recognised)
@@ -147,6 +163,8 @@ class Inspection:
     not_checked: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
     seconds: float = 0.0
+    #: the EFI system partition of the OS disk's machine; None: there is none (a BIOS disk)
+    efi: EfiInfo | None = None
 
     @property
     def default_kernel(self) -> KernelInfo | None:
@@ -174,6 +192,8 @@ class Inspection:
                                 for i in d.get("interfaces", ()))
         d["fstab"] = tuple(FstabEntry(**e) for e in d.get("fstab", ()))
         d["swaps"] = tuple(Swap(**s) for s in d.get("swaps", ()))
+        if d.get("efi"):
+            d["efi"] = EfiInfo(**{**d["efi"], "loaders": tuple(d["efi"]["loaders"])})
         for k in ("consoles", "not_checked", "notes"):
             d[k] = tuple(d.get(k, ()))
         return cls(**d)
@@ -272,8 +292,6 @@ def inspect_batch(machines: Sequence[Sequence[str]],
 
 
 def _with_seconds(r: Inspection, s: float) -> Inspection:
-    from dataclasses import replace
-
     return replace(r, seconds=round(s, 2))
 
 
@@ -319,7 +337,7 @@ def inspect_machine(g: Any, sources: tuple[str, ...], roots: list[str], disks: d
         cmdline = entry.cmdline if entry else None
         interfaces, net_known = _network(g, notes)
         fstab, fstab_found = _fstab(g)
-        return Inspection(
+        found = Inspection(
             disks=sources, os_type="linux", root_device=where, os_disk=os_disk,
             kernels=_kernels(g, bootloader, notes), bootloader=bootloader, cmdline=cmdline,
             consoles=tuple(a.split("=", 1)[1] for a in split_cmdline(cmdline or "")
@@ -329,6 +347,7 @@ def inspect_machine(g: Any, sources: tuple[str, ...], roots: list[str], disks: d
             agents=_agents(g, root if roots else None), notes=tuple(notes), **info)
     finally:
         g.umount_all()
+    return replace(found, efi=efi_info(g, disks))
 
 
 def locate(g: Any, roots: list[str], disks: dict[str, int], filesystems: dict[str, str],
@@ -610,6 +629,68 @@ def _swap_disk(g: Any, e: FstabEntry, disks: dict[str, int], os_disk: int | None
     except RuntimeError:
         return None
     return None
+
+
+# ------------------------------------------------------------------------------------------
+# the EFI system partition
+
+
+def esp_device(g: Any, disks: dict[str, int]) -> str | None:
+    """The first EFI system partition (GPT type, or MBR id 0xEF) on the machine's disks."""
+    for part in g.list_partitions():
+        whole = whole_device(g, part)
+        if whole not in disks:
+            continue
+        try:
+            number = g.part_to_partnum(part)
+        except RuntimeError:
+            continue
+        try:
+            if str(g.part_get_gpt_type(whole, number)).upper() == ESP_GUID:
+                return str(part)
+            continue
+        except RuntimeError:
+            pass  # not a GPT disk
+        try:
+            if int(g.part_get_mbr_id(whole, number)) == 0xEF:
+                return str(part)
+        except RuntimeError:
+            pass
+    return None
+
+
+def efi_loaders(g: Any) -> tuple[str, ...]:
+    """The .efi files under /EFI of the ESP mounted at / (FAT: names as stored)."""
+    top = next((n for n in g.ls("/") if n.upper() == "EFI"), None)
+    if top is None:
+        return ()
+    return tuple(sorted(f"/{top}/{p}" for p in g.find(f"/{top}") if p.lower().endswith(".efi")))
+
+
+def efi_info(g: Any, disks: dict[str, int]) -> EfiInfo | None:
+    """Read with nothing else mounted: the ESP goes on / read-only, then off again."""
+    dev = esp_device(g, disks)
+    if dev is None:
+        return None
+    try:
+        g.mount_ro(dev, "/")
+    except RuntimeError:
+        return EfiInfo(_relative(g, dev, disks), (), False, _bios_code(g, whole_device(g, dev)))
+    try:
+        loaders = efi_loaders(g)
+    except RuntimeError:
+        loaders = ()
+    finally:
+        g.umount_all()
+    fallback = any(p.upper() == FALLBACK_LOADER for p in loaders)
+    return EfiInfo(_relative(g, dev, disks), loaders, fallback, _bios_code(g, whole_device(g, dev)))
+
+
+def _bios_code(g: Any, whole: str) -> bool:
+    try:
+        return any(bytes(g.pread_device(whole, 440, 0)))
+    except RuntimeError:
+        return False
 
 
 def guest_device(g: Any, spec: str, disks: dict[str, int]) -> str | None:

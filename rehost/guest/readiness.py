@@ -146,8 +146,26 @@ def _rebuild(mods: str) -> str:
             f"\"{mods}\" -f), then replicate again")
 
 
+def _uefi(ins: Inspection, missing: Status) -> list[Requirement]:
+    """A disk that boots by UEFI only (an ESP, no BIOS boot code: Hyper-V Generation 2) on a
+    new VM, whose firmware has none of the source's boot entries: it starts the fallback
+    path /EFI/BOOT/BOOTX64.EFI or nothing. Debian's grub-install, for one, does not write it."""
+    e = ins.efi
+    if e is None or e.bios_boot_code:
+        return []
+    name = "UEFI boot loader at the fallback path"
+    if e.fallback:
+        return [Requirement(name, "pass", f"/EFI/BOOT/BOOTX64.EFI on {e.partition}")]
+    return [Requirement(
+        name, missing, f"{e.partition} (the EFI system partition) has no /EFI/BOOT/BOOTX64.EFI, the path a "
+        f"new VM's firmware starts; its loaders: {', '.join(e.loaders) or 'none'}",
+        "fail over with --fix-up uefi-fallback (the distribution's loader is copied there on the copy), "
+        "or on the source: grub-install --removable (Debian: grub2/force_efi_extra_removable)")]
+
+
 def _local(ins: Inspection) -> list[Requirement]:
     return [
+        *_uefi(ins, "fail"),
         _driver(ins, ("virtio_blk",), "the boot disk (virtio-blk-pci)",
                 fix=_rebuild("virtio_blk virtio_pci")),
         _driver(ins, ("virtio_pci",), "the virtio PCI bus", fix=_rebuild("virtio_pci")),
@@ -161,6 +179,7 @@ def _local(ins: Inspection) -> list[Requirement]:
 def _azure(ins: Inspection) -> list[Requirement]:
     hv = _rebuild("hv_vmbus hv_storvsc hv_netvsc")
     return [
+        *_uefi(ins, "warn"),
         _driver(ins, ("hv_vmbus",), "the Hyper-V VMBus", fix=hv),
         _driver(ins, ("hv_storvsc",), "the boot disk (Hyper-V storage)", fix=hv),
         _driver(ins, ("hv_netvsc",), "the NIC (Hyper-V network)", fix=_rebuild("hv_netvsc")),

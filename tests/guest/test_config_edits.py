@@ -130,9 +130,11 @@ def test_initramfs_modules_file() -> None:
 
 def test_fixup_names() -> None:
     assert parse_fixups(["dhcp,initramfs", "fstab"]) == ("initramfs", "dhcp", "fstab")
-    assert parse_fixups(["all"]) == ("initramfs", "dhcp", "fstab", "serial-console", "remove-agents")
+    assert parse_fixups(["all"]) == ("initramfs", "dhcp", "fstab", "serial-console", "remove-agents",
+                                    "uefi-fallback")
     assert parse_fixups([]) == ()
     with pytest.raises(UsageError, match="unknown fix-up 'dchp': choose from initramfs, dhcp"):
         parse_fixups(["dchp"])
     assert fixup_for("virtio_blk driver") == "initramfs" and fixup_for("hv_storvsc driver") == "initramfs"
     assert fixup_for("DHCP on the primary NIC") == "dhcp" and fixup_for("operating system") is None
+    assert fixup_for("UEFI boot loader at the fallback path") == "uefi-fallback"

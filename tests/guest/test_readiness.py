@@ -93,3 +93,24 @@ def test_windows_says_which_checks_do_not_exist() -> None:
 def test_json_round_trip() -> None:
     g = _guest(swaps=(Swap("UUID=s", "uuid", 0, True),))
     assert Inspection.from_json(g.to_json()) == g
+
+
+def test_a_uefi_only_disk_needs_the_fallback_loader() -> None:
+    from dataclasses import replace
+
+    from rehost.guest.inspect import EfiInfo
+
+    name = "UEFI boot loader at the fallback path"
+    vendor = EfiInfo("disk 0 partition 1", ("/EFI/debian/grubx64.efi", "/EFI/debian/shimx64.efi"),
+                     False, False)
+    local = _by_name(evaluate(_guest(efi=vendor), "local"))
+    assert _is(local[name], "fail", "no /EFI/BOOT/BOOTX64.EFI")
+    assert "/EFI/debian/shimx64.efi" in local[name].detail
+    assert "--fix-up uefi-fallback" in local[name].fix
+    assert _by_name(evaluate(_guest(efi=vendor), "azure"))[name].status == "warn"
+    fine = replace(vendor, loaders=(*vendor.loaders, "/EFI/BOOT/BOOTX64.EFI"), fallback=True)
+    assert _by_name(evaluate(_guest(efi=fine), "local"))[name].status == "pass"
+    both_ways = replace(vendor, bios_boot_code=True)  # boots with a BIOS too: no requirement
+    assert name not in _by_name(evaluate(_guest(efi=both_ways), "local"))
+    g = _guest(efi=vendor)
+    assert Inspection.from_json(g.to_json()) == g
