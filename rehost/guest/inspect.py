@@ -664,7 +664,7 @@ def efi_loaders(g: Any) -> tuple[str, ...]:
     top = next((n for n in g.ls("/") if n.upper() == "EFI"), None)
     if top is None:
         return ()
-    return tuple(sorted(f"/{top}/{p}" for p in g.find(f"/{top}") if p.lower().endswith(".efi")))
+    return tuple(sorted(f"/{top}/{p.lstrip('/')}" for p in g.find(f"/{top}") if p.lower().endswith(".efi")))
 
 
 def efi_info(g: Any, disks: dict[str, int]) -> EfiInfo | None:

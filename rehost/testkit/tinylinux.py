@@ -790,6 +790,7 @@ def build_tiny_linux(
     extra_modules: Sequence[str] = (),
     guest_agent: bool = True,
     firmware: Literal["bios", "uefi"] = "bios",
+    efi_loader: str = "/EFI/BOOT/BOOTX64.EFI",
 ) -> Path:
     """Build the bootable raw image at ``dest`` (overwritten) and return ``dest``.
 
@@ -802,7 +803,9 @@ def build_tiny_linux(
     ``org.qemu.guest_agent.0`` when the VM has one (``QemuVM(guest_agent=True)``).
     Every image also carries ``/bin/rehost-churn MBPS SECONDS [FILE_MIB [FILE]]``.
     ``firmware="uefi"``: GPT + an EFI system partition instead of an MBR (see the module
-    docstring); it needs ``size_mib`` >= 96.
+    docstring); it needs ``size_mib`` >= 96. ``efi_loader``: where GRUB goes on the ESP; a
+    distribution's own folder (``/EFI/debian/grubx64.efi``) without the fallback path is what
+    Debian's grub-install leaves, and what a new VM's firmware does not find.
     """
     require_root()
     _check_marker(marker)
@@ -848,7 +851,7 @@ def build_tiny_linux(
                 if firmware == "bios":
                     run_tool(["extlinux", "--install", boot / "extlinux"])
         if firmware == "uefi":
-            _write_esp(tmp)
+            _write_esp(tmp, efi_loader)
         else:
             write_syslinux_mbr(tmp, mbr_bin)
         tmp.replace(dest)
@@ -872,8 +875,12 @@ boot
 """
 
 
-def _write_esp(image: Path) -> None:
-    """Format partition 2 as FAT and put a standalone GRUB at the removable-media path."""
+def _write_esp(image: Path, loader: str) -> None:
+    """Format partition 2 as FAT and put a standalone GRUB at ``loader`` (an absolute path)."""
+    parts = [p for p in loader.split("/") if p]
+    if len(parts) < 2 or not loader.upper().endswith(".EFI") or any(not re.fullmatch(r"[A-Za-z0-9_.-]+", p)
+                                                                    for p in parts):
+        raise TinyLinuxError(f"efi_loader must be an absolute .efi path on the ESP, not {loader!r}")
     start, size = partition_extent(image, 2)
     work = Path(tempfile.mkdtemp(prefix="rehost-esp-"))
     try:
@@ -888,8 +895,8 @@ def _write_esp(image: Path) -> None:
         with loop_device(image, "--offset", str(start), "--sizelimit", str(size)) as dev:
             run_tool(["mkfs.vfat", "-n", "EFI", dev])
             env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
-            for cmd in (["mmd", "-i", dev, "::/EFI", "::/EFI/BOOT"],
-                        ["mcopy", "-i", dev, str(efi), "::/EFI/BOOT/BOOTX64.EFI"]):
+            folders = ["::/" + "/".join(parts[:i]) for i in range(1, len(parts))]
+            for cmd in (["mmd", "-i", dev, *folders], ["mcopy", "-i", dev, str(efi), "::" + loader]):
                 r = subprocess.run(cmd, capture_output=True, text=True, env=env)
                 if r.returncode != 0:
                     raise TinyLinuxError(f"{' '.join(cmd[:1])} failed: {r.stderr.strip()}")

@@ -53,3 +53,36 @@ def test_a_uefi_disk_boots_on_q35_with_ovmf(tmp_path: Path, uefi_disk: Path) -> 
     cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     assert b"q35" in cmdline and any(b"OVMF_CODE" in a for a in cmdline)
     rehost(vault, "failover", "gen2", "--cleanup")
+
+
+def test_a_loader_off_the_fallback_path_is_found_then_fixed_up_on_the_copy(tmp_path: Path) -> None:
+    """GRUB only in the distribution's folder (as Debian's grub-install leaves it): a new VM's
+    firmware would start nothing. Readiness finds it on the ESP and stops the test failover;
+    the uefi-fallback fix-up copies it to /EFI/BOOT/BOOTX64.EFI on the copy, which then boots."""
+    pytest.importorskip("guestfs", reason="python3-guestfs is not installed (run scripts/install)")
+    from tests.conftest import _can_build
+
+    if _can_build():
+        pytest.skip(str(_can_build()))
+    disk = build_tiny_linux(tmp_path / "vendor.img", size_mib=96, firmware="uefi", mode="stay",
+                            marker="vendor", efi_loader="/EFI/rehost/grubx64.efi")
+    vault = tmp_path / "vault"
+    env = {"REHOST_READINESS_INSPECT": "on"}  # tests/conftest.py turns it off for other tests
+    rehost(vault, "init")
+    rehost(vault, "target", "add-local", "kvm", "--path", str(tmp_path / "kvm"), "--memory-mib", "512")
+    rehost(vault, "source", "add-image", "vendor", str(disk))
+    rehost(vault, "replicate", "vendor")
+    refused = rehost(vault, "failover", "vendor", "--test", check=False, env=env)
+    assert refused.code != 0 and "UEFI boot loader at the fallback path" in refused.err, refused.err
+    assert "/EFI/rehost/grubx64.efi" in refused.err and "--fix-up uefi-fallback" in refused.err
+    try:
+        job = rehost(vault, "failover", "vendor", "--test", "--fix-up", "uefi-fallback", "--json",
+                     env=env).json()
+        assert job["state"] == "succeeded", job
+        steps = {s["name"]: s["detail"] for s in job["steps"]}
+        assert "/EFI/rehost/grubx64.efi copied to /EFI/BOOT/BOOTX64.EFI" in steps["fix_up"], steps["fix_up"]
+        assert "REHOST-BOOT-OK marker=vendor" in steps["verify_boot"]
+        console = (tmp_path / "kvm" / "vendor-test" / "console.log").read_text(errors="replace")
+        assert "REHOST-UEFI grub" in console
+    finally:
+        rehost(vault, "failover", "vendor", "--cleanup", check=False)
