@@ -151,6 +151,8 @@ def _fix_up(ctx: StepContext) -> str:
     done = "; ".join(f"{f.name}: {f.detail}" for f in result.fixups)
     if still and not (ctx.params.get("readiness_forced") or {}).get("reason"):
         named = "; ".join(f"{r.name}: {r.detail}" for r in still)
+        instant.stop_point_servers(ctx.vault, ctx.outputs["vm"])  # nothing uses the copy: drop it
+        fixup.remove(ctx.vault, ctx.outputs["vm"])
         raise InvalidState(f"the fix-ups did not repair the copy: {named} (fix-ups: {done})")
     return f"{done}; the copy checks {after.status} for {row.kind} targets ({result.seconds:.0f} s)"
 

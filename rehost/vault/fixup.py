@@ -63,8 +63,13 @@ def make_overlays(vault: Vault, machine: MachineRow, point: RecoveryPoint, vm: s
 def fix_up(vault: Vault, machine: MachineRow, point: RecoveryPoint, vm: str, kind: str,
            names: Sequence[str]) -> FixUpResult:
     """Make the overlays and apply ``names`` to them for a target of ``kind``."""
-    disks = make_overlays(vault, machine, point, vm)
-    result = apply_fixups([str(d.uri) for d in disks], "qcow2", kind, names)
+    try:
+        disks = make_overlays(vault, machine, point, vm)
+        result = apply_fixups([str(d.uri) for d in disks], "qcow2", kind, names)
+    except BaseException:  # nothing uses them yet: a resumed job makes them again
+        instant.stop_point_servers(vault, vm)
+        remove(vault, vm)
+        raise
     (folder(vault, vm) / _DONE).write_text(json.dumps({"point": point.id, **result.to_json()}))
     return result
 

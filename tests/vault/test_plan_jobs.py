@@ -235,3 +235,5 @@ def test_readiness_is_forced_or_fixed_up_for_every_machine_of_the_plan(
     assert child.params["fixups"] == ["dhcp"]
     assert "FORCED past the failed requirement(s)" in child.steps[0].detail
     assert job.state == child.state == "failed" and "the stand-in was called" in child.error
+    assert not (w.vault.root / "run" / "web-test").exists()  # its NBD servers were stopped
+    assert run_job(w.vault, plan_jobs.start(w.vault, plan_jobs.TEST_CLEANUP, "shop").id).state == "succeeded"
