@@ -42,6 +42,10 @@ def folder(vault: Vault, vm: str) -> Path:
     return vault.root / "fixups" / vm
 
 
+def _overlay(vault: Vault, vm: str, index: int) -> Path:
+    return folder(vault, vm) / f"disk{index}.qcow2"
+
+
 def make_overlays(vault: Vault, machine: MachineRow, point: RecoveryPoint, vm: str) -> list[PointDisk]:
     """Fresh overlays of every disk of ``point`` (whatever a cut-short run left is dropped)."""
     served = sorted(instant.start_point_servers(vault, machine, point, vm), key=lambda d: d.index)
@@ -51,7 +55,7 @@ def make_overlays(vault: Vault, machine: MachineRow, point: RecoveryPoint, vm: s
     disks = []
     for disk in served:
         assert disk.uri is not None
-        path = d / f"disk{disk.index}.qcow2"
+        path = _overlay(vault, vm, disk.index)
         r = subprocess.run(["qemu-img", "create", "-q", "-u", "-f", "qcow2", "-b", disk.uri, "-F", "raw",
                             str(path), str(disk.size)], capture_output=True, text=True)
         if r.returncode != 0:
@@ -76,14 +80,13 @@ def fix_up(vault: Vault, machine: MachineRow, point: RecoveryPoint, vm: str, kin
 
 def fixed_disks(vault: Vault, point: RecoveryPoint, vm: str) -> list[PointDisk] | None:
     """The overlays the fix-up step finished for ``point`` (None: no fix-ups)."""
-    d = folder(vault, vm)
     try:
-        done = json.loads((d / _DONE).read_text())
+        done = json.loads((folder(vault, vm) / _DONE).read_text())
     except (OSError, ValueError):
         return None
     if done.get("point") != point.id:
         return None
-    return [PointDisk(x.index, x.size, point.id, str(d / f"disk{x.index}.qcow2"), format="qcow2")
+    return [PointDisk(x.index, x.size, point.id, str(_overlay(vault, vm, x.index)), format="qcow2")
             for x in point.disks]
 
 
