@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from rehost.sources.base import SourceProvider
 
 #: how a source tells a cycle what changed since the parent point
-ChangeTracking = Literal["dirty-bitmap", "agent-digests", "vsphere-cbt", "hash-diff"]
+ChangeTracking = Literal["dirty-bitmap", "agent-digests", "vsphere-cbt", "hyperv-rct", "hash-diff"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,7 @@ class Capabilities:
     """What a kind of source can do, asked apart from doing it (nbdcopy's capability queries)."""
 
     #: dirty-bitmap: QEMU's changed-block tracking; vsphere-cbt: VMware's QueryChangedDiskAreas;
+    #: hyperv-rct: Hyper-V's Resilient Change Tracking (GetVirtualDiskChanges);
     #: agent-digests: the agent compares 4 KiB
     #: digests itself; hash-diff: every cycle reads all allocated data and compares digests
     change_tracking: ChangeTracking
@@ -102,8 +103,8 @@ class SourcePlugin:
 #: first lookup (they import QEMU, libnbd and the agent's PKI, which an ``import
 #: rehost.sources.registry`` should not pay for)
 _BUILTIN = ("rehost.sources.image", "rehost.sources.qemu_plugin", "rehost.sources.physical",
-            "rehost.sources.vsphere")
-_ORDER = ("image", "qemu", "physical", "vsphere")
+            "rehost.sources.vsphere", "rehost.sources.hyperv")
+_ORDER = ("image", "qemu", "physical", "vsphere", "hyperv")
 REGISTRY: plugin_config.Registry[SourcePlugin] = plugin_config.Registry("source", _BUILTIN)
 register = REGISTRY.register
 

@@ -9,7 +9,7 @@ from tests.api.portal import Portal, make_disk
 
 def test_kinds_list_options_and_capabilities(portal: Portal) -> None:
     kinds = {k["kind"]: k for k in portal.get("/sources/kinds").json()}
-    assert list(kinds) == ["image", "qemu", "physical", "vsphere"]
+    assert list(kinds) == ["image", "qemu", "physical", "vsphere", "hyperv"]
     assert kinds["qemu"]["capabilities"]["change_tracking"] == "dirty-bitmap"
     assert {o["name"] for o in kinds["qemu"]["options"]} == {"qmp_socket", "guest_agent", "granularity"}
 

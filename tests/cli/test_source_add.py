@@ -46,7 +46,7 @@ def test_help_comes_from_the_config(vault: Path) -> None:
     assert "--qmp-socket" in text and "--granularity" in text and "default 4096" in text
     assert "dirty-bitmap" in text  # the kind's capabilities
     kinds = rehost(vault, "source", "kinds", "--json").json()
-    assert [k["kind"] for k in kinds] == ["image", "qemu", "physical", "vsphere"]
+    assert [k["kind"] for k in kinds] == ["image", "qemu", "physical", "vsphere", "hyperv"]
 
 
 def test_source_add_physical_prints_the_passphrase(vault: Path) -> None:
@@ -58,7 +58,7 @@ def test_source_add_physical_prints_the_passphrase(vault: Path) -> None:
 
 REFUSALS = [
     (("source", "add", "vmware", "x"),
-     "unknown source kind 'vmware' (kinds: image, qemu, physical, vsphere)"),
+     "unknown source kind 'vmware' (kinds: image, qemu, physical, vsphere, hyperv)"),
     (("source", "add", "qemu", "q", "--qmp-socket", "/no/such.sock"), "QMP socket /no/such.sock does not"),
     (("source", "add", "qemu", "q", "--qmp-socket", "/x", "--granularity", "1000"), "power of two"),
     (("source", "add", "physical", "p", "--expires", "8d"), "between 1 minute and 7 days"),

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_every_kind_has_a_config_with_help_and_capabilities() -> None:
     kinds = {p.kind: p for p in registry.plugins()}
-    assert list(kinds) == ["image", "qemu", "physical", "vsphere"]
+    assert list(kinds) == ["image", "qemu", "physical", "vsphere", "hyperv"]
     for plugin in kinds.values():
         assert plugin.summary and plugin.discover and plugin.open
         for option in registry.options(plugin.config):
@@ -49,7 +49,7 @@ def test_loose_input_becomes_the_typed_config() -> None:
 
 
 @pytest.mark.parametrize(("kind", "raw", "message"), [
-    ("vmware", {}, "unknown source kind 'vmware' (kinds: image, qemu, physical, vsphere)"),
+    ("vmware", {}, "unknown source kind 'vmware' (kinds: image, qemu, physical, vsphere, hyperv)"),
     ("image", {"paths": ["a"], "colour": "blue"}, "source kind image has no option 'colour'"),
     ("qemu", {}, "source kind qemu needs --qmp-socket"),
     ("qemu", {"qmp_socket": " "}, "give the QMP socket of the running QEMU"),
