@@ -105,6 +105,9 @@ def password(user: str, host: str) -> str:
     raise UsageError(f"set {PASSWORD_ENV} to the password of {user} on {host} (no terminal to ask on)")
 
 
+#: rehost's image format of each file an export holds (an .avhdx is a chain rehost serves itself)
+_FORMATS = {".vhdx": "vhdx", ".avhdx": "avhdx", ".vhd": "vpc"}
+
 #: how a runner is made from (host, user, use TLS); tests replace it with a fake
 Connect = Callable[[str, str, bool], PsRunner]
 
@@ -229,6 +232,8 @@ class HypervSource:
                 if previous:
                     runner.run(ps.destroy_reference_point_script(previous))
 
+            # ConsistencyLevel 1 asks VSS in the guest; unsure: whether CreateSnapshot fails or
+            # falls back to crash-consistent when the guest's VSS cannot (the point says APP)
             yield Snapshot(disks, Consistency.APP if app_consistent else Consistency.CRASH, changed=changed,
                            metadata=metadata, notes=notes, on_commit=drop_previous)
 
@@ -255,7 +260,7 @@ class HypervSource:
     @staticmethod
     def _open_exported(stack: ExitStack, machine: MachineSpec, local: Path) -> list[tuple[int, ReadableDisk]]:
         """The exported disks, read where the share is mounted (one VM folder inside)."""
-        from rehost.disks import DiskImage, open_disk
+        from rehost.disks import DiskImage, open_disk, vhdx_chain
         from rehost.sources.image_hyperv import export_disks
 
         folders = sorted(p for p in local.iterdir() if p.is_dir()) if local.is_dir() else []
@@ -265,8 +270,14 @@ class HypervSource:
         files = export_disks(folders[0])
         if len(files) != len(machine.disks):
             raise HypervError(f"the export has {len(files)} disk(s), the machine {len(machine.disks)}")
-        return [(d.index, stack.enter_context(open_disk(DiskImage(f, "vhdx", d.size))))
-                for d, f in zip(machine.disks, files, strict=True)]
+        out: list[tuple[int, ReadableDisk]] = []
+        for spec, path in zip(machine.disks, files, strict=True):  # export_disks: by base name
+            fmt = _FORMATS.get(path.suffix.lower(), "vhdx")
+            if fmt != "vpc" and vhdx_chain.read_vhdx(path).virtual_size != spec.size:
+                raise HypervError(f"exported {path.name} is not the size of disk {spec.index} ({spec.size} "
+                                  "bytes): rehost will not guess which disk it is")
+            out.append((spec.index, stack.enter_context(open_disk(DiskImage(path, fmt, spec.size)))))
+        return out
 
     def can_shutdown(self, machine: MachineSpec) -> str | None:
         return None

@@ -442,3 +442,23 @@ def test_no_password_and_no_terminal_is_refused(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(sys, "stdin", SimpleNamespace(isatty=lambda: False))
     with pytest.raises(UsageError, match="set REHOST_HYPERV_PASSWORD"):
         hyperv.password("u", "hv01")
+
+
+def test_an_exported_disk_of_another_size_is_refused(tmp_path: Path) -> None:
+    """The export's files are matched to the machine's disks by base name; one whose virtual
+    size is not its disk's is refused before anything is read (real VHDX files, no host)."""
+    from contextlib import ExitStack
+
+    from rehost.testkit.vhdx_chain import Layer, write_vhdx
+
+    spec = machine(tmp_path)
+    disks = tmp_path / "cycle" / "web01" / "Virtual Hard Disks"
+    disks.mkdir(parents=True)
+    write_vhdx(disks / "web01-data.vhdx", 1 << 20, Layer())
+    with ExitStack() as stack, pytest.raises(HypervError, match="the export has 1 disk"):
+        hyperv.HypervSource._open_exported(stack, spec, tmp_path / "cycle")
+    write_vhdx(disks / "web01-os.vhdx", 1 << 20, Layer())
+    with ExitStack() as stack, pytest.raises(HypervError, match="not the size of disk 0"):
+        hyperv.HypervSource._open_exported(stack, spec, tmp_path / "cycle")
+    with ExitStack() as stack, pytest.raises(HypervError, match="export is not at"):
+        hyperv.HypervSource._open_exported(stack, spec, tmp_path / "elsewhere")
