@@ -1,5 +1,5 @@
-"""rehost source add KIND | add-image | add-qemu | add-physical | kinds | machines | replicate | points
-| export."""
+"""rehost source add KIND | add-image | add-qemu | add-physical | kinds | verify | map-networks |
+machines | replicate | points | export."""
 
 from __future__ import annotations
 
@@ -162,6 +162,56 @@ def kinds(as_json: bool = typer.Option(False, "--json")) -> None:
             flag = f"{o.name.upper()}..." if o.argument else o.flag
             need = "required" if o.required else "optional" if o.default is None else f"default {o.default}"
             print_wrapped(f"{flag:16} {o.help} ({need})", " " * 10, hanging=" " * 27)
+
+
+@source_app.command("verify")
+def verify(ctx: typer.Context, name: str = typer.Argument(..., help="The source's name."),
+           as_json: bool = typer.Option(False, "--json")) -> None:
+    """What the vault holds of a source (read here, the source is not contacted): its kind,
+    settings and, for one that maps its VM networks (Hyper-V with VMM), each network of its
+    machines and the target network a failover attaches it to. Exit status 1 while a network
+    is unmapped: a failover of its machine is refused until it is."""
+    from rehost.vault.source_check import verify_source
+
+    with open_vault(ctx) as vault:
+        _show_source(verify_source(vault, name), as_json)
+
+
+@source_app.command("map-networks")
+def map_networks(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="The source's name."),
+    pairs: list[str] = typer.Argument(..., help="VMNETWORK=TARGETNET pairs (added to the map, or changed)."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Map a source's VM networks (VMM) to target networks; ``rehost source verify`` shows the map."""
+    from rehost.vault.source_check import map_networks as update
+
+    with open_vault(ctx) as vault:
+        _show_source(update(vault, name, pairs), as_json)
+
+
+def _show_source(report: Any, as_json: bool) -> None:
+    if as_json:
+        emit_json(report.to_json())
+    else:
+        out.print(f"source {report.name} ({report.kind})", highlight=False)
+        for key, value in sorted(report.settings.items()):
+            if key != "network_map" and value not in (None, "", [], {}):
+                print_wrapped(f"  {key}: {value}", hanging="    ")
+        how = "its own map (every network must be mapped to fail over)" if report.maps_networks \
+            else "each machine's --network-map, else the target's first network"
+        out.print(f"networks: {how}", highlight=False)
+        for line in report.networks:
+            dest = line.target_network or ("NOT MAPPED" if report.maps_networks else "the target's default")
+            out.print(f"  {line.machine}: {line.network} -> {dest}", highlight=False)
+        if not report.networks:
+            out.print("  (no NIC known)", highlight=False)
+    if not report.ok:
+        missing = ", ".join(n.network for n in report.unmapped)
+        out.print(f"not mapped: {missing}; rehost source map-networks {report.name} "
+                  + " ".join(f"{n.network}=TARGETNET" for n in report.unmapped), highlight=False)
+        raise typer.Exit(1)
 
 
 @source_app.command("add-image")

@@ -144,6 +144,9 @@ def serve(
     def log(msg: str) -> None:
         err.print(f"{datetime.now(UTC):%H:%M:%S} {msg}", highlight=False, markup=False)
 
+    from rehost.sources import credentials
+
+    credentials.no_prompts()  # an API request or a scheduled cycle must not wait on this terminal
     workers = workers or default_workers()
     if once:
         with open_vault(ctx) as vault:

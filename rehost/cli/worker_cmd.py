@@ -33,7 +33,10 @@ def worker(
     """Run jobs sent by the broker (Celery on Redis) until stopped: replication cycles,
     failovers and syncs, from any host that shares the vault's database and repository."""
     from rehost.jobs import dispatch, leases
+    from rehost.sources import credentials
     from rehost.vault.scheduler import default_workers
+
+    credentials.no_prompts()  # a job must not wait on this terminal
 
     with open_vault(ctx) as vault:
         url = dispatch.broker_url(vault)

@@ -28,11 +28,8 @@ documented way to read a Hyper-V disk's bytes remotely.
 
 from __future__ import annotations
 
-import getpass
 import importlib
-import os
 import shutil
-import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -44,8 +41,8 @@ from rehost.disks.extent import Extent
 from rehost.errors import UsageError
 from rehost.replication.cycle import ReadableDisk
 from rehost.repository.manifest import Consistency, RecoveryPoint
+from rehost.sources import credentials, registry
 from rehost.sources import hyperv_ps as ps
-from rehost.sources import registry
 from rehost.sources.base import Snapshot
 from rehost.sources.hyperv_ps import HypervError
 from rehost.spec import MachineSpec
@@ -95,16 +92,6 @@ def _pypsrp_client() -> Any:
             from None
 
 
-def password(user: str, host: str) -> str:
-    """The password from ``$REHOST_HYPERV_PASSWORD`` or, on a terminal, a prompt."""
-    value = os.environ.get(PASSWORD_ENV)
-    if value:
-        return value
-    if sys.stdin.isatty():
-        return getpass.getpass(f"password of {user} on {host}: ")
-    raise UsageError(f"set {PASSWORD_ENV} to the password of {user} on {host} (no terminal to ask on)")
-
-
 #: rehost's image format of each file an export holds (an .avhdx is a chain rehost serves itself)
 _FORMATS = {".vhdx": "vhdx", ".avhdx": "avhdx", ".vhd": "vpc"}
 
@@ -113,7 +100,7 @@ Connect = Callable[[str, str, bool], PsRunner]
 
 
 def connect(host: str, user: str, ssl: bool) -> PsRunner:
-    return PypsrpRunner(host, user, password(user, host), ssl=ssl)
+    return PypsrpRunner(host, user, credentials.password(PASSWORD_ENV, user, host), ssl=ssl)
 
 
 @dataclass(frozen=True)
@@ -135,6 +122,10 @@ class HypervConfig:
     share_mount: Path | None = field(default=None, metadata={
         "help": "Where --share is mounted on the rehost server (read there with rehost's VHDX reader).",
         "host_path": True})
+    network_map: tuple[str, ...] = field(default=(), metadata={
+        "help": "VMNETWORK=TARGETNET (repeat it): where a failover attaches each VM network. With "
+                "--vmm (or this option) the source keeps its own map, and a failover is refused while a "
+                "network of the VM is not in it (rehost source verify / map-networks)."})
     http: bool = field(default=False, metadata={
         "help": "WinRM over HTTP (port 5985) instead of HTTPS; Negotiate still encrypts the messages."})
     force_shutdown: bool = field(default=False, metadata={
@@ -148,6 +139,16 @@ class HypervConfig:
                              "rehost reads its mount)")
         if self.vmm is not None and not self.vmm.strip():
             raise UsageError("--vmm: give the VMM server's name")
+        for pair in self.network_map:
+            vm_net, sep, target_net = pair.partition("=")
+            if not sep or not vm_net.strip() or not target_net.strip():
+                raise UsageError(f"--network-map takes VMNETWORK=TARGETNET, not {pair!r}")
+
+    def networks(self) -> dict[str, str] | None:
+        """The source's own network map, or None when it keeps none (no --vmm, no --network-map)."""
+        if not self.vmm and not self.network_map:
+            return None
+        return dict(pair.partition("=")[::2] for pair in self.network_map)
 
 
 def discover(name: str, config: HypervConfig) -> MachineSpec:
@@ -176,6 +177,9 @@ def discover_with(name: str, config: HypervConfig, runner: PsRunner, vmm: PsRunn
         "vmm": config.vmm, "share": config.share,
         "share_mount": str(config.share_mount) if config.share_mount else None,
         "force_shutdown": config.force_shutdown, "generation": vm.generation, "state": vm.state}
+    mapped = config.networks()
+    if mapped is not None:
+        settings["network_map"] = mapped
     return ps.machine_spec(name, vm, settings, networks)
 
 

@@ -43,9 +43,6 @@ NAMESPACE = r"root\virtualization\v2"
 #: ("CreateSnapshot method of the Msvm_VirtualSystemSnapshotService class": 2 Full snapshot,
 #: 3 Disk snapshot, 32768 Recovery snapshot)
 RECOVERY_SNAPSHOT = 32768
-#: ConvertToReferencePoint's ReferencePointType for a change-tracking (RCT) reference point
-#: (unsure: the doc page lists 0 for none, 1 for log-based (Hyper-V Replica), 2 for RCT)
-RCT_REFERENCE_POINT = 2
 #: JSON of every script: ``-Depth 4`` keeps the disks and NICs inside a VM
 TO_JSON = "ConvertTo-Json -Depth 4 -Compress"
 #: the characters PowerShell takes as a single quote inside a single-quoted string: the ASCII
@@ -322,8 +319,9 @@ def create_recovery_snapshot_script(vm_id: str, app_consistent: bool) -> str:
     """Take a recovery snapshot of the VM; prints its WMI path and its disks' paths.
 
     "CreateSnapshot method of the Msvm_VirtualSystemSnapshotService class": CreateSnapshot(
-    AffectedSystem, SnapshotSettings (embedded Msvm_VirtualSystemSnapshotSettingData),
-    SnapshotType, out ResultingSnapshot, out Job). "Msvm_VirtualSystemSnapshotSettingData
+    [in] AffectedSystem, [in] SnapshotSettings (embedded Msvm_VirtualSystemSnapshotSettingData),
+    [in] SnapshotType, [in, out] ResultingSnapshot, [out] Job); every [in] parameter is
+    passed, by position, ResultingSnapshot as ``$null``. "Msvm_VirtualSystemSnapshotSettingData
     class": ConsistencyLevel 1 application-consistent (VSS in the guest), 2 crash-consistent;
     IgnoreNonSnapshottableDisks. Unsure: that ResultingSnapshot is set when the method ran
     as a job; the fallback takes the job's affected Msvm_VirtualSystemSettingData. The disks
@@ -336,7 +334,7 @@ def create_recovery_snapshot_script(vm_id: str, app_consistent: bool) -> str:
         + f"$sd = ([wmiclass]{quote(_SETTING_CLASS)}).CreateInstance()\n"
         + f"$sd.ConsistencyLevel = {level}\n"
         "$sd.IgnoreNonSnapshottableDisks = $true\n"
-        + f"$r = $svc.CreateSnapshot($vm, $sd.GetText(2), {RECOVERY_SNAPSHOT})\n"
+        + f"$r = $svc.CreateSnapshot($vm, $sd.GetText(2), {RECOVERY_SNAPSHOT}, $null)\n"
         "$job = Wait-RehostJob $r 'CreateSnapshot'\n"
         "$snap = if ($r.ResultingSnapshot) { [wmi]$r.ResultingSnapshot } else {"
         " $job.GetRelated('Msvm_VirtualSystemSettingData') | Select-Object -First 1 }\n"
@@ -371,10 +369,11 @@ def disk_changes_script(disk_paths: Sequence[str], rct_ids: Sequence[str], sizes
     """The byte ranges of each disk that changed since its RCT id (a previous reference point's).
 
     "GetVirtualDiskChanges method of the Msvm_ImageManagementService class":
-    GetVirtualDiskChanges(Path, LimitId, ByteOffset, ByteLength, out ProcessedByteLength,
-    out ChangedByteOffsets[], out ChangedByteLengths[]); one call may stop short of
-    ByteLength, so the loop asks again from ByteOffset + ProcessedByteLength. Unsure: the
-    exact parameter order (the script passes them by position as listed above).
+    GetVirtualDiskChanges(Path, LimitId, TargetSnapshotId, ByteOffset, ByteLength, out
+    ProcessedByteLength, out ChangedByteOffsets[], out ChangedByteLengths[], out Job); every
+    [in] parameter is passed, by position in that order, TargetSnapshotId as ``$null`` (it is
+    only for VHD Set files). One call may stop short of ByteLength, so the loop asks again
+    from ByteOffset + ProcessedByteLength.
     """
     if not len(disk_paths) == len(rct_ids) == len(sizes):
         raise HypervError("each disk needs its path, its RCT id and its size")
@@ -386,7 +385,7 @@ def disk_changes_script(disk_paths: Sequence[str], rct_ids: Sequence[str], sizes
             f"$path = {quote(path)}; $offsets = @(); $lengths = @(); $at = [uint64]0;"
             f" $size = [uint64]{int(size)}\n"
             "while ($at -lt $size) {\n"
-            f"  $r = $ims.GetVirtualDiskChanges($path, {quote(rct)}, $at, $size - $at)\n"
+            f"  $r = $ims.GetVirtualDiskChanges($path, {quote(rct)}, $null, $at, $size - $at)\n"
             "  if ($r.ReturnValue -ne 0) {"
             " throw \"GetVirtualDiskChanges $path failed: ReturnValue $($r.ReturnValue)\" }\n"
             "  if ($r.ProcessedByteLength -eq 0) {"
@@ -473,15 +472,17 @@ def convert_to_reference_point_script(snapshot_path: str) -> str:
     """Turn the recovery snapshot into an RCT reference point; prints its path and RCT ids.
 
     "ConvertToReferencePoint method of the Msvm_VirtualSystemSnapshotService class":
-    ConvertToReferencePoint(AffectedSnapshot, ReferencePointSettings, out
-    ResultingReferencePoint, out Job); "Msvm_VirtualSystemReferencePoint class":
-    ResilientChangeTrackingIdentifiers, one per disk (unsure: that they come in the order of
-    the snapshot's disks; rehost keeps them by that order).
+    ConvertToReferencePoint([in] AffectedSnapshot, [in] ReferencePointSettings, [in, out]
+    ResultingReferencePoint, [out] Job), every [in] parameter passed by position (the
+    settings and the resulting point as ``$null``); the snapshot is deleted as a side
+    effect. "Msvm_VirtualSystemReferencePoint class": ResilientChangeTrackingIdentifiers,
+    "RCT IDs corresponding to the virtual disks of the VM", one per disk (unsure: that they
+    come in the order of the snapshot's disks; rehost keeps them by that order).
     """
     return (
         _PRELUDE + _WAIT_JOB
         + f"$svc = Get-WmiObject -Namespace {quote(NAMESPACE)} -Class Msvm_VirtualSystemSnapshotService\n"
-        + f"$r = $svc.ConvertToReferencePoint([wmi]{quote(snapshot_path)}, $null)\n"
+        + f"$r = $svc.ConvertToReferencePoint([wmi]{quote(snapshot_path)}, $null, $null)\n"
         "$job = Wait-RehostJob $r 'ConvertToReferencePoint'\n"
         "$rp = if ($r.ResultingReferencePoint) { [wmi]$r.ResultingReferencePoint } else {"
         " $job.GetRelated('Msvm_VirtualSystemReferencePoint') | Select-Object -First 1 }\n"

@@ -12,14 +12,12 @@ entity is gone when it ends.
 from __future__ import annotations
 
 import contextlib
-import getpass
-import os
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from rehost.errors import RehostError, UsageError
+from rehost.sources import credentials
 from rehost.sources.vsphere_http import Endpoint, normalize_thumbprint, tls_context
 
 #: where the password comes from (never stored, never logged)
@@ -31,13 +29,7 @@ class VsphereError(RehostError):
 
 
 def password(user: str, host: str) -> str:
-    """The password from ``$REHOST_VSPHERE_PASSWORD`` or, on a terminal, a prompt."""
-    value = os.environ.get(PASSWORD_ENV)
-    if value:
-        return value
-    if sys.stdin.isatty():
-        return getpass.getpass(f"password of {user} on {host}: ")
-    raise UsageError(f"set {PASSWORD_ENV} to the password of {user} on {host} (no terminal to ask on)")
+    return credentials.password(PASSWORD_ENV, user, host)
 
 
 def split_host(host: str) -> tuple[str, int]:

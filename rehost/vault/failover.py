@@ -56,6 +56,8 @@ def start_job(vault: Vault, kind: str, name: str, **params: Any) -> JobRow:
         params["fixups"] = list(parse_fixups(params.get("fixups") or ()))
         row = targets.target_of(vault, machine, params.get("target"))
         params["target"] = row.name
+        if kind == "failover":
+            targets.require_mapped_networks(machine, row)
         if kind == "test-failover" and targets.provider(row).capabilities.test_network is None:
             raise InvalidState(f"cannot test failover {name}: target {row.name} has no isolated test network")
         if not list_points(vault, name):

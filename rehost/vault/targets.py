@@ -146,13 +146,49 @@ def check_network_map(target: TargetRow, network_map: Mapping[str, str]) -> None
                              f"({', '.join(names)})")
 
 
+def source_network_map(machine: MachineRow) -> dict[str, str] | None:
+    """The map its source keeps (a Hyper-V source managed by VMM: VM network -> target
+    network), or None for a source whose machines keep the default network."""
+    found = machine.source.settings.get("network_map")
+    return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else None
+
+
+def unmapped_networks(machine: MachineRow) -> list[str]:
+    """The networks of the machine's NICs that neither its source's map nor its own names
+    (always empty for a source without a map of its own)."""
+    mapped = source_network_map(machine)
+    if mapped is None:
+        return []
+    nets = sorted({n.network for n in spec_of(machine).nics})
+    return [n for n in nets if n not in mapped and n not in machine.network_map]
+
+
+def require_mapped_networks(machine: MachineRow, target: TargetRow) -> None:
+    """A failover of a machine whose source maps its networks goes only when every network of
+    its NICs is mapped to a network the target offers: guessing would attach a production
+    machine to the wrong network."""
+    missing = unmapped_networks(machine)
+    if missing:
+        raise InvalidState(
+            f"cannot fail over {machine.name}: its source {machine.source.name} maps VM networks to "
+            f"target networks, and {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not "
+            f"mapped; map them with rehost source map-networks {machine.source.name} "
+            + " ".join(f"{n}=TARGETNET" for n in missing))
+    mapped = source_network_map(machine)
+    if mapped:
+        check_network_map(target, {n: mapped[n] for n in mapped
+                                   if n in {nic.network for nic in spec_of(machine).nics}})
+
+
 def network_for(target: Target, machine: MachineRow) -> str:
     """The network a failed-over machine starts on: its network map's entry for its source
-    network ("default" for an image), else the target's first network that is not isolated."""
+    network ("default" for an image), else its source's map's entry, else the target's first
+    network that is not isolated."""
     nets = list(target.networks())
     nics = spec_of(machine).nics
     source_net = nics[0].network if nics else "default"
-    chosen = machine.network_map.get(source_net) or machine.network_map.get("default")
+    chosen = (machine.network_map.get(source_net) or (source_network_map(machine) or {}).get(source_net)
+              or machine.network_map.get("default"))
     if chosen is None:
         chosen = next((n.name for n in nets if not n.isolated), nets[0].name)
     if chosen not in [n.name for n in nets]:

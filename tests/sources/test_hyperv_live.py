@@ -126,7 +126,7 @@ def test_recovery_snapshot_script() -> None:
     assert "-Class Msvm_VirtualSystemSnapshotService" in crash
     setting = "'\\\\.\\root\\virtualization\\v2:Msvm_VirtualSystemSnapshotSettingData'"
     assert f"$sd = ([wmiclass]{setting}).CreateInstance()" in crash
-    assert "$r = $svc.CreateSnapshot($vm, $sd.GetText(2), 32768)" in crash
+    assert "$r = $svc.CreateSnapshot($vm, $sd.GetText(2), 32768, $null)" in crash
     assert "$sd.ConsistencyLevel = 2" in crash
     assert f"Where-Object {{ $_.Name -eq '{VM_ID}' }}" in crash
     assert "$sd.ConsistencyLevel = 1" in ps.create_recovery_snapshot_script(VM_ID, True)
@@ -135,8 +135,8 @@ def test_recovery_snapshot_script() -> None:
 def test_disk_changes_script_asks_each_disk_until_processed() -> None:
     script = ps.disk_changes_script(["C:\\VMs\\it's.vhdx", "D:\\d.vhdx"], ["rctX:1", "rctX:2"], [1024, 2048])
     assert "$path = 'C:\\VMs\\it''s.vhdx';" in script and "$size = [uint64]1024" in script
-    assert "$r = $ims.GetVirtualDiskChanges($path, 'rctX:1', $at, $size - $at)" in script
-    assert "$r = $ims.GetVirtualDiskChanges($path, 'rctX:2', $at, $size - $at)" in script
+    assert "$r = $ims.GetVirtualDiskChanges($path, 'rctX:1', $null, $at, $size - $at)" in script
+    assert "$r = $ims.GetVirtualDiskChanges($path, 'rctX:2', $null, $at, $size - $at)" in script
     assert "$at += $r.ProcessedByteLength" in script
     with pytest.raises(HypervError, match="each disk"):
         ps.disk_changes_script(["a"], [], [1])
@@ -144,7 +144,8 @@ def test_disk_changes_script_asks_each_disk_until_processed() -> None:
 
 def test_reference_point_and_cleanup_scripts() -> None:
     path = 'HV01\\root\\virtualization\\v2:Msvm_VirtualSystemSnapshotSettingData.InstanceID="Microsoft:x"'
-    assert f"$svc.ConvertToReferencePoint([wmi]'{path}', $null)" in ps.convert_to_reference_point_script(path)
+    script = ps.convert_to_reference_point_script(path)
+    assert f"$svc.ConvertToReferencePoint([wmi]'{path}', $null, $null)" in script
     assert f"$svc.DestroySnapshot([wmi]'{path}')" in ps.destroy_snapshot_script(path)
     script = ps.destroy_reference_point_script("rp'x")
     assert "Msvm_VirtualSystemReferencePointService" in script
@@ -435,13 +436,6 @@ def test_the_password_never_shows(fake_pypsrp: list[Any], monkeypatch: pytest.Mo
     shown = [repr(runner), str(runner), repr(config), repr(spec), json.dumps(spec.settings), caplog.text]
     assert not any(SECRET in s for s in shown)
     assert repr(runner) == "PypsrpRunner(host='hv01', user='u')"
-
-
-def test_no_password_and_no_terminal_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(hyperv.PASSWORD_ENV, raising=False)
-    monkeypatch.setattr(sys, "stdin", SimpleNamespace(isatty=lambda: False))
-    with pytest.raises(UsageError, match="set REHOST_HYPERV_PASSWORD"):
-        hyperv.password("u", "hv01")
 
 
 def test_an_exported_disk_of_another_size_is_refused(tmp_path: Path) -> None:
