@@ -2,7 +2,9 @@
 
 Every disk is read as an NBD export: an image file through ``qemu-nbd`` (``open_disk``),
 anything else through an NBD server that already runs (``open_nbd``: QEMU's own server,
-the agent). Readers ask for extents first and never read holes or zeros.
+the agent). One exception, for speed: a cycle reads a plain raw image file in place
+(``open_reader``, ``FileDisk``), since there is no format to parse. Readers ask for extents
+first and never read holes or zeros.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from contextlib import contextmanager
 
 from rehost.disks import vhdx_chain
 from rehost.disks.extent import Extent
+from rehost.disks.file_disk import FileDisk
 from rehost.disks.formats import CHAIN_FORMATS, DiskImage, probe, qemu_image_opts
 from rehost.disks.nbd_disk import BASE_ALLOCATION, NbdDisk
 from rehost.disks.nbd_server import QemuNbdServer
@@ -20,12 +23,15 @@ from rehost.errors import UsageError
 
 __all__ = [
     "BASE_ALLOCATION",
+    "VIA_NBD_ENV",
     "DiskImage",
     "Extent",
+    "FileDisk",
     "NbdDisk",
     "QemuNbdServer",
     "open_disk",
     "open_nbd",
+    "open_reader",
     "probe",
     "qemu_image_opts",
 ]
@@ -54,6 +60,22 @@ def open_disk(image: DiskImage, *, writable: bool = False) -> Iterator[NbdDisk]:
                 disk.flush()
         finally:
             disk.close()
+
+
+#: set to 1 to read raw image files through qemu-nbd too (benchmarks compare both ways)
+VIA_NBD_ENV = "REHOST_READ_RAW_VIA_NBD"
+
+
+@contextmanager
+def open_reader(image: DiskImage) -> Iterator[NbdDisk | FileDisk]:
+    """A disk a cycle reads: a plain raw file in place (no qemu-nbd process, no socket),
+    any other image as ``open_disk`` serves it."""
+    if image.format == "raw" and not image.in_container and os.environ.get(VIA_NBD_ENV) != "1":
+        with FileDisk(image.path, image.virtual_size) as disk:
+            yield disk
+        return
+    with open_disk(image) as disk:
+        yield disk
 
 
 def open_nbd(

@@ -181,6 +181,7 @@ def _read_batch(
     """
     out: list[tuple[int, memoryview | None, int]] = []
     pieces: list[tuple[int, memoryview]] = []
+    alloc = getattr(disk, "buffer", None)  # memory the disk reads into without a copy (O_DIRECT)
     for off in batch:
         c_end = min(size, off + CHUNK_SIZE)
         ranges = [(max(e.start, off), min(e.end, c_end)) for e in extents.data_in(off, c_end)]
@@ -197,7 +198,7 @@ def _read_batch(
         if not merged:
             out.append((off, None, 0))
             continue
-        buf = memoryview(bytearray(c_end - off))
+        buf = alloc(c_end - off) if alloc is not None else memoryview(bytearray(c_end - off))
         pieces += [(a, buf[a - off : b - off]) for a, b in merged]
         out.append((off, buf, sum(b - a for a, b in merged)))
     many = getattr(disk, "readinto_many", None)

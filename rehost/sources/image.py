@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from rehost.disks import DiskImage, open_disk, ova, probe, streams, vhdx_chain
+from rehost.disks import DiskImage, open_reader, ova, probe, streams, vhdx_chain
 from rehost.disks.firmware import detect as detect_firmware
 from rehost.disks.formats import replay_on_copy
 from rehost.errors import UsageError
@@ -205,7 +205,7 @@ class ImageSource:
                         raise UsageError(f"disk {disk.index} of {machine.name}: {img.path} no longer exists")
                     if machine.settings.get("replay_log_copy"):
                         img = self._replayed(machine, disk.index, img, notes, stack)
-                    disks.append((disk.index, stack.enter_context(open_disk(img))))
+                    disks.append((disk.index, stack.enter_context(open_reader(img))))
             # Files at rest are one instant; if a hypervisor still writes them, use source qemu.
             yield Snapshot(disks, Consistency.CRASH, metadata={"kind": self.kind}, notes=notes)
 
@@ -222,7 +222,7 @@ class ImageSource:
                 disks.append((spec.index, streams.ZeroDisk(disk.size, f"{path} {disk.disk_id}")))
                 continue
             image = disk.image or self._unpacked(machine, spec.index, disk, path, notes, stack)
-            disks.append((spec.index, stack.enter_context(open_disk(image))))
+            disks.append((spec.index, stack.enter_context(open_reader(image))))
         return disks
 
     def prepare(self, machine: MachineSpec, progress: streams.Progress | None = None) -> list[str]:

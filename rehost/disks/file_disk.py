@@ -1,0 +1,180 @@
+"""FileDisk: a raw image file read in place, without qemu-nbd.
+
+A raw image has no format to parse: its bytes are the disk's. Reading it straight from the
+file saves a qemu-nbd process per cycle and, for every MiB, the trip through the NBD socket
+(docs/benchmarks.md, "floors": the same extents read through qemu-nbd and in place). Every
+other format still goes through QEMU, which parses it.
+
+What stays the same as through qemu-nbd ``--cache=none``:
+- extents: holes come from ``SEEK_DATA``/``SEEK_HOLE``, what QEMU's file driver reports as
+  ``base:allocation`` for a raw file, so holes are never read;
+- the page cache: reads use ``O_DIRECT`` so replicating a big image on a production host
+  does not push its working set out of memory. ``O_DIRECT`` wants the buffer, the offset
+  and the length aligned: the cycle asks ``buffer`` for page-aligned memory, and a piece
+  that is not aligned (the tail of a file whose size is not a multiple of 4 KiB, a caller's
+  own ``bytearray``) goes through an aligned bounce buffer. Where the file system refuses
+  ``O_DIRECT`` (tmpfs), the file is read through the page cache, which tmpfs is anyway.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import mmap
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import TracebackType
+
+from rehost.disks.extent import Extent
+from rehost.errors import DiskError
+
+#: O_DIRECT alignment used for buffers, offsets and lengths (covers 512 and 4096 sectors)
+ALIGN = 4096
+#: the largest single ``preadv``: consecutive pieces are read together up to this size
+MAX_READ = 8 << 20
+
+Buffer = bytearray | memoryview
+
+
+def aligned_buffer(length: int) -> memoryview:
+    """Page-aligned, zero-filled memory (anonymous ``mmap``), freed with its last view."""
+    return memoryview(mmap.mmap(-1, max(length, 1)))[:length]
+
+
+def _address(view: memoryview) -> int:
+    return ctypes.addressof(ctypes.c_char.from_buffer(view))
+
+
+class FileDisk:
+    """A raw image file as a cycle's ``ReadableDisk`` (``size``, extents, reads)."""
+
+    def __init__(self, path: Path, size: int | None = None) -> None:
+        self.path = Path(path)
+        self.name = str(path)
+        try:
+            self._fd = os.open(self.path, os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC)
+            self.direct = True
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise DiskError(f"cannot open {self.path}: {e.strerror}") from None
+            self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)  # tmpfs: no O_DIRECT
+            self.direct = False
+        file_size = os.fstat(self._fd).st_size
+        self.size = file_size if size is None else size
+        if self.size > file_size:
+            os.close(self._fd)
+            raise DiskError(f"{self.path} holds {file_size} bytes, less than its disk's {self.size}")
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> FileDisk:
+        return self
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def buffer(self, length: int) -> memoryview:
+        """Memory a read can fill without a bounce copy."""
+        return aligned_buffer(length)
+
+    def extents(self, start: int = 0, length: int | None = None) -> Iterator[Extent]:
+        """Data and holes of ``[start, start + length)`` from the file system's own map."""
+        end = self.size if length is None else min(self.size, start + length)
+        at = start
+        while at < end:
+            try:
+                data = os.lseek(self._fd, at, os.SEEK_DATA)
+            except OSError as e:
+                if e.errno != errno.ENXIO:  # ENXIO: only a hole is left
+                    raise DiskError(f"{self.path}: SEEK_DATA failed: {e.strerror}") from None
+                data = end
+            data = min(data, end)
+            if data > at:
+                yield Extent(at, data - at, zero=True)
+            if data >= end:
+                return
+            hole = min(os.lseek(self._fd, data, os.SEEK_HOLE), end)
+            yield Extent(data, hole - data)
+            at = hole
+
+    def readinto(self, offset: int, buf: Buffer) -> int:
+        return self.readinto_many([(offset, buf)])
+
+    def readinto_many(self, pieces: Sequence[tuple[int, Buffer]]) -> int:
+        """Fill each buffer from its offset; consecutive aligned pieces are one ``preadv``."""
+        views = [(offset, memoryview(b).cast("B")) for offset, b in pieces]
+        for offset, view in views:
+            if offset < 0 or offset + len(view) > self.size:
+                raise DiskError(f"{self.path}: read of {len(view)} bytes at {offset} is outside the disk "
+                                f"({self.size} bytes)")
+        run: list[memoryview] = []
+        run_start = run_end = 0
+        for offset, view in sorted(views, key=lambda p: p[0]):
+            if not len(view):
+                continue
+            if not self._aligned(offset, view):
+                self._bounce(offset, view)
+                continue
+            if run and offset == run_end and run_end - run_start + len(view) <= MAX_READ:
+                run.append(view)
+                run_end += len(view)
+                continue
+            if run:
+                self._preadv(run, run_start)
+            run, run_start, run_end = [view], offset, offset + len(view)
+        if run:
+            self._preadv(run, run_start)
+        return sum(len(v) for _, v in views)
+
+    def _aligned(self, offset: int, view: memoryview) -> bool:
+        if not self.direct:
+            return True
+        return (offset % ALIGN == 0 and len(view) % ALIGN == 0 and not view.readonly
+                and _address(view) % ALIGN == 0)
+
+    def _preadv(self, views: list[memoryview], offset: int) -> None:
+        want = sum(len(v) for v in views)
+        done = 0
+        while done < want:
+            try:
+                n = os.preadv(self._fd, _skip(views, done), offset + done)
+            except OSError as e:
+                raise DiskError(f"{self.path}: read at {offset + done} failed: {e.strerror}") from None
+            if n == 0:
+                raise DiskError(f"{self.path}: unexpected end of file at {offset + done}")
+            done += n
+
+    def _bounce(self, offset: int, view: memoryview) -> None:
+        """An unaligned piece: read the aligned span around it, copy the piece out."""
+        start = offset - offset % ALIGN
+        end = -(-(offset + len(view)) // ALIGN) * ALIGN
+        scratch = aligned_buffer(end - start)
+        got = 0
+        while got < end - start:
+            try:
+                n = os.preadv(self._fd, [scratch[got:]], start + got)
+            except OSError as e:
+                raise DiskError(f"{self.path}: read at {start + got} failed: {e.strerror}") from None
+            if n == 0:
+                break  # end of file inside the last aligned block
+            got += n
+        if got < offset - start + len(view):
+            raise DiskError(f"{self.path}: unexpected end of file at {start + got}")
+        view[:] = scratch[offset - start : offset - start + len(view)]
+
+
+def _skip(views: list[memoryview], done: int) -> list[memoryview]:
+    """The views left after ``done`` bytes (a short ``preadv`` goes on where it stopped)."""
+    out: list[memoryview] = []
+    for v in views:
+        if done >= len(v):
+            done -= len(v)
+            continue
+        out.append(v[done:])
+        done = 0
+    return out

@@ -1,0 +1,135 @@
+"""A raw image read in place (``FileDisk``) reads what qemu-nbd serves of the same file:
+qemu-nbd's ``base:allocation`` and its bytes are the oracle, on sparse files with data at
+odd places, a size that is not a multiple of 4 KiB, unaligned caller buffers, and a file
+system that refuses O_DIRECT."""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from rehost.disks import VIA_NBD_ENV, DiskImage, FileDisk, open_disk, open_reader
+from rehost.disks.extent import Extent
+from rehost.disks.file_disk import aligned_buffer
+from rehost.errors import DiskError
+
+MiB = 1 << 20
+
+
+def _sparse(path: Path, size: int, writes: list[tuple[int, int]], seed: int = 7) -> bytes:
+    """A sparse file of ``size`` with random bytes at ``writes`` (offset, length); returns
+    its whole content as the test's own record."""
+    rng = random.Random(seed)
+    content = bytearray(size)
+    with path.open("wb") as f:
+        f.truncate(size)
+        for off, n in writes:
+            data = rng.randbytes(n)
+            f.seek(off)
+            f.write(data)
+            content[off : off + n] = data
+    return bytes(content)
+
+
+def _data(extents: list[Extent]) -> list[tuple[int, int]]:
+    """Non-zero ranges, touching ones merged (servers may split where they like)."""
+    out: list[tuple[int, int]] = []
+    for e in extents:
+        if e.zero:
+            continue
+        if out and out[-1][1] == e.start:
+            out[-1] = (out[-1][0], e.end)
+        else:
+            out.append((e.start, e.end))
+    return out
+
+
+WRITES = [(0, 4096), (3 * MiB + 4096, 70_000), (9 * MiB - 8192, 16384), (12 * MiB, MiB)]
+
+
+@pytest.mark.parametrize("size", [16 * MiB, 16 * MiB + 512])
+def test_extents_and_bytes_equal_qemu_nbds(tmp_path: Path, size: int) -> None:
+    image = tmp_path / "disk.raw"
+    writes = [*WRITES, (size - 512, 512)]  # data up to the last byte
+    content = _sparse(image, size, writes)
+    with FileDisk(image) as disk, open_disk(DiskImage(image, "raw", size)) as nbd:
+        assert disk.size == nbd.size == size
+        mine, theirs = list(disk.extents()), list(nbd.extents())
+        assert _data(mine) == _data(theirs)
+        assert sum(e.length for e in mine) == size and mine[0].start == 0
+        assert all(a.end == b.start for a, b in itertools.pairwise(mine))  # no gap, no overlap
+        # a window that starts and ends inside extents
+        assert _data(list(disk.extents(3 * MiB, 2 * MiB))) == _data(list(nbd.extents(3 * MiB, 2 * MiB)))
+        # aligned buffers (the cycle's), an unaligned bytearray, and the tail
+        whole = disk.buffer(size - size % 4096)
+        disk.readinto(0, whole)
+        assert bytes(whole) == content[: len(whole)]
+        odd = bytearray(70_001)
+        disk.readinto(3 * MiB + 4095, odd)
+        assert bytes(odd) == content[3 * MiB + 4095 : 3 * MiB + 4095 + 70_001]
+        tail = bytearray(512)
+        disk.readinto(size - 512, tail)
+        assert bytes(tail) == content[-512:] == bytes(nbd.read(size - 512, 512))
+
+
+def test_scattered_pieces_in_one_call(tmp_path: Path) -> None:
+    image = tmp_path / "disk.raw"
+    content = _sparse(image, 16 * MiB, WRITES)
+    bufs = [(off, aligned_buffer(n)) for off, n in [(12 * MiB + MiB // 2, 4096), (0, 8192), (12 * MiB, 4096),
+                                                     (12 * MiB + 4096, MiB - 4096)]]
+    with FileDisk(image) as disk:
+        assert disk.readinto_many(bufs) == sum(len(b) for _, b in bufs)
+    for off, b in bufs:
+        assert bytes(b) == content[off : off + len(b)]
+
+
+def test_reads_outside_the_disk_are_refused(tmp_path: Path) -> None:
+    image = tmp_path / "disk.raw"
+    _sparse(image, MiB, [(0, 4096)])
+    with FileDisk(image) as disk, pytest.raises(DiskError, match="outside the disk"):
+        disk.readinto(MiB - 4096, bytearray(8192))
+    with pytest.raises(DiskError, match="less than its disk's"):
+        FileDisk(image, 2 * MiB)
+
+
+def test_without_o_direct_the_file_is_read_through_the_page_cache(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file system that refuses O_DIRECT (open gives EINVAL: tmpfs before Linux 6.6, some
+    FUSE file systems) is read buffered, unaligned pieces included."""
+    image = tmp_path / "disk.raw"
+    content = _sparse(image, 4 * MiB + 512, [(MiB, 5000), (4 * MiB, 512)])
+    real_open = os.open
+
+    def no_direct(path: object, flags: int, *args: object) -> int:
+        if flags & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", no_direct)
+    with FileDisk(image) as disk:
+        assert not disk.direct
+        buf = bytearray(disk.size)
+        disk.readinto(0, buf)
+        assert bytes(buf) == content
+        odd = bytearray(5001)
+        disk.readinto(MiB - 1, odd)
+        assert bytes(odd) == content[MiB - 1 : MiB + 5000]
+
+
+def test_a_cycle_reads_raw_in_place_and_other_formats_through_qemu(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    image = tmp_path / "disk.raw"
+    _sparse(image, MiB, [(0, 4096)])
+    with open_reader(DiskImage(image, "raw", MiB)) as disk:
+        assert isinstance(disk, FileDisk)
+    monkeypatch.setenv(VIA_NBD_ENV, "1")
+    with open_reader(DiskImage(image, "raw", MiB)) as disk:
+        assert not isinstance(disk, FileDisk)
+    monkeypatch.delenv(VIA_NBD_ENV)
+    with open_reader(DiskImage(image, "raw", MiB, offset=4096, length=MiB - 4096)) as disk:
+        assert not isinstance(disk, FileDisk)  # inside a container: qemu-nbd's raw offset/size
