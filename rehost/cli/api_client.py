@@ -12,7 +12,6 @@ import ssl
 import time
 from typing import Any
 
-import httpx
 import typer
 
 from rehost.cli.context import emit_json, err, out
@@ -43,6 +42,9 @@ class Client:
         if not token:
             raise UsageError("--server needs a token: --token T or $REHOST_TOKEN "
                              "(made with: rehost token create NAME --role operator)")
+        import httpx  # only a remote command pays for it (~70 ms of every rehost start otherwise)
+
+        self._httpx = httpx
         self.http = httpx.Client(base_url=server.rstrip("/") + "/api/v1", timeout=timeout,
                                  headers={"Authorization": f"Bearer {token}"},
                                  verify=ssl.create_default_context(cafile=ca_cert) if ca_cert else True)
@@ -51,7 +53,7 @@ class Client:
              params: dict[str, Any] | None = None) -> Any:
         try:
             r = self.http.request(method, path, json=body, params=params)
-        except httpx.HTTPError as e:
+        except self._httpx.HTTPError as e:
             raise UsageError(f"cannot reach {self.http.base_url}: {e}") from None
         if r.status_code >= 400:
             try:
@@ -160,7 +162,7 @@ def readiness(ctx: typer.Context, name: str, target: str = typer.Option(None, he
 
     params = {"point": point, **({"target": target} if target else {})}
     c = client(ctx)
-    c.http.timeout = httpx.Timeout(600.0)  # a first inspection of a point starts an appliance (20-60 s)
+    c.http.timeout = 600.0  # a first inspection of a point starts an appliance (20-60 s)
     data = c.call("GET", f"/machines/{name}/readiness", params=params)
     if as_json:
         emit_json(data)

@@ -13,17 +13,22 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import BigInteger, Column, Integer
+from sqlalchemy import BigInteger, Column, Integer, text
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.compiler import compiles
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 import rehost.jobs.models  # noqa: F401  (registers the job tables on Base.metadata)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+#: the newest migration's revision: a vault already there opens without loading Alembic
+#: (~85 ms of every command); tests/vault/test_schema_head.py keeps it equal to Alembic's head
+HEAD = "0011"
 #: the advisory lock key that serializes schema upgrades of one PostgreSQL database ("rehost")
 UPGRADE_LOCK = 0x7265686F7374
 _bigint_lock = threading.Lock()
@@ -65,6 +70,8 @@ def bigint_on_postgresql(engine: Engine) -> None:
 
 
 def alembic_config(engine: Engine) -> Config:
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.attributes["engine"] = engine
@@ -77,7 +84,12 @@ def upgrade(engine: Engine) -> None:
     One transaction: on PostgreSQL it first takes a transaction-level advisory lock, so
     processes that open the vault together upgrade one after the other (SQLite's
     ``BEGIN IMMEDIATE`` does the same there).
+    A vault whose recorded revision is ``HEAD`` is left alone without loading Alembic.
     """
+    if current(engine) == HEAD:
+        return
+    from alembic import command
+
     cfg = alembic_config(engine)
     with engine.begin() as connection:
         if connection.dialect.name == "postgresql":
@@ -87,8 +99,20 @@ def upgrade(engine: Engine) -> None:
         command.upgrade(cfg, "head")
 
 
+def current(engine: Engine) -> str | None:
+    """The revision the database records (None: a new database, or one Alembic never ran on)."""
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(text("SELECT version_num FROM alembic_version")).all()
+    except DBAPIError:
+        return None  # no alembic_version table yet
+    return str(rows[0][0]) if len(rows) == 1 else None
+
+
 def revision(engine: Engine, message: str) -> None:
     """Developer helper: autogenerate a migration from the models (python -m rehost.vault.schema MSG)."""
+    from alembic import command
+
     cfg = alembic_config(engine)
     with engine.begin() as connection:
         cfg.attributes["connection"] = connection
