@@ -355,11 +355,16 @@ class RecoverySnapshot:
     disks: tuple[str, ...]
 
 
-def parse_recovery_snapshot(text: str) -> RecoverySnapshot:
-    items = _load_list(text, "CreateSnapshot")
+def _only(text: str, what: str, noun: str) -> dict[str, Any]:
+    """The one object a script printed (a list of one); anything else is an error."""
+    items = _load_list(text, what)
     if len(items) != 1:
-        raise HypervError(f"CreateSnapshot: expected one snapshot, got {len(items)}")
-    obj = items[0]
+        raise HypervError(f"{what}: expected one {noun}, got {len(items)}")
+    return items[0]
+
+
+def parse_recovery_snapshot(text: str) -> RecoverySnapshot:
+    obj = _only(text, "CreateSnapshot", "snapshot")
     return RecoverySnapshot(path=_field(obj, "Path", str, "CreateSnapshot"),
                             instance_id=_field(obj, "InstanceId", str, "CreateSnapshot"),
                             disks=_text_list(obj.get("Disks")))
@@ -498,11 +503,8 @@ class ReferencePoint:
 
 
 def parse_reference_point(text: str) -> ReferencePoint:
-    items = _load_list(text, "ConvertToReferencePoint")
-    if len(items) != 1:
-        raise HypervError(f"ConvertToReferencePoint: expected one reference point, got {len(items)}")
-    return ReferencePoint(_field(items[0], "Path", str, "ConvertToReferencePoint"),
-                          _text_list(items[0].get("RctIds")))
+    obj = _only(text, "ConvertToReferencePoint", "reference point")
+    return ReferencePoint(_field(obj, "Path", str, "ConvertToReferencePoint"), _text_list(obj.get("RctIds")))
 
 
 def destroy_snapshot_script(snapshot_path: str) -> str:
