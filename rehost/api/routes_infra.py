@@ -70,6 +70,24 @@ def add_source(body: schemas.AddSourceIn, vault: VaultDep, _: Admin) -> dict[str
     return {"machine": views.machine_detail(vault, done.machine.name), "invitation": invitation}
 
 
+@router.get("/sources/{name}/verify", response_model=schemas.SourceVerifyOut)
+def verify_source(name: str, vault: VaultDep, _: Reader) -> dict[str, Any]:
+    """What the vault holds of a source (the source is not contacted) and, for one that maps its
+    VM networks (Hyper-V with VMM), where a failover attaches each network; ``ok`` is false
+    while one is unmapped (as ``rehost source verify``)."""
+    from rehost.vault.source_check import verify_source as check
+
+    return check(vault, name).to_json()
+
+
+@router.post("/sources/{name}/network-map", response_model=schemas.SourceVerifyOut)
+def map_source_networks(name: str, body: schemas.NetworkMapIn, vault: VaultDep, _: Admin) -> dict[str, Any]:
+    """Add or change VM network -> target network pairs of a source that keeps its own map."""
+    from rehost.vault.source_check import map_networks
+
+    return map_networks(vault, name, dict(body.pairs)).to_json()
+
+
 @router.get("/policies", response_model=list[schemas.PolicyOut])
 def list_policies(vault: VaultDep, _: Reader) -> list[dict[str, Any]]:
     return [policies.policy_json(p) for p in policies.list_policies(vault)]

@@ -190,6 +190,29 @@ class SourceOut(BaseModel):
     machines: list[str]
 
 
+class SourceNetworkOut(BaseModel):
+    machine: str
+    network: str
+    target_network: str | None = Field(description="None: not mapped")
+
+
+class SourceVerifyOut(BaseModel):
+    name: str
+    kind: str
+    settings: dict[str, Any]
+    maps_networks: bool = Field(description="The source keeps its own network map (VMM): every network "
+                                "must be mapped before a failover")
+    network_map: dict[str, str]
+    ok: bool = Field(description="False while a network of a source that maps networks is unmapped")
+    networks: list[SourceNetworkOut]
+
+
+class NetworkMapIn(_In):
+    pairs: dict[Annotated[str, Field(min_length=1, max_length=64)],
+                Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        min_length=1, max_length=64, description="VM network -> target network, added to the map or changed")
+
+
 class EnableIn(_In):
     policy: Name | None = Field(None, description="Replicate continuously under this policy")
     target: Name | None = Field(None, description="Fail over to this target")

@@ -188,7 +188,7 @@ def map_networks(
     from rehost.vault.source_check import map_networks as update
 
     with open_vault(ctx) as vault:
-        _show_source(update(vault, name, pairs), as_json)
+        _show_source(update(vault, name, targets.parse_network_map(pairs)), as_json)
 
 
 def _show_source(report: Any, as_json: bool) -> None:

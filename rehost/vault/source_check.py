@@ -81,10 +81,9 @@ def verify_source(vault: Vault, name: str) -> SourceReport:
     return SourceReport(row.name, row.kind, dict(row.settings), mapped is not None, mapped or {}, lines)
 
 
-def map_networks(vault: Vault, name: str, pairs: list[str]) -> SourceReport:
+def map_networks(vault: Vault, name: str, update: dict[str, str]) -> SourceReport:
     """Add (or change) VM network -> target network pairs of a source that keeps a map; each
     target network must exist on the target its machines are assigned to, if any."""
-    update = targets.parse_network_map(pairs)
     row, machines = _source(vault, name)
     if not isinstance(row.settings.get("network_map"), dict):
         raise UsageError(f"source {name} ({row.kind}) keeps no network map of its own (a Hyper-V source "

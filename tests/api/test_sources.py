@@ -47,3 +47,33 @@ def test_bad_input_is_refused_naming_it(portal: Portal, tmp_path: Path) -> None:
         r = portal.post("/sources", body, role="admin")
         assert r.status_code == code and message in r.json()["error"], (body, r.text)
     assert [m["name"] for m in portal.get("/machines").json()] == [m["name"] for m in before]
+
+
+def test_a_sources_network_map_through_the_api(portal: Portal, tmp_path: Path) -> None:
+    """``GET /sources/{name}/verify`` and ``POST /sources/{name}/network-map`` say and do what
+    ``rehost source verify`` / ``map-networks`` do (the map itself: tests/vault/test_source_check.py)."""
+    from rehost.vault.models import MachineRow, SourceRow
+
+    disk = make_disk(tmp_path / "vm1.raw", 2 << 20)
+    assert portal.post("/sources", {"kind": "image", "name": "vm1", "config": {"paths": [str(disk)]}},
+                       role="admin").status_code == 201
+    r = portal.get("/sources/vm1/verify")
+    assert r.status_code == 200 and r.json()["ok"] and not r.json()["maps_networks"]
+    assert portal.post("/sources/vm1/network-map", {"pairs": {"Prod": "production"}},
+                       role="admin").status_code == 400  # an image source keeps no map of its own
+    vault = portal.open_vault()
+    try:  # what a VMM-managed source stores (registering one needs a Hyper-V host)
+        with vault.session() as s, s.begin():
+            s.query(MachineRow).filter_by(name="vm1").one().spec = {"nics": [{"mac": "m", "network": "Prod"}]}
+            src = s.query(SourceRow).filter_by(name="vm1").one()
+            src.settings = {**src.settings, "network_map": {}}
+    finally:
+        vault.close()
+    r = portal.get("/sources/vm1/verify").json()
+    assert not r["ok"] and r["networks"] == [{"machine": "vm1", "network": "Prod", "target_network": None}]
+    assert portal.post("/sources/vm1/network-map", {"pairs": {"Prod": "production"}},
+                       role="operator").status_code == 403
+    r = portal.post("/sources/vm1/network-map", {"pairs": {"Prod": "production"}}, role="admin")
+    assert r.status_code == 200, r.text
+    assert r.json()["ok"] and r.json()["network_map"] == {"Prod": "production"}
+    assert portal.get("/sources/nope/verify").status_code == 404

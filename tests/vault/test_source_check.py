@@ -65,7 +65,7 @@ def test_without_vmm_a_hyperv_source_keeps_the_default(tmp_path: Path,
     assert [(n.network, n.target_network) for n in report.networks] == [("External-LAN", None),
                                                                         ("default", None)]
     with pytest.raises(UsageError, match="keeps no network map of its own"):
-        map_networks(vault, "web01", ["External-LAN=production"])
+        map_networks(vault, "web01", {"External-LAN": "production"})
 
 
 def test_bad_pairs_and_unknown_sources_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -73,7 +73,7 @@ def test_bad_pairs_and_unknown_sources_are_refused(tmp_path: Path, monkeypatch: 
         hyperv.HypervConfig(host="hv01", user="u", vmm="vmm01", network_map=("Prod-Web",))
     vault = _hyperv_vault(tmp_path, monkeypatch, vmm="vmm01")
     with pytest.raises(UsageError, match="SOURCE=TARGET"):
-        map_networks(vault, "web01", ["=production"])
+        targets.parse_network_map(["=production"])  # what map-networks parses its pairs with
     with pytest.raises(Exception, match="no source named 'nope'"):
         verify_source(vault, "nope")
 
@@ -106,8 +106,8 @@ def test_failover_is_refused_until_every_network_is_mapped(tmp_path: Path) -> No
         assert test.state == "succeeded", [s.detail for s in test.steps]
         run_job(vault, failover.start_job(vault, "test-cleanup", "web").id)
         with pytest.raises(UsageError, match="target network 'nowhere' does not exist"):
-            map_networks(vault, "web", ["Backup=nowhere"])  # the machine's target has no such network
-        map_networks(vault, "web", ["Backup=production"])
+            map_networks(vault, "web", {"Backup": "nowhere"})  # the machine's target has no such network
+        map_networks(vault, "web", {"Backup": "production"})
         done = run_job(vault, failover.start_job(vault, "failover", "web", target="t").id)
         assert done.state == "succeeded", [s.detail for s in done.steps]
         start = next(s for s in done.steps if s.name == "start")
