@@ -44,6 +44,7 @@ PIPELINE_DEPTH = 12
 WORKERS = 2
 #: Chunks read with one call (their NBD requests are in flight together).
 READ_BATCH = 8
+_ZEROS = bytes(CHUNK_SIZE)
 
 Progress = Callable[[int], None]
 
@@ -166,22 +167,47 @@ def _batches(offsets: list[int]) -> Iterator[list[int]]:
         yield offsets[i : i + READ_BATCH]
 
 
+class _Buffers:
+    """Chunk buffers used again once their chunk is done: a fresh 1 MiB buffer per chunk costs
+    its page faults and zero-filling every time, which doubled the time of an in-place read
+    (docs/benchmarks.md). Memory comes from the disk where it has its own (``buffer``:
+    page-aligned for O_DIRECT)."""
+
+    def __init__(self, disk: ReadableDisk) -> None:
+        self._alloc: Callable[[int], memoryview] | None = getattr(disk, "buffer", None)
+        self._free: list[memoryview] = []
+
+    def take(self, length: int) -> memoryview:
+        """A buffer of ``length`` (at most CHUNK_SIZE) bytes; its content is not defined."""
+        if self._free:
+            return self._free.pop()[:length]
+        full = self._alloc(CHUNK_SIZE) if self._alloc is not None else memoryview(bytearray(CHUNK_SIZE))
+        return full[:length]
+
+    def give(self, buf: memoryview | None) -> None:
+        """A chunk's buffer back, once nothing reads it any more (its result was taken)."""
+        if buf is not None and buf.obj is not None and len(buf.obj) == CHUNK_SIZE:  # type: ignore[arg-type]
+            self._free.append(memoryview(buf.obj))  # type: ignore[arg-type]
+
+
 def _read_batch(
     disk: ReadableDisk,
     extents: _ExtentMap,
     batch: list[int],
     size: int,
     wanted: dict[int, list[tuple[int, int]]] | None,
+    buffers: _Buffers | None = None,
 ) -> list[tuple[int, memoryview | None, int]]:
     """(offset, data or None if all holes/zeros, bytes read) per chunk of ``batch``.
 
-    Only allocated data is read, and with ``wanted`` (dirty ranges) only that; the rest of a
-    chunk's buffer stays zero and is never used for a block that was not read. Every range
-    of the batch is requested at once where the disk can (``readinto_many``).
+    Only allocated data is read, and with ``wanted`` (dirty ranges) only that. Every byte of
+    a chunk's buffer that is not read is zeroed (buffers are used again): a hole's blocks, a
+    dirty hole's included, are digested as zeros. Every range of the batch is requested at
+    once where the disk can (``readinto_many``).
     """
     out: list[tuple[int, memoryview | None, int]] = []
     pieces: list[tuple[int, memoryview]] = []
-    alloc = getattr(disk, "buffer", None)  # memory the disk reads into without a copy (O_DIRECT)
+    buffers = buffers or _Buffers(disk)
     for off in batch:
         c_end = min(size, off + CHUNK_SIZE)
         ranges = [(max(e.start, off), min(e.end, c_end)) for e in extents.data_in(off, c_end)]
@@ -198,7 +224,12 @@ def _read_batch(
         if not merged:
             out.append((off, None, 0))
             continue
-        buf = alloc(c_end - off) if alloc is not None else memoryview(bytearray(c_end - off))
+        buf = buffers.take(c_end - off)
+        at = off  # what is not read is a hole (or not dirty): zeros, as a fresh buffer was
+        for a, b in [*merged, (c_end, c_end)]:
+            if a > at:
+                buf[at - off : a - off] = _ZEROS[: a - at]
+            at = b
         pieces += [(a, buf[a - off : b - off]) for a, b in merged]
         out.append((off, buf, sum(b - a for a, b in merged)))
     many = getattr(disk, "readinto_many", None)
@@ -295,7 +326,8 @@ def _scan_disk(
     scan = _DiskScan(bytearray(old) if dirty is not None else bytearray(len(old)))
     wanted = _dirty_chunks(sorted(dirty, key=lambda e: e.start), size) if dirty is not None else None
     extents = _ExtentMap(disk.extents())
-    inflight: deque[tuple[int, Future[_ChunkResult]]] = deque()
+    inflight: deque[tuple[int, Future[_ChunkResult], memoryview | None]] = deque()
+    buffers = _Buffers(disk)
 
     def adopt(off: int, digests: bytes, entries: list[MapEntry], changed: int) -> None:
         b0 = off // BLOCK_SIZE * DIGEST_SIZE
@@ -307,8 +339,9 @@ def _scan_disk(
 
     def drain(limit: int) -> None:
         while len(inflight) > limit:
-            off, fut = inflight.popleft()
+            off, fut, data = inflight.popleft()
             r = fut.result()
+            buffers.give(data)
             for bid, blob, raw in r.sealed:
                 repo.add_sealed(bid, blob, raw)
             adopt(off, r.digests, r.entries, r.changed)
@@ -331,7 +364,7 @@ def _scan_disk(
         offsets = todo
     try:
         for batch in _batches(offsets):
-            chunks = _read_batch(disk, extents, batch, size, wanted)
+            chunks = _read_batch(disk, extents, batch, size, wanted, buffers)
             for off, data, nread in chunks:
                 length = min(CHUNK_SIZE, size - off)
                 only = wanted[off] if wanted is not None else None
@@ -343,7 +376,8 @@ def _scan_disk(
                     if only
                     else None
                 )
-                inflight.append((off, pool.submit(_diff_chunk, repo, off, data, length, old_slice, blocks)))
+                future = pool.submit(_diff_chunk, repo, off, data, length, old_slice, blocks)
+                inflight.append((off, future, data))
                 drain(PIPELINE_DEPTH)
     except Exception:
         if resume is not None:  # chunks read before the failure are sealed and journaled

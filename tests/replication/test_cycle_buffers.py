@@ -1,0 +1,72 @@
+"""Chunk buffers are used again within a cycle: what a chunk does not read (holes, blocks
+that are not dirty) must read as zeros, never as the bytes of an earlier chunk. The disks
+here put random data in the first chunks and holes later, so a reused buffer would carry
+that data into the point; the file's own bytes are the oracle."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from rehost.disks import Extent, FileDisk, open_disk, probe
+from rehost.replication.cycle import PIPELINE_DEPTH, READ_BATCH, CycleResult, run_cycle
+from rehost.replication.digests import DigestCache
+from rehost.repository.manifest import RecoveryPoint
+from rehost.repository.repository import CHUNK_SIZE, Repository
+from rehost.repository.restore import iter_chunks
+from rehost.repository.storage import MemoryStorage
+
+MiB = 1 << 20
+FULL = 2 * (PIPELINE_DEPTH + READ_BATCH)  # chunks of random data: every buffer is used and given back
+SIZE = (FULL + 24) * MiB
+
+
+def _point_bytes(repo: Repository, point: RecoveryPoint) -> bytes:
+    p = repo.load_point_exact(point.id)
+    return b"".join(d if d is not None else bytes(min(CHUNK_SIZE, SIZE - o))
+                    for o, d in iter_chunks(repo, p, 0))
+
+
+@pytest.mark.parametrize("reader", ["in place", "qemu-nbd"])
+def test_holes_after_full_chunks_read_as_zeros(tmp_path: Path, reader: str) -> None:
+    rng = random.Random(11)
+    path = tmp_path / "d.raw"
+    with path.open("wb") as f:  # random data first, then chunks with one small run and holes
+        f.truncate(SIZE)
+        f.write(rng.randbytes(FULL * MiB))
+        for c in range(FULL, FULL + 24):
+            f.seek(c * MiB + (c % 7) * 65536)
+            f.write(rng.randbytes(4096 * (1 + c % 3)))
+    repo, cache = Repository.create(MemoryStorage()), DigestCache(tmp_path / "cache")
+
+    def cycle(parent: RecoveryPoint | None,
+              changed: dict[int, list[Extent] | None] | None = None) -> CycleResult:
+        if reader == "in place":
+            with FileDisk(path) as d:
+                return run_cycle(repo, cache, "m", [(0, d)], parent=parent, changed=changed)
+        with open_disk(probe(path)) as n:
+            return run_cycle(repo, cache, "m", [(0, n)], parent=parent, changed=changed)
+
+    first = cycle(None)
+    assert _point_bytes(repo, first.point) == path.read_bytes()
+    # a hash-diff delta: new data in the holed chunks, and the start of the disk punched to a hole
+    with path.open("r+b") as f:
+        for c in range(FULL + 1, FULL + 24, 5):
+            f.seek(c * MiB + 512 * 1024)
+            f.write(rng.randbytes(8192))
+    subprocess.run(["fallocate", "--punch-hole", "--offset", "0", "--length", str(3 * MiB), str(path)],
+                   check=True)
+    second = cycle(first.point)
+    assert second.changed_bytes >= 3 * MiB
+    assert _point_bytes(repo, second.point) == path.read_bytes()
+    # a change-tracked delta whose dirty ranges cover holes of chunks read after full ones
+    with path.open("r+b") as f:
+        for c in range(FULL, FULL + 24, 3):
+            f.seek(c * MiB + 4096)
+            f.write(rng.randbytes(4096))
+    dirty = [Extent(c * MiB, MiB) for c in range(FULL, FULL + 24, 3)]
+    third = cycle(second.point, {0: dirty})
+    assert _point_bytes(repo, third.point) == path.read_bytes()
