@@ -49,6 +49,10 @@ def _address(view: memoryview) -> int:
 class FileDisk:
     """A raw image file as a cycle's ``ReadableDisk`` (``size``, extents, reads)."""
 
+    #: a read across a hole costs no I/O (the kernel fills zeros), so a cycle may read one span
+    #: over several islands of data instead of one request per island
+    holes_read_as_zeros = True
+
     def __init__(self, path: Path, size: int | None = None) -> None:
         self.path = Path(path)
         self.name = str(path)

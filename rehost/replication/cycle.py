@@ -208,6 +208,7 @@ def _read_batch(
     out: list[tuple[int, memoryview | None, int]] = []
     pieces: list[tuple[int, memoryview]] = []
     buffers = buffers or _Buffers(disk)
+    holes_free = bool(getattr(disk, "holes_read_as_zeros", False))
     for off in batch:
         c_end = min(size, off + CHUNK_SIZE)
         ranges = [(max(e.start, off), min(e.end, c_end)) for e in extents.data_in(off, c_end)]
@@ -224,6 +225,12 @@ def _read_batch(
         if not merged:
             out.append((off, None, 0))
             continue
+        data = sum(b - a for a, b in merged)
+        if holes_free and len(merged) > 1:
+            # one request for the chunk: its holes read as zeros without I/O, and a block read
+            # that is not dirty is never used; a disk full of small islands of data (scattered
+            # writes into holes) is otherwise thousands of 4 KiB reads
+            merged = [(merged[0][0], merged[-1][1])]
         buf = buffers.take(c_end - off)
         at = off  # what is not read is a hole (or not dirty): zeros, as a fresh buffer was
         for a, b in [*merged, (c_end, c_end)]:
@@ -231,7 +238,7 @@ def _read_batch(
                 buf[at - off : a - off] = _ZEROS[: a - at]
             at = b
         pieces += [(a, buf[a - off : b - off]) for a, b in merged]
-        out.append((off, buf, sum(b - a for a, b in merged)))
+        out.append((off, buf, data))
     many = getattr(disk, "readinto_many", None)
     if many is not None:
         many(pieces)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -70,3 +71,34 @@ def test_holes_after_full_chunks_read_as_zeros(tmp_path: Path, reader: str) -> N
     dirty = [Extent(c * MiB, MiB) for c in range(FULL, FULL + 24, 3)]
     third = cycle(second.point, {0: dirty})
     assert _point_bytes(repo, third.point) == path.read_bytes()
+
+
+class _CountingFileDisk(FileDisk):
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.requests = 0
+
+    def readinto_many(self, pieces: Sequence[tuple[int, bytearray | memoryview]]) -> int:
+        self.requests += len(pieces)
+        return super().readinto_many(pieces)
+
+
+def test_islands_of_data_in_a_chunk_are_one_request(tmp_path: Path) -> None:
+    """Scattered 4 KiB writes into a sparse file make islands of data between holes; reading
+    a hole of a file costs no I/O, so the cycle reads each chunk's islands as one span (not
+    one request per island) and still stores exactly the file, counting only the data read."""
+    rng = random.Random(5)
+    path = tmp_path / "d.raw"
+    with path.open("wb") as f:
+        f.truncate(8 * MiB)
+        for _ in range(400):
+            f.seek(rng.randrange(8 * MiB // 4096) * 4096)
+            f.write(rng.randbytes(4096))
+    repo = Repository.create(MemoryStorage())
+    with _CountingFileDisk(path) as d:
+        islands = [e for e in d.extents() if not e.zero]
+        result = run_cycle(repo, DigestCache(tmp_path / "cache"), "m", [(0, d)], parent=None)
+    assert len(islands) > 100 and d.requests == 8  # one span per 1 MiB chunk
+    assert result.bytes_read == sum(e.length for e in islands)  # the data, not the holes between
+    stored = b"".join(c if c is not None else bytes(MiB) for _, c in iter_chunks(repo, result.point, 0))
+    assert stored == path.read_bytes()
