@@ -20,6 +20,8 @@ MIN_ROLE = {
     ("POST", "/api/v1/sources/physical"): "admin",
     ("GET", "/api/v1/sources/kinds"): "reader",
     ("POST", "/api/v1/sources"): "admin",
+    ("GET", "/api/v1/sources/{name}/verify"): "reader",
+    ("POST", "/api/v1/sources/{name}/network-map"): "admin",
     ("GET", "/api/v1/machines"): "reader",
     ("GET", "/api/v1/machines/{name}"): "reader",
     ("GET", "/api/v1/machines/{name}/points"): "reader",
