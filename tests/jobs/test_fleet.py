@@ -9,8 +9,8 @@ no point may be lost, every point must equal a version its source really had (in
 last one the source's final state), and ``rehost check --read-data`` must be clean.
 
 A new version of a disk is written beside it and renamed over it: a cycle opens the disk
-once (qemu-nbd), so it reads one version whole, and each point can be held to exactly one
-version of its source.
+once (one file descriptor, in place), so it reads one version whole, and each point can be
+held to exactly one version of its source.
 """
 
 from __future__ import annotations

@@ -89,8 +89,12 @@ def test_kill9_during_cycles_leaves_a_consistent_resumable_repository(tmp_path: 
 
 
 def test_killed_rehost_leaves_no_qemu_nbd_behind(tmp_path: Path) -> None:
-    disk = tmp_path / "disk.raw"
-    _fill(disk, random.Random(1))
+    """A qcow2 image: a cycle reads it through qemu-nbd (a raw one is read in place)."""
+    raw = tmp_path / "disk.raw"
+    _fill(raw, random.Random(1))
+    disk = tmp_path / "disk.qcow2"
+    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(disk)], check=True)
+    raw.unlink()
     vault = tmp_path / "vault"
     rehost(vault, "init")
     rehost(vault, "source", "add-image", "app", str(disk))
