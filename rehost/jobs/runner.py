@@ -99,11 +99,14 @@ class StepContext:
 
 
 def create_job(vault: Vault, kind: str, machine_id: str | None, machine_name: str,
-               params: dict[str, Any]) -> JobRow:
+               params: dict[str, Any], *, creator: str | None = None) -> JobRow:
+    """``creator``: the holder name of the process that will run the job itself (no broker);
+    if that process dies before it starts the job, the queued job is interrupted, not a job
+    that holds its machine forever."""
     if kind not in _PLANS:
         raise NotFound(f"unknown job kind {kind!r}")
     job = JobRow(kind=kind, machine_id=machine_id, machine_name=machine_name, params=params,
-                 actor=audit.current_actor().name)
+                 actor=audit.current_actor().name, holder=creator)
     steps = _PLANS[kind](vault, job)
     job.steps = [StepRow(index=i, name=st.name, title=st.title) for i, st in enumerate(steps)]
     with vault.session() as s, s.begin():
@@ -134,6 +137,9 @@ def list_jobs(vault: Vault, machine_id: str | None = None, limit: int = 50) -> l
 def effective_state(job: JobRow, live: set[str] | None = None) -> str:
     """``interrupted`` when the database says running but its runner is gone: its process on
     this host has died, or (``live``: the job ids whose lease is held) its lease lapsed."""
+    if job.state == "queued" and job.holder and not job.holder.startswith(TAKEN_BY) \
+            and leases.holder_dead(job.holder):
+        return "interrupted"  # the process that queued it to run it itself died first
     if job.state != "running":
         return job.state
     if live is not None:
