@@ -14,6 +14,17 @@ What stays the same as through qemu-nbd ``--cache=none``:
   that is not aligned (the tail of a file whose size is not a multiple of 4 KiB, a caller's
   own ``bytearray``) goes through an aligned bounce buffer. Where the file system refuses
   ``O_DIRECT`` (tmpfs), the file is read through the page cache, which tmpfs is anyway.
+
+Pages already in the page cache are the exception: ``O_DIRECT`` would fetch them from the
+device again (and write back the dirty ones first), while a buffered read copies them from
+memory and evicts nothing, since they are resident already. ``mincore`` on a short-lived
+mapping of the span says which pages are; resident runs are read buffered, the rest with
+``O_DIRECT``. On a host whose guest writes with ``cache=none`` nothing is resident and every
+read is direct; on the benchmark's image, written just before, most of it is
+(docs/benchmarks.md, issue 17). A page evicted between ``mincore`` and the read is read into
+the cache once: one page, not the working set. Linux answers ``mincore`` truthfully only to
+the file's owner or a process that may write it (otherwise it says "all resident"), so
+anyone else reads every page direct.
 """
 
 from __future__ import annotations
@@ -35,6 +46,18 @@ ALIGN = 4096
 MAX_READ = 8 << 20
 
 Buffer = bytearray | memoryview
+
+PAGE = mmap.PAGESIZE
+_PROT_READ, _MAP_SHARED = 0x1, 0x01
+_MAP_FAILED = ctypes.c_void_p(-1).value
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                       ctypes.c_long]
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+#: mincore's bytes: bit 0 is "resident", the others are reserved
+_RESIDENT = bytes(i & 1 for i in range(256))
 
 
 def aligned_buffer(length: int) -> memoryview:
@@ -64,16 +87,22 @@ class FileDisk:
                 raise DiskError(f"cannot open {self.path}: {e.strerror}") from None
             self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)  # tmpfs: no O_DIRECT
             self.direct = False
-        file_size = os.fstat(self._fd).st_size
+        st = os.fstat(self._fd)
+        file_size = st.st_size
+        #: a buffered descriptor for resident pages, when mincore's answer can be trusted
+        self._cached_fd = -1
+        if self.direct and (os.geteuid() in (0, st.st_uid) or os.access(self.path, os.W_OK)):
+            self._cached_fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         self.size = file_size if size is None else size
         if self.size > file_size:
-            os.close(self._fd)
+            self.close()
             raise DiskError(f"{self.path} holds {file_size} bytes, less than its disk's {self.size}")
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        for fd in (self._fd, self._cached_fd):
+            if fd >= 0:
+                os.close(fd)
+        self._fd = self._cached_fd = -1
 
     def __enter__(self) -> FileDisk:
         return self
@@ -142,11 +171,46 @@ class FileDisk:
                 and _address(view) % ALIGN == 0)
 
     def _preadv(self, views: list[memoryview], offset: int) -> None:
+        """An aligned run: resident stretches through the page cache, the rest direct."""
+        want = sum(len(v) for v in views)
+        if self._cached_fd < 0 or not want:
+            self._read(self._fd, views, offset)
+            return
+        resident = self._resident(offset, want)
+        if resident is None:
+            self._read(self._fd, views, offset)
+            return
+        at = 0
+        while at < len(resident):
+            cached = resident[at] == 1
+            end = resident.find(b"\0" if cached else b"\1", at)
+            end = len(resident) if end < 0 else end
+            first, length = at * PAGE, min(end * PAGE, want) - at * PAGE
+            self._read(self._cached_fd if cached else self._fd,
+                       _skip(views, first, length), offset + first)
+            at = end
+
+    def _resident(self, offset: int, length: int) -> bytes | None:
+        """One byte per page of ``[offset, offset + length)``: 1 where it is in the page cache;
+        None when the kernel will not say (the read is then direct)."""
+        addr = _libc.mmap(None, length, _PROT_READ, _MAP_SHARED, self._fd, offset)
+        if addr is None or addr == _MAP_FAILED:
+            return None
+        try:
+            pages = -(-length // PAGE)
+            vec = ctypes.create_string_buffer(pages)
+            if _libc.mincore(addr, length, vec) != 0:
+                return None
+            return vec.raw[:pages].translate(_RESIDENT)
+        finally:
+            _libc.munmap(addr, length)
+
+    def _read(self, fd: int, views: list[memoryview], offset: int) -> None:
         want = sum(len(v) for v in views)
         done = 0
         while done < want:
             try:
-                n = os.preadv(self._fd, _skip(views, done), offset + done)
+                n = os.preadv(fd, _skip(views, done), offset + done)
             except OSError as e:
                 raise DiskError(f"{self.path}: read at {offset + done} failed: {e.strerror}") from None
             if n == 0:
@@ -172,13 +236,19 @@ class FileDisk:
         view[:] = scratch[offset - start : offset - start + len(view)]
 
 
-def _skip(views: list[memoryview], done: int) -> list[memoryview]:
-    """The views left after ``done`` bytes (a short ``preadv`` goes on where it stopped)."""
+def _skip(views: list[memoryview], done: int, length: int | None = None) -> list[memoryview]:
+    """The views' bytes from ``done`` on, ``length`` of them or all (a short ``preadv`` goes
+    on where it stopped; a run is split where residency changes)."""
     out: list[memoryview] = []
+    left = sum(len(v) for v in views) if length is None else length
     for v in views:
+        if left <= 0:
+            break
         if done >= len(v):
             done -= len(v)
             continue
-        out.append(v[done:])
+        piece = v[done : done + left]
+        out.append(piece)
+        left -= len(piece)
         done = 0
     return out

@@ -133,3 +133,38 @@ def test_a_cycle_reads_raw_in_place_and_other_formats_through_qemu(tmp_path: Pat
     monkeypatch.delenv(VIA_NBD_ENV)
     with open_reader(DiskImage(image, "raw", MiB, offset=4096, length=MiB - 4096)) as disk:
         assert not isinstance(disk, FileDisk)  # inside a container: qemu-nbd's raw offset/size
+
+
+def _read_bytes() -> int:
+    """Bytes this process has had fetched from the block device (``/proc/self/io``)."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("read_bytes:"):
+            return int(line.split()[1])
+    raise AssertionError("no read_bytes in /proc/self/io")
+
+
+def test_resident_pages_come_from_the_page_cache_and_the_rest_does_not_enter_it(tmp_path: Path) -> None:
+    """A cycle over an image whose pages are in the page cache should not fetch them from the
+    device again, nor pull the others into the cache. The device's own count of bytes read
+    (``read_bytes``) is the oracle: exactly the pages that were not resident, twice in a row."""
+    image = tmp_path / "disk.raw"
+    content = random.Random(3).randbytes(8 * MiB)
+    image.write_bytes(content)
+    fd = os.open(image, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # nothing resident
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)  # no readahead around what we read
+        os.pread(fd, 4 * MiB, 4 * MiB)  # the second half resident
+        os.pread(fd, 8192, MiB)  # and an island in the first
+    finally:
+        os.close(fd)
+    with FileDisk(image) as disk:
+        if not disk.direct:
+            pytest.skip("this file system refuses O_DIRECT: everything is read through the cache")
+        for _ in range(2):
+            buf = disk.buffer(8 * MiB)
+            before = _read_bytes()
+            disk.readinto(0, buf)
+            assert _read_bytes() - before == 4 * MiB - 8192
+            assert bytes(buf) == content
