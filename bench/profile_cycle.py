@@ -2,11 +2,11 @@
 """Benchmark aid (not a test): where a ``rehost replicate`` spends its time, per thread.
 
 Copies IMAGE (a raw image, e.g. the one ``bench/replication.py --workdir DIR`` leaves), runs
-the initial cycle and a 1 % scattered-write delta of it under ``py-spy record --threads
---idle --nonblocking`` (``pip install py-spy``; ``--nonblocking`` so the sampling does not
+the initial cycle and scattered-write deltas of it (``--deltas 1,10``: 1 % then 10 %) under
+``py-spy record --threads --idle --nonblocking`` (``pip install py-spy``; ``--nonblocking`` so the sampling does not
 stop the process it measures), and prints each thread's samples by what they were doing.
 
-    .venv/bin/python bench/profile_cycle.py IMAGE [--workdir DIR] [--rate 250]
+    .venv/bin/python bench/profile_cycle.py IMAGE [--workdir DIR] [--rate 250] [--deltas 1,10]
 """
 
 from __future__ import annotations
@@ -75,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("image", type=Path)
     p.add_argument("--workdir", type=Path)
     p.add_argument("--rate", type=int, default=250, help="samples per second (default 250)")
+    p.add_argument("--deltas", default="1", help="delta cycles to profile after the initial one, "
+                   "in percent of blocks overwritten, comma-separated (default 1)")
     args = p.parse_args(argv)
     if shutil.which("py-spy") is None:
         raise SystemExit("py-spy is missing: .venv/bin/pip install py-spy")
@@ -88,9 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     subprocess.run([*rehost, "init"], env=env, check=True, stdout=subprocess.DEVNULL)
     subprocess.run([*rehost, "source", "add-image", "bench", str(image)], env=env, check=True,
                    stdout=subprocess.DEVNULL)
-    for phase in ("initial", "delta 1%"):
-        if phase != "initial":
-            scatter_writes(image, 0.01, 1)
+    deltas = [float(d) for d in args.deltas.split(",") if d]
+    for phase, percent in [("initial", 0.0), *((f"delta {d:g}%", d) for d in deltas)]:
+        if percent:
+            scatter_writes(image, percent / 100, 1)
         os.sync()
         raw = work / f"{phase.replace(' ', '-').replace('%', '')}.txt"
         wall = profiled([*rehost, "replicate", "bench"], raw, args.rate, env)

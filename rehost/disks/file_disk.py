@@ -50,7 +50,9 @@ Buffer = bytearray | memoryview
 PAGE = mmap.PAGESIZE
 _PROT_READ, _MAP_SHARED = 0x1, 0x01
 _MAP_FAILED = ctypes.c_void_p(-1).value
-_libc = ctypes.CDLL(None, use_errno=True)
+#: PyDLL: these calls keep the GIL. They take microseconds, and a call that gives the GIL up
+#: waits to take it back while the cycle's workers run Python (up to the 5 ms switch interval)
+_libc = ctypes.PyDLL(None, use_errno=True)
 _libc.mmap.restype = ctypes.c_void_p
 _libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
                        ctypes.c_long]
