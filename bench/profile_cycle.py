@@ -3,8 +3,9 @@
 
 Copies IMAGE (a raw image, e.g. the one ``bench/replication.py --workdir DIR`` leaves), runs
 the initial cycle and scattered-write deltas of it (``--deltas 1,10``: 1 % then 10 %) under
-``py-spy record --threads --idle --nonblocking`` (``pip install py-spy``; ``--nonblocking`` so the sampling does not
-stop the process it measures), and prints each thread's samples by what they were doing.
+``py-spy record --threads --idle --nonblocking`` (``pip install py-spy``; ``--nonblocking``
+so the sampling does not stop the process it measures), and prints each thread's samples by
+what they were doing.
 
     .venv/bin/python bench/profile_cycle.py IMAGE [--workdir DIR] [--rate 250] [--deltas 1,10]
 """

@@ -2,34 +2,43 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from rehost.cli import (
-    api_client,
-    audit_cmd,
-    config_cmd,
-    demo_cmd,
-    failover_cmd,
-    job_cmd,
-    machine_cmd,
-    plan_cmd,
-    policy_cmd,
-    probe_cmd,
-    readiness_cmd,
-    report_cmd,
-    target_cmd,
-    token_cmd,
-    vault_cmd,
-    worker_cmd,
-)
+from rehost.cli import api_client
 from rehost.cli.context import Options, err
 from rehost.errors import RehostError
+
+#: the module that registers each top-level command, in the order ``rehost --help`` lists
+#: them. A command line imports only its own command's module: every scheduled
+#: ``rehost replicate`` pays its start-up (issue 17), and the other fourteen modules pull in
+#: guest inspection, OVF, Azure, Hyper-V... A test keeps this table equal to what the modules
+#: register.
+COMMANDS: dict[str, str] = {
+    "init": "vault_cmd", "check": "vault_cmd", "prune": "vault_cmd",
+    "machines": "machine_cmd", "replicate": "machine_cmd", "points": "machine_cmd",
+    "export": "machine_cmd", "source": "machine_cmd",
+    "target": "target_cmd",
+    "failover": "failover_cmd", "complete": "failover_cmd", "serve-point": "failover_cmd",
+    "probe": "probe_cmd",
+    "jobs": "job_cmd", "job": "job_cmd",
+    "demo": "demo_cmd",
+    "serve": "policy_cmd", "policy": "policy_cmd",
+    "token": "token_cmd",
+    "worker": "worker_cmd",
+    "plan": "plan_cmd",
+    "readiness": "readiness_cmd",
+    "audit": "audit_cmd",
+    "report": "report_cmd",
+    "config": "config_cmd",
+}
 
 
 def _plain_help_types() -> None:
@@ -82,21 +91,32 @@ def _root(
     ctx.obj = Options(vault_path=vault or Path("rehost-vault"))
 
 
-vault_cmd.register(app)
-machine_cmd.register(app)
-target_cmd.register(app)
-failover_cmd.register(app)
-probe_cmd.register(app)
-job_cmd.register(app)
-demo_cmd.register(app)
-policy_cmd.register(app)
-token_cmd.register(app)
-worker_cmd.register(app)
-plan_cmd.register(app)
-readiness_cmd.register(app)
-audit_cmd.register(app)
-report_cmd.register(app)
-config_cmd.register(app)
+_registered: set[str] = set()
+
+
+def _register(modules: Sequence[str]) -> typer.Typer:
+    for name in modules:
+        if name not in _registered:
+            importlib.import_module(f"rehost.cli.{name}").register(app)
+            _registered.add(name)
+    return app
+
+
+def full_app() -> typer.Typer:
+    """The app with every command (help, tests that drive it with Typer's runner)."""
+    return _register(list(dict.fromkeys(COMMANDS.values())))
+
+
+def app_for(args: Sequence[str]) -> typer.Typer:
+    """The app with the command ``args`` names registered; all of them for help or a name
+    that is not a command (Typer then says so)."""
+    words = iter(args)
+    for word in words:
+        if word == "--vault":
+            next(words, None)
+        elif not word.startswith("-"):
+            return _register([COMMANDS[word]]) if word in COMMANDS else full_app()
+    return full_app()
 
 
 #: what ``rehost`` alone prints: the lifecycle, one line per step, then where the rest is
@@ -116,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(LIFECYCLE)
         return 0
     try:
-        (api_client.remote_app if api_client.wants_server(args) else app)(args=args, prog_name="rehost")
+        chosen = api_client.remote_app if api_client.wants_server(args) else app_for(args)
+        chosen(args=args, prog_name="rehost")
         return 0
     except SystemExit as e:  # typer's standalone mode ends every run with SystemExit
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)

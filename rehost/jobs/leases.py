@@ -41,7 +41,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from rehost.errors import InvalidState
@@ -134,9 +133,8 @@ def _insert_if_absent(vault: Vault, resource: str, values: dict[str, Any]) -> bo
     ``RETURNING`` says whether the row went in (a driver's rowcount for an ORM insert is not
     reliable across dialects).
     """
-    dialect = vault.engine.dialect.name
-    if dialect in ("postgresql", "sqlite"):
-        make = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    make = vault.insert_or_ignore()
+    if make is not None:
         stmt = (make(LeaseRow).values(resource=resource, **values)
                 .on_conflict_do_nothing(index_elements=[LeaseRow.resource])
                 .returning(LeaseRow.resource))

@@ -8,6 +8,7 @@ safe to run twice (they check what already exists before acting).
 
 from __future__ import annotations
 
+import importlib
 import os
 import time
 import traceback
@@ -55,6 +56,10 @@ class Observer(Protocol):
 
 Plan = Callable[[Vault, JobRow], list[Step]]
 _PLANS: dict[str, Plan] = {}
+#: the modules whose ``@plan`` functions define the job kinds. They are imported when a kind is
+#: not known yet: a command line imports only its own command's modules (start-up time), and
+#: ``rehost jobs`` still has to show a failover job's steps.
+PLAN_MODULES = ("rehost.vault.cycles", "rehost.vault.failover", "rehost.vault.plan_jobs")
 
 
 def plan(kind: str) -> Callable[[Plan], Plan]:
@@ -65,6 +70,15 @@ def plan(kind: str) -> Callable[[Plan], Plan]:
         return fn
 
     return register
+
+
+def _plan_of(kind: str) -> Plan:
+    if kind not in _PLANS:
+        for module in PLAN_MODULES:
+            importlib.import_module(module)
+    if kind not in _PLANS:
+        raise NotFound(f"unknown job kind {kind!r}")
+    return _PLANS[kind]
 
 
 class StepContext:
@@ -103,11 +117,10 @@ def create_job(vault: Vault, kind: str, machine_id: str | None, machine_name: st
     """``creator``: the holder name of the process that will run the job itself (no broker);
     if that process dies before it starts the job, the queued job is interrupted, not a job
     that holds its machine forever."""
-    if kind not in _PLANS:
-        raise NotFound(f"unknown job kind {kind!r}")
+    make_steps = _plan_of(kind)
     job = JobRow(kind=kind, machine_id=machine_id, machine_name=machine_name, params=params,
                  actor=audit.current_actor().name, holder=creator)
-    steps = _PLANS[kind](vault, job)
+    steps = make_steps(vault, job)
     job.steps = [StepRow(index=i, name=st.name, title=st.title) for i, st in enumerate(steps)]
     with vault.session() as s, s.begin():
         s.add(job)
@@ -240,7 +253,7 @@ def _audit_end(vault: Vault, job: JobRow) -> None:
 
 
 def _run_steps(vault: Vault, job: JobRow, holder: str, observer: Observer | None) -> JobRow:
-    steps = _PLANS[job.kind](vault, job)
+    steps = _plan_of(job.kind)(vault, job)
     if [s.name for s in steps] != [r.name for r in job.steps]:
         # the plan depends on the target's capabilities, which changed since the job was made
         _update_job(vault, job, state="failed", ended_at=_now(),
@@ -297,7 +310,7 @@ def forget_jobs(vault: Vault, machine_id: str | None, kind: str, *, keep: int,
 
 
 def can_cancel(vault: Vault, job: JobRow) -> bool:
-    steps = _PLANS[job.kind](vault, job)
+    steps = _plan_of(job.kind)(vault, job)
     return not any(spec.point_of_no_return and row.state != "pending"
                    for spec, row in zip(steps, job.steps, strict=True))
 

@@ -40,7 +40,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import delete, func, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from rehost.errors import IntegrityError, NotFound, ObjectNotFound
@@ -352,10 +351,6 @@ def _chunks(items: Sequence[Any]) -> Iterator[Sequence[Any]]:
         yield items[i : i + _BATCH]
 
 
-def _upsert_ignore(vault: Vault) -> Any:
-    """The dialect's INSERT that has ``on_conflict_do_nothing`` (None: plain INSERT)."""
-    name = vault.engine.dialect.name
-    return postgresql.insert if name == "postgresql" else sqlite.insert if name == "sqlite" else None
 
 
 def _insert_records(vault: Vault, s: Session, points: Sequence[RecoveryPoint]) -> int:
@@ -363,7 +358,7 @@ def _insert_records(vault: Vault, s: Session, points: Sequence[RecoveryPoint]) -
                "consistency": p.consistency.value, "replaces": p.replaces,
                "disks": [{"index": d.index, "size": d.size, "full": d.full} for d in p.disks]}
               for p in points]
-    make = _upsert_ignore(vault)
+    make = vault.insert_or_ignore()
     if make is not None:
         # RETURNING counts what went in: a multi-row INSERT's rowcount is -1 on psycopg
         stmt = make(PointRecordRow).values(values).on_conflict_do_nothing(
@@ -379,7 +374,7 @@ def _insert_records(vault: Vault, s: Session, points: Sequence[RecoveryPoint]) -
 
 def _ensure_summaries(vault: Vault, s: Session, machine_ids: Sequence[str]) -> None:
     """A summary row for each machine, so it can be locked (a first point has none yet)."""
-    make = _upsert_ignore(vault)
+    make = vault.insert_or_ignore()
     for chunk in _chunks(machine_ids):
         if make is not None:
             s.execute(make(PointSummaryRow).on_conflict_do_nothing(index_elements=[PointSummaryRow.machine_id])

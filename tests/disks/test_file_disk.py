@@ -168,3 +168,27 @@ def test_resident_pages_come_from_the_page_cache_and_the_rest_does_not_enter_it(
             disk.readinto(0, buf)
             assert _read_bytes() - before == 4 * MiB - 8192
             assert bytes(buf) == content
+
+
+def test_holes_of_the_map_are_zeros_without_a_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once a cycle has the whole-disk map, a span across holes asks the kernel only for the
+    data: every hole costs a system call otherwise. The buffer is dirty (buffers are used
+    again), so zeros in the holes are the disk's own work."""
+    image = tmp_path / "disk.raw"
+    content = _sparse(image, 4 * MiB, [(0, 8192), (64 * 1024, 4096), (MiB, 12288), (3 * MiB, 4096)])
+    asked: list[int] = []
+    real = os.preadv
+
+    def counting(fd: int, buffers: list[memoryview], offset: int) -> int:
+        asked.append(sum(len(b) for b in buffers))
+        return real(fd, buffers, offset)
+
+    monkeypatch.setattr(os, "preadv", counting)
+    with FileDisk(image) as disk:
+        data = sum(e.length for e in disk.extents() if not e.zero)
+        assert data < 4 * MiB
+        buf = disk.buffer(4 * MiB)
+        buf[:] = b"\xff" * len(buf)
+        disk.readinto(0, buf)
+        assert bytes(buf) == content
+        assert sum(asked) == data

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from rehost.cli.main import app
+from rehost.cli.main import full_app
 from rehost.errors import InvalidState, UsageError
 from rehost.jobs.runner import run_job
 from rehost.sources import hyperv
@@ -45,12 +45,12 @@ def test_a_vmm_source_keeps_its_map_and_verify_shows_what_is_missing(
                                                                         ("default", None)]
     assert not report.ok and [n.network for n in report.unmapped] == ["default"]
     # the CLI says the same, exits 1 and names the command that fixes it
-    res = CliRunner().invoke(app, ["--vault", str(vault.root), "source", "verify", "web01"])
+    res = CliRunner().invoke(full_app(), ["--vault", str(vault.root), "source", "verify", "web01"])
     assert res.exit_code == 1, res.output
     assert "Prod-Web -> production" in res.output and "default -> NOT MAPPED" in res.output
     assert "rehost source map-networks web01 default=TARGETNET" in " ".join(res.output.split())
     assert "u" in res.output and "password" not in res.output.lower()  # no secret is stored to show
-    res = CliRunner().invoke(app, ["--vault", str(vault.root), "source", "map-networks", "web01",
+    res = CliRunner().invoke(full_app(), ["--vault", str(vault.root), "source", "map-networks", "web01",
                                    "default=isolated", "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["network_map"] == {"Prod-Web": "production", "default": "isolated"}
