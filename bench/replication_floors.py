@@ -5,7 +5,8 @@ How long do the pieces of a cycle take alone, one thread, on the same data: read
 image from the page cache, the per-block XXH3 digests, keyed BLAKE3 blob ids, zstd at a few
 levels, and reading the allocated extents through qemu-nbd 1 MiB or 8 MiB per call (a
 cycle's read batch), with rehost's cache mode (none: O_DIRECT) and with writeback, and in
-place as a cycle now reads a raw image (``FileDisk``: O_DIRECT into aligned buffers).
+place as a cycle now reads a raw image (``FileDisk``: pages in the page cache through it, the
+others with O_DIRECT into aligned buffers), once with the image resident and once evicted.
 
     .venv/bin/python bench/replication_floors.py IMAGE
 
@@ -16,6 +17,7 @@ IMAGE is a raw image, e.g. one kept by ``bench/replication.py --keep``. Read it 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -77,9 +79,16 @@ def nbd_read(image: Path, cache: str, aio: str, window: int) -> str:
     return f"{read / MiB:.0f} MiB"
 
 
-def file_read(image: Path, window: int) -> str:
-    """Read every allocated extent in place with O_DIRECT (``FileDisk``), ``window`` MiB of
-    aligned buffer per call, as a cycle reads a raw image."""
+def file_read(image: Path, window: int, resident: bool) -> str:
+    """Read every allocated extent in place (``FileDisk``), ``window`` MiB of aligned buffer
+    per call, as a cycle reads a raw image: the image first read whole (every page resident:
+    ``FileDisk`` reads them through the page cache) or first evicted (``O_DIRECT``)."""
+    with image.open("rb") as f:
+        if resident:
+            while f.read(8 * MiB):
+                pass
+        else:
+            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
     with FileDisk(image) as disk:
         data = [(e.start, e.end) for e in disk.extents() if not e.zero]
         buf, read = aligned_buffer(window * MiB), 0
@@ -112,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         *((f"zstd level {lvl} of every 1 MiB chunk", partial(compress, data, lvl)) for lvl in (3, 1, -1)),
         *((f"NBD read, {w} MiB per call, qemu-nbd cache={cache}", partial(nbd_read, image, cache, aio, w))
           for w in (1, 8) for cache, aio in (("none", "native"), ("writeback", "threads"))),
-        *((f"in-place read (FileDisk, O_DIRECT), {w} MiB per call", partial(file_read, image, w))
-          for w in (1, 8)),
+        *((f"in-place read (FileDisk), {w} MiB per call, image {how}", partial(file_read, image, w, res))
+          for res, how in ((True, "resident: page cache"), (False, "evicted: O_DIRECT")) for w in (1, 8)),
     ]
     print(f"{image}: {len(data)} non-zero 1 MiB chunks\n")
     print("| step (one thread) | seconds | result |\n|---|--:|---|")
