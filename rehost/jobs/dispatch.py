@@ -70,6 +70,13 @@ def broker_url(vault: Vault) -> str | None:
     return str(url) if url else None
 
 
+def creator(vault: Vault) -> str | None:
+    """The ``creator`` to record on a job about to be queued: this process when there is no
+    broker, since it runs the job itself. If it is killed first, its job must not hold the
+    machine: it shows as interrupted, and the next operation goes on."""
+    return leases.new_holder() if broker_url(vault) is None else None
+
+
 def host_queue(host: str | None = None) -> str:
     return f"{SHARED_QUEUE}.host.{host or socket.gethostname()}"
 

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from rehost.errors import InvalidState, RehostError
-from rehost.jobs import dispatch, leases
+from rehost.jobs import dispatch
 from rehost.jobs.models import JobRow, StepRow
 from rehost.jobs.runner import (
     SkipStep,
@@ -66,10 +66,7 @@ def start_replicate_job(
     first_for = _first_point_for(vault, machine)
     if first_for:
         params["readiness_target"] = first_for  # decided now: a resumed job keeps its steps
-    # without a broker the process that queues the job runs it: if it is killed first, its
-    # job must not hold the machine (it shows as interrupted, and the next replicate goes on)
-    creator = leases.new_holder() if dispatch.broker_url(vault) is None else None
-    return create_job(vault, REPLICATE, machine.id, name, params, creator=creator)
+    return create_job(vault, REPLICATE, machine.id, name, params, creator=dispatch.creator(vault))
 
 
 def _first_point_for(vault: Vault, machine: MachineRow) -> str | None:

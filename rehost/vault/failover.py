@@ -21,7 +21,7 @@ from typing import Any
 from rehost.errors import InvalidState, RehostError, UsageError
 from rehost.guest.fixups import fixup_for, parse_fixups
 from rehost.guest.readiness import evaluate
-from rehost.jobs import leases
+from rehost.jobs import dispatch, leases
 from rehost.jobs.models import JobRow
 from rehost.jobs.runner import SkipStep, Step, StepContext, create_job, plan, running_jobs
 from rehost.repository.manifest import RecoveryPoint
@@ -65,7 +65,7 @@ def start_job(vault: Vault, kind: str, name: str, **params: Any) -> JobRow:
                                f"run rehost replicate {name}")
         if params.get("point", "latest") not in ("latest", "latest-processed"):
             find_point(vault, name, params["point"])  # refuse a bad point before any job exists
-    return create_job(vault, kind, machine.id, name, params)
+    return create_job(vault, kind, machine.id, name, params, creator=dispatch.creator(vault))
 
 
 def _readiness_force(name: str, reason: str | None) -> dict[str, Any]:
