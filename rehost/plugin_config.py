@@ -34,12 +34,14 @@ P = TypeVar("P", bound=_Plugin)
 
 class Registry(Generic[P]):
     """Kinds of one sort of provider (``what``: "target"). The built-in kinds register when
-    their modules (``builtin``) are imported, on the first lookup: importing the registry does
-    not pay for QEMU or SDK imports."""
+    their modules (``builtin``: kind -> module) are imported, on the first lookup: importing
+    the registry does not pay for QEMU or SDK imports, and a lookup of one kind imports only
+    that kind's module (``rehost replicate`` of an image does not load the agent's PKI, the
+    vSphere SDK or the Hyper-V scripts)."""
 
-    def __init__(self, what: str, builtin: tuple[str, ...]) -> None:
+    def __init__(self, what: str, builtin: Mapping[str, str]) -> None:
         self.what = what
-        self.builtin = builtin
+        self.builtin = dict(builtin)
         self._plugins: dict[str, P] = {}
 
     def register(self, plugin: P) -> P:
@@ -52,9 +54,10 @@ class Registry(Generic[P]):
         """Every kind: the built-in ones in ``builtin``'s order, whichever of their modules
         another import loaded first (a listing, the dashboard's default kind, must not depend
         on that), then the others in registration order."""
-        for module in self.builtin:
+        modules = list(dict.fromkeys(self.builtin.values()))
+        for module in modules:
             importlib.import_module(module)
-        rank = {m: i for i, m in enumerate(self.builtin)}
+        rank = {m: i for i, m in enumerate(modules)}
         listed = list(self._plugins.values())
 
         def order(p: P) -> tuple[int, int]:
@@ -63,12 +66,21 @@ class Registry(Generic[P]):
 
         return sorted(listed, key=order)
 
+    def find(self, kind: str) -> P | None:
+        """The plugin of ``kind``, None for a kind this version does not know."""
+        if kind not in self._plugins and kind in self.builtin:
+            importlib.import_module(self.builtin[kind])
+        if kind in self._plugins:
+            return self._plugins[kind]
+        return next((p for p in self.plugins() if p.kind == kind), None)
+
     def get(self, kind: str) -> P:
         """The plugin of ``kind``, or a UsageError that lists the kinds there are."""
-        known = {p.kind: p for p in self.plugins()}
-        if kind not in known:
-            raise UsageError(f"unknown {self.what} kind {kind!r} (kinds: {', '.join(sorted(known))})")
-        return known[kind]
+        plugin = self.find(kind)
+        if plugin is None:
+            known = ", ".join(sorted(p.kind for p in self.plugins()))
+            raise UsageError(f"unknown {self.what} kind {kind!r} (kinds: {known})")
+        return plugin
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from rehost.errors import RehostError
 COMMANDS: dict[str, str] = {
     "init": "vault_cmd", "check": "vault_cmd", "prune": "vault_cmd",
     "machines": "machine_cmd", "replicate": "machine_cmd", "points": "machine_cmd",
-    "export": "machine_cmd", "source": "machine_cmd",
+    "export": "machine_cmd", "source": "source_cmd",
     "target": "target_cmd",
     "failover": "failover_cmd", "complete": "failover_cmd", "serve-point": "failover_cmd",
     "probe": "probe_cmd",

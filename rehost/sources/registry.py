@@ -102,9 +102,10 @@ class SourcePlugin:
 #: modules that define the built-in plugins, in the order listings show them; imported on
 #: first lookup (they import QEMU, libnbd and the agent's PKI, which an ``import
 #: rehost.sources.registry`` should not pay for)
-_BUILTIN = ("rehost.sources.image", "rehost.sources.qemu_plugin", "rehost.sources.physical",
-            "rehost.sources.vsphere", "rehost.sources.hyperv")
-_ORDER = ("image", "qemu", "physical", "vsphere", "hyperv")
+_BUILTIN = {"image": "rehost.sources.image", "qemu": "rehost.sources.qemu_plugin",
+            "physical": "rehost.sources.physical", "vsphere": "rehost.sources.vsphere",
+            "hyperv": "rehost.sources.hyperv"}
+_ORDER = tuple(_BUILTIN)
 REGISTRY: plugin_config.Registry[SourcePlugin] = plugin_config.Registry("source", _BUILTIN)
 register = REGISTRY.register
 
@@ -119,7 +120,7 @@ def plugins() -> list[SourcePlugin]:
 def find(kind: str) -> SourcePlugin | None:
     """The plugin of ``kind``; None for a kind this version does not know (listings still
     show such a machine; operating on it says why it cannot)."""
-    return next((p for p in REGISTRY.plugins() if p.kind == kind), None)
+    return REGISTRY.find(kind)
 
 
 def get(kind: str) -> SourcePlugin:

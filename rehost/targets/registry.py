@@ -41,7 +41,8 @@ class TargetPlugin:
 #: the built-in kinds' modules (the local target pulls in QEMU helpers that
 #: ``import rehost.targets.registry`` should not pay for)
 REGISTRY: plugin_config.Registry[TargetPlugin] = plugin_config.Registry(
-    "target", ("rehost.targets.local", "rehost.targets.azure.target", "rehost.targets.memory"))
+    "target", {"local": "rehost.targets.local", "azure": "rehost.targets.azure.target",
+               "memory": "rehost.targets.memory"})
 register = REGISTRY.register
 plugins = REGISTRY.plugins
 get = REGISTRY.get

@@ -10,22 +10,24 @@ from __future__ import annotations
 
 import socket
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rehost.agent.client import AgentClient, AgentError
-from rehost.agent.pki import PASSPHRASE_TTL, CertificateAuthority, EnrollmentServer
 from rehost.errors import UsageError
-from rehost.sources import physical, registry
-from rehost.sources.physical import Invitation
-from rehost.vault.agent_ca import DatabaseCAStore
+from rehost.sources import registry
 from rehost.vault.inventory import add_source, get_machine, spec_json, spec_of
 from rehost.vault.models import DiskRow, MachineRow
 from rehost.vault.vault import Vault
 
-__all__ = ["Invitation"]
+# The agent's client, its PKI (cryptography's x509) and the physical source (libnbd) are
+# imported where they are used: ``replicate``, ``machines`` and the API of every other kind of
+# source pass through here (has_agent, sync_disks) and should not pay for them (issue 17).
+if TYPE_CHECKING:
+    from rehost.agent.pki import CertificateAuthority, EnrollmentServer
+    from rehost.sources.physical import Invitation
 
-#: the stored kind of agent-backed sources (it was "agent" before schema 0004)
-KIND = physical.PLUGIN.kind
+#: the stored kind of agent-backed sources (it was "agent" before schema 0004); the physical
+#: source plugin's kind (a test holds them equal)
+KIND = "physical"
 DEFAULT_ENROLL_PORT = 8744
 #: how often ``rehost serve`` asks each agent for a heartbeat
 HEARTBEAT_EVERY_S = 30.0
@@ -33,6 +35,9 @@ HEARTBEAT_EVERY_S = 30.0
 
 def authority(vault: Vault) -> CertificateAuthority:
     """The vault's agents' CA: kept in its database, its TLS files in this folder's ``agents``."""
+    from rehost.agent.pki import CertificateAuthority
+    from rehost.vault.agent_ca import DatabaseCAStore
+
     return CertificateAuthority(vault.root / "agents", DatabaseCAStore(vault, vault.root / "agents"))
 
 
@@ -41,26 +46,35 @@ def enrollment_url(host: str | None = None, port: int = DEFAULT_ENROLL_PORT) -> 
     return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
 
 
-def add_physical_source(vault: Vault, name: str, ttl: float = PASSPHRASE_TTL) -> Invitation:
-    """Register ``name`` (disks come with its agent) and issue its first passphrase."""
-    _check_ttl(ttl)
+def add_physical_source(vault: Vault, name: str, ttl: float | None = None) -> Invitation:
+    """Register ``name`` (disks come with its agent) and issue its first passphrase
+    (``ttl``: seconds it is valid, the agent PKI's default if None)."""
+    ttl = _check_ttl(ttl)
     invitation = add_source(vault, KIND, name, {"expires": f"{int(ttl)}s"}).invitation
     assert invitation is not None  # the physical plugin always enrolls
     return invitation
 
 
-def reissue_passphrase(vault: Vault, name: str, ttl: float = PASSPHRASE_TTL) -> Invitation:
+def reissue_passphrase(vault: Vault, name: str, ttl: float | None = None) -> Invitation:
     """A new passphrase (the old one expired, or the machine was rebuilt): re-enrolling
     replaces and revokes the previous certificate."""
-    _check_ttl(ttl)
+    from rehost.sources import physical
+
+    ttl = _check_ttl(ttl)
     machine = get_machine(vault, name)
     if machine.source.kind != KIND:
         raise UsageError(f"{name} is a {machine.source.kind} source, not a physical machine with an agent")
     return physical.invite(name, _agent(machine), authority(vault), ttl)
 
 
-def _check_ttl(ttl: float) -> None:
-    physical.PhysicalConfig(expires=f"{int(ttl)}s")  # refuses what the registry refuses
+def _check_ttl(ttl: float | None) -> float:
+    """``ttl`` or the default, refused as the registry refuses a bad ``expires``."""
+    from rehost.agent.pki import PASSPHRASE_TTL
+    from rehost.sources import physical
+
+    ttl = PASSPHRASE_TTL if ttl is None else ttl
+    physical.PhysicalConfig(expires=f"{int(ttl)}s")
+    return ttl
 
 
 def has_agent(machine: MachineRow) -> bool:
@@ -86,6 +100,8 @@ def sync_disks(vault: Vault, machine: MachineRow) -> MachineRow:
             f"{machine.name}'s agent has not registered yet: run rehost-agent register on it "
             f"(a new passphrase: rehost source passphrase {machine.name})"
         )
+    from rehost.sources import physical
+
     spec = physical.with_inventory(spec_of(machine), entry.get("inventory") or {})
     with vault.session() as s, s.begin():
         row = s.get(MachineRow, machine.id)
@@ -118,8 +134,10 @@ def check_heartbeats(
     """Ask every agent-backed machine's agent for a heartbeat and record the answer (or why
     there is none) on the machine: health explains a stuck item with it."""
     now = now or datetime.now(UTC)
-    ca = authority(vault)
+    from rehost.agent.client import AgentClient, AgentError
     from rehost.sources.physical import PhysicalSource
+
+    ca = authority(vault)
 
     seen: dict[str, dict[str, Any]] = {}
     for m in machines:
@@ -148,6 +166,8 @@ def check_heartbeats(
 
 def start_enrollment(vault: Vault, host: str, port: int, log: Any = print) -> EnrollmentServer:
     """The HTTPS endpoint ``rehost-agent register`` talks to (runs inside ``rehost serve``)."""
+    from rehost.agent.pki import EnrollmentServer
+
     ca = authority(vault)
     try:
         server = EnrollmentServer(ca, host, port, on_enroll=lambda machine, address: log(

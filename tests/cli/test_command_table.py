@@ -36,7 +36,8 @@ def test_a_command_line_imports_only_its_own_commands_module() -> None:
     one = subprocess.run([sys.executable, "-c", probe, "--vault", "v", "replicate", "--help"],
                          capture_output=True, text=True, check=True)
     loaded = one.stdout.strip().splitlines()[-1]
-    assert "machine_cmd" in loaded and "demo_cmd" not in loaded and "plan_cmd" not in loaded, loaded
+    assert "machine_cmd" in loaded and "source_cmd" not in loaded and "demo_cmd" not in loaded, loaded
+    assert "plan_cmd" not in loaded, loaded
     assert "--policy" in one.stdout
     every = subprocess.run([sys.executable, "-c", probe, "--help"], capture_output=True, text=True,
                            check=True)

@@ -116,8 +116,8 @@ def test_encrypted_vault_and_wrong_password(tmp_path: Path) -> None:
 def test_fingerprints_print_as_they_are(capsys: pytest.CaptureFixture[str]) -> None:
     """A fingerprint with ":CD:" in it once printed as a disc emoji, and agents refused to
     register with what the operator copied (seen in CI)."""
-    from rehost.cli.machine_cmd import _print_invitation
-    from rehost.vault.agents import Invitation
+    from rehost.cli.source_cmd import _print_invitation
+    from rehost.sources.physical import Invitation
 
     fingerprint = "AB:CD:EF:01:SOS:UP:" + "CD:" * 28 + "FF"
     _print_invitation(Invitation("srv1", "abc-def", fingerprint, 3600), "https://h:8744")

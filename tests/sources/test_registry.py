@@ -88,3 +88,28 @@ print(",".join(bad))
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == ""
+
+
+def test_a_lookup_imports_only_that_kinds_module() -> None:
+    """``rehost replicate`` of an image asks the registry for ``image`` alone: the agent's PKI,
+    libnbd's physical source, the vSphere SDK and the Hyper-V scripts stay unloaded (issue 17:
+    start-up time). Every built-in kind is found by its own module."""
+    script = """
+import sys
+from rehost.sources import registry
+from rehost.vault import agents
+assert registry.find("image").kind == "image"
+loaded = sorted(m for m in sys.modules if m.startswith(("rehost.sources.", "rehost.agent")))
+print(",".join(loaded))
+for kind in registry._BUILTIN:
+    assert registry.find(kind).kind == kind, kind
+assert registry.find("nonesuch") is None
+assert agents.KIND == registry.get("physical").kind
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert r.returncode == 0, r.stderr
+    loaded = set(r.stdout.strip().split(","))
+    assert "rehost.sources.image" in loaded
+    others = {"rehost.sources.physical", "rehost.agent.pki", "rehost.agent.client",
+              "rehost.sources.vsphere", "rehost.sources.hyperv", "rehost.sources.qemu_plugin"}
+    assert not loaded & others, loaded
