@@ -83,6 +83,10 @@ class FileDisk:
     #: a read across a hole costs no I/O (the kernel fills zeros), so a cycle may read one span
     #: over several islands of data instead of one request per island
     holes_read_as_zeros = True
+    #: every read is its own ``preadv`` (and ``mincore`` on its own mapping), so a cycle's
+    #: workers may read batches side by side: a delta reads the whole allocated disk, mostly
+    #: copies out of the page cache, and one thread doing all of it was the cycle's bottleneck
+    parallel_reads = True
 
     def __init__(self, path: Path, size: int | None = None) -> None:
         self.path = Path(path)

@@ -3,6 +3,9 @@
 The cycle compares 4 KiB block digests with the previous point and stores only runs of
 changed blocks, so the first cycle (compared with an all-zero disk) and every later one are
 the same code. Hashing and sealing run in worker threads; the C libraries release the GIL.
+A disk that may be read from several threads at once (a raw image read in place) is read by
+the workers too, a batch of chunks each: reading was the main thread's work alone and, on a
+delta where little is sealed, the cycle waited on it while the workers idled.
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ PIPELINE_DEPTH = 12
 WORKERS = 2
 #: Chunks read with one call (their NBD requests are in flight together).
 READ_BATCH = 8
+#: Batches in flight when the workers read them (``parallel_reads`` disks): 32 MiB of buffers.
+BATCHES_IN_FLIGHT = 4
 _ZEROS = bytes(CHUNK_SIZE)
 
 Progress = Callable[[int], None]
@@ -61,6 +66,7 @@ class ReadableDisk(Protocol):
     def extents(self, start: int = 0, length: int | None = None) -> Iterator[Extent]: ...
 
     def readinto(self, offset: int, buf: bytearray | memoryview) -> int: ...
+
 
 
 @dataclass
@@ -83,6 +89,10 @@ class _ChunkResult:
     entries: list[MapEntry]
     sealed: list[tuple[str, bytes | None, int]]
     changed: int
+
+
+#: a chunk done: (offset, its buffer or None, bytes read, what the diff found)
+_Done = tuple[int, memoryview | None, int, _ChunkResult]
 
 
 def _diff_chunk(
@@ -190,8 +200,9 @@ class _Buffers:
         self._free: list[memoryview] = []
 
     def take(self, length: int) -> memoryview:
-        """A buffer of ``length`` (at most CHUNK_SIZE) bytes; its content is not defined."""
-        if self._free:
+        """A buffer of ``length`` (at most CHUNK_SIZE) bytes; its content is not defined.
+        Safe in worker threads (``list.pop`` is atomic; an empty list allocates)."""
+        with contextlib.suppress(IndexError):
             return self._free.pop()[:length]
         full = self._alloc(CHUNK_SIZE) if self._alloc is not None else memoryview(bytearray(CHUNK_SIZE))
         return full[:length]
@@ -335,7 +346,8 @@ def _scan_disk(
     resume: Resume | None = None,
     index: int = 0,
 ) -> _DiskScan:
-    """Read a disk chunk by chunk; workers diff and seal while the next chunk is read.
+    """Read a disk chunk by chunk; workers diff and seal while the next chunk is read (or,
+    where the disk allows reads from several threads, read a batch each and diff it).
 
     With ``dirty`` (from changed-block tracking) only the chunks and blocks it names are
     read; every other block keeps its digest from the previous point. With ``resume``, the
@@ -345,8 +357,9 @@ def _scan_disk(
     scan = _DiskScan(bytearray(old) if dirty is not None else bytearray(len(old)))
     wanted = _dirty_chunks(sorted(dirty, key=lambda e: e.start), size) if dirty is not None else None
     extents = _ExtentMap(disk.extents())
-    inflight: deque[tuple[int, Future[_ChunkResult], memoryview | None]] = deque()
+    inflight: deque[Future[list[_Done]]] = deque()
     buffers = _Buffers(disk)
+    parallel = bool(getattr(disk, "parallel_reads", False))
 
     def adopt(off: int, digests: bytes, entries: list[MapEntry], changed: int) -> None:
         b0 = off // BLOCK_SIZE * DIGEST_SIZE
@@ -358,14 +371,25 @@ def _scan_disk(
 
     def drain(limit: int) -> None:
         while len(inflight) > limit:
-            off, fut, data = inflight.popleft()
-            r = fut.result()
-            buffers.give(data)
-            for bid, blob, raw in r.sealed:
-                repo.add_sealed(bid, blob, raw)
-            adopt(off, r.digests, r.entries, r.changed)
-            if resume is not None:
-                resume.journal.record(index, off, r.digests, r.entries, r.changed)
+            for off, data, nread, r in inflight.popleft().result():
+                buffers.give(data)
+                scan.bytes_read += nread
+                for bid, blob, raw in r.sealed:
+                    repo.add_sealed(bid, blob, raw)
+                adopt(off, r.digests, r.entries, r.changed)
+                if resume is not None:
+                    resume.journal.record(index, off, r.digests, r.entries, r.changed)
+
+    def diff(off: int, data: memoryview | None, nread: int) -> _Done:
+        length = min(CHUNK_SIZE, size - off)
+        only = wanted[off] if wanted is not None else None
+        b0 = off // BLOCK_SIZE * DIGEST_SIZE
+        old_slice = bytes(old[b0 : b0 + block_count(length) * DIGEST_SIZE])
+        blocks = [((a - off) // BLOCK_SIZE, -(-(b - off) // BLOCK_SIZE)) for a, b in only] if only else None
+        return off, data, nread, _diff_chunk(repo, off, data, length, old_slice, blocks)
+
+    def read_and_diff(batch: list[int]) -> list[_Done]:
+        return [diff(*chunk) for chunk in _read_batch(disk, extents, batch, size, wanted, buffers)]
 
     offsets = list(range(0, size, CHUNK_SIZE)) if wanted is None else sorted(wanted)
     expected = resume.expected.get(index) if resume is not None else None
@@ -383,20 +407,12 @@ def _scan_disk(
         offsets = todo
     try:
         for batch in _batches(offsets):
-            chunks = _read_batch(disk, extents, batch, size, wanted, buffers)
-            for off, data, nread in chunks:
-                length = min(CHUNK_SIZE, size - off)
-                only = wanted[off] if wanted is not None else None
-                scan.bytes_read += nread
-                b0 = off // BLOCK_SIZE * DIGEST_SIZE
-                old_slice = bytes(old[b0 : b0 + block_count(length) * DIGEST_SIZE])
-                blocks = (
-                    [((a - off) // BLOCK_SIZE, -(-(b - off) // BLOCK_SIZE)) for a, b in only]
-                    if only
-                    else None
-                )
-                future = pool.submit(_diff_chunk, repo, off, data, length, old_slice, blocks)
-                inflight.append((off, future, data))
+            if parallel:  # a worker reads the batch and diffs its chunks
+                inflight.append(pool.submit(read_and_diff, batch))
+                drain(BATCHES_IN_FLIGHT)
+                continue
+            for off, data, nread in _read_batch(disk, extents, batch, size, wanted, buffers):
+                inflight.append(pool.submit(lambda *c: [diff(*c)], off, data, nread))
                 drain(PIPELINE_DEPTH)
     except Exception:
         if resume is not None:  # chunks read before the failure are sealed and journaled

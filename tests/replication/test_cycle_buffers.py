@@ -102,3 +102,46 @@ def test_islands_of_data_in_a_chunk_are_one_request(tmp_path: Path) -> None:
     assert result.bytes_read == sum(e.length for e in islands)  # the data, not the holes between
     stored = b"".join(c if c is not None else bytes(MiB) for _, c in iter_chunks(repo, result.point, 0))
     assert stored == path.read_bytes()
+
+
+class _ThreadRecordingFileDisk(FileDisk):
+    def __init__(self, path: Path, parallel: bool) -> None:
+        super().__init__(path)
+        self.parallel_reads = parallel
+        self.threads: set[str] = set()
+
+    def readinto_many(self, pieces: Sequence[tuple[int, bytearray | memoryview]]) -> int:
+        import threading
+
+        self.threads.add(threading.current_thread().name)
+        return super().readinto_many(pieces)
+
+
+@pytest.mark.parametrize("parallel", [True, False])
+def test_a_disk_that_allows_it_is_read_by_the_workers(tmp_path: Path, parallel: bool) -> None:
+    """A raw image in place is read by the cycle's workers, a batch each (a delta's reading was
+    the main thread's alone, and the cycle waited on it); a disk that does not say it may be
+    read from several threads (an NBD connection) is read by the cycle's own thread. Either
+    way the point holds exactly the file, a delta included."""
+    rng = random.Random(3)
+    path = tmp_path / "d.raw"
+    with path.open("wb") as f:
+        f.truncate(SIZE)
+        f.write(rng.randbytes(FULL * MiB))
+    repo, cache = Repository.create(MemoryStorage()), DigestCache(tmp_path / "cache")
+    with _ThreadRecordingFileDisk(path, parallel) as d:
+        first = run_cycle(repo, cache, "m", [(0, d)], parent=None)
+    assert _point_bytes(repo, first.point) == path.read_bytes()
+    if parallel:
+        assert d.threads and all(t.startswith("rehost-cycle") for t in d.threads), d.threads
+    else:
+        assert d.threads == {"MainThread"}, d.threads
+    with path.open("r+b") as f:
+        for block in rng.sample(range(SIZE // 4096), 300):
+            f.seek(block * 4096)
+            f.write(rng.randbytes(4096))
+    with _ThreadRecordingFileDisk(path, parallel) as d:
+        second = run_cycle(repo, cache, "m", [(0, d)], parent=first.point)
+    with FileDisk(path) as d:
+        assert second.bytes_read == sum(e.length for e in d.extents() if not e.zero)
+    assert _point_bytes(repo, second.point) == path.read_bytes()
