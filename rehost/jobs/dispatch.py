@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -60,6 +61,10 @@ log = logging.getLogger("rehost.jobs")
 RESEND_QUEUED_AFTER_S = 600.0
 
 _apps: dict[str, Celery] = {}
+#: ``rehost serve`` sends jobs from several threads: two first imports of celery at once fail
+#: ("cannot import name 'Celery'": celery swaps its module for a lazy one mid-import), and two
+#: apps for one URL would register the task twice
+_apps_lock = threading.Lock()
 #: the vault a worker process serves (set by ``rehost worker``)
 _worker_vault: Vault | None = None
 _worker_name: str | None = None
@@ -96,29 +101,33 @@ def queue_for(vault: Vault, job: JobRow) -> str:
 
 def app(url: str) -> Celery:
     """One Celery app per broker URL, made on first use (Celery costs ~0.3 s to import)."""
-    if url not in _apps:
-        from celery import Celery
+    with _apps_lock:
+        return _apps.get(url) or _new_app(url)
 
-        a = Celery("rehost", broker=url, set_as_current=False)
-        a.conf.update(
-            task_default_queue=SHARED_QUEUE,
-            task_acks_late=False,  # at most once: the scheduler resends what a dead worker left
-            worker_prefetch_multiplier=1,  # a busy worker does not hold jobs another could run
-            # ...and holds no message it has no free slot for (Redis): a worker killed takes only
-            # the jobs it was running with it, which their lapsed leases show at once; a message
-            # it had merely reserved would be lost until RESEND_QUEUED_AFTER_S
-            worker_disable_prefetch=True,
-            task_ignore_result=True,  # results are the job's rows
-            broker_connection_retry_on_startup=True,
-            worker_hijack_root_logger=False,
-            broker_transport_options={"visibility_timeout": 3600},
-        )
-        a.task(name=TASK, ignore_result=True)(_run_in_worker)
-        from celery.signals import task_received
 
-        task_received.connect(_taken, weak=False)
-        _apps[url] = a
-    return _apps[url]
+def _new_app(url: str) -> Celery:
+    from celery import Celery
+
+    a = Celery("rehost", broker=url, set_as_current=False)
+    a.conf.update(
+        task_default_queue=SHARED_QUEUE,
+        task_acks_late=False,  # at most once: the scheduler resends what a dead worker left
+        worker_prefetch_multiplier=1,  # a busy worker does not hold jobs another could run
+        # ...and holds no message it has no free slot for (Redis): a worker killed takes only
+        # the jobs it was running with it, which their lapsed leases show at once; a message
+        # it had merely reserved would be lost until RESEND_QUEUED_AFTER_S
+        worker_disable_prefetch=True,
+        task_ignore_result=True,  # results are the job's rows
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        broker_transport_options={"visibility_timeout": 3600},
+    )
+    a.task(name=TASK, ignore_result=True)(_run_in_worker)
+    from celery.signals import task_received
+
+    task_received.connect(_taken, weak=False)
+    _apps[url] = a
+    return a
 
 
 def submit(vault: Vault, job: JobRow) -> str:
@@ -134,7 +143,16 @@ def submit(vault: Vault, job: JobRow) -> str:
     if job.state == "queued" and job.holder:  # a dead worker's mark: the next taker sets its own
         with vault.session() as s, s.begin():
             s.execute(update(JobRow).where(JobRow.id == job.id, JobRow.state == "queued").values(holder=None))
-    app(url).send_task(TASK, args=[job.id, job.state == "failed"], queue=queue)
+    try:
+        app(url).send_task(TASK, args=[job.id, job.state == "failed"], queue=queue)
+    except Exception as e:
+        # a job that never started must not hold its machine until the scheduler's resend
+        # (RESEND_QUEUED_AFTER_S): it failed, and says why; the next cycle or a resume goes on
+        with vault.session() as s, s.begin():
+            s.execute(update(JobRow).where(JobRow.id == job.id, JobRow.state == "queued").values(
+                state="failed", error=f"could not send the job to a worker: {type(e).__name__}: {e}",
+                ended_at=datetime.now(UTC)))
+        raise
     return queue
 
 

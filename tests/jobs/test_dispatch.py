@@ -152,3 +152,56 @@ def test_a_job_taken_by_a_worker_that_died_before_claiming_it_is_resent_at_once(
         assert [j.id for j in resumable_jobs(v, queued_for=600)] == [job.id]
     finally:
         v.close()
+
+
+def test_jobs_sent_from_several_threads_at_once_share_one_app(tmp_path: Path) -> None:
+    """``rehost serve`` sends from its threads: the first imports of celery side by side
+    failed ("cannot import name 'Celery'"), and each thread made an app of its own."""
+    script = tmp_path / "race.py"
+    script.write_text(
+        "import threading\n"
+        "from rehost.jobs import dispatch\n"
+        "b = threading.Barrier(8); apps = []; errors = []\n"
+        "def send():\n"
+        "    b.wait()\n"
+        "    try:\n"
+        "        apps.append(dispatch.app('redis://127.0.0.1:9/0'))\n"
+        "    except Exception as e:\n"
+        "        errors.append(repr(e))\n"
+        "ts = [threading.Thread(target=send) for _ in range(8)]\n"
+        "[t.start() for t in ts]; [t.join() for t in ts]\n"
+        "print(len(apps), len({id(a) for a in apps}), errors)\n"
+    )
+    for _ in range(3):  # a fresh interpreter each time: celery not yet imported
+        out = subprocess.run([REHOST[0], str(script)], cwd=REPO, capture_output=True,
+                             text=True, timeout=120, check=True).stdout.split()
+        assert out[:2] == ["8", "1"], out
+
+
+def test_a_job_that_cannot_be_sent_fails_and_frees_its_machine(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Left queued, it held its machine until the scheduler's resend ten minutes later."""
+    from rehost.jobs.models import JobRow
+    from rehost.jobs.runner import Step, create_job, plan
+
+    @plan("unsent-test")
+    def _noop(vault: Vault, job: JobRow) -> list[Step]:
+        return [Step("noop", "Nothing", lambda ctx: "ok")]
+
+    class Down:  # the broker refuses the message (as kombu raises when Redis is gone)
+        def send_task(self, *args: object, **kwargs: object) -> None:
+            raise ConnectionRefusedError(111, "Connection refused")
+
+    monkeypatch.setenv("REHOST_BROKER_URL", "redis://127.0.0.1:9/0")
+    monkeypatch.setattr(dispatch, "app", lambda url: Down())
+    v = Vault.init(tmp_path / "v")
+    try:
+        job = create_job(v, "unsent-test", None, "", {})
+        with pytest.raises(ConnectionRefusedError):
+            dispatch.execute(v, job.id)
+        failed = get_job(v, job.id)
+        assert failed.state == "failed"
+        assert "could not send the job to a worker" in (failed.error or "")
+        assert "Connection refused" in (failed.error or "")
+    finally:
+        v.close()
