@@ -17,8 +17,9 @@ What stays the same as through qemu-nbd ``--cache=none``:
 
 Pages already in the page cache are the exception: ``O_DIRECT`` would fetch them from the
 device again (and write back the dirty ones first), while a buffered read copies them from
-memory and evicts nothing, since they are resident already. ``mincore`` on a short-lived
-mapping of the span says which pages are; resident runs are read buffered, the rest with
+memory and evicts nothing, since they are resident already. ``cachestat`` says how many
+pages of a span are (all or none, usually); where it is some, ``mincore`` on a short-lived
+mapping of the span says which. Resident runs are read buffered, the rest with
 ``O_DIRECT``. On a host whose guest writes with ``cache=none`` nothing is resident and every
 read is direct; on the benchmark's image, written just before, most of it is
 (docs/benchmarks.md, issue 17). A page evicted between ``mincore`` and the read is read into
@@ -60,10 +61,14 @@ _libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_
                        ctypes.c_long]
 _libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 _libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+_libc.syscall.restype = ctypes.c_long
+#: cachestat(2) (Linux 6.5): how many pages of a range are cached, without mapping the file
+_SYS_CACHESTAT = {"x86_64": 451, "aarch64": 451}.get(os.uname().machine)
 #: mincore's bytes: bit 0 is "resident", the others are reserved
 _RESIDENT = bytes(i & 1 for i in range(256))
 #: a page's kind in a run: 0 read direct, 1 read through the page cache, 2 a hole (zeros)
-_HOLE = b"\2"
+#: a hole's page that is not cached is zero-filled, one that is is read with its neighbours
+_HOLE_UNLESS_CACHED = bytes([2, 1, *range(2, 256)])
 _RUNS = re.compile(rb"\x00+|\x01+|\x02+")
 _ZEROS = bytes(MAX_READ)
 
@@ -107,6 +112,7 @@ class FileDisk:
         self._cached_fd = -1
         if self.direct and (os.geteuid() in (0, st.st_uid) or os.access(self.path, os.W_OK)):
             self._cached_fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        self._cachestat = _SYS_CACHESTAT is not None
         self.size = file_size if size is None else size
         if self.size > file_size:
             self.close()
@@ -211,8 +217,10 @@ class FileDisk:
         while i < len(self._holes) and self._holes[i][0] < offset + want:
             a, b = self._holes[i]
             first, end = max(0, -(-(a - offset) // PAGE)), min(pages, (b - offset) // PAGE)
-            if end > first:
-                kinds[first:end] = _HOLE * (end - first)  # whole pages only: 1 KiB fs blocks
+            if end > first:  # whole pages only: 1 KiB fs blocks
+                # a cached page of a hole is read with the data around it (zeros, from memory):
+                # one ``preadv`` per island of data cost more than the copy it saves
+                kinds[first:end] = kinds[first:end].translate(_HOLE_UNLESS_CACHED)
             i += 1
         for run in _RUNS.finditer(kinds):
             first, length = run.start() * PAGE, min(run.end() * PAGE, want) - run.start() * PAGE
@@ -226,18 +234,38 @@ class FileDisk:
 
     def _resident(self, offset: int, length: int) -> bytes | None:
         """One byte per page of ``[offset, offset + length)``: 1 where it is in the page cache;
-        None when the kernel will not say (the read is then direct)."""
+        None when the kernel will not say (the read is then direct).
+
+        ``cachestat`` counts the cached pages without a mapping: all or none of them, the
+        common answers, need nothing more. ``mincore`` maps the span, and the mapping's set-up
+        and tear-down serialise the cycle's reading threads (the mapping lock, a TLB flush)."""
+        pages = -(-length // PAGE)
+        if self._cachestat:
+            cached = self._cached_pages(offset, length)
+            if cached == pages:
+                return b"\1" * pages
+            if cached == 0:
+                return bytes(pages)
         addr = _libc.mmap(None, length, _PROT_READ, _MAP_SHARED, self._fd, offset)
         if addr is None or addr == _MAP_FAILED:
             return None
         try:
-            pages = -(-length // PAGE)
             vec = ctypes.create_string_buffer(pages)
             if _libc.mincore(addr, length, vec) != 0:
                 return None
             return vec.raw[:pages].translate(_RESIDENT)
         finally:
             _libc.munmap(addr, length)
+
+    def _cached_pages(self, offset: int, length: int) -> int | None:
+        """Pages of the range in the page cache (``cachestat``), or None where the kernel
+        has no such call (before 6.5) or refuses it: ``mincore`` answers from then on."""
+        span = (ctypes.c_uint64 * 2)(offset, length)
+        stat = (ctypes.c_uint64 * 5)()
+        if _libc.syscall(_SYS_CACHESTAT, self._fd, span, stat, 0) != 0:
+            self._cachestat = False
+            return None
+        return int(stat[0])
 
     def _read(self, fd: int, views: list[memoryview], offset: int) -> None:
         want = sum(len(v) for v in views)
