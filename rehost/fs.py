@@ -1,4 +1,5 @@
-"""File-system helpers with no dependencies (the agent imports them too)."""
+"""File-system helpers with no dependencies (the agent imports them too): O_DIRECT, and
+atomic writes, where a crash leaves the old file or the new one, never half of one."""
 
 from __future__ import annotations
 
@@ -17,3 +18,23 @@ def direct_io_works(path: Path) -> bool:
         return False
     os.close(fd)
     return True
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write a secret atomically, readable by its owner only."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

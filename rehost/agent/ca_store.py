@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from rehost.agent.tls import write_atomic, write_private
+from rehost.fs import write_atomic, write_private
 
 T = TypeVar("T")
 ITEMS = ("ca-key", "ca-cert", "server-key", "server-cert")

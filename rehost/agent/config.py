@@ -16,7 +16,7 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from rehost.agent.tls import write_private
+from rehost.fs import write_private
 
 DEFAULT_STATE = Path("/var/lib/rehost-agent")
 DEFAULT_PORT = 8743

@@ -48,9 +48,8 @@ from rehost.agent.tls import (
     load_key,
     new_key,
     server_context,
-    write_atomic,
-    write_private,
 )
+from rehost.fs import write_atomic, write_private
 
 PASSPHRASE_TTL = 3600.0
 CA_YEARS = 20

@@ -23,9 +23,8 @@ from rehost.agent.tls import (
     key_pem,
     new_key,
     normalize_fingerprint,
-    write_atomic,
-    write_private,
 )
+from rehost.fs import write_atomic, write_private
 
 
 class RegistrationError(Exception):

@@ -6,7 +6,6 @@ Only stdlib ``ssl`` and ``cryptography``: this module runs on the agent too.
 from __future__ import annotations
 
 import hashlib
-import os
 import ssl
 from pathlib import Path
 
@@ -71,26 +70,6 @@ def peer_identity(sock: ssl.SSLSocket) -> tuple[int, str]:
     names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     cn = str(names[0].value) if names else ""
     return cert.serial_number, cn
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Write a secret atomically, readable by its owner only."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def server_context(cert: Path, key: Path, ca: Path | None) -> ssl.SSLContext:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import xxhash
 
-from rehost.agent.tls import write_private
+from rehost.fs import write_private
 
 BLOCK_SIZE = 4096
 DIGEST_SIZE = 8

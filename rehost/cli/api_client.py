@@ -8,7 +8,6 @@ followed until they end, step by step, as ``rehost failover`` does locally.
 
 from __future__ import annotations
 
-import ssl
 import time
 from typing import Any
 
@@ -42,7 +41,9 @@ class Client:
         if not token:
             raise UsageError("--server needs a token: --token T or $REHOST_TOKEN "
                              "(made with: rehost token create NAME --role operator)")
-        import httpx  # only a remote command pays for it (~70 ms of every rehost start otherwise)
+        import ssl  # with httpx: only a remote command pays for them
+
+        import httpx  # ~70 ms of every rehost start otherwise
 
         self._httpx = httpx
         self.http = httpx.Client(base_url=server.rstrip("/") + "/api/v1", timeout=timeout,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib
 import subprocess
 import sys
+from pathlib import Path
 
 import typer
 
@@ -44,3 +45,23 @@ def test_a_command_line_imports_only_its_own_commands_module() -> None:
     assert "replicate" in every.stdout and "readiness" in every.stdout
     loaded = every.stdout.strip().splitlines()[-1]
     assert all(f"rehost.cli.{m}" in loaded for m in main.COMMANDS.values()), loaded
+
+
+def test_a_replicate_of_an_image_loads_no_agent_tls(tmp_path: Path) -> None:
+    """Agents' TLS is for agents: the X.509 stack cost ~20 ms of every ``rehost replicate``
+    when the agent CA's store loaded it for its file helpers (issue 17). (``ssl`` itself comes
+    with SQLAlchemy, through asyncio.)"""
+    image = tmp_path / "disk.raw"
+    image.write_bytes(b"\1" * 65536)
+    vault = tmp_path / "vault"
+    probe = (
+        "import sys; from rehost.cli.main import main; code = main(sys.argv[1:]); "
+        "print(sorted(m for m in sys.modules if m in ('rehost.agent.tls', 'cryptography.x509')))"
+    )
+    for args in (["init"], ["source", "add-image", "m", str(image)]):
+        subprocess.run([sys.executable, "-m", "rehost.cli.main", "--vault", str(vault), *args],
+                       capture_output=True, text=True, check=True)
+    r = subprocess.run([sys.executable, "-c", probe, "--vault", str(vault), "replicate", "m", "--json"],
+                       capture_output=True, text=True, check=True)
+    assert '"changed_bytes": 65536,' in r.stdout, r.stdout
+    assert r.stdout.strip().splitlines()[-1] == "[]", r.stdout
