@@ -122,21 +122,13 @@ def _diff_chunk(
         new = bytes(merged)
     if new == old:
         return _ChunkResult(new, [], [], 0)
-    entries: list[MapEntry] = []
-    sealed: list[tuple[str, bytes | None, int]] = []
-    changed = 0
-    for i, j, zero in _changed_runs(new, old, data is None):
-        start, end = i * BLOCK_SIZE, min(j * BLOCK_SIZE, length)
-        changed += end - start
-        if zero:
-            entries.append(MapEntry(offset + start, end - start, None, 0))
-        else:
-            assert data is not None
-            piece = data[start:end]
-            bid, blob = repo.seal_blob(piece)
-            sealed.append((bid, blob, len(piece)))
-            entries.append(MapEntry(offset + start, end - start, bid, 0))
-    return _ChunkResult(new, entries, sealed, changed)
+    runs = [(i * BLOCK_SIZE, min(j * BLOCK_SIZE, length), zero)
+            for i, j, zero in _changed_runs(new, old, data is None)]
+    view = memoryview(data) if data is not None else None
+    sealed = repo.seal_blobs([view[a:b] for a, b, zero in runs if not zero]) if view is not None else []
+    ids = iter(sealed)
+    entries = [MapEntry(offset + a, b - a, None if zero else next(ids)[0], 0) for a, b, zero in runs]
+    return _ChunkResult(new, entries, sealed, sum(b - a for a, b, _ in runs))
 
 
 _ZERO_Q = int.from_bytes(ZERO_DIGEST, sys.byteorder)
@@ -374,8 +366,7 @@ def _scan_disk(
             for off, data, nread, r in inflight.popleft().result():
                 buffers.give(data)
                 scan.bytes_read += nread
-                for bid, blob, raw in r.sealed:
-                    repo.add_sealed(bid, blob, raw)
+                repo.add_sealed_many(r.sealed)
                 adopt(off, r.digests, r.entries, r.changed)
                 if resume is not None:
                     resume.journal.record(index, off, r.digests, r.entries, r.changed)

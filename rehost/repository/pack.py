@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from rehost.errors import IntegrityError
 from rehost.repository.crypto import Sealer
@@ -16,9 +16,9 @@ TRAILER_AAD = b"rehost-pack-trailer"
 _LEN = struct.Struct("<I")
 
 
-@dataclass(frozen=True, slots=True)
-class BlobEntry:
-    """Where a blob lives inside its pack, and its plaintext size."""
+class BlobEntry(NamedTuple):
+    """Where a blob lives inside its pack, and its plaintext size. (A tuple: a scattered delta
+    makes tens of thousands, and a frozen dataclass took twice as long to build.)"""
 
     id: str
     offset: int

@@ -176,10 +176,6 @@ class Repository:
     def stats(self) -> WriteStats:
         return self._default.stats
 
-    def is_stored(self, bid: str) -> bool:
-        """In a stored pack and index (a blob another writer only holds in memory is not)."""
-        return bid in self.index
-
     def seal_blob(self, data: bytes | memoryview) -> tuple[str, bytes | None]:
         return self._default.seal_blob(data)
 
