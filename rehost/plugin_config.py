@@ -75,10 +75,11 @@ class Registry(Generic[P]):
         return next((p for p in self.plugins() if p.kind == kind), None)
 
     def get(self, kind: str) -> P:
-        """The plugin of ``kind``, or a UsageError that lists the kinds there are."""
+        """The plugin of ``kind``, or a UsageError that lists the kinds there are (in the
+        order listings show them)."""
         plugin = self.find(kind)
         if plugin is None:
-            known = ", ".join(sorted(p.kind for p in self.plugins()))
+            known = ", ".join(p.kind for p in self.plugins())
             raise UsageError(f"unknown {self.what} kind {kind!r} (kinds: {known})")
         return plugin
 

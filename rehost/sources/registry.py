@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from rehost import plugin_config
-from rehost.errors import UsageError
 from rehost.spec import MachineSpec
 
 if TYPE_CHECKING:
@@ -105,31 +104,15 @@ class SourcePlugin:
 _BUILTIN = {"image": "rehost.sources.image", "qemu": "rehost.sources.qemu_plugin",
             "physical": "rehost.sources.physical", "vsphere": "rehost.sources.vsphere",
             "hyperv": "rehost.sources.hyperv"}
-_ORDER = tuple(_BUILTIN)
 REGISTRY: plugin_config.Registry[SourcePlugin] = plugin_config.Registry("source", _BUILTIN)
 register = REGISTRY.register
-
-
-def plugins() -> list[SourcePlugin]:
-    """Every source kind, the built-in ones first in a fixed order (registration order depends
-    on which module happened to be imported first)."""
-    return sorted(REGISTRY.plugins(),
-                  key=lambda p: _ORDER.index(p.kind) if p.kind in _ORDER else len(_ORDER))
-
-
-def find(kind: str) -> SourcePlugin | None:
-    """The plugin of ``kind``; None for a kind this version does not know (listings still
-    show such a machine; operating on it says why it cannot)."""
-    return REGISTRY.find(kind)
-
-
-def get(kind: str) -> SourcePlugin:
-    """The plugin of ``kind``, or a UsageError that lists the kinds there are."""
-    plugin = find(kind)
-    if plugin is None:
-        known = ", ".join(p.kind for p in plugins())
-        raise UsageError(f"unknown source kind {kind!r} (kinds: {known})")
-    return plugin
+#: every source kind, the built-in ones first in ``_BUILTIN``'s order
+plugins = REGISTRY.plugins
+#: the plugin of a kind, or None for a kind this version does not know (listings still show
+#: such a machine; operating on it says why it cannot)
+find = REGISTRY.find
+#: the plugin of a kind, or a UsageError that lists the kinds there are
+get = REGISTRY.get
 
 
 def capabilities(kind: str) -> Capabilities:

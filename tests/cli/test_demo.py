@@ -111,7 +111,7 @@ def test_demo_never_deletes_a_folder_it_did_not_make(tmp_path: Path) -> None:
 def test_demo_kinds_come_from_the_registries(tmp_path: Path) -> None:
     workdir = tmp_path / "demo"
     r = _demo("--workdir", str(workdir), "--target", "cloud")
-    assert r.returncode == 2 and "unknown target kind 'cloud' (kinds: azure, local, memory" in r.stderr
+    assert r.returncode == 2 and "unknown target kind 'cloud' (kinds: local, azure, memory" in r.stderr
     r = _demo("--workdir", str(workdir), "--source", "floppy")
     assert r.returncode == 2 and "unknown source kind 'floppy'" in r.stderr
     r = _demo("--workdir", str(workdir), "--target", "memory")

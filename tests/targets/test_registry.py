@@ -24,7 +24,7 @@ def test_configs_refuse_what_they_cannot_use(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="--memory-mib must be int"):
         local.make_config({"path": str(tmp_path), "memory_mib": "lots"})
     assert local.make_config({"path": str(tmp_path), "memory_mib": "512"}).memory_mib == 512
-    with pytest.raises(UsageError, match=r"unknown target kind 'cloud' \(kinds: azure, local, memory"):
+    with pytest.raises(UsageError, match=r"unknown target kind 'cloud' \(kinds: local, azure, memory"):
         registry.get("cloud")
 
 
