@@ -61,6 +61,10 @@ class Writer:
         self._thread: ThreadPoolExecutor | None = None
         self._writes: deque[Future[None]] = deque()
 
+    def _known(self, bid: str) -> bool:
+        """In the index or in one of this writer's own packs (open or being stored)."""
+        return bid in self.repo.index.blobs or bid in self._pending or bid in self._flushing
+
     def seal_blob(self, data: bytes | memoryview) -> tuple[str, bytes | None]:
         """Id and sealed bytes of a blob, ``None`` if already stored. Safe in worker threads."""
         [(bid, sealed, _)] = self.seal_blobs([memoryview(data)])
@@ -71,28 +75,25 @@ class Writer:
         changed runs. A scattered delta seals tens of thousands of one-block blobs, and the
         Python around each (lookups, calls) cost more than its hash and compression."""
         key, seal = self.repo.keys.hash_key, self.repo.sealer.seal
-        stored, pending, flushing = self.repo.index.blobs, self._pending, self._flushing
         out: list[tuple[str, bytes | None, int]] = []
         for piece in pieces:
             bid = blob_id(key, piece)
-            known = bid in stored or bid in pending or bid in flushing
-            out.append((bid, None if known else seal(piece, bid.encode()), len(piece)))
+            out.append((bid, None if self._known(bid) else seal(piece, bid.encode()), len(piece)))
         return out
 
     def add_sealed_many(self, sealed: list[tuple[str, bytes | None, int]]) -> None:
         """``add_sealed`` of each (id, sealed, length), in order."""
-        stats, pack, pending = self.stats, self._pack, self._pending
+        stats = self.stats
         for bid, blob, raw_length in sealed:
-            if blob is None or bid in self.repo.index.blobs or bid in pending or bid in self._flushing:
+            if blob is None or self._known(bid):
                 stats.blobs_known += 1
                 continue
-            pack.add(bid, blob, raw_length)
-            pending.add(bid)
+            self._pack.add(bid, blob, raw_length)
+            self._pending.add(bid)
             stats.blobs_new += 1
             stats.raw_bytes_new += raw_length
-            if pack.size >= PACK_TARGET:
-                self._flush_async()  # a new open pack and pending set
-                pack, pending = self._pack, self._pending
+            if self._pack.size >= PACK_TARGET:
+                self._flush_async()
 
     def add_sealed(self, bid: str, sealed: bytes | None, raw_length: int) -> None:
         """Queue a sealed blob into the open pack."""
