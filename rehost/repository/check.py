@@ -53,7 +53,7 @@ def check(
             _read_pack(repo, pack_id, entries, report, bad_blobs)
             if progress:
                 progress(size)
-    for name in stored.keys() - repo.index.packs.keys():
+    for name in stored.keys() - repo.index.pack_ids:
         report.warnings.append(f"pack {name[:12]} is not referenced by any index (prune removes it)")
 
     points = _load_points(repo, report)

@@ -69,7 +69,8 @@ def _prune(
     stored = {o.name: o.size for o in repo.storage.list(Kind.DATA)}
     keep_packs: dict[str, list] = {}  # type: ignore[type-arg]
     drop_packs: list[str] = []
-    for pack_id, entries in repo.index.packs.items():
+    packs = repo.index.packs
+    for pack_id, entries in packs.items():
         live = [e for e in entries if e.id in used]
         dead_bytes = sum(e.length for e in entries if e.id not in used)
         total = sum(e.length for e in entries) or 1
@@ -87,7 +88,7 @@ def _prune(
         else:
             keep_packs[pack_id] = entries
     writer.flush()
-    keep_packs.update({pid: repo.index.packs[pid] for pid in repo.index.packs
+    keep_packs.update({pid: entries for pid, entries in repo.index.packs.items()  # repacked ones too
                        if pid not in keep_packs and pid not in drop_packs})
     # one consolidated index first, then old index files, then the packs themselves
     old_files = list(repo.index.files)
@@ -97,7 +98,7 @@ def _prune(
     for name in old_files:
         if name != index_id:
             repo.storage.remove(Kind.INDEX, name)
-    for pack_id in [*drop_packs, *(stored.keys() - repo.index.packs.keys())]:
+    for pack_id in [*drop_packs, *(stored.keys() - repo.index.pack_ids)]:
         if pack_id in stored:
             repo.storage.remove(Kind.DATA, pack_id)
             report.bytes_freed += stored[pack_id]
