@@ -4,7 +4,9 @@
 How long do the pieces of a cycle take alone, one thread, on the same data: reading the
 image from the page cache, the per-block XXH3 digests, keyed BLAKE3 blob ids, zstd at a few
 levels, the whole image read and digested by one thread and by two (a hash-diff delta's floor
-on two cores), and reading the allocated extents through qemu-nbd 1 MiB or 8 MiB per call (a
+on two cores), the same with resident chunks taken as views of the file's mapping and digested
+natively (as a cycle does now), a scattered delta's per-blob id and compression alone and
+beside a thread running Python (the GIL's cost to small calls), and reading the allocated extents through qemu-nbd 1 MiB or 8 MiB per call (a
 cycle's read batch), with rehost's cache mode (none: O_DIRECT) and with writeback, and in
 place as a cycle now reads a raw image (``FileDisk``: pages in the page cache through it, the
 others with O_DIRECT into aligned buffers), once with the image resident and once evicted.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import sys
 import threading
 import time
@@ -33,6 +36,7 @@ from harness import MiB
 
 from rehost.disks import DiskImage, FileDisk, QemuNbdServer, open_nbd
 from rehost.disks.file_disk import aligned_buffer
+from rehost.replication.digests import NATIVE_VARIANT, digest_blocks
 
 BLOCK = 4096
 
@@ -134,6 +138,66 @@ def read_and_digest(image: Path, threads: int) -> str:
     return f"{size // MiB} MiB"
 
 
+def mapped_and_digest(image: Path, threads: int) -> str:
+    """The same floor as a cycle now reaches it on a resident raw image: each 1 MiB chunk
+    with data taken as a view of the file's mapping (``FileDisk.mapped``: no copy) and
+    digested by rehost's ``digest_blocks`` (native where built: one call per chunk, without
+    the GIL), chunks split over ``threads``."""
+    with FileDisk(image) as disk:
+        data = sorted({c for e in disk.extents() if not e.zero
+                       for c in range(e.start - e.start % MiB, e.end, MiB)})
+        views = [0]
+
+        def part(offsets: list[int]) -> None:
+            buf = aligned_buffer(MiB)
+            for off in offsets:
+                n = min(MiB, disk.size - off)
+                view = disk.mapped(off, n)
+                if view is None:
+                    disk.readinto(off, buf[:n])
+                    view = buf[:n]
+                else:
+                    views[0] += 1
+                digest_blocks(view)
+
+        workers = [threading.Thread(target=part, args=(data[i::threads],)) for i in range(threads)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+    return f"{len(data)} chunks, {views[0]} mapped, digests {NATIVE_VARIANT or 'in Python'}"
+
+
+def seal_blocks(count: int, beside_python: bool) -> str:
+    """A scattered delta's per-blob floor: keyed BLAKE3 id and zstd level 1 of ``count``
+    random 4 KiB blocks (what a 10 % delta of the benchmark stores), one call each, alone or
+    while another thread runs Python. Both libraries give the GIL up for every call, and
+    taking it back waits for the other thread's switch interval (up to 5 ms)."""
+    rng = random.Random(1)
+    blocks = [rng.randbytes(BLOCK) for _ in range(count)]
+    key, cctx = bytes(32), zstandard.ZstdCompressor(level=1)
+    stop = threading.Event()
+
+    def spin() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+
+    other = threading.Thread(target=spin)
+    if beside_python:
+        other.start()
+    t0 = time.perf_counter()
+    try:
+        for b in blocks:
+            blake3.blake3(b, key=key).hexdigest()
+            cctx.compress(b)
+    finally:
+        stop.set()
+        if beside_python:
+            other.join()
+    return f"{(time.perf_counter() - t0) / count * 1e6:.1f} µs per block"
+
+
 def blob_ids(data: list[bytes]) -> str:
     key = bytes(32)
     return f"{len([blake3.blake3(c, key=key).digest() for c in data])} ids"
@@ -149,6 +213,10 @@ def main(argv: list[str] | None = None) -> int:
         ("XXH3-64 of every 4 KiB block", partial(digests, data)),
         *((f"read (8 MiB preadv, buffer used again) + XXH3 of every block, {n} thread{'s' * (n > 1)}",
            partial(read_and_digest, image, n)) for n in (1, 2)),
+        *((f"resident chunks as views of the mapping + rehost's digest_blocks, {n} thread{'s' * (n > 1)}",
+           partial(mapped_and_digest, image, n)) for n in (1, 2)),
+        *((f"keyed BLAKE3 id + zstd 1 of 47,000 random 4 KiB blocks{', beside a Python thread' * b}",
+           partial(seal_blocks, 47_000, b)) for b in (False, True)),
         ("keyed BLAKE3 of every 1 MiB chunk", partial(blob_ids, data)),
         *((f"zstd level {lvl} of every 1 MiB chunk", partial(compress, data, lvl)) for lvl in (3, 1, -1)),
         *((f"NBD read, {w} MiB per call, qemu-nbd cache={cache}", partial(nbd_read, image, cache, aio, w))

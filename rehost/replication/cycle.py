@@ -201,7 +201,7 @@ class _Buffers:
 
     def give(self, buf: memoryview | None) -> None:
         """A chunk's buffer back, once nothing reads it any more (its result was taken)."""
-        if buf is not None and buf.obj is not None and len(buf.obj) == CHUNK_SIZE:  # type: ignore[arg-type]
+        if buf is not None and not buf.readonly and buf.obj is not None and len(buf.obj) == CHUNK_SIZE:  # type: ignore[arg-type]
             self._free.append(memoryview(buf.obj))  # type: ignore[arg-type]
 
 
@@ -218,12 +218,14 @@ def _read_batch(
     Only allocated data is read, and with ``wanted`` (dirty ranges) only that. Every byte of
     a chunk's buffer that is not read is zeroed (buffers are used again): a hole's blocks, a
     dirty hole's included, are digested as zeros. Every range of the batch is requested at
-    once where the disk can (``readinto_many``).
+    once where the disk can (``readinto_many``). A chunk the disk holds in memory already
+    (``mapped``: every page of it in the page cache) is its view there, read by nothing.
     """
     out: list[tuple[int, memoryview | None, int]] = []
     pieces: list[tuple[int, memoryview]] = []
     buffers = buffers or _Buffers(disk)
     holes_free = bool(getattr(disk, "holes_read_as_zeros", False))
+    mapped: Callable[[int, int], memoryview | None] | None = getattr(disk, "mapped", None)
     for off in batch:
         c_end = min(size, off + CHUNK_SIZE)
         ranges = [(max(e.start, off), min(e.end, c_end)) for e in extents.data_in(off, c_end)]
@@ -241,6 +243,10 @@ def _read_batch(
             out.append((off, None, 0))
             continue
         data = sum(b - a for a, b in merged)
+        view = mapped(off, c_end - off) if mapped is not None else None
+        if view is not None:  # all in the page cache: no copy (holes read as zeros there)
+            out.append((off, view, data))
+            continue
         if holes_free and len(merged) > 1:
             # one request for the chunk: its holes read as zeros without I/O, and a block read
             # that is not dirty is never used; a disk full of small islands of data (scattered
@@ -255,7 +261,9 @@ def _read_batch(
         pieces += [(a, buf[a - off : b - off]) for a, b in merged]
         out.append((off, buf, data))
     many = getattr(disk, "readinto_many", None)
-    if many is not None:
+    if not pieces:
+        pass
+    elif many is not None:
         many(pieces)
     else:
         for a, view in pieces:

@@ -7,6 +7,7 @@ the previous point, never wrong data, because every file names the point it desc
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import xxhash
@@ -27,11 +28,28 @@ def zero_digests(nblocks: int) -> bytearray:
     return bytearray(ZERO_DIGEST * nblocks)
 
 
-def digest_blocks(data: memoryview | bytes) -> bytes:
+def digest_blocks_py(data: memoryview | bytes) -> bytes:
     """XXH3-64 of every 4 KiB block of ``data`` (the last block may be short)."""
     h = xxhash.xxh3_64_digest
     mv = memoryview(data)
     return b"".join([h(mv[i : i + BLOCK_SIZE]) for i in range(0, len(mv), BLOCK_SIZE)])
+
+
+def _native() -> tuple[Callable[[memoryview | bytes], bytes], str] | None:
+    """The same digests in one native call per chunk, without the GIL (setup.py), if built."""
+    try:
+        from rehost.replication import _blockhash
+    except ImportError:  # no C compiler or no libxxhash-dev where rehost was installed
+        return None
+    return _blockhash.digest_blocks, _blockhash.VARIANT
+
+
+_NATIVE = _native()
+#: "avx2" or "default" when the native digests are built; None when Python computes them
+NATIVE_VARIANT = _NATIVE[1] if _NATIVE else None
+#: ``digest_blocks_py``, or its native twin where built: the workers of a cycle digest side
+#: by side only with the latter (python-xxhash holds the GIL through every block)
+digest_blocks = _NATIVE[0] if _NATIVE else digest_blocks_py
 
 
 class DigestCache:

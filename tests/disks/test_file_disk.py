@@ -244,3 +244,54 @@ def test_cached_page_counts_agree_with_mincore(tmp_path: Path) -> None:
         assert disk._resident(2 * MiB, MiB) == b"\1" * pages  # all: cachestat alone
         assert disk._resident(MiB, 2 * MiB) == bytes(pages) + b"\1" * pages  # some: mincore
         assert disk._cachestat
+
+
+def test_a_span_all_in_the_page_cache_is_a_view_of_the_file_and_others_are_not(tmp_path: Path) -> None:
+    """A cycle takes a chunk whose every page is cached as a view of the file's mapping (no
+    copy); a chunk with any page not cached is none of that (it is read, direct where not
+    cached). The device's own count of bytes read shows the view cost no I/O."""
+    image = tmp_path / "disk.raw"
+    content = random.Random(5).randbytes(4 * MiB + 512)  # a size that is not whole pages
+    image.write_bytes(content)
+    fd = os.open(image, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+        os.pread(fd, 2 * MiB, 2 * MiB)  # [2, 4) MiB resident
+    finally:
+        os.close(fd)
+    with FileDisk(image) as disk:
+        if not disk.direct or not disk._cachestat:
+            pytest.skip("no O_DIRECT here, or a kernel without cachestat (before Linux 6.5)")
+        assert disk.mapped(0, MiB) is None  # nothing of it cached
+        assert disk.mapped(MiB + MiB // 2, MiB) is None  # half of it
+        assert disk.mapped(4 * MiB, 512) is None  # the tail's page is not cached yet
+        assert disk.mapped(3 * MiB, 2 * MiB) is None  # beyond the disk
+        before = _read_bytes()
+        view = disk.mapped(2 * MiB, 2 * MiB)
+        assert view is not None and view.readonly
+        assert bytes(view) == content[2 * MiB : 4 * MiB]
+        assert _read_bytes() == before
+        with image.open("rb") as f:  # a buffered read of the tail: its page is cached now
+            f.seek(4 * MiB)
+            assert f.read() == content[4 * MiB :]
+        tail = disk.mapped(4 * MiB, 512)
+        assert tail is not None and bytes(tail) == content[4 * MiB :]
+    assert bytes(view) == content[2 * MiB : 4 * MiB]  # a view kept past close is still the file
+
+
+def test_a_file_cut_shorter_after_opening_is_read_not_mapped_and_its_end_is_an_error(tmp_path: Path) -> None:
+    """The mapping covers the size the file had at open; touching a mapped page past the new
+    end would kill the process (SIGBUS). A span past the file's current end is therefore
+    read, and the read names the end of the file."""
+    image = tmp_path / "disk.raw"
+    image.write_bytes(random.Random(6).randbytes(4 * MiB))
+    with FileDisk(image) as disk:
+        if disk._map_view is None:
+            pytest.skip("no mapping here (no O_DIRECT or no cachestat)")
+        assert disk.mapped(2 * MiB, MiB) is not None
+        os.truncate(image, 2 * MiB + 4096)
+        assert disk.mapped(2 * MiB, MiB) is None
+        with pytest.raises(DiskError, match="unexpected end of file"):
+            disk.readinto(2 * MiB, disk.buffer(MiB))

@@ -105,10 +105,15 @@ def test_islands_of_data_in_a_chunk_are_one_request(tmp_path: Path) -> None:
 
 
 class _ThreadRecordingFileDisk(FileDisk):
-    def __init__(self, path: Path, parallel: bool) -> None:
+    """Records which threads read, and how many chunks came as views of the mapping; with
+    ``mapped=False`` it hands out none, so every chunk is copied into a buffer."""
+
+    def __init__(self, path: Path, parallel: bool, mapped: bool = True) -> None:
         super().__init__(path)
         self.parallel_reads = parallel
+        self.use_mapping = mapped
         self.threads: set[str] = set()
+        self.views = 0
 
     def readinto_many(self, pieces: Sequence[tuple[int, bytearray | memoryview]]) -> int:
         import threading
@@ -116,22 +121,37 @@ class _ThreadRecordingFileDisk(FileDisk):
         self.threads.add(threading.current_thread().name)
         return super().readinto_many(pieces)
 
+    def mapped(self, offset: int, length: int) -> memoryview | None:
+        import threading
 
+        view = super().mapped(offset, length) if self.use_mapping else None
+        if view is not None:
+            self.threads.add(threading.current_thread().name)
+            self.views += 1
+        return view
+
+
+@pytest.mark.parametrize("mapped", [True, False], ids=["mapped", "copied"])
 @pytest.mark.parametrize("parallel", [True, False])
-def test_a_disk_that_allows_it_is_read_by_the_workers(tmp_path: Path, parallel: bool) -> None:
+def test_a_disk_that_allows_it_is_read_by_the_workers(tmp_path: Path, parallel: bool, mapped: bool) -> None:
     """A raw image in place is read by the cycle's workers, a batch each (a delta's reading was
     the main thread's alone, and the cycle waited on it); a disk that does not say it may be
     read from several threads (an NBD connection) is read by the cycle's own thread. Either
-    way the point holds exactly the file, a delta included."""
+    way the point holds exactly the file, a delta included, whether the chunks in the page
+    cache are taken from the file's mapping or copied."""
     rng = random.Random(3)
     path = tmp_path / "d.raw"
     with path.open("wb") as f:
         f.truncate(SIZE)
         f.write(rng.randbytes(FULL * MiB))
     repo, cache = Repository.create(MemoryStorage()), DigestCache(tmp_path / "cache")
-    with _ThreadRecordingFileDisk(path, parallel) as d:
+    with _ThreadRecordingFileDisk(path, parallel, mapped) as d:
         first = run_cycle(repo, cache, "m", [(0, d)], parent=None)
     assert _point_bytes(repo, first.point) == path.read_bytes()
+    if not d.direct or not d._cachestat:
+        assert d.views == 0  # no page-cache figures here: every chunk is read
+    else:
+        assert d.views == (FULL if mapped else 0)  # the file was just written: all resident
     if parallel:
         assert d.threads and all(t.startswith("rehost-cycle") for t in d.threads), d.threads
     else:
@@ -140,7 +160,7 @@ def test_a_disk_that_allows_it_is_read_by_the_workers(tmp_path: Path, parallel: 
         for block in rng.sample(range(SIZE // 4096), 300):
             f.seek(block * 4096)
             f.write(rng.randbytes(4096))
-    with _ThreadRecordingFileDisk(path, parallel) as d:
+    with _ThreadRecordingFileDisk(path, parallel, mapped) as d:
         second = run_cycle(repo, cache, "m", [(0, d)], parent=first.point)
     with FileDisk(path) as d:
         assert second.bytes_read == sum(e.length for e in d.extents() if not e.zero)

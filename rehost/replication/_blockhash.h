@@ -1,0 +1,16 @@
+/* Shared by the two builds of the block digest loop (see _blockhash.c). */
+#ifndef REHOST_BLOCKHASH_H
+#define REHOST_BLOCKHASH_H
+
+#define REHOST_BLOCK 4096
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define REHOST_HAVE_AVX2 1
+void rehost_digest_blocks_avx2(const unsigned char *src, Py_ssize_t len, unsigned char *dst);
+#else
+#define REHOST_HAVE_AVX2 0
+#endif
+
+void rehost_digest_blocks_default(const unsigned char *src, Py_ssize_t len, unsigned char *dst);
+
+#endif
