@@ -6,10 +6,11 @@ image from the page cache, the per-block XXH3 digests, keyed BLAKE3 blob ids, zs
 levels, the whole image read and digested by one thread and by two (a hash-diff delta's floor
 on two cores), the same with resident chunks taken as views of the file's mapping and digested
 natively (as a cycle does now), a scattered delta's per-blob id and compression alone and
-beside a thread running Python (the GIL's cost to small calls), and reading the allocated extents through qemu-nbd 1 MiB or 8 MiB per call (a
-cycle's read batch), with rehost's cache mode (none: O_DIRECT) and with writeback, and in
-place as a cycle now reads a raw image (``FileDisk``: pages in the page cache through it, the
-others with O_DIRECT into aligned buffers), once with the image resident and once evicted.
+beside a thread running Python (the GIL's cost to small calls), and reading the allocated
+extents through qemu-nbd 1 MiB or 8 MiB per call (a cycle's read batch), with rehost's cache
+mode (none: O_DIRECT) and with writeback, and in place as a cycle reads a raw image
+(``FileDisk``: pages in the page cache through it, the others with O_DIRECT into aligned
+buffers), once with the image resident and once evicted.
 
     .venv/bin/python bench/replication_floors.py IMAGE
 

@@ -167,6 +167,14 @@ class FileDisk:
             return None
         return view[offset : offset + length]
 
+    def unmap(self, offset: int, length: int) -> None:
+        """A view from ``mapped`` is no longer read: drop its pages from this process's page
+        tables (the page cache keeps them). Otherwise every page a cycle looked at would stay
+        mapped until the disk is closed: the process's RSS would grow to the image's size and
+        its page tables by 2 MiB per GiB. Touching the view again only maps the pages again."""
+        if self._map is not None and offset % PAGE == 0 and length > 0:
+            self._map.madvise(mmap.MADV_DONTNEED, offset, min(length, self.size - offset))
+
     def extents(self, start: int = 0, length: int | None = None) -> Iterator[Extent]:
         """Data and holes of ``[start, start + length)`` from the file system's own map.
 

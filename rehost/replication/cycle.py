@@ -189,6 +189,7 @@ class _Buffers:
 
     def __init__(self, disk: ReadableDisk) -> None:
         self._alloc: Callable[[int], memoryview] | None = getattr(disk, "buffer", None)
+        self._unmap: Callable[[int, int], None] | None = getattr(disk, "unmap", None)
         self._free: list[memoryview] = []
 
     def take(self, length: int) -> memoryview:
@@ -199,9 +200,15 @@ class _Buffers:
         full = self._alloc(CHUNK_SIZE) if self._alloc is not None else memoryview(bytearray(CHUNK_SIZE))
         return full[:length]
 
-    def give(self, buf: memoryview | None) -> None:
-        """A chunk's buffer back, once nothing reads it any more (its result was taken)."""
-        if buf is not None and not buf.readonly and buf.obj is not None and len(buf.obj) == CHUNK_SIZE:  # type: ignore[arg-type]
+    def give(self, offset: int, buf: memoryview | None) -> None:
+        """A chunk's buffer back, once nothing reads it any more (its result was taken). A view
+        of the disk's mapping (``mapped``) is handed back to the disk instead."""
+        if buf is None:
+            return
+        if buf.readonly:
+            if self._unmap is not None:
+                self._unmap(offset, len(buf))
+        elif buf.obj is not None and len(buf.obj) == CHUNK_SIZE:  # type: ignore[arg-type]
             self._free.append(memoryview(buf.obj))  # type: ignore[arg-type]
 
 
@@ -372,7 +379,7 @@ def _scan_disk(
     def drain(limit: int) -> None:
         while len(inflight) > limit:
             for off, data, nread, r in inflight.popleft().result():
-                buffers.give(data)
+                buffers.give(off, data)
                 scan.bytes_read += nread
                 repo.add_sealed_many(r.sealed)
                 adopt(off, r.digests, r.entries, r.changed)

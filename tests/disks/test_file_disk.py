@@ -295,3 +295,31 @@ def test_a_file_cut_shorter_after_opening_is_read_not_mapped_and_its_end_is_an_e
         assert disk.mapped(2 * MiB, MiB) is None
         with pytest.raises(DiskError, match="unexpected end of file"):
             disk.readinto(2 * MiB, disk.buffer(MiB))
+
+
+def _rss_file_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssFile:"):
+            return int(line.split()[1])
+    raise AssertionError("no RssFile in /proc/self/status")
+
+
+def test_a_view_given_back_leaves_the_process_s_page_tables(tmp_path: Path) -> None:
+    """Every page a cycle looks at through the mapping would stay mapped until the disk is
+    closed (RSS growing to the image's size on a big disk); ``unmap`` drops a finished chunk's
+    pages from the process, not from the page cache, and the view still reads the file."""
+    image = tmp_path / "disk.raw"
+    content = random.Random(8).randbytes(16 * MiB)
+    image.write_bytes(content)
+    with FileDisk(image) as disk:
+        if disk._map_view is None:
+            pytest.skip("no mapping here (no O_DIRECT or no cachestat)")
+        before = _rss_file_kib()
+        view = disk.mapped(0, 16 * MiB)
+        assert view is not None and bytes(view) == content  # every page touched: mapped
+        touched = _rss_file_kib()
+        assert touched - before >= 15 * 1024
+        disk.unmap(0, 16 * MiB)
+        assert touched - _rss_file_kib() >= 15 * 1024
+        assert disk._cached_pages(0, 16 * MiB) == 16 * MiB // 4096  # still in the page cache
+        assert bytes(view[MiB : 2 * MiB]) == content[MiB : 2 * MiB]

@@ -113,7 +113,7 @@ class _ThreadRecordingFileDisk(FileDisk):
         self.parallel_reads = parallel
         self.use_mapping = mapped
         self.threads: set[str] = set()
-        self.views = 0
+        self.views = self.unmapped = 0
 
     def readinto_many(self, pieces: Sequence[tuple[int, bytearray | memoryview]]) -> int:
         import threading
@@ -129,6 +129,10 @@ class _ThreadRecordingFileDisk(FileDisk):
             self.threads.add(threading.current_thread().name)
             self.views += 1
         return view
+
+    def unmap(self, offset: int, length: int) -> None:
+        self.unmapped += 1
+        super().unmap(offset, length)
 
 
 @pytest.mark.parametrize("mapped", [True, False], ids=["mapped", "copied"])
@@ -152,6 +156,7 @@ def test_a_disk_that_allows_it_is_read_by_the_workers(tmp_path: Path, parallel: 
         assert d.views == 0  # no page-cache figures here: every chunk is read
     else:
         assert d.views == (FULL if mapped else 0)  # the file was just written: all resident
+    assert d.unmapped == d.views  # each view handed back once its chunk was done
     if parallel:
         assert d.threads and all(t.startswith("rehost-cycle") for t in d.threads), d.threads
     else:
