@@ -11,7 +11,7 @@ setup(
         Extension(
             "rehost.replication._blockhash",
             sources=["rehost/replication/_blockhash.c", "rehost/replication/_blockhash_avx2.c"],
-            depends=["rehost/replication/_blockhash.h"],
+            depends=["rehost/replication/_blockhash.h", "rehost/replication/_blockhash_loop.h"],
             extra_compile_args=["-O3"],
             optional=True,
         )

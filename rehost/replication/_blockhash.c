@@ -24,15 +24,8 @@
 /* below this a call keeps the GIL: giving it up and taking it back costs more than the hash */
 #define RELEASE_GIL_FROM (64 * 1024)
 
-void rehost_digest_blocks_default(const unsigned char *src, Py_ssize_t len, unsigned char *dst)
-{
-    for (Py_ssize_t at = 0; at < len; at += REHOST_BLOCK, dst += 8) {
-        size_t size = (size_t)(len - at < REHOST_BLOCK ? len - at : REHOST_BLOCK);
-        XXH64_canonical_t canonical;
-        XXH64_canonicalFromHash(&canonical, XXH3_64bits(src + at, size));
-        memcpy(dst, canonical.digest, 8);
-    }
-}
+#define REHOST_DIGEST_LOOP rehost_digest_blocks_default
+#include "_blockhash_loop.h"
 
 static void (*digest_impl)(const unsigned char *, Py_ssize_t, unsigned char *) = rehost_digest_blocks_default;
 static const char *impl_name = "default";

@@ -15,13 +15,6 @@
 #define XXH_VECTOR XXH_AVX2
 #include <xxhash.h>
 
-void rehost_digest_blocks_avx2(const unsigned char *src, Py_ssize_t len, unsigned char *dst)
-{
-    for (Py_ssize_t at = 0; at < len; at += REHOST_BLOCK, dst += 8) {
-        size_t size = (size_t)(len - at < REHOST_BLOCK ? len - at : REHOST_BLOCK);
-        XXH64_canonical_t canonical;
-        XXH64_canonicalFromHash(&canonical, XXH3_64bits(src + at, size));
-        memcpy(dst, canonical.digest, 8);
-    }
-}
+#define REHOST_DIGEST_LOOP rehost_digest_blocks_avx2
+#include "_blockhash_loop.h"
 #endif

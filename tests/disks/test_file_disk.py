@@ -135,12 +135,17 @@ def test_a_cycle_reads_raw_in_place_and_other_formats_through_qemu(tmp_path: Pat
         assert not isinstance(disk, FileDisk)  # inside a container: qemu-nbd's raw offset/size
 
 
-def _read_bytes() -> int:
-    """Bytes this process has had fetched from the block device (``/proc/self/io``)."""
-    for line in Path("/proc/self/io").read_text().splitlines():
-        if line.startswith("read_bytes:"):
+def _proc_self(name: str, field: str) -> int:
+    """A number from ``/proc/self/<name>``: the line ``<field>: <number> ...``."""
+    for line in Path("/proc/self", name).read_text().splitlines():
+        if line.startswith(f"{field}:"):
             return int(line.split()[1])
-    raise AssertionError("no read_bytes in /proc/self/io")
+    raise AssertionError(f"no {field} in /proc/self/{name}")
+
+
+def _read_bytes() -> int:
+    """Bytes this process has had fetched from the block device."""
+    return _proc_self("io", "read_bytes")
 
 
 def test_resident_pages_come_from_the_page_cache_and_the_rest_does_not_enter_it(tmp_path: Path) -> None:
@@ -298,10 +303,8 @@ def test_a_file_cut_shorter_after_opening_is_read_not_mapped_and_its_end_is_an_e
 
 
 def _rss_file_kib() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("RssFile:"):
-            return int(line.split()[1])
-    raise AssertionError("no RssFile in /proc/self/status")
+    """KiB of files mapped into this process and resident."""
+    return _proc_self("status", "RssFile")
 
 
 def test_a_view_given_back_leaves_the_process_s_page_tables(tmp_path: Path) -> None:
