@@ -125,10 +125,36 @@ def _diff_chunk(
     runs = [(i * BLOCK_SIZE, min(j * BLOCK_SIZE, length), zero)
             for i, j, zero in _changed_runs(new, old, data is None)]
     view = memoryview(data) if data is not None else None
-    sealed = repo.seal_blobs([view[a:b] for a, b, zero in runs if not zero]) if view is not None else []
+    pieces: Sequence[bytes | memoryview] = []
+    if view is not None and view.readonly:
+        new, pieces = _stable_runs(view, new, runs)
+    elif view is not None:
+        pieces = [view[a:b] for a, b, zero in runs if not zero]
+    sealed = repo.seal_blobs(pieces) if pieces else []
     ids = iter(sealed)
     entries = [MapEntry(offset + a, b - a, None if zero else next(ids)[0], 0) for a, b, zero in runs]
     return _ChunkResult(new, entries, sealed, sum(b - a for a, b, _ in runs))
+
+
+def _stable_runs(
+    view: memoryview, new: bytes, runs: list[tuple[int, int, bool]]
+) -> tuple[bytes, list[bytes]]:
+    """The data runs of a chunk that is a view of a file's pages (``FileDisk.mapped``), copied,
+    and the chunk's digests with those of the copies.
+
+    The pages may change while the chunk is diffed (an image file in use). Sealing from the
+    view would read it twice (the id, then the compression), and a block written between the
+    two would be stored under another block's id; and a digest taken before a write would be
+    remembered for data stored after it, so the next cycle could take the block for
+    unchanged when it is not. One copy, sealed and digested again, keeps the point and its
+    digests the same data. Only changed runs are copied: a delta's few, an initial copy's all.
+    """
+    pieces = [bytes(view[a:b]) for a, b, zero in runs if not zero]
+    digests = bytearray(new)
+    for (a, _, _), piece in zip([r for r in runs if not r[2]], pieces, strict=True):
+        first = a // BLOCK_SIZE * DIGEST_SIZE
+        digests[first : first + block_count(len(piece)) * DIGEST_SIZE] = digest_blocks(piece)
+    return bytes(digests), pieces
 
 
 _ZERO_Q = int.from_bytes(ZERO_DIGEST, sys.byteorder)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
@@ -70,7 +71,7 @@ class Writer:
         [(bid, sealed, _)] = self.seal_blobs([memoryview(data)])
         return bid, sealed
 
-    def seal_blobs(self, pieces: list[memoryview]) -> list[tuple[str, bytes | None, int]]:
+    def seal_blobs(self, pieces: Sequence[bytes | memoryview]) -> list[tuple[str, bytes | None, int]]:
         """``seal_blob`` of each piece, as (id, sealed or None, length): one call for a chunk's
         changed runs. A scattered delta seals tens of thousands of one-block blobs, and the
         Python around each (lookups, calls) cost more than its hash and compression."""

@@ -25,9 +25,9 @@ FULL = 2 * (PIPELINE_DEPTH + READ_BATCH)  # chunks of random data: every buffer 
 SIZE = (FULL + 24) * MiB
 
 
-def _point_bytes(repo: Repository, point: RecoveryPoint) -> bytes:
+def _point_bytes(repo: Repository, point: RecoveryPoint, size: int = SIZE) -> bytes:
     p = repo.load_point_exact(point.id)
-    return b"".join(d if d is not None else bytes(min(CHUNK_SIZE, SIZE - o))
+    return b"".join(d if d is not None else bytes(min(CHUNK_SIZE, size - o))
                     for o, d in iter_chunks(repo, p, 0))
 
 
@@ -170,3 +170,54 @@ def test_a_disk_that_allows_it_is_read_by_the_workers(tmp_path: Path, parallel: 
     with FileDisk(path) as d:
         assert second.bytes_read == sum(e.length for e in d.extents() if not e.zero)
     assert _point_bytes(repo, second.point) == path.read_bytes()
+
+
+class _LivePagesDisk(FileDisk):
+    """A raw image whose chunks come as read-only views of ``pages`` (standing in for the
+    file's page cache, which the image's user may write at any moment)."""
+
+    def __init__(self, path: Path, pages: bytearray) -> None:
+        super().__init__(path)
+        self.pages = pages
+
+    def mapped(self, offset: int, length: int) -> memoryview | None:
+        return memoryview(self.pages).toreadonly()[offset : offset + length]
+
+
+def test_a_block_written_while_its_chunk_is_diffed_is_stored_as_its_digests_say(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chunk read as a view of the file's pages may change after it was digested. What is
+    stored must be what the remembered digests describe, or the next cycle, seeing the block
+    back as it was digested, would keep the other content in the point for good."""
+    from rehost.repository.writer import Writer
+
+    rng = random.Random(9)
+    path = tmp_path / "d.raw"
+    path.write_bytes(rng.randbytes(2 * MiB))
+    repo, cache = Repository.create(MemoryStorage()), DigestCache(tmp_path / "cache")
+    with FileDisk(path) as d:
+        first = run_cycle(repo, cache, "m", [(0, d)], parent=None)
+    block = 10 * 4096
+    written = rng.randbytes(4096)
+    with path.open("r+b") as f:  # the change the next cycle is for
+        f.seek(block)
+        f.write(written)
+    pages = bytearray(path.read_bytes())
+    real = Writer.seal_blobs
+
+    Sealed = list[tuple[str, bytes | None, int]]
+
+    def write_meanwhile(self: Writer, pieces: Sequence[bytes | memoryview]) -> Sealed:
+        pages[block : block + 4096] = rng.randbytes(4096)  # after the digests, before sealing
+        return real(self, pieces)
+
+    monkeypatch.setattr(Writer, "seal_blobs", write_meanwhile)
+    with _LivePagesDisk(path, pages) as d:
+        second = run_cycle(repo, cache, "m", [(0, d)], parent=first.point)
+    monkeypatch.undo()
+    # the file is quiet again, as it was when the block was digested: the next cycle must
+    # see that the point holds something else there, and store the block again
+    with FileDisk(path) as d:
+        third = run_cycle(repo, cache, "m", [(0, d)], parent=second.point)
+    assert _point_bytes(repo, third.point, 2 * MiB) == path.read_bytes()
