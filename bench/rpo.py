@@ -50,7 +50,7 @@ import rehost.sources.qemu as qemu_source
 import rehost.vault.protection as protection
 from rehost.disks.nbd_disk import NbdDisk
 from rehost.guest.agent import GuestAgent
-from rehost.replication import cycle
+from rehost.replication import reading
 from rehost.replication.digests import DigestCache
 from rehost.repository.manifest import RecoveryPoint
 from rehost.repository.repository import Repository
@@ -401,7 +401,7 @@ PHASES: list[tuple[str, object, str, str]] = [
     ("setup", NbdDisk, "dirty_extents", "read dirty bitmap (NBD block status)"),
     ("read+store", protection, "run_cycle", "run_cycle total"),
     ("  in run_cycle", Repository, "load_index", "load index"),
-    ("  in run_cycle", cycle._ExtentMap, "__init__", "allocation map (NBD block status)"),
+    ("  in run_cycle", reading.ExtentMap, "__init__", "allocation map (NBD block status)"),
     ("  in run_cycle", NbdDisk, "readinto", "read changed data (NBD)"),
     ("  in run_cycle", Repository, "save_point", "commit (packs, index, manifest)"),
     ("  in run_cycle", DigestCache, "save", "digest cache save"),

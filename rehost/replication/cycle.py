@@ -13,15 +13,14 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from bisect import bisect_right
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import compress, count
 from operator import ne
-from typing import Any, Protocol
+from typing import Any
 
 from rehost.disks.extent import Extent
 from rehost.replication.digests import (
@@ -31,6 +30,14 @@ from rehost.replication.digests import (
     block_count,
     digest_blocks,
     zero_digests,
+)
+from rehost.replication.reading import (
+    ChunkBuffers,
+    ExtentMap,
+    ReadableDisk,
+    batches,
+    dirty_chunks,
+    read_batch,
 )
 from rehost.replication.resume import ResumeJournal
 from rehost.repository.manifest import (
@@ -48,25 +55,10 @@ from rehost.repository.writer import Writer, WriteStats
 #: Chunks in flight between the reader and the hashing/sealing workers.
 PIPELINE_DEPTH = 12
 WORKERS = 2
-#: Chunks read with one call (their NBD requests are in flight together).
-READ_BATCH = 8
 #: Batches in flight when the workers read them (``parallel_reads`` disks): 32 MiB of buffers.
 BATCHES_IN_FLIGHT = 4
-_ZEROS = bytes(CHUNK_SIZE)
 
 Progress = Callable[[int], None]
-
-
-class ReadableDisk(Protocol):
-    """What a cycle needs from a source disk (``rehost.disks.NbdDisk`` is one)."""
-
-    @property
-    def size(self) -> int: ...
-
-    def extents(self, start: int = 0, length: int | None = None) -> Iterator[Extent]: ...
-
-    def readinto(self, offset: int, buf: bytearray | memoryview) -> int: ...
-
 
 
 @dataclass
@@ -149,11 +141,14 @@ def _stable_runs(
     unchanged when it is not. One copy, sealed and digested again, keeps the point and its
     digests the same data. Only changed runs are copied: a delta's few, an initial copy's all.
     """
-    pieces = [bytes(view[a:b]) for a, b, zero in runs if not zero]
     digests = bytearray(new)
-    for (a, _, _), piece in zip([r for r in runs if not r[2]], pieces, strict=True):
-        first = a // BLOCK_SIZE * DIGEST_SIZE
-        digests[first : first + block_count(len(piece)) * DIGEST_SIZE] = digest_blocks(piece)
+    pieces = []
+    for a, b, zero in runs:
+        if not zero:
+            piece = bytes(view[a:b])
+            first = a // BLOCK_SIZE * DIGEST_SIZE
+            digests[first : first + block_count(b - a) * DIGEST_SIZE] = digest_blocks(piece)
+            pieces.append(piece)
     return bytes(digests), pieces
 
 
@@ -180,146 +175,6 @@ def _changed_runs(new: bytes, old: bytes, all_zero: bool) -> list[tuple[int, int
     if start >= 0:
         runs.append((start, prev + 1, kind))
     return runs
-
-
-class _ExtentMap:
-    """Sorted extents with O(log n) lookup of those touching a range."""
-
-    def __init__(self, extents: Iterator[Extent]) -> None:
-        self.extents = sorted(extents, key=lambda e: e.start)
-        self.ends = [e.end for e in self.extents]
-
-    def data_in(self, start: int, end: int) -> list[Extent]:
-        out = []
-        i = bisect_right(self.ends, start)
-        while i < len(self.extents) and self.extents[i].start < end:
-            if not self.extents[i].zero:
-                out.append(self.extents[i])
-            i += 1
-        return out
-
-
-def _batches(offsets: list[int]) -> Iterator[list[int]]:
-    """Groups of up to READ_BATCH chunk offsets: one read call per group keeps many NBD
-    requests in flight (one request at a time is latency-bound), whether the chunks are
-    consecutive (a full read) or scattered (changed blocks all over the disk)."""
-    for i in range(0, len(offsets), READ_BATCH):
-        yield offsets[i : i + READ_BATCH]
-
-
-class _Buffers:
-    """Chunk buffers used again once their chunk is done: a fresh 1 MiB buffer per chunk costs
-    its page faults and zero-filling every time, which doubled the time of an in-place read
-    (docs/benchmarks.md). Memory comes from the disk where it has its own (``buffer``:
-    page-aligned for O_DIRECT)."""
-
-    def __init__(self, disk: ReadableDisk) -> None:
-        self._alloc: Callable[[int], memoryview] | None = getattr(disk, "buffer", None)
-        self._unmap: Callable[[int, int], None] | None = getattr(disk, "unmap", None)
-        self._free: list[memoryview] = []
-
-    def take(self, length: int) -> memoryview:
-        """A buffer of ``length`` (at most CHUNK_SIZE) bytes; its content is not defined.
-        Safe in worker threads (``list.pop`` is atomic; an empty list allocates)."""
-        with contextlib.suppress(IndexError):
-            return self._free.pop()[:length]
-        full = self._alloc(CHUNK_SIZE) if self._alloc is not None else memoryview(bytearray(CHUNK_SIZE))
-        return full[:length]
-
-    def give(self, offset: int, buf: memoryview | None) -> None:
-        """A chunk's buffer back, once nothing reads it any more (its result was taken). A view
-        of the disk's mapping (``mapped``) is handed back to the disk instead."""
-        if buf is None:
-            return
-        if buf.readonly:
-            if self._unmap is not None:
-                self._unmap(offset, len(buf))
-        elif buf.obj is not None and len(buf.obj) == CHUNK_SIZE:  # type: ignore[arg-type]
-            self._free.append(memoryview(buf.obj))  # type: ignore[arg-type]
-
-
-def _read_batch(
-    disk: ReadableDisk,
-    extents: _ExtentMap,
-    batch: list[int],
-    size: int,
-    wanted: dict[int, list[tuple[int, int]]] | None,
-    buffers: _Buffers | None = None,
-) -> list[tuple[int, memoryview | None, int]]:
-    """(offset, data or None if all holes/zeros, bytes read) per chunk of ``batch``.
-
-    Only allocated data is read, and with ``wanted`` (dirty ranges) only that. Every byte of
-    a chunk's buffer that is not read is zeroed (buffers are used again): a hole's blocks, a
-    dirty hole's included, are digested as zeros. Every range of the batch is requested at
-    once where the disk can (``readinto_many``). A chunk the disk holds in memory already
-    (``mapped``: every page of it in the page cache) is its view there, read by nothing.
-    """
-    out: list[tuple[int, memoryview | None, int]] = []
-    pieces: list[tuple[int, memoryview]] = []
-    buffers = buffers or _Buffers(disk)
-    holes_free = bool(getattr(disk, "holes_read_as_zeros", False))
-    mapped: Callable[[int, int], memoryview | None] | None = getattr(disk, "mapped", None)
-    for off in batch:
-        c_end = min(size, off + CHUNK_SIZE)
-        ranges = [(max(e.start, off), min(e.end, c_end)) for e in extents.data_in(off, c_end)]
-        if wanted is not None:
-            ranges = [
-                (max(a, c), min(b, d)) for a, b in ranges for c, d in wanted[off] if max(a, c) < min(b, d)
-            ]
-        merged: list[tuple[int, int]] = []
-        for a, b in sorted(ranges):
-            if merged and merged[-1][1] >= a:
-                merged[-1] = (merged[-1][0], max(merged[-1][1], b))
-            else:
-                merged.append((a, b))
-        if not merged:
-            out.append((off, None, 0))
-            continue
-        data = sum(b - a for a, b in merged)
-        view = mapped(off, c_end - off) if mapped is not None else None
-        if view is not None:  # all in the page cache: no copy (holes read as zeros there)
-            out.append((off, view, data))
-            continue
-        if holes_free and len(merged) > 1:
-            # one request for the chunk: its holes read as zeros without I/O, and a block read
-            # that is not dirty is never used; a disk full of small islands of data (scattered
-            # writes into holes) is otherwise thousands of 4 KiB reads
-            merged = [(merged[0][0], merged[-1][1])]
-        buf = buffers.take(c_end - off)
-        at = off  # what is not read is a hole (or not dirty): zeros, as a fresh buffer was
-        for a, b in [*merged, (c_end, c_end)]:
-            if a > at:
-                buf[at - off : a - off] = _ZEROS[: a - at]
-            at = b
-        pieces += [(a, buf[a - off : b - off]) for a, b in merged]
-        out.append((off, buf, data))
-    many = getattr(disk, "readinto_many", None)
-    if not pieces:
-        pass
-    elif many is not None:
-        many(pieces)
-    else:
-        for a, view in pieces:
-            disk.readinto(a, view)
-    return out
-
-
-def _dirty_chunks(dirty: list[Extent], size: int) -> dict[int, list[tuple[int, int]]]:
-    """chunk offset -> block-aligned absolute byte ranges reported dirty inside it."""
-    out: dict[int, list[tuple[int, int]]] = {}
-    for e in dirty:
-        a = e.start - e.start % BLOCK_SIZE
-        b = min(size, -(-e.end // BLOCK_SIZE) * BLOCK_SIZE)
-        while a < b:
-            c0 = a - a % CHUNK_SIZE
-            end = min(b, c0 + CHUNK_SIZE)
-            ranges = out.setdefault(c0, [])
-            if ranges and ranges[-1][1] >= a:
-                ranges[-1] = (ranges[-1][0], max(ranges[-1][1], end))
-            else:
-                ranges.append((a, end))
-            a = end
-    return out
 
 
 def _old_digests(
@@ -388,10 +243,10 @@ def _scan_disk(
     """
     size = disk.size
     scan = _DiskScan(bytearray(old) if dirty is not None else bytearray(len(old)))
-    wanted = _dirty_chunks(sorted(dirty, key=lambda e: e.start), size) if dirty is not None else None
-    extents = _ExtentMap(disk.extents())
+    wanted = dirty_chunks(sorted(dirty, key=lambda e: e.start), size) if dirty is not None else None
+    extents = ExtentMap(disk.extents())
     inflight: deque[Future[list[_Done]]] = deque()
-    buffers = _Buffers(disk)
+    buffers = ChunkBuffers(disk)
     parallel = bool(getattr(disk, "parallel_reads", False))
 
     def adopt(off: int, digests: bytes, entries: list[MapEntry], changed: int) -> None:
@@ -421,7 +276,7 @@ def _scan_disk(
         return off, data, nread, _diff_chunk(repo, off, data, length, old_slice, blocks)
 
     def read_and_diff(batch: list[int]) -> list[_Done]:
-        return [diff(*chunk) for chunk in _read_batch(disk, extents, batch, size, wanted, buffers)]
+        return [diff(*chunk) for chunk in read_batch(disk, extents, batch, size, wanted, buffers)]
 
     offsets = list(range(0, size, CHUNK_SIZE)) if wanted is None else sorted(wanted)
     expected = resume.expected.get(index) if resume is not None else None
@@ -438,12 +293,12 @@ def _scan_disk(
                 scan.resumed += sum(b - a for a, b in wanted[off]) if wanted else min(CHUNK_SIZE, size - off)
         offsets = todo
     try:
-        for batch in _batches(offsets):
+        for batch in batches(offsets):
             if parallel:  # a worker reads the batch and diffs its chunks
                 inflight.append(pool.submit(read_and_diff, batch))
                 drain(BATCHES_IN_FLIGHT)
                 continue
-            for off, data, nread in _read_batch(disk, extents, batch, size, wanted, buffers):
+            for off, data, nread in read_batch(disk, extents, batch, size, wanted, buffers):
                 inflight.append(pool.submit(lambda *c: [diff(*c)], off, data, nread))
                 drain(PIPELINE_DEPTH)
     except Exception:

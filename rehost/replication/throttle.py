@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 from rehost.disks.extent import Extent
-from rehost.replication.cycle import ReadableDisk
+from rehost.replication.reading import ReadableDisk
 from rehost.repository.storage.throttle import TokenBucket
 
 

@@ -39,7 +39,7 @@ from typing import Any, Protocol
 
 from rehost.disks.extent import Extent
 from rehost.errors import UsageError
-from rehost.replication.cycle import ReadableDisk
+from rehost.replication.reading import ReadableDisk
 from rehost.repository.manifest import Consistency, RecoveryPoint
 from rehost.sources import credentials, registry
 from rehost.sources import hyperv_ps as ps

@@ -29,7 +29,7 @@ from rehost.disks import DiskImage, open_reader, ova, probe, streams, vhdx_chain
 from rehost.disks.firmware import detect as detect_firmware
 from rehost.disks.formats import replay_on_copy
 from rehost.errors import UsageError
-from rehost.replication.cycle import ReadableDisk
+from rehost.replication.reading import ReadableDisk
 from rehost.repository.manifest import Consistency, RecoveryPoint
 from rehost.sources import registry
 from rehost.sources.base import Snapshot

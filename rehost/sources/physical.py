@@ -28,8 +28,8 @@ from rehost.agent.tracker import apply_digests, block_count, pack_digests, zero_
 from rehost.disks.extent import Extent
 from rehost.disks.nbd_disk import BASE_ALLOCATION, NbdDisk
 from rehost.errors import DiskError, UsageError
-from rehost.replication.cycle import ReadableDisk
 from rehost.replication.digests import DigestCache
+from rehost.replication.reading import ReadableDisk
 from rehost.replication.resume import ResumeJournal
 from rehost.replication.retention import parse_duration
 from rehost.repository.manifest import Consistency, RecoveryPoint

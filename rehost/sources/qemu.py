@@ -29,7 +29,7 @@ from rehost.disks import BASE_ALLOCATION, Extent, NbdDisk, open_nbd
 from rehost.disks.qmp import QmpClient, QmpError
 from rehost.errors import UsageError
 from rehost.guest.agent import GuestFreezer
-from rehost.replication.cycle import ReadableDisk
+from rehost.replication.reading import ReadableDisk
 from rehost.repository.manifest import Consistency, RecoveryPoint
 from rehost.sources.base import Snapshot
 from rehost.sources.qemu_cbt import (

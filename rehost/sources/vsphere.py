@@ -24,7 +24,7 @@ from typing import Any
 
 from rehost.disks.extent import Extent
 from rehost.errors import UsageError
-from rehost.replication.cycle import ReadableDisk
+from rehost.replication.reading import ReadableDisk
 from rehost.repository.manifest import Consistency, RecoveryPoint
 from rehost.sources import registry, vsphere_cbt
 from rehost.sources.base import Snapshot

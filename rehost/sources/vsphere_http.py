@@ -94,7 +94,7 @@ class Endpoint:
 
 
 class DatastoreDisk:
-    """A ``ReadableDisk`` (``rehost.replication.cycle``) over ``/folder``.
+    """A ``ReadableDisk`` (``rehost.replication.reading``) over ``/folder``.
 
     ``allocated`` (from ``QueryChangedDiskAreas`` with ``*``) are the areas that hold data;
     everything else is reported as zero extents and never read. None: all of it is data.

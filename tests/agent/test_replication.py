@@ -18,8 +18,9 @@ from rehost.agent.service import AgentService
 from rehost.agent.tracker import apply_digests, diff, pack_digests, scan
 from rehost.agent.tracker import digest_blocks as agent_digests
 from rehost.disks.extent import Extent
-from rehost.replication.cycle import CycleResult, ReadableDisk, Resume, run_cycle
+from rehost.replication.cycle import CycleResult, Resume, run_cycle
 from rehost.replication.digests import DigestCache, digest_blocks
+from rehost.replication.reading import ReadableDisk
 from rehost.repository.manifest import Consistency, RecoveryPoint
 from rehost.repository.repository import Repository
 from rehost.repository.restore import iter_chunks

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from rehost.disks import Extent, FileDisk, open_disk, probe
-from rehost.replication.cycle import PIPELINE_DEPTH, READ_BATCH, CycleResult, run_cycle
+from rehost.replication.cycle import PIPELINE_DEPTH, CycleResult, run_cycle
 from rehost.replication.digests import DigestCache
+from rehost.replication.reading import READ_BATCH
 from rehost.repository.manifest import RecoveryPoint
 from rehost.repository.repository import CHUNK_SIZE, Repository
 from rehost.repository.restore import iter_chunks
