@@ -233,6 +233,7 @@ def _scan_disk(
     dirty: list[Extent] | None = None,
     resume: Resume | None = None,
     index: int = 0,
+    views: bool = True,
 ) -> _DiskScan:
     """Read a disk chunk by chunk; workers diff and seal while the next chunk is read (or,
     where the disk allows reads from several threads, read a batch each and diff it).
@@ -240,6 +241,7 @@ def _scan_disk(
     With ``dirty`` (from changed-block tracking) only the chunks and blocks it names are
     read; every other block keeps its digest from the previous point. With ``resume``, the
     chunks an interrupted try already stored are taken from its journal, not read again.
+    ``views``: a cached chunk may be a view of the image's pages (``read_batch``).
     """
     size = disk.size
     scan = _DiskScan(bytearray(old) if dirty is not None else bytearray(len(old)))
@@ -276,7 +278,7 @@ def _scan_disk(
         return off, data, nread, _diff_chunk(repo, off, data, length, old_slice, blocks)
 
     def read_and_diff(batch: list[int]) -> list[_Done]:
-        return [diff(*chunk) for chunk in read_batch(disk, extents, batch, size, wanted, buffers)]
+        return [diff(*chunk) for chunk in read_batch(disk, extents, batch, size, wanted, buffers, views)]
 
     offsets = list(range(0, size, CHUNK_SIZE)) if wanted is None else sorted(wanted)
     expected = resume.expected.get(index) if resume is not None else None
@@ -298,7 +300,7 @@ def _scan_disk(
                 inflight.append(pool.submit(read_and_diff, batch))
                 drain(BATCHES_IN_FLIGHT)
                 continue
-            for off, data, nread in read_batch(disk, extents, batch, size, wanted, buffers):
+            for off, data, nread in read_batch(disk, extents, batch, size, wanted, buffers, views):
                 inflight.append(pool.submit(lambda *c: [diff(*c)], off, data, nread))
                 drain(PIPELINE_DEPTH)
     except Exception:
@@ -380,7 +382,10 @@ def run_cycle(
                 dirty = (changed or {}).get(index)
                 if dirty is not None and digest_source[index] == "initial":
                     dirty = None  # nothing to be a delta of: read everything
-                scan = _scan_disk(w, pool, disk, old, progress, dirty, resume, index)
+                # an initial copy stores every data block, and a view's changed runs are copied
+                # and digested again (_stable_runs): a plain read digests each block once
+                views = digest_source[index] != "initial"
+                scan = _scan_disk(w, pool, disk, old, progress, dirty, resume, index, views)
                 result_resumed += scan.resumed
                 if dirty is not None:
                     digest_source[index] += "+dirty-extents"

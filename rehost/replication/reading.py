@@ -95,6 +95,7 @@ def read_batch(
     size: int,
     wanted: dict[int, list[tuple[int, int]]] | None,
     buffers: ChunkBuffers | None = None,
+    views: bool = True,
 ) -> list[tuple[int, memoryview | None, int]]:
     """(offset, data or None if all holes/zeros, bytes read) per chunk of ``batch``.
 
@@ -102,13 +103,14 @@ def read_batch(
     a chunk's buffer that is not read is zeroed (buffers are used again): a hole's blocks, a
     dirty hole's included, are digested as zeros. Every range of the batch is requested at
     once where the disk can (``readinto_many``). A chunk the disk holds in memory already
-    (``mapped``: every page of it in the page cache) is its view there, read by nothing.
+    (``mapped``: every page of it in the page cache) is its view there, read by nothing;
+    ``views=False`` reads it anyway, for a pass that will copy nearly all of it regardless.
     """
     out: list[tuple[int, memoryview | None, int]] = []
     pieces: list[tuple[int, memoryview]] = []
     buffers = buffers or ChunkBuffers(disk)
     holes_free = bool(getattr(disk, "holes_read_as_zeros", False))
-    mapped: Callable[[int, int], memoryview | None] | None = getattr(disk, "mapped", None)
+    mapped: Callable[[int, int], memoryview | None] | None = getattr(disk, "mapped", None) if views else None
     for off in batch:
         c_end = min(size, off + CHUNK_SIZE)
         ranges = [(max(e.start, off), min(e.end, c_end)) for e in extents.data_in(off, c_end)]
