@@ -1,7 +1,9 @@
-"""The one native part of rehost: per-block digests without the GIL (rehost/replication/_blockhash.c).
+"""rehost's native parts: per-block digests (rehost/replication/_blockhash.c) and the sealing of
+many blobs per call (rehost/repository/_sealing.c), both without the GIL.
 
-Optional: where it cannot be built (no C compiler, no libxxhash-dev), installing still works
-and rehost computes the same digests in Python, slower (rehost.replication.digests).
+Optional: where they cannot be built (no C compiler, no libxxhash-dev or libzstd-dev),
+installing still works and rehost computes the same digests and ids in Python, slower
+(rehost.replication.digests, rehost.repository.crypto).
 """
 
 from setuptools import Extension, setup
@@ -14,6 +16,13 @@ setup(
             depends=["rehost/replication/_blockhash.h", "rehost/replication/_blockhash_loop.h"],
             extra_compile_args=["-O3"],
             optional=True,
-        )
+        ),
+        Extension(
+            "rehost.repository._sealing",
+            sources=["rehost/repository/_sealing.c"],
+            libraries=["zstd"],
+            extra_compile_args=["-O3"],
+            optional=True,
+        ),
     ]
 )

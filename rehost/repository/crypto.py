@@ -10,6 +10,7 @@ import base64
 import json
 import os
 import secrets
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import blake3
@@ -48,6 +49,36 @@ def blob_id(hash_key: bytes, data: bytes | memoryview) -> str:
     return blake3.blake3(data, key=hash_key).hexdigest()  # type: ignore[no-any-return]
 
 
+_Pieces = Sequence[bytes | memoryview]
+_Ids = Callable[[bytes, _Pieces, int], list[str | None]]
+_Compress = Callable[[int, _Pieces], list[bytes]]
+
+
+def _native() -> tuple[_Ids, _Compress] | None:
+    """Ids and compression of many blobs per call without the GIL (setup.py), if built."""
+    try:
+        from rehost.repository import _sealing
+    except ImportError:  # no C compiler or no libzstd-dev where rehost was installed
+        return None
+    return _sealing.blob_ids, _sealing.compress
+
+
+_SEALING = _native()
+#: whether ``blob_ids`` and ``Sealer.seal_many`` run natively (else one Python call per blob)
+NATIVE_SEALING = _SEALING is not None
+#: the largest blob the native ids take: blake3-py hashes larger ones faster (its SIMD code
+#: goes further), and one such blob is one GIL release however it is hashed
+NATIVE_ID_MAX = 64 * 1024
+
+
+def blob_ids(hash_key: bytes, pieces: Sequence[bytes | memoryview]) -> list[str]:
+    """``blob_id`` of each piece; natively in one call for the small ones (a delta's runs)."""
+    if _SEALING is None:
+        return [blob_id(hash_key, p) for p in pieces]
+    ids = _SEALING[0](hash_key, pieces, NATIVE_ID_MAX)
+    return [bid if bid is not None else blob_id(hash_key, p) for bid, p in zip(ids, pieces, strict=True)]
+
+
 class Sealer:
     """zstd compression, then AES-256-GCM when the repository is encrypted.
 
@@ -64,6 +95,18 @@ class Sealer:
 
     def seal(self, data: bytes | memoryview, aad: bytes = b"") -> bytes:
         packed: bytes = self._cctx.compress(data)
+        return self._encrypt(packed, aad)
+
+    def seal_many(self, pieces: Sequence[bytes | memoryview], aads: Sequence[bytes]) -> list[bytes]:
+        """``seal`` of each piece with its aad; compressed in one native call where built."""
+        if _SEALING is None:
+            return [self.seal(p, a) for p, a in zip(pieces, aads, strict=True)]
+        packed = _SEALING[1](ZSTD_LEVEL, pieces)
+        if self._aead is None:
+            return packed
+        return [self._encrypt(p, a) for p, a in zip(packed, aads, strict=True)]
+
+    def _encrypt(self, packed: bytes, aad: bytes) -> bytes:
         if self._aead is None:
             return packed
         nonce = os.urandom(NONCE_SIZE)

@@ -18,7 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from rehost.repository.crypto import blob_id
+from rehost.repository.crypto import blob_ids
 from rehost.repository.index import encode_index
 from rehost.repository.manifest import RecoveryPoint, encode_point
 from rehost.repository.pack import PACK_TARGET, PackWriter
@@ -75,12 +75,14 @@ class Writer:
         """``seal_blob`` of each piece, as (id, sealed or None, length): one call for a chunk's
         changed runs. A scattered delta seals tens of thousands of one-block blobs, and the
         Python around each (lookups, calls) cost more than its hash and compression."""
-        key, seal = self.repo.keys.hash_key, self.repo.sealer.seal
-        out: list[tuple[str, bytes | None, int]] = []
-        for piece in pieces:
-            bid = blob_id(key, piece)
-            out.append((bid, None if self._known(bid) else seal(piece, bid.encode()), len(piece)))
-        return out
+        ids = blob_ids(self.repo.keys.hash_key, pieces)
+        fresh = [i for i, bid in enumerate(ids) if not self._known(bid)]
+        sealed: list[bytes | None] = [None] * len(pieces)
+        if fresh:
+            done = self.repo.sealer.seal_many([pieces[i] for i in fresh], [ids[i].encode() for i in fresh])
+            for i, blob in zip(fresh, done, strict=True):
+                sealed[i] = blob
+        return [(bid, blob, len(p)) for bid, blob, p in zip(ids, sealed, pieces, strict=True)]
 
     def add_sealed_many(self, sealed: list[tuple[str, bytes | None, int]]) -> None:
         """``add_sealed`` of each (id, sealed, length), in order."""

@@ -3,7 +3,6 @@ are compared with the agent's and with cached ones made by either)."""
 
 from __future__ import annotations
 
-import os
 import random
 from types import ModuleType
 
@@ -12,6 +11,7 @@ import xxhash
 
 from rehost.replication import digests
 from rehost.repository.repository import BLOCK_SIZE
+from tests.native import native_module
 
 SIZES = [0, 1, 4095, 4096, 4097, 65535, 65536, 65537, (1 << 20) - 5, 1 << 20, 3 * (1 << 20) + 123]
 
@@ -22,14 +22,7 @@ def _one_by_one(data: bytes) -> bytes:
 
 
 def _native() -> ModuleType:
-    try:
-        from rehost.replication import _blockhash
-    except ImportError:
-        if os.environ.get("REHOST_NATIVE_REQUIRED"):
-            pytest.fail("rehost.replication._blockhash is not built: ./scripts/install needs gcc and "
-                        "libxxhash-dev")
-        pytest.skip("the native digests are not built here")
-    return _blockhash
+    return native_module("replication._blockhash", "gcc and libxxhash-dev")
 
 
 @pytest.mark.parametrize("size", SIZES)

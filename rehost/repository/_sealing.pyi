@@ -1,0 +1,6 @@
+from collections.abc import Sequence
+
+_Pieces = Sequence[bytes | bytearray | memoryview]
+
+def blob_ids(key: bytes, pieces: _Pieces, max_len: int, /) -> list[str | None]: ...
+def compress(level: int, pieces: _Pieces, /) -> list[bytes]: ...

@@ -1,0 +1,91 @@
+"""Native sealing (rehost/repository/_sealing.c): the same blob ids as blake3-py, byte for byte,
+and zstd frames python-zstandard opens. A blob stored by either path must be found by the
+other: ids are the repository's addresses, and the agent and older writers use blake3-py."""
+
+from __future__ import annotations
+
+import random
+from types import ModuleType
+
+import blake3
+import pytest
+import zstandard
+
+from rehost.repository import crypto
+from rehost.repository.crypto import NATIVE_ID_MAX, KeyMaterial, Sealer, blob_id, blob_ids
+from tests.native import native_module
+
+KiB = 1024
+# one chunk and its edges, the trees of 2..9 chunks (uneven ones have a lone right edge), a
+# short last chunk, the largest a native call takes and beyond
+SIZES = [0, 1, 63, 64, 65, 1023, 1024, 1025, 2047, 2048, 3 * KiB, 4 * KiB - 1, 4 * KiB, 4 * KiB + 1,
+         5 * KiB, 7 * KiB, 8 * KiB, 9 * KiB + 17, 31 * KiB, 33 * KiB, NATIVE_ID_MAX, NATIVE_ID_MAX + 1,
+         (1 << 20) + 3]
+
+
+def _native() -> ModuleType:
+    return native_module("repository._sealing", "gcc and libzstd-dev")
+
+
+def _pieces(seed: int) -> list[bytes | memoryview]:
+    rng = random.Random(seed)
+    data = rng.randbytes(2 << 20)
+    out: list[bytes | memoryview] = []
+    for i, size in enumerate(SIZES):
+        start = rng.randrange(64) if i % 2 else 0  # unaligned views too
+        out.append(memoryview(data)[start : start + size] if i % 3 else data[start : start + size])
+    out.append(bytes(4 * KiB))  # a zero block
+    return out
+
+
+def test_native_ids_are_keyed_blake3_of_every_size_in_one_call() -> None:
+    native = _native()
+    key = random.Random(1).randbytes(32)
+    pieces = _pieces(1)
+    ids = native.blob_ids(key, pieces, 1 << 30)
+    assert ids == [blake3.blake3(p, key=key).hexdigest() for p in pieces]
+    assert ids != native.blob_ids(bytes(32), pieces, 1 << 30)  # keyed: another key, other ids
+
+
+def test_native_ids_leave_pieces_over_the_limit_to_the_caller() -> None:
+    native = _native()
+    key = bytes(range(32))
+    ids = native.blob_ids(key, [b"a" * 5000, b"b" * 10, memoryview(b"c" * 4096)], 4096)
+    assert ids[0] is None
+    assert ids[1:] == [blake3.blake3(p, key=key).hexdigest() for p in (b"b" * 10, b"c" * 4096)]
+
+
+def test_native_ids_refuse_a_wrong_key_or_a_non_buffer() -> None:
+    native = _native()
+    with pytest.raises(ValueError, match="32 bytes"):
+        native.blob_ids(b"short", [b"x"], 10)
+    with pytest.raises(TypeError):
+        native.blob_ids(bytes(32), [b"x", "not bytes"], 10)
+
+
+def test_native_compression_is_a_zstd_frame_with_its_content_size() -> None:
+    native = _native()
+    pieces = [*_pieces(2), b"abc" * 5000]
+    frames = native.compress(crypto.ZSTD_LEVEL, pieces)
+    dctx = zstandard.ZstdDecompressor()
+    for frame, piece in zip(frames, pieces, strict=True):
+        assert zstandard.frame_content_size(frame) == len(piece)
+        assert dctx.decompress(frame) == bytes(piece)
+    assert len(frames[-1]) < 200  # it compresses
+
+
+@pytest.mark.parametrize("encrypted", [False, True])
+def test_seal_many_and_blob_ids_agree_with_one_blob_at_a_time(encrypted: bool) -> None:
+    """The wrappers the writer calls: whether native or not, what they give is what ``blob_id``
+    and ``Sealer.seal`` give, and every sealed piece opens to its bytes under its own aad only."""
+    keys = KeyMaterial.generate(encrypted=encrypted)
+    sealer = Sealer(keys)
+    pieces = _pieces(3)
+    ids = blob_ids(keys.hash_key, pieces)
+    assert ids == [blob_id(keys.hash_key, p) for p in pieces]
+    sealed = sealer.seal_many(pieces, [i.encode() for i in ids])
+    for blob, piece, bid in zip(sealed, pieces, ids, strict=True):
+        assert sealer.open(blob, bid.encode()) == bytes(piece)
+    if encrypted:
+        with pytest.raises(Exception, match="authentication"):
+            sealer.open(sealed[0], ids[1].encode())
