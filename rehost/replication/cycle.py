@@ -309,6 +309,7 @@ def _scan_disk(
                 drain(0)
         raise
     drain(0)
+    buffers.flush()
     if wanted is not None and progress:
         progress(size - len(wanted) * CHUNK_SIZE if size > len(wanted) * CHUNK_SIZE else 0)
     return scan
