@@ -1,7 +1,7 @@
 """rehost's native parts: per-block digests (rehost/replication/_blockhash.c) and the sealing of
 many blobs per call (rehost/repository/_sealing.c), both without the GIL.
 
-Optional: where they cannot be built (no C compiler, no libxxhash-dev or libzstd-dev),
+Optional: where they cannot be built (no C compiler, no libxxhash-dev, libzstd-dev or libssl-dev),
 installing still works and rehost computes the same digests and ids in Python, slower
 (rehost.replication.digests, rehost.repository.crypto).
 """
@@ -20,7 +20,7 @@ setup(
         Extension(
             "rehost.repository._sealing",
             sources=["rehost/repository/_sealing.c"],
-            libraries=["zstd"],
+            libraries=["zstd", "crypto"],
             extra_compile_args=["-O3"],
             optional=True,
         ),

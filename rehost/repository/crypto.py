@@ -51,16 +51,16 @@ def blob_id(hash_key: bytes, data: bytes | memoryview) -> str:
 
 _Pieces = Sequence[bytes | memoryview]
 _Ids = Callable[[bytes, _Pieces, int], list[str | None]]
-_Compress = Callable[[int, _Pieces], list[bytes]]
+_Seal = Callable[[int, _Pieces, bytes | None, Sequence[bytes]], list[bytes]]
 
 
-def _native() -> tuple[_Ids, _Compress] | None:
+def _native() -> tuple[_Ids, _Seal] | None:
     """Ids and compression of many blobs per call without the GIL (setup.py), if built."""
     try:
         from rehost.repository import _sealing
-    except ImportError:  # no C compiler or no libzstd-dev where rehost was installed
+    except ImportError:  # no C compiler, libzstd-dev or libssl-dev where rehost was installed
         return None
-    return _sealing.blob_ids, _sealing.compress
+    return _sealing.blob_ids, _sealing.seal
 
 
 _SEALING = _native()
@@ -95,22 +95,17 @@ class Sealer:
 
     def seal(self, data: bytes | memoryview, aad: bytes = b"") -> bytes:
         packed: bytes = self._cctx.compress(data)
-        return self._encrypt(packed, aad)
-
-    def seal_many(self, pieces: Sequence[bytes | memoryview], aads: Sequence[bytes]) -> list[bytes]:
-        """``seal`` of each piece with its aad; compressed in one native call where built."""
-        if _SEALING is None:
-            return [self.seal(p, a) for p, a in zip(pieces, aads, strict=True)]
-        packed = _SEALING[1](ZSTD_LEVEL, pieces)
-        if self._aead is None:
-            return packed
-        return [self._encrypt(p, a) for p, a in zip(packed, aads, strict=True)]
-
-    def _encrypt(self, packed: bytes, aad: bytes) -> bytes:
         if self._aead is None:
             return packed
         nonce = os.urandom(NONCE_SIZE)
         return nonce + self._aead.encrypt(nonce, packed, aad)
+
+    def seal_many(self, pieces: Sequence[bytes | memoryview], aads: Sequence[bytes]) -> list[bytes]:
+        """``seal`` of each piece with its aad: in one native call where built (the same
+        layout, opened by ``open``), else one by one."""
+        if _SEALING is None:
+            return [self.seal(p, a) for p, a in zip(pieces, aads, strict=True)]
+        return _SEALING[1](ZSTD_LEVEL, pieces, self.keys.data_key, aads)
 
     def open(self, sealed: bytes, aad: bytes = b"", what: str = "object") -> bytes:
         if self._aead is not None:

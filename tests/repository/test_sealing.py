@@ -11,6 +11,7 @@ import blake3
 import pytest
 import zstandard
 
+from rehost.errors import IntegrityError
 from rehost.repository import crypto
 from rehost.repository.crypto import NATIVE_ID_MAX, KeyMaterial, Sealer, blob_id, blob_ids
 from tests.native import native_module
@@ -24,7 +25,7 @@ SIZES = [0, 1, 63, 64, 65, 1023, 1024, 1025, 2047, 2048, 3 * KiB, 4 * KiB - 1, 4
 
 
 def _native() -> ModuleType:
-    return native_module("repository._sealing", "gcc and libzstd-dev")
+    return native_module("repository._sealing", "gcc, libzstd-dev and libssl-dev")
 
 
 def _pieces(seed: int) -> list[bytes | memoryview]:
@@ -63,15 +64,43 @@ def test_native_ids_refuse_a_wrong_key_or_a_non_buffer() -> None:
         native.blob_ids(bytes(32), [b"x", "not bytes"], 10)
 
 
-def test_native_compression_is_a_zstd_frame_with_its_content_size() -> None:
+def test_native_sealing_is_a_zstd_frame_with_its_content_size() -> None:
     native = _native()
     pieces = [*_pieces(2), b"abc" * 5000]
-    frames = native.compress(crypto.ZSTD_LEVEL, pieces)
+    frames = native.seal(crypto.ZSTD_LEVEL, pieces, None, [b""] * len(pieces))
     dctx = zstandard.ZstdDecompressor()
     for frame, piece in zip(frames, pieces, strict=True):
         assert zstandard.frame_content_size(frame) == len(piece)
         assert dctx.decompress(frame) == bytes(piece)
     assert len(frames[-1]) < 200  # it compresses
+
+
+def test_native_encryption_is_what_cryptography_opens_under_its_own_aad_only() -> None:
+    """nonce + AES-256-GCM + tag, as ``Sealer.seal`` writes it: opened by cryptography's
+    AESGCM (``Sealer.open``), refused under another aad or key, a fresh nonce every time."""
+    native = _native()
+    keys = KeyMaterial.generate(encrypted=True)
+    assert keys.data_key is not None
+    pieces = _pieces(4)
+    aads = [f"blob-{i}".encode() for i in range(len(pieces))]
+    sealed = native.seal(crypto.ZSTD_LEVEL, pieces, keys.data_key, aads)
+    opener = Sealer(keys)
+    for blob, piece, aad in zip(sealed, pieces, aads, strict=True):
+        assert opener.open(blob, aad) == bytes(piece)
+    with pytest.raises(IntegrityError, match="authentication"):
+        opener.open(sealed[0], aads[1])
+    with pytest.raises(IntegrityError, match="authentication"):
+        Sealer(KeyMaterial.generate(encrypted=True)).open(sealed[0], aads[0])
+    again = native.seal(crypto.ZSTD_LEVEL, pieces[:1], keys.data_key, aads[:1])
+    assert again[0][: crypto.NONCE_SIZE] != sealed[0][: crypto.NONCE_SIZE]
+
+
+def test_native_sealing_refuses_a_wrong_key_or_aads() -> None:
+    native = _native()
+    with pytest.raises(ValueError, match="32 bytes"):
+        native.seal(1, [b"x"], b"short", [b""])
+    with pytest.raises(ValueError, match="one aad per piece"):
+        native.seal(1, [b"x", b"y"], bytes(32), [b""])
 
 
 @pytest.mark.parametrize("encrypted", [False, True])
@@ -87,5 +116,5 @@ def test_seal_many_and_blob_ids_agree_with_one_blob_at_a_time(encrypted: bool) -
     for blob, piece, bid in zip(sealed, pieces, ids, strict=True):
         assert sealer.open(blob, bid.encode()) == bytes(piece)
     if encrypted:
-        with pytest.raises(Exception, match="authentication"):
+        with pytest.raises(IntegrityError, match="authentication"):
             sealer.open(sealed[0], ids[1].encode())
