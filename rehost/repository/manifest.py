@@ -122,8 +122,9 @@ def encode_point(p: RecoveryPoint, sealer: Sealer) -> tuple[str, bytes]:
         "replaces": p.replaces,
         "source": p.source,
         "disks": [
-            {"index": d.index, "size": d.size, "base": d.base,
-             "extents": [list(e) for e in d.entries]}
+            # MapEntry is a tuple, which json writes as the list it reads back: a copy of each
+            # (140,000 of them in a delta point late in a chain) cost 0.06-0.09 s
+            {"index": d.index, "size": d.size, "base": d.base, "extents": d.entries}
             for d in p.disks
         ],
     }
