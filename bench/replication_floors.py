@@ -6,7 +6,8 @@ image from the page cache, the per-block XXH3 digests, keyed BLAKE3 blob ids, zs
 levels, the whole image read and digested by one thread and by two (a hash-diff delta's floor
 on two cores), the same with resident chunks taken as views of the file's mapping and digested
 natively (as a cycle does now), a scattered delta's per-blob id and compression alone and
-beside a thread running Python (the GIL's cost to small calls), and reading the allocated
+beside a thread running Python (the GIL's cost to small calls), then sealed natively a chunk
+at a time (as a cycle does now), and reading the allocated
 extents through qemu-nbd 1 MiB or 8 MiB per call (a cycle's read batch), with rehost's cache
 mode (none: O_DIRECT) and with writeback, and in place as a cycle reads a raw image
 (``FileDisk``: pages in the page cache through it, the others with O_DIRECT into aligned
@@ -38,6 +39,8 @@ from harness import MiB
 from rehost.disks import DiskImage, FileDisk, QemuNbdServer, open_nbd
 from rehost.disks.file_disk import aligned_buffer
 from rehost.replication.digests import NATIVE_VARIANT, digest_blocks
+from rehost.repository.crypto import NATIVE_SEALING, KeyMaterial, Sealer
+from rehost.repository.crypto import blob_ids as crypto_blob_ids
 
 BLOCK = 4096
 
@@ -169,15 +172,20 @@ def mapped_and_digest(image: Path, threads: int) -> str:
     return f"{len(data)} chunks, {views[0]} mapped, digests {NATIVE_VARIANT or 'in Python'}"
 
 
-def seal_blocks(count: int, beside_python: bool) -> str:
+def seal_blocks(count: int, beside_python: bool, native: bool = False) -> str:
     """A scattered delta's per-blob floor: keyed BLAKE3 id and zstd level 1 of ``count``
     random 4 KiB blocks (what a 10 % delta of the benchmark stores), one call each, alone or
     while another thread runs Python. Both libraries give the GIL up for every call, and
-    taking it back waits for the other thread's switch interval (up to 5 ms)."""
+    taking it back waits for the other thread's switch interval (up to 5 ms). ``native``:
+    as a cycle seals now (rehost/repository/_sealing.c), the ids of a chunk's 23 blocks (a
+    10 % delta's share of 1 MiB) in one call and their compression in another."""
     rng = random.Random(1)
     blocks = [rng.randbytes(BLOCK) for _ in range(count)]
     key, cctx = bytes(32), zstandard.ZstdCompressor(level=1)
     stop = threading.Event()
+    if native and NATIVE_SEALING:
+        sealer = Sealer(KeyMaterial(hash_key=key))
+        groups = [blocks[i : i + 23] for i in range(0, count, 23)]
 
     def spin() -> None:
         n = 0
@@ -189,7 +197,12 @@ def seal_blocks(count: int, beside_python: bool) -> str:
         other.start()
     t0 = time.perf_counter()
     try:
-        for b in blocks:
+        if native and NATIVE_SEALING:
+            for g in groups:
+                sealer.seal_many(g, [i.encode() for i in crypto_blob_ids(key, g)])
+        elif native:
+            return "native sealing not built"
+        for b in blocks if not native else ():
             blake3.blake3(b, key=key).hexdigest()
             cctx.compress(b)
     finally:
@@ -219,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
         ("keyed BLAKE3 id + zstd 1 of 47,000 random 4 KiB blocks", partial(seal_blocks, 47_000, False)),
         # 2,000 only: at about 2 ms a block, 47,000 take minutes
         ("the same for 2,000 blocks, beside a thread running Python", partial(seal_blocks, 2_000, True)),
+        ("the same 47,000 sealed natively, 23 blocks per call (rehost's sealing)",
+         partial(seal_blocks, 47_000, False, True)),
+        ("the same natively, beside a thread running Python", partial(seal_blocks, 47_000, True, True)),
         ("keyed BLAKE3 of every 1 MiB chunk", partial(blob_ids, data)),
         *((f"zstd level {lvl} of every 1 MiB chunk", partial(compress, data, lvl)) for lvl in (3, 1, -1)),
         *((f"NBD read, {w} MiB per call, qemu-nbd cache={cache}", partial(nbd_read, image, cache, aio, w))
