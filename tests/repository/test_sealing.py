@@ -17,11 +17,11 @@ from rehost.repository.crypto import NATIVE_ID_MAX, KeyMaterial, Sealer, blob_id
 from tests.native import native_module
 
 KiB = 1024
-# one chunk and its edges, the trees of 2..9 chunks (uneven ones have a lone right edge), a
-# short last chunk, the largest a native call takes and beyond
-SIZES = [0, 1, 63, 64, 65, 1023, 1024, 1025, 2047, 2048, 3 * KiB, 4 * KiB - 1, 4 * KiB, 4 * KiB + 1,
-         5 * KiB, 7 * KiB, 8 * KiB, 9 * KiB + 17, 31 * KiB, 33 * KiB, NATIVE_ID_MAX, NATIVE_ID_MAX + 1,
-         (1 << 20) + 3]
+# every size up to two chunks and a bit (blocks of 64 bytes, a chunk of 1 KiB and their
+# edges), the trees of 3..33 chunks (uneven ones have a lone right edge), short last chunks,
+# the largest a native call takes and beyond
+SIZES = [*range(2100), 3 * KiB, 4 * KiB - 1, 4 * KiB, 4 * KiB + 1, 5 * KiB, 7 * KiB, 8 * KiB,
+         9 * KiB + 17, 31 * KiB, 33 * KiB, NATIVE_ID_MAX, NATIVE_ID_MAX + 1, (1 << 20) + 3]
 
 
 def _native() -> ModuleType:
