@@ -488,7 +488,8 @@ static PyObject *seal_pieces(PyObject *Py_UNUSED(module), PyObject *args)
     size_t head = encrypt ? NONCE_LEN : 0, tail = encrypt ? TAG_LEN : 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         size_t room = head + ZSTD_compressBound((size_t)views[i].len) + tail;
-        if (views[i].len > INT_MAX - 64 || aads[i].len > INT_MAX) {
+        /* OpenSSL takes int lengths, and the sealed frame may be larger than the piece */
+        if (views[i].len > INT_MAX / 2 || aads[i].len > INT_MAX) {
             PyErr_SetString(PyExc_ValueError, "a piece or an aad is too large");
             goto fail;
         }
