@@ -19,7 +19,8 @@ setup(
         ),
         Extension(
             "rehost.repository._sealing",
-            sources=["rehost/repository/_sealing.c"],
+            sources=["rehost/repository/_sealing.c", "rehost/repository/_blake3.c"],
+            depends=["rehost/repository/_blake3.h"],
             libraries=["zstd", "crypto"],
             extra_compile_args=["-O3"],
             optional=True,
