@@ -61,6 +61,15 @@ class Writer:
         self._lock = threading.Lock()
         self._thread: ThreadPoolExecutor | None = None
         self._writes: deque[Future[None]] = deque()
+        #: store blobs uncompressed and mark their packs deferred, for prune to compress: an
+        #: initial copy on cheap storage, where compressing inline would bound its speed
+        #: (docs/benchmarks.md, issue 17). Set by the cycle thread between disks.
+        self.compress_later = False
+
+    @property
+    def may_compress_later(self) -> bool:
+        """Whether writing uncompressed now and compressing later pays on this storage."""
+        return self.storage.cheap_writes
 
     def _known(self, bid: str) -> bool:
         """In the index or in one of this writer's own packs (open or being stored)."""
@@ -79,7 +88,8 @@ class Writer:
         fresh = [i for i, bid in enumerate(ids) if not self._known(bid)]
         sealed: list[bytes | None] = [None] * len(pieces)
         if fresh:
-            done = self.repo.sealer.seal_many([pieces[i] for i in fresh], [ids[i].encode() for i in fresh])
+            done = self.repo.sealer.seal_many([pieces[i] for i in fresh], [ids[i].encode() for i in fresh],
+                                              raw=self.compress_later)
             for i, blob in zip(fresh, done, strict=True):
                 sealed[i] = blob
         return [(bid, blob, len(p)) for bid, blob, p in zip(ids, sealed, pieces, strict=True)]
@@ -87,11 +97,14 @@ class Writer:
     def add_sealed_many(self, sealed: list[tuple[str, bytes | None, int]]) -> None:
         """``add_sealed`` of each (id, sealed, length), in order."""
         stats = self.stats
+        later = self.compress_later
         for bid, blob, raw_length in sealed:
             if blob is None or self._known(bid):
                 stats.blobs_known += 1
                 continue
             self._pack.add(bid, blob, raw_length)
+            if later:
+                self._pack.deferred = True
             self._pending.add(bid)
             stats.blobs_new += 1
             stats.raw_bytes_new += raw_length
@@ -161,9 +174,10 @@ class Writer:
             sealer = self.repo.sealer
             pack_id, data = pack.finish(sealer)
             self.repo.save_addressed(self.storage, Kind.DATA, pack_id, data)
-            index_id, index_data = encode_index([(pack_id, pack.entries)], sealer)
+            deferred = [pack_id] if pack.deferred else []
+            index_id, index_data = encode_index([(pack_id, pack.entries)], sealer, deferred)
             self.repo.save_addressed(self.storage, Kind.INDEX, index_id, index_data)
-            self.repo._index_pack(index_id, pack_id, pack.entries)
+            self.repo._index_pack(index_id, pack_id, pack.entries, deferred=pack.deferred)
             with self._lock:
                 self.stats.stored_bytes += len(data) + len(index_data)
         finally:  # stored: indexed now; failed: unknown again, so a retry stores them

@@ -118,6 +118,7 @@ class AzureBlobStorage:
         env = os.environ if env is None else env
         self._secret_values = _secret_values(env)
         service, endpoint_shown = _service_client(account_url, env)
+        self.cheap_writes = False  # a network, maybe a bill: compress before sending
         self.location = redact(
             f"azure:{container}" + (f"/{prefix}" if prefix else "") + f" at {endpoint_shown}",
             *self._secret_values,

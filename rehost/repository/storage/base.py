@@ -42,6 +42,9 @@ class Storage(Protocol):
 
     #: A URL-like description for messages ("local:/path", "memory:").
     location: str
+    #: Bytes written here cost little (a local disk, not a network, a bill or a bandwidth
+    #: limit): an initial copy may then be stored uncompressed and compressed by prune later.
+    cheap_writes: bool
 
     def save(self, kind: Kind, name: str, data: bytes) -> None:
         """Store an object atomically; ``AlreadyExists`` if it is there already."""

@@ -58,6 +58,7 @@ class FaultyStorage:
     ) -> None:
         self.inner = inner
         self.location = inner.location
+        self.cheap_writes = inner.cheap_writes
         self.fail_save_after = fail_save_after
         self.fail_load = fail_load
         self.corrupt_load = corrupt_load

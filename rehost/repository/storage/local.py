@@ -64,6 +64,7 @@ class LocalStorage:
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root).absolute()
         self.location = f"local:{self.root}"
+        self.cheap_writes = True
         if not self.root.is_dir():
             raise NotFound(f"no repository at {self.root}: not a directory")
         missing = [k.value for k in FOLDER_KINDS if not (self.root / k.value).is_dir()]

@@ -21,6 +21,7 @@ class MemoryStorage:
 
     def __init__(self, location: str = "memory:") -> None:
         self.location = location
+        self.cheap_writes = True
         self._objects: dict[tuple[Kind, str], bytes] = {}
         self._lock = threading.Lock()
 

@@ -20,6 +20,7 @@ class ReadOnlyStorage:
     def __init__(self, inner: Storage) -> None:
         self.inner = inner
         self.location = inner.location
+        self.cheap_writes = False  # nothing is written
 
     def save(self, kind: Kind, name: str, data: bytes) -> None:
         raise UsageError(READ_ONLY_MESSAGE)

@@ -57,6 +57,7 @@ class RetryingStorage:
             )
         self.inner = inner
         self.location = inner.location
+        self.cheap_writes = inner.cheap_writes
         self.attempts = attempts
         self.base_delay = base_delay
         self.max_delay = max_delay

@@ -192,6 +192,7 @@ class S3Storage:
         self.prefix = prefix
         self.endpoint = endpoint
         self.layout = ObjectLayout(prefix)
+        self.cheap_writes = False  # a network, maybe a bill: compress before sending
         self.location = f"s3:{bucket}" + (f"/{prefix}" if prefix else "") + (
             f" at {shown_url(endpoint)}" if endpoint else ""
         )

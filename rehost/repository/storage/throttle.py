@@ -75,6 +75,7 @@ class ThrottledStorage:
     ) -> None:
         self.inner = inner
         self.location = inner.location
+        self.cheap_writes = False  # under a bandwidth limit every byte costs time
         self.bucket = TokenBucket(bytes_per_second, burst, clock=clock, sleep=sleep)
 
     def save(self, kind: Kind, name: str, data: bytes) -> None:
