@@ -388,7 +388,7 @@ def run_cycle(
                 views = digest_source[index] != "initial"
                 # and on cheap storage it is stored uncompressed, for prune to compress later:
                 # compressing every block inline bounds an initial copy (docs/benchmarks.md)
-                w.compress_later = not views and w.may_compress_later
+                w.compress_later = not views and w.may_compress_later(size)
                 scan = _scan_disk(w, pool, disk, old, progress, dirty, resume, index, views)
                 w.compress_later = False
                 result_resumed += scan.resumed

@@ -66,10 +66,9 @@ class Writer:
         #: (docs/benchmarks.md, issue 17). Set by the cycle thread between disks.
         self.compress_later = False
 
-    @property
-    def may_compress_later(self) -> bool:
-        """Whether writing uncompressed now and compressing later pays on this storage."""
-        return self.storage.cheap_writes
+    def may_compress_later(self, nbytes: int) -> bool:
+        """Whether ``nbytes`` may be written uncompressed now and compressed later here."""
+        return self.storage.room_to_defer(nbytes)
 
     def _known(self, bid: str) -> bool:
         """In the index or in one of this writer's own packs (open or being stored)."""

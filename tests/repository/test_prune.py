@@ -128,14 +128,27 @@ def test_an_initial_copy_is_stored_uncompressed_then_prune_compresses_it(tmp_pat
     assert again.packs_compressed == again.packs_removed == again.packs_repacked == 0
 
 
-def test_an_initial_copy_through_a_bandwidth_limit_is_compressed_inline(tmp_path: Path) -> None:
-    """Under a bandwidth limit (or on remote storage) every byte costs: no deferral there."""
+@pytest.mark.parametrize("why", ["bandwidth limit", "little free space"])
+def test_an_initial_copy_is_compressed_inline_where_deferring_does_not_fit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, why: str
+) -> None:
+    """Under a bandwidth limit (or on remote storage) every byte costs, and a local disk
+    without three times the disk's size free could fill up: no deferral there."""
+    import shutil
+    from collections import namedtuple
+
     from rehost.repository.storage import ThrottledStorage
 
     disk = tmp_path / "disk.raw"
     disk.write_bytes(b"compressible " * (MiB // 4))
     repo = Repository.create(LocalStorage.create(tmp_path / "repo"))
-    writer = repo.writer(ThrottledStorage(repo.storage, 1 << 40))
+    if why == "bandwidth limit":
+        writer = repo.writer(ThrottledStorage(repo.storage, 1 << 40))
+    else:
+        usage = namedtuple("usage", "total used free")
+        short = usage(10 * MiB, 5 * MiB, 3 * disk.stat().st_size - 1)  # one byte short
+        monkeypatch.setattr(shutil, "disk_usage", lambda _: short)
+        writer = repo.writer()
     with open_disk(probe(disk)) as d:
         run_cycle(repo, DigestCache(tmp_path / "cache"), "m", [(0, d)], parent=None, writer=writer)
     writer.close()

@@ -118,7 +118,6 @@ class AzureBlobStorage:
         env = os.environ if env is None else env
         self._secret_values = _secret_values(env)
         service, endpoint_shown = _service_client(account_url, env)
-        self.cheap_writes = False  # a network, maybe a bill: compress before sending
         self.location = redact(
             f"azure:{container}" + (f"/{prefix}" if prefix else "") + f" at {endpoint_shown}",
             *self._secret_values,
@@ -195,6 +194,9 @@ class AzureBlobStorage:
             blob.delete_blob()
         except Exception as e:
             raise self._error(e, "remove", kind, name) from None
+
+    def room_to_defer(self, nbytes: int) -> bool:
+        return False  # a network, maybe a bill: compressed before it is sent
 
     def close(self) -> None:
         """Close the client's connection pool."""

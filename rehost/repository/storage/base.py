@@ -42,9 +42,6 @@ class Storage(Protocol):
 
     #: A URL-like description for messages ("local:/path", "memory:").
     location: str
-    #: Bytes written here cost little (a local disk, not a network, a bill or a bandwidth
-    #: limit): an initial copy may then be stored uncompressed and compressed by prune later.
-    cheap_writes: bool
 
     def save(self, kind: Kind, name: str, data: bytes) -> None:
         """Store an object atomically; ``AlreadyExists`` if it is there already."""
@@ -64,6 +61,12 @@ class Storage(Protocol):
 
     def remove(self, kind: Kind, name: str) -> None:
         """Delete an object; ``ObjectNotFound`` if absent. Only prune (and locks) call this."""
+        ...
+
+    def room_to_defer(self, nbytes: int) -> bool:
+        """Whether ``nbytes`` of an initial copy may be stored uncompressed now, for prune to
+        compress later: writes cost little here (a local disk, not a network, a bill or a
+        bandwidth limit) and there is room to spare for them."""
         ...
 
     def close(self) -> None: ...

@@ -58,7 +58,6 @@ class FaultyStorage:
     ) -> None:
         self.inner = inner
         self.location = inner.location
-        self.cheap_writes = inner.cheap_writes
         self.fail_save_after = fail_save_after
         self.fail_load = fail_load
         self.corrupt_load = corrupt_load
@@ -109,6 +108,9 @@ class FaultyStorage:
         if fault is not None:
             raise fault
         self.inner.remove(kind, name)
+
+    def room_to_defer(self, nbytes: int) -> bool:
+        return self.inner.room_to_defer(nbytes)
 
     def close(self) -> None:
         self.inner.close()

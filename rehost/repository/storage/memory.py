@@ -21,7 +21,6 @@ class MemoryStorage:
 
     def __init__(self, location: str = "memory:") -> None:
         self.location = location
-        self.cheap_writes = True
         self._objects: dict[tuple[Kind, str], bytes] = {}
         self._lock = threading.Lock()
 
@@ -56,6 +55,9 @@ class MemoryStorage:
         with self._lock:
             if self._objects.pop((kind, name), None) is None:
                 raise self._not_found(kind, name)
+
+    def room_to_defer(self, nbytes: int) -> bool:
+        return True
 
     def close(self) -> None:
         """Nothing to release; the data stays so a named shared storage can be reopened."""

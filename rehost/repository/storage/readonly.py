@@ -20,7 +20,6 @@ class ReadOnlyStorage:
     def __init__(self, inner: Storage) -> None:
         self.inner = inner
         self.location = inner.location
-        self.cheap_writes = False  # nothing is written
 
     def save(self, kind: Kind, name: str, data: bytes) -> None:
         raise UsageError(READ_ONLY_MESSAGE)
@@ -36,6 +35,9 @@ class ReadOnlyStorage:
 
     def remove(self, kind: Kind, name: str) -> None:
         raise UsageError(READ_ONLY_MESSAGE)
+
+    def room_to_defer(self, nbytes: int) -> bool:
+        return False  # nothing is written
 
     def close(self) -> None:
         self.inner.close()

@@ -57,7 +57,6 @@ class RetryingStorage:
             )
         self.inner = inner
         self.location = inner.location
-        self.cheap_writes = inner.cheap_writes
         self.attempts = attempts
         self.base_delay = base_delay
         self.max_delay = max_delay
@@ -97,6 +96,9 @@ class RetryingStorage:
 
     def remove(self, kind: Kind, name: str) -> None:
         self._call(f"remove {describe(kind, name)}", lambda: self.inner.remove(kind, name))
+
+    def room_to_defer(self, nbytes: int) -> bool:
+        return self.inner.room_to_defer(nbytes)
 
     def close(self) -> None:
         self.inner.close()

@@ -192,7 +192,6 @@ class S3Storage:
         self.prefix = prefix
         self.endpoint = endpoint
         self.layout = ObjectLayout(prefix)
-        self.cheap_writes = False  # a network, maybe a bill: compress before sending
         self.location = f"s3:{bucket}" + (f"/{prefix}" if prefix else "") + (
             f" at {shown_url(endpoint)}" if endpoint else ""
         )
@@ -294,6 +293,9 @@ class S3Storage:
             self._client.delete_object(Bucket=self.bucket, Key=self.layout.key(kind, name))
         except Exception as e:
             raise self._error(e, "remove", kind, name) from None
+
+    def room_to_defer(self, nbytes: int) -> bool:
+        return False  # a network, maybe a bill: compressed before it is sent
 
     def close(self) -> None:
         """Close the client's connection pool."""

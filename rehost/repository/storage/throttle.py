@@ -75,7 +75,6 @@ class ThrottledStorage:
     ) -> None:
         self.inner = inner
         self.location = inner.location
-        self.cheap_writes = False  # under a bandwidth limit every byte costs time
         self.bucket = TokenBucket(bytes_per_second, burst, clock=clock, sleep=sleep)
 
     def save(self, kind: Kind, name: str, data: bytes) -> None:
@@ -95,6 +94,9 @@ class ThrottledStorage:
 
     def remove(self, kind: Kind, name: str) -> None:
         self.inner.remove(kind, name)
+
+    def room_to_defer(self, nbytes: int) -> bool:
+        return False  # under a bandwidth limit every byte written costs time
 
     def close(self) -> None:
         self.inner.close()
