@@ -11,7 +11,9 @@ at a time (as a cycle does now), and reading the allocated
 extents through qemu-nbd 1 MiB or 8 MiB per call (a cycle's read batch), with rehost's cache
 mode (none: O_DIRECT) and with writeback, and in place as a cycle reads a raw image
 (``FileDisk``: pages in the page cache through it, the others with O_DIRECT into aligned
-buffers), once with the image resident and once evicted.
+buffers), once with the image resident and once evicted; and what an uncompressed initial
+copy costs instead: stored zstd frames, and its packs written through the page cache or with
+O_DIRECT (as rehost writes them).
 
     .venv/bin/python bench/replication_floors.py IMAGE
 
@@ -212,6 +214,35 @@ def seal_blocks(count: int, beside_python: bool, native: bool = False) -> str:
     return f"{(time.perf_counter() - t0) / count * 1e6:.1f} µs per block"
 
 
+def raw_frames(data: list[bytes]) -> str:
+    """What an initial copy's sealing costs when it stores instead of compressing."""
+    sealer = Sealer(KeyMaterial.generate(encrypted=False))
+    out = sum(len(f) for f in sealer.seal_many(data, [b""] * len(data), raw=True))
+    return f"{out / MiB:,.0f} MiB of frames"
+
+
+def write_packs(where: Path, data: list[bytes], direct: bool) -> str:
+    """The data as 16 MiB packs saved by rehost's local storage (SHA-256 names, each file
+    fsynced), with O_DIRECT (as it writes packs) or through the page cache."""
+    import hashlib
+    import shutil
+
+    from rehost.repository.storage import Kind, LocalStorage, local
+
+    root = where / "floor-packs"
+    shutil.rmtree(root, ignore_errors=True)
+    storage = LocalStorage.create(root)
+    saved, local.DIRECT_MIN = local.DIRECT_MIN, local.DIRECT_MIN if direct else 1 << 62
+    try:
+        for i in range(0, len(data), 16):
+            pack = b"".join(data[i : i + 16])
+            storage.save(Kind.DATA, hashlib.sha256(pack).hexdigest(), pack)
+    finally:
+        local.DIRECT_MIN = saved
+        shutil.rmtree(root)
+    return f"{-(-len(data) // 16)} packs"
+
+
 def blob_ids(data: list[bytes]) -> str:
     key = bytes(32)
     return f"{len([blake3.blake3(c, key=key).digest() for c in data])} ids"
@@ -237,6 +268,11 @@ def main(argv: list[str] | None = None) -> int:
         ("the same natively, beside a thread running Python", partial(seal_blocks, 47_000, True, True)),
         ("keyed BLAKE3 of every 1 MiB chunk", partial(blob_ids, data)),
         *((f"zstd level {lvl} of every 1 MiB chunk", partial(compress, data, lvl)) for lvl in (3, 1, -1)),
+        ("stored (raw) zstd frames of every 1 MiB chunk, natively (a deferred initial copy)",
+         partial(raw_frames, data)),
+        *((f"save the chunks as 16 MiB packs (SHA-256, fsync), {how}",
+           partial(write_packs, image.parent, data, d))
+          for d, how in ((False, "through the page cache"), (True, "O_DIRECT (rehost)"))),
         *((f"NBD read, {w} MiB per call, qemu-nbd cache={cache}", partial(nbd_read, image, cache, aio, w))
           for w in (1, 8) for cache, aio in (("none", "native"), ("writeback", "threads"))),
         *((f"in-place read (FileDisk), {w} MiB per call, image {how}", partial(file_read, image, w, res))

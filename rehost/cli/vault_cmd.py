@@ -118,7 +118,8 @@ def prune_cmd(
     hourly_for: str = typer.Option("24h", help="Then one point per hour up to this age."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Thin recovery points per retention, then delete data no point needs (the only delete)."""
+    """Thin recovery points per retention, then delete data no point needs (the only delete),
+    and compress what an initial copy stored uncompressed (``rehost serve`` does both on its own)."""
     policy = RetentionPolicy(window=parse_duration(retention), all_for=parse_duration(all_for),
                              hourly_for=parse_duration(hourly_for))
     with open_vault(ctx) as vault:
@@ -128,4 +129,5 @@ def prune_cmd(
     else:
         out.print(f"removed {r.points_removed} point(s), rewrote {r.points_rewritten}, "
                   f"removed {r.packs_removed} pack(s), repacked {r.packs_repacked}, "
+                  f"compressed {r.packs_compressed} ({r.packs_left_as_stored} did not shrink), "
                   f"freed {human(r.bytes_freed)}")

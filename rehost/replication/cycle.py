@@ -386,7 +386,11 @@ def run_cycle(
                 # an initial copy stores every data block, and a view's changed runs are copied
                 # and digested again (_stable_runs): a plain read digests each block once
                 views = digest_source[index] != "initial"
+                # and on cheap storage it is stored uncompressed, for prune to compress later:
+                # compressing every block inline bounds an initial copy (docs/benchmarks.md)
+                w.compress_later = not views and w.may_compress_later(size)
                 scan = _scan_disk(w, pool, disk, old, progress, dirty, resume, index, views)
+                w.compress_later = False
                 result_resumed += scan.resumed
                 if dirty is not None:
                     digest_source[index] += "+dirty-extents"

@@ -12,7 +12,9 @@
  * faster on large pieces, so the caller passes ``max_len`` and gets None for larger ones.
  *
  * Sealing is libzstd's compression, with what python-zstandard's ZstdCompressor(level)
- * .compress() writes (a frame with its content size, no checksum), then for an encrypted
+ * .compress() writes (a frame with its content size, no checksum), or with ``raw`` a frame of
+ * raw blocks (RFC 8878 §3.1.1.2: stored, not compressed; any zstd decoder reads it, and it costs
+ * a copy: an initial copy is stored this way and compressed later, issue 17), then for an encrypted
  * repository OpenSSL's AES-256-GCM under a random 96-bit nonce, laid out as Sealer.seal lays
  * it out for cryptography's AESGCM to open: nonce, ciphertext, tag.
  */
@@ -155,11 +157,56 @@ static int encrypt_in_place(EVP_CIPHER_CTX *ctx, const unsigned char *key, unsig
     return EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, TAG_LEN, buf + len) == 1 ? 0 : -1;
 }
 
+/* -- stored frames ----------------------------------------------------------------------- */
+
+#define RAW_BLOCK_MAX (128 * 1024) /* Block_Maximum_Size (RFC 8878 §3.1.1.2.4) */
+
+static size_t content_size_bytes(size_t n)
+{
+    return n < 256 ? 1 : n < 65536 + 256 ? 2 : n <= 0xFFFFFFFFu ? 4 : 8;
+}
+
+/* The size of raw_frame()'s frame of ``n`` bytes. */
+static size_t raw_frame_size(size_t n)
+{
+    size_t blocks = n ? (n + RAW_BLOCK_MAX - 1) / RAW_BLOCK_MAX : 1;
+    return 4 + 1 + content_size_bytes(n) + 3 * blocks + n;
+}
+
+/* A single-segment frame with its content size and no checksum, as libzstd writes one, whose
+ * blocks are raw (stored). Returns its size (raw_frame_size(n)). */
+static size_t raw_frame(unsigned char *dst, const unsigned char *src, size_t n)
+{
+    static const unsigned char magic[4] = {0x28, 0xB5, 0x2F, 0xFD};
+    unsigned char *p = dst;
+    memcpy(p, magic, 4);
+    p += 4;
+    size_t fcs = content_size_bytes(n);
+    unsigned flag = fcs == 1 ? 0 : fcs == 2 ? 1 : fcs == 4 ? 2 : 3;
+    *p++ = (unsigned char)(flag << 6 | 1 << 5); /* Single_Segment_flag */
+    uint64_t value = fcs == 2 ? (uint64_t)n - 256 : (uint64_t)n;
+    for (size_t i = 0; i < fcs; i++)
+        *p++ = (unsigned char)(value >> (8 * i));
+    size_t left = n;
+    do {
+        size_t len = left < RAW_BLOCK_MAX ? left : RAW_BLOCK_MAX;
+        uint32_t header = (uint32_t)len << 3 | (left == len ? 1u : 0u); /* Raw_Block: type 0 */
+        *p++ = (unsigned char)header;
+        *p++ = (unsigned char)(header >> 8);
+        *p++ = (unsigned char)(header >> 16);
+        memcpy(p, src, len);
+        p += len;
+        src += len;
+        left -= len;
+    } while (left > 0);
+    return (size_t)(p - dst);
+}
+
 static PyObject *seal_pieces(PyObject *Py_UNUSED(module), PyObject *args)
 {
-    int level;
+    int level, raw = 0;
     PyObject *seq, *keyobj, *aadseq;
-    if (!PyArg_ParseTuple(args, "iOOO:seal", &level, &seq, &keyobj, &aadseq))
+    if (!PyArg_ParseTuple(args, "iOOO|p:seal", &level, &seq, &keyobj, &aadseq, &raw))
         return NULL;
     Py_buffer key = {0};
     int encrypt = keyobj != Py_None;
@@ -201,7 +248,8 @@ static PyObject *seal_pieces(PyObject *Py_UNUSED(module), PyObject *args)
     /* every output's room is made first: the loop below runs without the GIL */
     size_t head = encrypt ? NONCE_LEN : 0, tail = encrypt ? TAG_LEN : 0;
     for (Py_ssize_t i = 0; i < n; i++) {
-        size_t room = head + ZSTD_compressBound((size_t)views[i].len) + tail;
+        size_t bound = raw ? raw_frame_size((size_t)views[i].len) : ZSTD_compressBound((size_t)views[i].len);
+        size_t room = head + bound + tail;
         /* OpenSSL takes int lengths, and the sealed frame may be larger than the piece */
         if (views[i].len > INT_MAX / 2 || aads[i].len > INT_MAX) {
             PyErr_SetString(PyExc_ValueError, "a piece or an aad is too large");
@@ -220,8 +268,9 @@ static PyObject *seal_pieces(PyObject *Py_UNUSED(module), PyObject *args)
     for (Py_ssize_t i = 0; i < n && failed == NULL; i++) {
         PyObject *b = PyList_GET_ITEM(out, i);
         unsigned char *dst = (unsigned char *)PyBytes_AS_STRING(b);
-        size_t packed = ZSTD_compress2(cctx, dst + head, (size_t)PyBytes_GET_SIZE(b) - head - tail,
-                                       views[i].buf, (size_t)views[i].len);
+        size_t packed = raw ? raw_frame(dst + head, views[i].buf, (size_t)views[i].len)
+                            : ZSTD_compress2(cctx, dst + head, (size_t)PyBytes_GET_SIZE(b) - head - tail,
+                                             views[i].buf, (size_t)views[i].len);
         if (ZSTD_isError(packed)) {
             failed = ZSTD_getErrorName(packed);
         } else if (encrypt && encrypt_in_place(ectx, key.buf, dst, dst + head, (int)packed, aads[i].buf,
@@ -270,8 +319,9 @@ static PyMethodDef methods[] = {
      "blob_ids(key, pieces, max_len) -> list: keyed BLAKE3 (hex) of each piece, None for a "
      "piece longer than max_len."},
     {"seal", seal_pieces, METH_VARARGS,
-     "seal(level, pieces, key, aads) -> list[bytes]: a zstd frame (with its content size) of each "
-     "piece; with a key (32 bytes, else None) encrypted: nonce + AES-256-GCM (aad) + tag."},
+     "seal(level, pieces, key, aads, raw=False) -> list[bytes]: a zstd frame (with its content size) "
+     "of each piece, of raw (stored) blocks with raw; with a key (32 bytes, else None) encrypted: "
+     "nonce + AES-256-GCM (aad) + tag."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -55,7 +55,7 @@ def blob_id(hash_key: bytes, data: bytes | memoryview) -> str:
 
 _Pieces = Sequence[bytes | memoryview]
 _Ids = Callable[[bytes, _Pieces, int], list[str | None]]
-_Seal = Callable[[int, _Pieces, bytes | None, Sequence[bytes]], list[bytes]]
+_Seal = Callable[[int, _Pieces, bytes | None, Sequence[bytes], bool], list[bytes]]
 
 
 def _native() -> tuple[_Ids, _Seal] | None:
@@ -83,6 +83,30 @@ def blob_ids(hash_key: bytes, pieces: Sequence[bytes | memoryview]) -> list[str]
     return [bid if bid is not None else blob_id(hash_key, p) for bid, p in zip(ids, pieces, strict=True)]
 
 
+_RAW_BLOCK_MAX = 128 * 1024  # Block_Maximum_Size (RFC 8878 3.1.1.2.4)
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+def raw_frame(data: bytes | memoryview) -> bytes:
+    """A zstd frame that stores ``data`` in raw blocks, as the native ``seal(raw=True)`` writes
+    it: any zstd decoder reads it, and making it costs a copy. An initial copy stores its blobs
+    so and has them compressed later (``prune``), where compressing inline would bound it."""
+    n = len(data)
+    size_bytes = 1 if n < 256 else 2 if n < 65536 + 256 else 4 if n <= 0xFFFFFFFF else 8
+    value = n - 256 if size_bytes == 2 else n
+    flag = {1: 0, 2: 1, 4: 2, 8: 3}[size_bytes]
+    header = bytes([flag << 6 | 1 << 5]) + value.to_bytes(size_bytes, "little")  # Single_Segment
+    parts: list[bytes | memoryview] = [_ZSTD_MAGIC, header]
+    view = memoryview(data)
+    start = 0
+    while True:
+        block = view[start : start + _RAW_BLOCK_MAX]
+        start += len(block)
+        parts += [(len(block) << 3 | (start >= n)).to_bytes(3, "little"), block]
+        if start >= n:
+            return b"".join(parts)
+
+
 class Sealer:
     """zstd compression, then AES-256-GCM when the repository is encrypted.
 
@@ -97,19 +121,21 @@ class Sealer:
         self._cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
         self._dctx = zstandard.ZstdDecompressor()
 
-    def seal(self, data: bytes | memoryview, aad: bytes = b"") -> bytes:
-        packed: bytes = self._cctx.compress(data)
+    def seal(self, data: bytes | memoryview, aad: bytes = b"", *, raw: bool = False) -> bytes:
+        """``raw``: stored, not compressed (``raw_frame``)."""
+        packed: bytes = raw_frame(data) if raw else self._cctx.compress(data)
         if self._aead is None:
             return packed
         nonce = os.urandom(NONCE_SIZE)
         return nonce + self._aead.encrypt(nonce, packed, aad)
 
-    def seal_many(self, pieces: Sequence[bytes | memoryview], aads: Sequence[bytes]) -> list[bytes]:
+    def seal_many(self, pieces: Sequence[bytes | memoryview], aads: Sequence[bytes], *,
+                  raw: bool = False) -> list[bytes]:
         """``seal`` of each piece with its aad: in one native call where built (the same
         layout, opened by ``open``), else one by one."""
         if _SEALING is None:
-            return [self.seal(p, a) for p, a in zip(pieces, aads, strict=True)]
-        return _SEALING[1](ZSTD_LEVEL, pieces, self.keys.data_key, aads)
+            return [self.seal(p, a, raw=raw) for p, a in zip(pieces, aads, strict=True)]
+        return _SEALING[1](ZSTD_LEVEL, pieces, self.keys.data_key, aads, raw)
 
     def open(self, sealed: bytes, aad: bytes = b"", what: str = "object") -> bytes:
         if self._aead is not None:

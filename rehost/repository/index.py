@@ -6,15 +6,20 @@ the four columns JSON gives (ids, offsets, lengths, plaintext lengths), checked 
 types by whole column, and the blob -> (pack, position) map is built by ``dict.update``.
 A ``BlobEntry`` or ``BlobLocation`` is made only when asked for (docs/benchmarks.md: 0.35 s
 for 117k blobs before, per replicate).
+
+A pack may be marked *deferred*: its blobs were stored without compression (an initial copy
+on local storage, ``Writer.compress_later``) and ``prune`` has yet to compress them. Readers
+older than the mark ignore it; it is a to-do, not a format: the blobs read the same either way.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Iterator, KeysView
+from collections.abc import Collection, Iterable, Iterator, KeysView
 from dataclasses import dataclass
 from itertools import count, repeat
+from typing import NamedTuple
 
 from rehost.errors import IntegrityError
 from rehost.repository.crypto import Sealer
@@ -27,6 +32,14 @@ Columns = tuple[list[str], list[int], list[int], list[int]]
 _FIELDS = ("id", "offset", "length", "raw_length")
 
 
+class IndexedPack(NamedTuple):
+    """One pack as an index file lists it."""
+
+    id: str
+    columns: Columns
+    deferred: bool = False  # its blobs await compression (see the module's docstring)
+
+
 @dataclass(frozen=True, slots=True)
 class BlobLocation:
     pack: str
@@ -35,18 +48,22 @@ class BlobLocation:
     raw_length: int
 
 
-def encode_index(packs: Iterable[tuple[str, list[BlobEntry]]], sealer: Sealer) -> tuple[str, bytes]:
-    doc = {"packs": [{"id": pid, "blobs": [e.to_json() for e in entries]} for pid, entries in packs]}
+def encode_index(packs: Iterable[tuple[str, list[BlobEntry]]], sealer: Sealer,
+                 deferred: Collection[str] = ()) -> tuple[str, bytes]:
+    """``deferred``: the ids of packs to mark deferred."""
+    doc = {"packs": [{"id": pid, "blobs": [e.to_json() for e in entries],
+                      **({"deferred": True} if pid in deferred else {})} for pid, entries in packs]}
     data = sealer.seal(json.dumps(doc).encode(), INDEX_AAD)
     return hashlib.sha256(data).hexdigest(), data
 
 
-def decode_index(data: bytes, sealer: Sealer, name: str) -> Iterator[tuple[str, Columns]]:
+def decode_index(data: bytes, sealer: Sealer, name: str) -> Iterator[IndexedPack]:
     raw = sealer.open(data, INDEX_AAD, f"index file {name}")
     try:
         doc = json.loads(raw)
-        packs = [(_text(p["id"]), _columns(p["blobs"])) for p in doc["packs"]]
-    except (ValueError, KeyError, TypeError) as e:
+        packs = [IndexedPack(_text(p["id"]), _columns(p["blobs"]), p.get("deferred") is True)
+                 for p in doc["packs"]]
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise IntegrityError(f"index file {name} is malformed: {e}") from None
     yield from packs
 
@@ -83,17 +100,21 @@ class Index:
         self.blobs: dict[str, tuple[str, int]] = {}
         self._packs: dict[str, Columns] = {}
         self.files: dict[str, list[str]] = {}  # index file name -> pack ids it lists
+        #: packs whose blobs await compression (the module's docstring)
+        self.deferred: set[str] = set()
 
-    def add_file(self, name: str, packs: Iterable[tuple[str, Columns]]) -> None:
+    def add_file(self, name: str, packs: Iterable[IndexedPack]) -> None:
         pack_ids = []
-        for pack_id, columns in packs:
+        for pack_id, columns, deferred in packs:
             pack_ids.append(pack_id)
-            self.add_pack(pack_id, columns)
+            self.add_pack(pack_id, columns, deferred=deferred)
         self.files[name] = pack_ids
 
-    def add_pack(self, pack_id: str, columns: Columns) -> None:
+    def add_pack(self, pack_id: str, columns: Columns, *, deferred: bool = False) -> None:
         """A blob stored in two packs keeps the location it was first found at."""
         self._packs[pack_id] = columns
+        if deferred:
+            self.deferred.add(pack_id)
         found = dict(zip(columns[0], zip(repeat(pack_id), count()), strict=False))
         if not self.blobs.keys().isdisjoint(found):
             for known in self.blobs.keys() & found.keys():

@@ -42,6 +42,8 @@ class PackWriter:
         self._parts: list[bytes] = []
         self.entries: list[BlobEntry] = []
         self.size = 0
+        #: it holds blobs stored uncompressed, for prune to compress (index.py: deferred)
+        self.deferred = False
 
     def add(self, blob_id: str, sealed: bytes, raw_length: int) -> None:
         self.entries.append(BlobEntry(blob_id, self.size, len(sealed), raw_length))

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 
 from rehost.errors import AlreadyExists, IntegrityError, NotFound, ObjectNotFound, UsageError
 from rehost.repository.crypto import KeyMaterial, Sealer, blob_id, unwrap_keys, wrap_keys
-from rehost.repository.index import Index, columns_of, decode_index
+from rehost.repository.index import Index, IndexedPack, columns_of, decode_index
 from rehost.repository.manifest import (
     DiskMap,
     MapEntry,
@@ -192,10 +192,11 @@ class Repository:
     def save_point(self, point: RecoveryPoint) -> RecoveryPoint:
         return self._default.save_point(point)
 
-    def _index_pack(self, index_id: str, pack_id: str, entries: list[BlobEntry]) -> None:
+    def _index_pack(self, index_id: str, pack_id: str, entries: list[BlobEntry], *,
+                    deferred: bool = False) -> None:
         """A writer stored a pack and its index file: its blobs are known from now on."""
         with self._lock:
-            self.index.add_file(index_id, [(pack_id, columns_of(entries))])
+            self.index.add_file(index_id, [IndexedPack(pack_id, columns_of(entries), deferred)])
 
     def save_addressed(self, storage: Storage, kind: Kind, name: str, data: bytes) -> None:
         """Save a content-addressed object. If it exists already, it holds these very bytes

@@ -1,6 +1,6 @@
 """A repository writer: one per replication cycle (or prune), so cycles write side by side.
 
-Each writer has its own open pack, its own pack-writer thread and its own statistics, and
+Each writer has its own open pack, its own pack-writer threads and its own statistics, and
 may write through a storage wrapper of its own (a cycle's bandwidth limit). What writers
 share is the repository's index, which a writer extends only after a pack and its index file
 are stored (design §3 write order). A blob is "known" to a writer when it is in that index
@@ -27,8 +27,11 @@ from rehost.repository.storage.base import Kind, Storage
 if TYPE_CHECKING:
     from rehost.repository.repository import Repository
 
-#: packs handed to the writer thread and not yet stored (each holds up to PACK_TARGET bytes)
-WRITES_IN_FLIGHT = 2
+#: packs handed to the writer threads and not yet stored (each holds up to PACK_TARGET bytes)
+WRITES_IN_FLIGHT = 3
+#: threads storing packs: one hashes a pack (SHA-256, its id) while another waits on its write
+#: (an uncompressed initial copy: 2.32-2.60 s with one, 2.08 s with two, in-process)
+PACK_WRITERS = 2
 
 
 @dataclass
@@ -58,9 +61,19 @@ class Writer:
         self._pack = PackWriter()
         self._pending: set[str] = set()  # blobs in the open pack
         self._flushing: set[str] = set()  # blobs of packs being stored: known, not yet indexed
+        #: ids of the packs this writer stored (or found stored already, byte for byte)
+        self.packs_stored: set[str] = set()
         self._lock = threading.Lock()
         self._thread: ThreadPoolExecutor | None = None
         self._writes: deque[Future[None]] = deque()
+        #: store blobs uncompressed and mark their packs deferred, for prune to compress: an
+        #: initial copy on cheap storage, where compressing inline would bound its speed
+        #: (docs/benchmarks.md, issue 17). Set by the cycle thread between disks.
+        self.compress_later = False
+
+    def may_compress_later(self, nbytes: int) -> bool:
+        """Whether ``nbytes`` may be written uncompressed now and compressed later here."""
+        return self.storage.room_to_defer(nbytes)
 
     def _known(self, bid: str) -> bool:
         """In the index or in one of this writer's own packs (open or being stored)."""
@@ -79,7 +92,8 @@ class Writer:
         fresh = [i for i, bid in enumerate(ids) if not self._known(bid)]
         sealed: list[bytes | None] = [None] * len(pieces)
         if fresh:
-            done = self.repo.sealer.seal_many([pieces[i] for i in fresh], [ids[i].encode() for i in fresh])
+            done = self.repo.sealer.seal_many([pieces[i] for i in fresh], [ids[i].encode() for i in fresh],
+                                              raw=self.compress_later)
             for i, blob in zip(fresh, done, strict=True):
                 sealed[i] = blob
         return [(bid, blob, len(p)) for bid, blob, p in zip(ids, sealed, pieces, strict=True)]
@@ -87,11 +101,14 @@ class Writer:
     def add_sealed_many(self, sealed: list[tuple[str, bytes | None, int]]) -> None:
         """``add_sealed`` of each (id, sealed, length), in order."""
         stats = self.stats
+        later = self.compress_later
         for bid, blob, raw_length in sealed:
             if blob is None or self._known(bid):
                 stats.blobs_known += 1
                 continue
             self._pack.add(bid, blob, raw_length)
+            if later:
+                self._pack.deferred = True
             self._pending.add(bid)
             stats.blobs_new += 1
             stats.raw_bytes_new += raw_length
@@ -109,7 +126,7 @@ class Writer:
         return bid
 
     def flush(self) -> None:
-        """Store the open pack and wait until every pack handed to the thread is stored with
+        """Store the open pack and wait until every pack handed to the threads is stored with
         its index: after this, everything added is durable (design §3 write order)."""
         self._flush_async()
         self._reap(block=True)
@@ -140,7 +157,7 @@ class Writer:
             self._thread = None
 
     def _flush_async(self) -> None:
-        """Hand the open pack to the thread, so reading and sealing go on while it is
+        """Hand the open pack to the writer threads, so reading and sealing go on while it is
         written, fsynced and indexed. At most WRITES_IN_FLIGHT packs wait (memory bound)."""
         self._reap(block=False)
         if not len(self._pack):
@@ -150,7 +167,7 @@ class Writer:
         with self._lock:
             self._flushing = self._flushing | ids
         if self._thread is None:
-            self._thread = ThreadPoolExecutor(1, thread_name_prefix="rehost-pack-writer")
+            self._thread = ThreadPoolExecutor(PACK_WRITERS, thread_name_prefix="rehost-pack-writer")
         while len(self._writes) >= WRITES_IN_FLIGHT:
             self._writes.popleft().result()
         self._writes.append(self._thread.submit(self._store_pack, pack, ids))
@@ -161,11 +178,13 @@ class Writer:
             sealer = self.repo.sealer
             pack_id, data = pack.finish(sealer)
             self.repo.save_addressed(self.storage, Kind.DATA, pack_id, data)
-            index_id, index_data = encode_index([(pack_id, pack.entries)], sealer)
+            deferred = [pack_id] if pack.deferred else []
+            index_id, index_data = encode_index([(pack_id, pack.entries)], sealer, deferred)
             self.repo.save_addressed(self.storage, Kind.INDEX, index_id, index_data)
-            self.repo._index_pack(index_id, pack_id, pack.entries)
+            self.repo._index_pack(index_id, pack_id, pack.entries, deferred=pack.deferred)
             with self._lock:
                 self.stats.stored_bytes += len(data) + len(index_data)
+                self.packs_stored.add(pack_id)
         finally:  # stored: indexed now; failed: unknown again, so a retry stores them
             with self._lock:
                 self._flushing = self._flushing - ids

@@ -490,7 +490,8 @@ def _complete_plan(vault: Vault, job: JobRow) -> list[Step]:
         machine = get_machine(ctx.vault, ctx.job.machine_name)
         with leases.pruning(ctx.vault), point_records.changing(ctx.vault, [machine.id]):
             points = {p.id for p in ctx.vault.repo.list_points(machine.id)}
-            report = prune(ctx.vault.repo, points, reading=leases.points_being_read(ctx.vault))
+            # other machines' uncompressed initial copies are left to rehost prune or serve
+            report = prune(ctx.vault.repo, points, reading=leases.points_being_read(ctx.vault), compress=0)
         ctx.vault.cache.drop(machine.id)
         note = provider_for(machine, ctx.vault).stop_tracking(spec_of(machine))
         return f"{report.points_removed} point(s) and {report.packs_removed} pack(s) purged" + (

@@ -5,8 +5,9 @@ whether a cycle is due (crash-consistent every N seconds, app-consistent every M
 to a bounded pool of workers (cycles of different machines run side by side, one machine
 never twice), and records the attempt on the item (time, duration, error) so health can
 explain a miss. Each cycle is a job. Policies are re-read every tick, so changes apply to
-running replication. Retention is applied now and then, in one prune for all items; jobs
-whose runner died (a killed server) are picked up again.
+running replication. Retention is applied now and then, in one prune for all items, which
+also compresses what an initial copy stored uncompressed, a slice at a time; jobs whose
+runner died (a killed server) are picked up again.
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ from rehost.vault.states import ALLOWED
 from rehost.vault.vault import Vault
 
 RETENTION_EVERY_S = 600
+#: while an initial copy awaits compression, the retention pass comes this often and compresses
+#: this many of its packs (16 MiB each): cycles wait while a prune runs, a few seconds each time
+COMPRESS_EVERY_S = 60.0
+COMPRESS_PACKS = 32
 #: how often ``rehost serve`` looks for jobs whose runner died
 RESUME_EVERY_S = 15.0
 
@@ -261,7 +266,8 @@ class Scheduler:
         """Now and then, thin every item's points by its policy in one prune. Prune's delete
         phase runs alone among writers, so it runs in a thread of its own, not in a worker."""
         now = self.clock()
-        if now - self._last_retention < RETENTION_EVERY_S or not items:
+        every = COMPRESS_EVERY_S if self.vault.repo.index.deferred else RETENTION_EVERY_S
+        if now - self._last_retention < every or not items:
             return
         if self._retention_thread is not None and self._retention_thread.is_alive():
             return
@@ -280,16 +286,22 @@ class Scheduler:
             # purge of ``complete``) or a crash may have left them behind; names only are listed
             point_records.sync(self.vault)
             forget = self._due_to_go(items, now)
-            if not forget:
+            # an initial copy stored uncompressed (Writer.compress_later) is compressed here
+            self.vault.repo.refresh_index()
+            if not forget and not self.vault.repo.index.deferred:
                 return
             machine_ids = {m.name: m.id for m, _ in items}
             with leases.pruning(self.vault), point_records.changing(self.vault,
                                                                     [machine_ids[n] for n in forget]):
                 reading = leases.points_being_read(self.vault)  # read since we decided: kept
                 gone = set().union(*forget.values()) - reading
-                prune(self.vault.repo, gone, reading=reading)
+                report = prune(self.vault.repo, gone, reading=reading, compress=COMPRESS_PACKS)
             for name, ids in sorted(forget.items()):
                 self.log(f"{name}: retention removed {len(ids - reading)} point(s)")
+            if report.packs_compressed:
+                left = len(self.vault.repo.index.deferred)
+                self.log(f"compressed {report.packs_compressed} pack(s) an initial copy stored uncompressed"
+                         + (f" ({left} to go)" if left else ""))
         except Exception as e:  # the next pass tries again; replication goes on meanwhile
             self.log(f"retention postponed: {type(e).__name__}: {e}")
 

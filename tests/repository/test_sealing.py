@@ -5,6 +5,7 @@ other: ids are the repository's addresses, and the agent and older writers use b
 from __future__ import annotations
 
 import random
+import subprocess
 from types import ModuleType
 
 import blake3
@@ -118,3 +119,46 @@ def test_seal_many_and_blob_ids_agree_with_one_blob_at_a_time(encrypted: bool) -
     if encrypted:
         with pytest.raises(IntegrityError, match="authentication"):
             sealer.open(sealed[0], ids[1].encode())
+
+
+# stored frames: every way the content size is written (1, 2, 4 bytes and their edges) and
+# the raw blocks' edges (128 KiB each, the last one marked)
+RAW_SIZES = [0, 1, 255, 256, 257, 4 * KiB, 65535, 65536 + 255, 65536 + 256, 128 * KiB - 1,
+             128 * KiB, 128 * KiB + 1, 3 * 128 * KiB + 5, (1 << 20) + 3]
+
+
+def test_raw_frames_are_zstd_frames_of_stored_blocks() -> None:
+    """An initial copy's blobs: stored, not compressed, yet frames that zstd itself (its CLI,
+    another decoder than the library) and python-zstandard open, with their content size;
+    the native call writes what the Python path writes, byte for byte."""
+    rng = random.Random(6)
+    pieces = [rng.randbytes(n) if i % 2 else b"z" * n for i, n in enumerate(RAW_SIZES)]
+    frames = [crypto.raw_frame(p) for p in pieces]
+    dctx = zstandard.ZstdDecompressor()
+    for frame, piece in zip(frames, pieces, strict=True):
+        assert zstandard.frame_content_size(frame) == len(piece)
+        assert dctx.decompress(frame) == piece
+        blocks = max(1, -(-len(piece) // (128 * KiB)))
+        assert len(frame) - len(piece) - 3 * blocks in (6, 7, 9)  # magic, descriptor, size
+    cli = subprocess.run(["zstd", "-d", "-c"], input=b"".join(frames), capture_output=True, check=True)
+    assert cli.stdout == b"".join(pieces)
+    native = _native()
+    views = [memoryview(b"-" + p)[1:] for p in pieces]  # unaligned views too
+    assert native.seal(crypto.ZSTD_LEVEL, views, None, [b""] * len(pieces), True) == frames
+
+
+@pytest.mark.parametrize("encrypted", [False, True])
+def test_seal_many_stores_raw_when_asked(encrypted: bool) -> None:
+    keys = KeyMaterial.generate(encrypted=encrypted)
+    sealer = Sealer(keys)
+    pieces: list[bytes | memoryview] = [b"abc" * 5000, bytes(4 * KiB), random.Random(7).randbytes(9000)]
+    aads = [b"a", b"b", b"c"]
+    raw = sealer.seal_many(pieces, aads, raw=True)
+    packed = sealer.seal_many(pieces, aads)
+    overhead = crypto.NONCE_SIZE + 16 if encrypted else 0
+    for r, p, piece, aad in zip(raw, packed, pieces, aads, strict=True):
+        assert len(r) >= len(piece) + overhead  # stored: no smaller than the piece
+        assert sealer.open(r, aad) == sealer.open(p, aad) == bytes(piece)
+    assert len(packed[0]) < 200 and len(packed[1]) < 100  # and compressed when not asked
+    if not encrypted:  # one blob at a time, the same frames (encrypted, each has its own nonce)
+        assert [sealer.seal(p, a, raw=True) for p, a in zip(pieces, aads, strict=True)] == raw

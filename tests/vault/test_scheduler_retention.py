@@ -1,4 +1,5 @@
-"""Retention in rehost serve: one prune for every item, and only when some point must go."""
+"""Retention in rehost serve: one prune for every item, and only when some point must go or an
+initial copy is to be compressed."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 import time
 from pathlib import Path
 
+from rehost.repository.storage import Kind
 from rehost.vault import inventory, policies, protection
 from rehost.vault.scheduler import Scheduler
 from rehost.vault.vault import Vault
@@ -32,8 +34,15 @@ def test_retention_thins_old_points_and_leaves_the_repository_alone_otherwise(tm
         now = time.time()
         sched = Scheduler(vault, clock=lambda: now, log=log.append)
         sched._retention([(m, m.policy) for m in inventory.list_machines(vault)], wait=True)  # type: ignore[misc]
-        assert not any("retention" in line for line in log), log  # nothing due: no prune at all
-        assert len(vault.repo.list_points()) == 6
+        # no point is due to go, but the initial copies were stored uncompressed: compressed now
+        assert not any("retention" in line for line in log), log
+        assert [line for line in log if line.startswith("compressed")] == [
+            "compressed 2 pack(s) an initial copy stored uncompressed"], log
+        assert vault.repo.index.deferred == set() and len(vault.repo.list_points()) == 6
+        packs = {o.name for o in vault.repo.storage.list(Kind.DATA)}
+        sched = Scheduler(vault, clock=lambda: now, log=log.append)
+        sched._retention([(m, m.policy) for m in inventory.list_machines(vault)], wait=True)  # type: ignore[misc]
+        assert len(log) == 1 and {o.name for o in vault.repo.storage.list(Kind.DATA)} == packs  # no prune
 
         later = now + 3 * 24 * 3600  # three days on: beyond the 2 h window
         sched = Scheduler(vault, clock=lambda: later, log=log.append)

@@ -195,6 +195,9 @@ class AzureBlobStorage:
         except Exception as e:
             raise self._error(e, "remove", kind, name) from None
 
+    def room_to_defer(self, nbytes: int) -> bool:
+        return False  # a network, maybe a bill: compressed before it is sent
+
     def close(self) -> None:
         """Close the client's connection pool."""
         self._client.close()

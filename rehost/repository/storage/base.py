@@ -63,4 +63,10 @@ class Storage(Protocol):
         """Delete an object; ``ObjectNotFound`` if absent. Only prune (and locks) call this."""
         ...
 
+    def room_to_defer(self, nbytes: int) -> bool:
+        """Whether ``nbytes`` of an initial copy may be stored uncompressed now, for prune to
+        compress later: writes cost little here (a local disk, not a network, a bill or a
+        bandwidth limit) and there is room to spare for them."""
+        ...
+
     def close(self) -> None: ...

@@ -109,6 +109,9 @@ class FaultyStorage:
             raise fault
         self.inner.remove(kind, name)
 
+    def room_to_defer(self, nbytes: int) -> bool:
+        return self.inner.room_to_defer(nbytes)
+
     def close(self) -> None:
         self.inner.close()
 

@@ -56,6 +56,9 @@ class MemoryStorage:
             if self._objects.pop((kind, name), None) is None:
                 raise self._not_found(kind, name)
 
+    def room_to_defer(self, nbytes: int) -> bool:
+        return True
+
     def close(self) -> None:
         """Nothing to release; the data stays so a named shared storage can be reopened."""
 

@@ -36,5 +36,8 @@ class ReadOnlyStorage:
     def remove(self, kind: Kind, name: str) -> None:
         raise UsageError(READ_ONLY_MESSAGE)
 
+    def room_to_defer(self, nbytes: int) -> bool:
+        return False  # nothing is written
+
     def close(self) -> None:
         self.inner.close()

@@ -97,6 +97,9 @@ class RetryingStorage:
     def remove(self, kind: Kind, name: str) -> None:
         self._call(f"remove {describe(kind, name)}", lambda: self.inner.remove(kind, name))
 
+    def room_to_defer(self, nbytes: int) -> bool:
+        return self.inner.room_to_defer(nbytes)
+
     def close(self) -> None:
         self.inner.close()
 

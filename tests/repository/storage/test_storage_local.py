@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import random
 import stat
 import time
 from pathlib import Path
@@ -177,3 +178,44 @@ def test_a_failed_save_leaves_no_temp_file(
     assert temp_files(repo.root) == []
     monkeypatch.undo()
     assert list(repo.list(Kind.INDEX)) == []
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_packs_are_written_directly_or_through_the_cache_with_the_same_bytes(
+    repo: LocalStorage, monkeypatch: pytest.MonkeyPatch, direct: bool
+) -> None:
+    """Large objects go through O_DIRECT (an aligned buffer, the tail padded then truncated);
+    where the file system refuses it (EINVAL), through the page cache. Either way the object
+    holds exactly its bytes, at every length around the alignment and the threshold."""
+    from rehost.repository.storage import local
+
+    used: list[bool] = []
+    real_write_direct = local._write_direct
+
+    def spy(fd: int, data: bytes) -> bool:
+        used.append(real_write_direct(fd, data))
+        return used[-1]
+
+    monkeypatch.setattr(local, "_write_direct", spy)
+    if not direct:
+        real_fcntl = local.fcntl.fcntl
+
+        def no_direct(fd: int, cmd: int, arg: int = 0) -> int:
+            if cmd == local.fcntl.F_SETFL and arg & os.O_DIRECT:
+                raise OSError(errno.EINVAL, "Invalid argument")
+            return real_fcntl(fd, cmd, arg)
+
+        monkeypatch.setattr(local.fcntl, "fcntl", no_direct)
+    rng = random.Random(3)
+    sizes = [local.DIRECT_MIN - 1, local.DIRECT_MIN, local.DIRECT_MIN + 1, 3 * local.DIRECT_MIN + 4097,
+             (16 << 20) + 5, 2 * local.DIRECT_MIN]  # the last: smaller than the buffer kept
+    for size in sizes:
+        data = rng.randbytes(size)
+        name = hashlib.sha256(data).hexdigest()
+        repo.save(Kind.DATA, name, data)
+        assert repo.stat(Kind.DATA, name).size == size
+        assert repo.load(Kind.DATA, name) == data
+        assert repo.load(Kind.DATA, name, size - 10, 10) == data[-10:]
+        assert stat.S_IMODE((repo.root / "data" / name[:2] / name).stat().st_mode) == 0o444
+    assert used == [direct] * (len(sizes) - 1)  # the first is below the threshold: not tried
+    assert temp_files(repo.root) == []
