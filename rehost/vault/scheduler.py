@@ -298,9 +298,11 @@ class Scheduler:
                 report = prune(self.vault.repo, gone, reading=reading, compress=COMPRESS_PACKS)
             for name, ids in sorted(forget.items()):
                 self.log(f"{name}: retention removed {len(ids - reading)} point(s)")
-            if report.packs_compressed:
+            if report.packs_compressed or report.packs_left_as_stored:
                 left = len(self.vault.repo.index.deferred)
+                kept = report.packs_left_as_stored
                 self.log(f"compressed {report.packs_compressed} pack(s) an initial copy stored uncompressed"
+                         + (f", {kept} did not shrink and stay as stored" if kept else "")
                          + (f" ({left} to go)" if left else ""))
         except Exception as e:  # the next pass tries again; replication goes on meanwhile
             self.log(f"retention postponed: {type(e).__name__}: {e}")

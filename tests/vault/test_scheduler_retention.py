@@ -7,6 +7,7 @@ import os
 import time
 from pathlib import Path
 
+from rehost.repository.check import check
 from rehost.repository.storage import Kind
 from rehost.vault import inventory, policies, protection
 from rehost.vault.scheduler import Scheduler
@@ -24,8 +25,8 @@ def test_retention_thins_old_points_and_leaves_the_repository_alone_otherwise(tm
                 f.truncate(4 * MiB)
             inventory.add_image_source(vault, name, [disk])
             for i in range(3):
-                with open(disk, "r+b") as f:
-                    f.write(os.urandom(64 * 1024) + bytes([i]))
+                with open(disk, "r+b") as f:  # compressible: random data would stay as stored
+                    f.write(os.urandom(32 * 1024) * 2 + bytes([i]))
                 protection.replicate(vault, name)
         policies.create_policy(vault, "short", rpo_threshold="1h", retention="2h")
         for name in ("a", "b"):
@@ -39,6 +40,7 @@ def test_retention_thins_old_points_and_leaves_the_repository_alone_otherwise(tm
         assert [line for line in log if line.startswith("compressed")] == [
             "compressed 2 pack(s) an initial copy stored uncompressed"], log
         assert vault.repo.index.deferred == set() and len(vault.repo.list_points()) == 6
+        assert check(vault.repo, read_data=True).ok
         packs = {o.name for o in vault.repo.storage.list(Kind.DATA)}
         sched = Scheduler(vault, clock=lambda: now, log=log.append)
         sched._retention([(m, m.policy) for m in inventory.list_machines(vault)], wait=True)  # type: ignore[misc]
