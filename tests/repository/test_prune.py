@@ -206,26 +206,36 @@ def test_prune_compresses_a_slice_of_the_deferred_packs_when_asked(tmp_path: Pat
     assert check(repo, read_data=True).ok
 
 
+def _random_initial_copy(tmp_path: Path, seed: int, size: int) -> tuple[Repository, str, str, set[str]]:
+    """An initial copy of incompressible data: the repository, its point, the point's digest
+    and the (deferred) packs it stored."""
+    disk = tmp_path / "disk.raw"
+    disk.write_bytes(random.Random(seed).randbytes(size))
+    repo = Repository.create(LocalStorage.create(tmp_path / "repo"))
+    with open_disk(probe(disk)) as d:
+        point = run_cycle(repo, DigestCache(tmp_path / "cache"), "m", [(0, d)], parent=None).point
+    return repo, point.id, _digest_of_point(repo, point.id), set(repo.index.pack_ids)
+
+
+def _reads_back_from_the_same_packs(tmp_path: Path, point_id: str, digest: str, packs: set[str]) -> None:
+    """Opened afresh: the same packs, none marked, the point byte for byte, check clean."""
+    reopened = Repository.open(LocalStorage(tmp_path / "repo"))
+    reopened.load_index()
+    assert set(reopened.index.pack_ids) == packs and reopened.index.deferred == set()
+    assert _digest_of_point(reopened, point_id) == digest
+    assert check(reopened, read_data=True).ok
+
+
 def test_an_initial_copy_that_does_not_compress_stays_where_it_is(tmp_path: Path) -> None:
     """Random data: no blob shrinks, so the pack is left as stored and no longer marked. Moving
     it would write the same bytes under the same content address, which the sweep then deleted
     as the old pack (clean-clone CI, test_concurrency: "blob ... is not in the index")."""
-    disk = tmp_path / "disk.raw"
-    disk.write_bytes(random.Random(3).randbytes(3 * MiB))
-    repo = Repository.create(LocalStorage.create(tmp_path / "repo"))
-    with open_disk(probe(disk)) as d:
-        point = run_cycle(repo, DigestCache(tmp_path / "cache"), "m", [(0, d)], parent=None).point
-    digest = _digest_of_point(repo, point.id)
-    packs = set(repo.index.pack_ids)
+    repo, point_id, digest, packs = _random_initial_copy(tmp_path, 3, 3 * MiB)
     assert packs and repo.index.deferred == packs
 
     report = prune(repo, ())
     assert (report.packs_compressed, report.packs_left_as_stored, report.packs_removed) == (0, len(packs), 0)
-    reopened = Repository.open(LocalStorage(tmp_path / "repo"))
-    reopened.load_index()
-    assert set(reopened.index.pack_ids) == packs and reopened.index.deferred == set()
-    assert _digest_of_point(reopened, point.id) == digest
-    assert check(reopened, read_data=True).ok
+    _reads_back_from_the_same_packs(tmp_path, point_id, digest, packs)
 
 
 def test_a_pack_written_again_byte_for_byte_is_not_deleted_as_its_old_self(
@@ -243,18 +253,8 @@ def test_a_pack_written_again_byte_for_byte_is_not_deleted_as_its_old_self(
             yield pack_id, live, moved, True
 
     monkeypatch.setattr(prune_module, "_compressed", claims_to_shrink)
-    disk = tmp_path / "disk.raw"
-    disk.write_bytes(random.Random(4).randbytes(2 * MiB))
-    repo = Repository.create(LocalStorage.create(tmp_path / "repo"))
-    with open_disk(probe(disk)) as d:
-        point = run_cycle(repo, DigestCache(tmp_path / "cache"), "m", [(0, d)], parent=None).point
-    digest = _digest_of_point(repo, point.id)
-    packs = set(repo.index.pack_ids)
+    repo, point_id, digest, packs = _random_initial_copy(tmp_path, 4, 2 * MiB)
 
     report = prune(repo, ())
     assert report.packs_compressed == len(packs) and report.packs_removed == 0
-    reopened = Repository.open(LocalStorage(tmp_path / "repo"))
-    reopened.load_index()
-    assert set(reopened.index.pack_ids) == packs and reopened.index.deferred == set()
-    assert _digest_of_point(reopened, point.id) == digest
-    assert check(reopened, read_data=True).ok
+    _reads_back_from_the_same_packs(tmp_path, point_id, digest, packs)
