@@ -9,28 +9,22 @@
  * The digests are the canonical (big-endian) XXH3-64 of each block, the last one possibly
  * short: byte for byte what rehost.replication.digests.digest_blocks_py returns, which is
  * used where this module is not built. XXH3 comes from libxxhash's header (inlined: the
- * module needs no shared library at run time); the AVX2 variant is in _blockhash_avx2.c and
- * chosen at import where the CPU has it.
+ * module needs no shared library at run time); the loops are in _blockhash_default.c and
+ * _blockhash_avx2.c, the AVX2 one chosen at import where the CPU has it.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <string.h>
-
-#define XXH_INLINE_ALL
-#include <xxhash.h>
 
 #include "_blockhash.h"
 
 /* below this a call keeps the GIL: giving it up and taking it back costs more than the hash */
 #define RELEASE_GIL_FROM (64 * 1024)
 
-#define REHOST_DIGEST_LOOP rehost_digest_blocks_default
-#include "_blockhash_loop.h"
-
-static void (*digest_impl)(const unsigned char *, Py_ssize_t, unsigned char *) = rehost_digest_blocks_default;
+static rehost_digest_fn digest_impl = rehost_digest_blocks_default;
 static const char *impl_name = "default";
 
-static PyObject *digest_with(void (*impl)(const unsigned char *, Py_ssize_t, unsigned char *), PyObject *arg)
+static PyObject *digest_with(rehost_digest_fn impl, PyObject *arg)
 {
     Py_buffer view;
     if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
@@ -80,13 +74,7 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__blockhash(void)
 {
-#if REHOST_HAVE_AVX2
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2")) {
-        digest_impl = rehost_digest_blocks_avx2;
-        impl_name = "avx2";
-    }
-#endif
+    digest_impl = rehost_digest_pick(&impl_name);
     PyObject *m = PyModule_Create(&module);
     if (m != NULL && PyModule_AddStringConstant(m, "VARIANT", impl_name) < 0) {
         Py_DECREF(m);

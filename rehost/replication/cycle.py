@@ -100,6 +100,8 @@ def _diff_chunk(
     ``dirty``: block ranges (relative to the chunk) a change tracker reported; every other
     block is known unchanged, was not read, and keeps its old digest.
     """
+    if data is not None and dirty is None and _DIFF_AND_SEAL is not None:
+        return _diff_native(repo, offset, memoryview(data), old)
     if data is None:
         nblocks = block_count(length)
         new = ZERO_DIGEST * nblocks
@@ -126,6 +128,40 @@ def _diff_chunk(
     ids = iter(sealed)
     entries = [MapEntry(offset + a, b - a, None if zero else next(ids)[0], 0) for a, b, zero in runs]
     return _ChunkResult(new, entries, sealed, sum(b - a for a, b, _ in runs))
+
+
+def _native_diff() -> Callable[..., tuple[bytes, list[tuple[int, int, bool]], list[Any]]] | None:
+    try:
+        from rehost.replication import _chunkdiff
+    except ImportError:  # not built (setup.py): the Python path below, slower, same result
+        return None
+    return _chunkdiff.diff_and_seal
+
+
+#: ``_diff_chunk`` of a chunk read whole, in one native call without the GIL (``_chunkdiff.c``)
+_DIFF_AND_SEAL = _native_diff()
+
+
+def _diff_native(repo: Writer, offset: int, view: memoryview, old: bytes) -> _ChunkResult:
+    """``_diff_chunk`` in one call that gives the GIL up once: digests, runs, and the id and
+    sealed bytes of each data run (copied first from a view of pages, as ``_stable_runs``
+    does). Runs too long for its ids (``NATIVE_ID_MAX``) are sealed here, as before."""
+    new, runs, blobs = _DIFF_AND_SEAL(view, old, copy=view.readonly, **repo.seal_args())  # type: ignore[misc]
+    if not runs:
+        return _ChunkResult(new, [], [], 0)
+    if None in blobs:
+        data_runs = [run for run in runs if not run[2]]
+        longer = [run for run, blob in zip(data_runs, blobs, strict=True) if blob is None]
+        pieces: Sequence[bytes | memoryview]
+        if view.readonly:
+            new, pieces = _stable_runs(view, new, longer)
+        else:
+            pieces = [view[a:b] for a, b, _ in longer]
+        sealed = iter(repo.seal_blobs(pieces))
+        blobs = [blob if blob is not None else next(sealed) for blob in blobs]
+    ids = iter(blobs)
+    entries = [MapEntry(offset + a, b - a, None if zero else next(ids)[0], 0) for a, b, zero in runs]
+    return _ChunkResult(new, entries, blobs, sum(b - a for a, b, _ in runs))
 
 
 def _stable_runs(

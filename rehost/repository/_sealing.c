@@ -23,12 +23,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <limits.h>
-#include <openssl/evp.h>
-#include <sys/random.h>
-#include <zstd.h>
 
 #include "_blake3.h"
+#include "_seal_core.h"
 
 /* -- the pieces of a call ---------------------------------------------------------------- */
 
@@ -128,80 +125,6 @@ static PyObject *blob_ids(PyObject *Py_UNUSED(module), PyObject *args)
 
 /* -- zstd ------------------------------------------------------------------------------- */
 
-/* Compression contexts kept for the next call (making one per call would cost more than a
- * small chunk's compression). Taken and given back while the GIL is held, so no lock. */
-#define SPARE_CONTEXTS 8
-static ZSTD_CCtx *spare[SPARE_CONTEXTS];
-static int spares;
-
-#define NONCE_LEN 12
-#define TAG_LEN 16
-
-/* AES-256-GCM of ``buf`` in place under a fresh random nonce: ``nonce`` before it and the
- * tag after it, as rehost.repository.crypto.Sealer writes (nonce + ciphertext + tag).
- * Returns 0, or -1 (no randomness, or OpenSSL failed). */
-static int encrypt_in_place(EVP_CIPHER_CTX *ctx, const unsigned char *key, unsigned char *nonce,
-                            unsigned char *buf, int len, const unsigned char *aad, int aad_len)
-{
-    int n = 0;
-    if (getrandom(nonce, NONCE_LEN, 0) != NONCE_LEN)
-        return -1;
-    if (EVP_EncryptInit_ex(ctx, NULL, NULL, key, nonce) != 1)
-        return -1;
-    if (aad_len > 0 && EVP_EncryptUpdate(ctx, NULL, &n, aad, aad_len) != 1)
-        return -1;
-    if (len > 0 && (EVP_EncryptUpdate(ctx, buf, &n, buf, len) != 1 || n != len))
-        return -1;
-    if (EVP_EncryptFinal_ex(ctx, buf + len, &n) != 1 || n != 0)
-        return -1;
-    return EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, TAG_LEN, buf + len) == 1 ? 0 : -1;
-}
-
-/* -- stored frames ----------------------------------------------------------------------- */
-
-#define RAW_BLOCK_MAX (128 * 1024) /* Block_Maximum_Size (RFC 8878 §3.1.1.2.4) */
-
-static size_t content_size_bytes(size_t n)
-{
-    return n < 256 ? 1 : n < 65536 + 256 ? 2 : n <= 0xFFFFFFFFu ? 4 : 8;
-}
-
-/* The size of raw_frame()'s frame of ``n`` bytes. */
-static size_t raw_frame_size(size_t n)
-{
-    size_t blocks = n ? (n + RAW_BLOCK_MAX - 1) / RAW_BLOCK_MAX : 1;
-    return 4 + 1 + content_size_bytes(n) + 3 * blocks + n;
-}
-
-/* A single-segment frame with its content size and no checksum, as libzstd writes one, whose
- * blocks are raw (stored). Returns its size (raw_frame_size(n)). */
-static size_t raw_frame(unsigned char *dst, const unsigned char *src, size_t n)
-{
-    static const unsigned char magic[4] = {0x28, 0xB5, 0x2F, 0xFD};
-    unsigned char *p = dst;
-    memcpy(p, magic, 4);
-    p += 4;
-    size_t fcs = content_size_bytes(n);
-    unsigned flag = fcs == 1 ? 0 : fcs == 2 ? 1 : fcs == 4 ? 2 : 3;
-    *p++ = (unsigned char)(flag << 6 | 1 << 5); /* Single_Segment_flag */
-    uint64_t value = fcs == 2 ? (uint64_t)n - 256 : (uint64_t)n;
-    for (size_t i = 0; i < fcs; i++)
-        *p++ = (unsigned char)(value >> (8 * i));
-    size_t left = n;
-    do {
-        size_t len = left < RAW_BLOCK_MAX ? left : RAW_BLOCK_MAX;
-        uint32_t header = (uint32_t)len << 3 | (left == len ? 1u : 0u); /* Raw_Block: type 0 */
-        *p++ = (unsigned char)header;
-        *p++ = (unsigned char)(header >> 8);
-        *p++ = (unsigned char)(header >> 16);
-        memcpy(p, src, len);
-        p += len;
-        src += len;
-        left -= len;
-    } while (left > 0);
-    return (size_t)(p - dst);
-}
-
 static PyObject *seal_pieces(PyObject *Py_UNUSED(module), PyObject *args)
 {
     int level, raw = 0;
@@ -235,7 +158,7 @@ static PyObject *seal_pieces(PyObject *Py_UNUSED(module), PyObject *args)
     }
     PyObject *out = PyList_New(n);
     size_t *sizes = PyMem_Malloc(n ? (size_t)n * sizeof(size_t) : 1);
-    ZSTD_CCtx *cctx = spares ? spare[--spares] : ZSTD_createCCtx();
+    ZSTD_CCtx *cctx = take_cctx();
     EVP_CIPHER_CTX *ectx = NULL;
     const char *failed = NULL;
     if (out == NULL || sizes == NULL || cctx == NULL)
@@ -246,38 +169,24 @@ static PyObject *seal_pieces(PyObject *Py_UNUSED(module), PyObject *args)
         goto fail;
     }
     /* every output's room is made first: the loop below runs without the GIL */
-    size_t head = encrypt ? NONCE_LEN : 0, tail = encrypt ? TAG_LEN : 0;
     for (Py_ssize_t i = 0; i < n; i++) {
-        size_t bound = raw ? raw_frame_size((size_t)views[i].len) : ZSTD_compressBound((size_t)views[i].len);
-        size_t room = head + bound + tail;
         /* OpenSSL takes int lengths, and the sealed frame may be larger than the piece */
         if (views[i].len > INT_MAX / 2 || aads[i].len > INT_MAX) {
             PyErr_SetString(PyExc_ValueError, "a piece or an aad is too large");
             goto fail;
         }
-        PyObject *b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)room);
+        PyObject *b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)seal_room((size_t)views[i].len, encrypt, raw));
         if (b == NULL)
             goto fail;
         PyList_SET_ITEM(out, i, b);
     }
     Py_BEGIN_ALLOW_THREADS
-    ZSTD_CCtx_reset(cctx, ZSTD_reset_session_and_parameters);
-    ZSTD_CCtx_setParameter(cctx, ZSTD_c_compressionLevel, level);
-    ZSTD_CCtx_setParameter(cctx, ZSTD_c_contentSizeFlag, 1);
-    ZSTD_CCtx_setParameter(cctx, ZSTD_c_checksumFlag, 0);
+    seal_level(cctx, level);
     for (Py_ssize_t i = 0; i < n && failed == NULL; i++) {
         PyObject *b = PyList_GET_ITEM(out, i);
-        unsigned char *dst = (unsigned char *)PyBytes_AS_STRING(b);
-        size_t packed = raw ? raw_frame(dst + head, views[i].buf, (size_t)views[i].len)
-                            : ZSTD_compress2(cctx, dst + head, (size_t)PyBytes_GET_SIZE(b) - head - tail,
-                                             views[i].buf, (size_t)views[i].len);
-        if (ZSTD_isError(packed)) {
-            failed = ZSTD_getErrorName(packed);
-        } else if (encrypt && encrypt_in_place(ectx, key.buf, dst, dst + head, (int)packed, aads[i].buf,
-                                               (int)aads[i].len) < 0) {
-            failed = "AES-256-GCM failed";
-        }
-        sizes[i] = head + packed + tail;
+        sizes[i] = seal_into(cctx, ectx, key.buf, raw, views[i].buf, (size_t)views[i].len,
+                             (unsigned char *)PyBytes_AS_STRING(b), (size_t)PyBytes_GET_SIZE(b), aads[i].buf,
+                             (int)aads[i].len, &failed);
     }
     Py_END_ALLOW_THREADS
     if (failed != NULL)
@@ -289,10 +198,7 @@ static PyObject *seal_pieces(PyObject *Py_UNUSED(module), PyObject *args)
             goto fail;
         PyList_SET_ITEM(out, i, b);
     }
-    if (spares < SPARE_CONTEXTS)
-        spare[spares++] = cctx;
-    else
-        ZSTD_freeCCtx(cctx);
+    give_cctx(cctx);
     cctx = NULL;
     goto done;
 

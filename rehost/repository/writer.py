@@ -18,7 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from rehost.repository.crypto import blob_ids
+from rehost.repository.crypto import NATIVE_ID_MAX, ZSTD_LEVEL, blob_ids
 from rehost.repository.index import encode_index
 from rehost.repository.manifest import RecoveryPoint, encode_point
 from rehost.repository.pack import PACK_TARGET, PackWriter
@@ -97,6 +97,13 @@ class Writer:
             for i, blob in zip(fresh, done, strict=True):
                 sealed[i] = blob
         return [(bid, blob, len(p)) for bid, blob, p in zip(ids, sealed, pieces, strict=True)]
+
+    def seal_args(self) -> dict[str, object]:
+        """What a native call needs to seal as ``seal_blobs`` does (``_chunkdiff.c``): it
+        cannot ask the index whether a blob is known, so ``add_sealed_many`` drops those."""
+        keys = self.repo.keys
+        return {"hash_key": keys.hash_key, "id_max": NATIVE_ID_MAX, "level": ZSTD_LEVEL,
+                "data_key": keys.data_key, "raw": self.compress_later}
 
     def add_sealed_many(self, sealed: list[tuple[str, bytes | None, int]]) -> None:
         """``add_sealed`` of each (id, sealed, length), in order."""
