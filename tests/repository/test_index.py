@@ -59,3 +59,17 @@ def test_an_index_entry_of_the_wrong_shape_is_named_damage(blob: object) -> None
     data = SEALER.seal(json.dumps({"packs": [{"id": "p", "blobs": [blob]}]}).encode(), INDEX_AAD)
     with pytest.raises(IntegrityError, match="index file bad is malformed"):
         list(decode_index(data, SEALER, "bad"))
+
+
+def test_an_index_is_the_text_json_makes_of_it_also_for_ids_json_must_escape() -> None:
+    """``encode_index`` and ``entries_json`` write the JSON by hand (json.dumps of dicts was
+    most of a scattered delta's pack bookkeeping): the text must be json's, byte for byte."""
+    odd = [BlobEntry('quote"back\\slash\u00e9\n', 1, 2, 3), *_entries("c", 2)]
+    packs = [("pack-a", _entries("a", 3)), ("pack-odd", odd), ("pack-empty", [])]
+    _, data = encode_index(packs, SEALER, deferred={"pack-odd"})
+    doc = {"packs": [{"id": pid, "blobs": [e.to_json() for e in entries],
+                      **({"deferred": True} if pid == "pack-odd" else {})} for pid, entries in packs]}
+    assert SEALER.open(data, INDEX_AAD) == json.dumps(doc).encode()
+    index = Index()
+    index.add_file("x", decode_index(data, SEALER, "x"))
+    assert index.packs["pack-odd"] == odd
