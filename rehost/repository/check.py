@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from rehost.errors import IntegrityError, ObjectNotFound
 from rehost.repository.crypto import blob_id
 from rehost.repository.manifest import RecoveryPoint
-from rehost.repository.pack import BlobEntry, read_trailer
+from rehost.repository.pack import BlobEntry, names_pack, read_trailer
 from rehost.repository.repository import Repository
 from rehost.repository.storage.base import Kind
 
@@ -94,7 +93,7 @@ def _read_pack(
         report.errors.append(f"pack {pack_id[:12]} vanished during check")
         return
     report.bytes_read += len(data)
-    if hashlib.sha256(data).hexdigest() != pack_id:
+    if not names_pack(pack_id, data):
         report.errors.append(f"pack {pack_id[:12]} is damaged: its content does not match its name")
     try:
         trailer = {e.id for e in read_trailer(data, repo.sealer, pack_id[:12])}

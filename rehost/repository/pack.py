@@ -8,6 +8,8 @@ import struct
 from collections.abc import Sequence
 from typing import NamedTuple
 
+import blake3
+
 from rehost.errors import IntegrityError
 from rehost.repository.crypto import Sealer
 
@@ -34,6 +36,19 @@ class BlobEntry(NamedTuple):
     def from_json(cls, d: dict[str, object]) -> BlobEntry:
         return cls(str(d["id"]), int(d["offset"]), int(d["length"]),  # type: ignore[call-overload]
                    int(d["raw_length"]))  # type: ignore[call-overload]
+
+
+def pack_id_of(data: bytes) -> str:
+    """A pack's name: the BLAKE3 (unkeyed) of its bytes, which anyone can verify without a key.
+    SHA-256 named packs until 2026-12-07: it ran at 1.7 GB/s here against BLAKE3's 4.6, and
+    an initial copy hashes 1.5 GiB of packs in the threads that also write them."""
+    return blake3.blake3(data).hexdigest()
+
+
+def names_pack(pack_id: str, data: bytes) -> bool:
+    """Whether ``pack_id`` is the name of these bytes: their BLAKE3, or (a pack stored by an
+    older rehost) their SHA-256."""
+    return blake3.blake3(data).hexdigest() == pack_id or hashlib.sha256(data).hexdigest() == pack_id
 
 
 #: one entry as ``json.dumps`` writes its ``to_json``
@@ -72,11 +87,11 @@ class PackWriter:
         return len(self.entries)
 
     def finish(self, sealer: Sealer) -> tuple[str, bytes]:
-        """The pack's bytes and its id (SHA-256 of the bytes, verifiable without a key)."""
+        """The pack's bytes and its id (``pack_id_of``)."""
         self.entries_text = entries_json(self.entries)
         trailer = sealer.seal(self.entries_text.encode(), TRAILER_AAD)
         data = b"".join([*self._parts, trailer, _LEN.pack(len(trailer))])
-        return hashlib.sha256(data).hexdigest(), data
+        return pack_id_of(data), data
 
 
 def read_trailer(pack: bytes, sealer: Sealer, pack_id: str) -> list[BlobEntry]:

@@ -200,7 +200,7 @@ class Repository:
 
     def save_addressed(self, storage: Storage, kind: Kind, name: str, data: bytes) -> None:
         """Save a content-addressed object. If it exists already, it holds these very bytes
-        (its name is their SHA-256): a cycle resumed after a kill -9 between a pack and its
+        (its name is their hash): a cycle resumed after a kill -9 between a pack and its
         index, or two writers storing the same blobs, rebuild the same object, and that is
         success, not an error."""
         try:

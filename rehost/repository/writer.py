@@ -28,10 +28,12 @@ if TYPE_CHECKING:
     from rehost.repository.repository import Repository
 
 #: packs handed to the writer threads and not yet stored (each holds up to PACK_TARGET bytes)
-WRITES_IN_FLIGHT = 3
-#: threads storing packs: one hashes a pack (SHA-256, its id) while another waits on its write
-#: (an uncompressed initial copy: 2.32-2.60 s with one, 2.08 s with two, in-process)
-PACK_WRITERS = 2
+WRITES_IN_FLIGHT = 4
+#: threads storing packs: one hashes a pack (its id) while others wait on their write
+#: and fsyncs (an uncompressed initial copy, in-process: 2.32-2.60 s with one, 2.08 s with two;
+#: since the chunk's native diff, 2.04-2.47 s with two, 1.87-2.09 s with three, 1.86-2.30 s
+#: with four: the writers, not the cycle's workers, were busy all the time)
+PACK_WRITERS = 3
 
 
 @dataclass

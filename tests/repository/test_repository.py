@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 from pathlib import Path
 
+import blake3
+import pytest
+
+from rehost.repository import pack
 from rehost.repository.check import check
 from rehost.repository.repository import Repository
 from rehost.repository.storage import Kind, LocalStorage
@@ -71,3 +76,27 @@ def test_a_reader_finds_blobs_another_process_stored_after_it_loaded_the_index(t
     bid = writer.put_blob(b"written later by someone else" * 100)
     writer.flush()
     assert reader.read_blob(bid) == b"written later by someone else" * 100
+
+
+def test_packs_are_named_by_their_blake3_and_check_still_reads_sha256_named_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Packs stored before 2026-12-07 are named by their SHA-256: a repository holding both
+    kinds passes ``check --read-data``, and a pack whose bytes match neither name fails it."""
+    repo = Repository.create(LocalStorage.create(tmp_path / "repo"))
+    with monkeypatch.context() as m:
+        m.setattr(pack, "pack_id_of", lambda data: hashlib.sha256(data).hexdigest())
+        with repo.writer() as w:
+            w.put_blob(random.Random(1).randbytes(50_000))
+            w.flush()
+    with repo.writer() as w:
+        w.put_blob(random.Random(2).randbytes(50_000))
+        w.flush()
+    names = {o.name: repo.storage.load(Kind.DATA, o.name) for o in repo.storage.list(Kind.DATA)}
+    assert sorted(hashlib.sha256(d).hexdigest() == n for n, d in names.items()) == [False, True]
+    assert any(blake3.blake3(d).hexdigest() == n for n, d in names.items())
+    assert check(repo, read_data=True).ok
+    name, data = next(iter(names.items()))
+    path = next((tmp_path / "repo").rglob(name))
+    path.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    assert any("content does not match its name" in e for e in check(repo, read_data=True).errors)
