@@ -7,7 +7,8 @@ levels, the whole image read and digested by one thread and by two (a hash-diff 
 on two cores), the same with resident chunks taken as views of the file's mapping and digested
 natively (as a cycle does now), a scattered delta's per-blob id and compression alone and
 beside a thread running Python (the GIL's cost to small calls), then sealed natively a chunk
-at a time (as a cycle does now), and reading the allocated
+at a time, and a 1 % delta's chunks diffed and sealed in one native call each (as a cycle does
+now: rehost/replication/_chunkdiff.c), alone and beside a thread running Python; reading the allocated
 extents through qemu-nbd 1 MiB or 8 MiB per call (a cycle's read batch), with rehost's cache
 mode (none: O_DIRECT) and with writeback, and in place as a cycle reads a raw image
 (``FileDisk``: pages in the page cache through it, the others with O_DIRECT into aligned
@@ -214,6 +215,44 @@ def seal_blocks(count: int, beside_python: bool, native: bool = False) -> str:
     return f"{(time.perf_counter() - t0) / count * 1e6:.1f} µs per block"
 
 
+def chunk_diffs(data: list[bytes], beside_python: bool) -> str:
+    """A 1 % delta's cycle work per chunk, one native call each as a cycle makes it
+    (``_chunkdiff.diff_and_seal``): digest the chunk, compare with the old digests, cut and
+    seal the changed runs. Every chunk differs from its "old" digests in 1 % of its blocks,
+    scattered; alone, or while another thread runs Python (one GIL hand-off per chunk)."""
+    try:
+        from rehost.replication import _chunkdiff
+    except ImportError:
+        return "native chunk diff not built"
+    rng = random.Random(1)
+    olds = []
+    for c in data:
+        old = bytearray(digest_blocks(c))
+        for b in rng.sample(range(len(c) // BLOCK), max(1, len(c) // BLOCK // 100)):
+            old[8 * b : 8 * b + 8] = bytes(8)
+        olds.append(bytes(old))
+    args = {"hash_key": bytes(32), "id_max": 64 * 1024, "level": 1, "data_key": None, "raw": False}
+    stop = threading.Event()
+
+    def spin() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+
+    other = threading.Thread(target=spin)
+    if beside_python:
+        other.start()
+    t0 = time.perf_counter()
+    try:
+        blobs = sum(len(_chunkdiff.diff_and_seal(c, o, copy=False, **args)[2])
+                    for c, o in zip(data, olds, strict=True))
+    finally:
+        stop.set()
+        if beside_python:
+            other.join()
+    return f"{blobs:,} blobs sealed, {(time.perf_counter() - t0) / len(data) * 1e6:.0f} µs per chunk"
+
+
 def raw_frames(data: list[bytes]) -> str:
     """What an initial copy's sealing costs when it stores instead of compressing."""
     sealer = Sealer(KeyMaterial.generate(encrypted=False))
@@ -222,11 +261,12 @@ def raw_frames(data: list[bytes]) -> str:
 
 
 def write_packs(where: Path, data: list[bytes], direct: bool) -> str:
-    """The data as 16 MiB packs saved by rehost's local storage (SHA-256 names, each file
-    fsynced), with O_DIRECT (as it writes packs) or through the page cache."""
-    import hashlib
+    """The data as 16 MiB packs saved by rehost's local storage (named as rehost names them:
+    BLAKE3 since 2026-12-07, SHA-256 before; each file fsynced), with O_DIRECT (as it writes
+    packs) or through the page cache."""
     import shutil
 
+    from rehost.repository.pack import pack_id_of
     from rehost.repository.storage import Kind, LocalStorage, local
 
     root = where / "floor-packs"
@@ -236,7 +276,7 @@ def write_packs(where: Path, data: list[bytes], direct: bool) -> str:
     try:
         for i in range(0, len(data), 16):
             pack = b"".join(data[i : i + 16])
-            storage.save(Kind.DATA, hashlib.sha256(pack).hexdigest(), pack)
+            storage.save(Kind.DATA, pack_id_of(pack), pack)
     finally:
         local.DIRECT_MIN = saved
         shutil.rmtree(root)
@@ -266,11 +306,14 @@ def main(argv: list[str] | None = None) -> int:
         ("the same 47,000 sealed natively, 23 blocks per call (rehost's sealing)",
          partial(seal_blocks, 47_000, False, True)),
         ("the same natively, beside a thread running Python", partial(seal_blocks, 47_000, True, True)),
+        *((f"a 1 % delta's chunks diffed and sealed natively, one call each{how}",
+           partial(chunk_diffs, data, beside))
+          for beside, how in ((False, ""), (True, ", beside a thread running Python"))),
         ("keyed BLAKE3 of every 1 MiB chunk", partial(blob_ids, data)),
         *((f"zstd level {lvl} of every 1 MiB chunk", partial(compress, data, lvl)) for lvl in (3, 1, -1)),
         ("stored (raw) zstd frames of every 1 MiB chunk, natively (a deferred initial copy)",
          partial(raw_frames, data)),
-        *((f"save the chunks as 16 MiB packs (SHA-256, fsync), {how}",
+        *((f"save the chunks as 16 MiB packs (BLAKE3 names, fsync), {how}",
            partial(write_packs, image.parent, data, d))
           for d, how in ((False, "through the page cache"), (True, "O_DIRECT (rehost)"))),
         *((f"NBD read, {w} MiB per call, qemu-nbd cache={cache}", partial(nbd_read, image, cache, aio, w))
