@@ -216,9 +216,9 @@ def seal_blocks(count: int, beside_python: bool, native: bool = False) -> str:
 
 
 def chunk_diffs(data: list[bytes], beside_python: bool) -> str:
-    """A 1 % delta's cycle work per chunk, one native call each as a cycle makes it
-    (``_chunkdiff.diff_and_seal``): digest the chunk, compare with the old digests, cut and
-    seal the changed runs. Every chunk differs from its "old" digests in 1 % of its blocks,
+    """A 1 % delta's cycle work per chunk, in one native call each (``_chunkdiff``; a cycle
+    passes a batch of eight): digest the chunk, compare with the old digests, cut and seal
+    the changed runs. Every chunk differs from its "old" digests in 1 % of its blocks,
     scattered; alone, or while another thread runs Python (one GIL hand-off per chunk)."""
     try:
         from rehost.replication import _chunkdiff
@@ -244,7 +244,7 @@ def chunk_diffs(data: list[bytes], beside_python: bool) -> str:
         other.start()
     t0 = time.perf_counter()
     try:
-        blobs = sum(len(_chunkdiff.diff_and_seal(c, o, copy=False, **args)[2])
+        blobs = sum(len(_chunkdiff.diff_and_seal_many([c], [o], **args)[0][2])
                     for c, o in zip(data, olds, strict=True))
     finally:
         stop.set()

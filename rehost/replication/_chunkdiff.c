@@ -5,8 +5,8 @@
  * one from Python took a digest call, the runs cut in Python, a copy and a digest per run,
  * a call for the blob ids and one for the sealing: three or four times per chunk a worker gave
  * the GIL up and waited to take it back, and beside a thread running Python each wait is up to
- * a switch interval (docs/benchmarks.md, issue 17: 0.27 s of a 0.45 s cycle). Here a chunk is
- * one wait.
+ * a switch interval (docs/benchmarks.md, issue 17: 0.27 s of a 0.45 s cycle). Here a batch of
+ * chunks is one wait.
  *
  * What it does is rehost.replication.cycle's Python path, byte for byte (tests/replication/
  * test_chunkdiff.py holds them side by side): XXH3 digests of every 4 KiB block (the loops of
@@ -16,7 +16,8 @@
  * (_seal_core.h). One difference: every run is sealed, also one whose blob is stored already,
  * because whether it is known is the writer's index, a Python object; the writer drops such a
  * blob (Writer.add_sealed_many), so a delta repeating stored data costs its compression.
- * Runs longer than ``id_max`` are left to the caller (blake3-py hashes them faster).
+ * Runs longer than ``id_max`` are left to the caller (blake3-py hashes them faster). A call takes
+ * a worker's batch of chunks (eight), so the GIL is given up once per batch.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -199,32 +200,34 @@ fail:
     return NULL;
 }
 
-static PyObject *diff_and_seal(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
+static PyObject *diff_and_seal_many(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"data", "old", "hash_key", "id_max", "level", "data_key", "raw", "copy", NULL};
-    Py_buffer data, old, hash_key;
+    static char *kwlist[] = {"chunks", "olds", "hash_key", "id_max", "level", "data_key", "raw", NULL};
+    PyObject *chunkseq, *oldseq, *keyobj;
+    Py_buffer hash_key, data_key = {0};
     Py_ssize_t id_max;
-    int level, raw, copy;
-    PyObject *keyobj;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "y*y*y*niOpp:diff_and_seal", kwlist, &data, &old, &hash_key,
-                                     &id_max, &level, &keyobj, &raw, &copy))
+    int level, raw;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOy*niOp:diff_and_seal_many", kwlist, &chunkseq, &oldseq,
+                                     &hash_key, &id_max, &level, &keyobj, &raw))
         return NULL;
-    struct work w = {.data = data.buf, .len = data.len, .old = old.buf, .id_max = id_max, .level = level,
-                     .raw = raw, .copy = copy};
-    w.nblocks = (data.len + REHOST_BLOCK - 1) / REHOST_BLOCK;
-    Py_buffer data_key = {0};
-    PyObject *digests = NULL, *out = NULL;
+    PyObject *chunks = PySequence_Fast(chunkseq, "chunks must be a sequence of buffers");
+    PyObject *olds = chunks == NULL ? NULL : PySequence_Fast(oldseq, "olds must be a sequence of buffers");
+    Py_ssize_t n = chunks == NULL ? 0 : PySequence_Fast_GET_SIZE(chunks), got = 0;
+    Py_buffer *views = PyMem_Calloc(2 * (size_t)n + 1, sizeof(Py_buffer)); /* data, old, data, old, ... */
+    struct work *ws = PyMem_Calloc((size_t)n + 1, sizeof(struct work));
+    PyObject *digests = n >= 0 ? PyList_New(n) : NULL, *out = NULL;
     ZSTD_CCtx *cctx = NULL;
+    if (chunks == NULL || olds == NULL || views == NULL || ws == NULL || digests == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_NoMemory();
+        goto done;
+    }
+    if (PySequence_Fast_GET_SIZE(olds) != n) {
+        PyErr_SetString(PyExc_ValueError, "one old digests per chunk");
+        goto done;
+    }
     if (hash_key.len != 32) {
         PyErr_SetString(PyExc_ValueError, "the hash key must be 32 bytes");
-        goto done;
-    }
-    if (old.len != w.nblocks * 8) {
-        PyErr_Format(PyExc_ValueError, "old digests: %zd bytes for %zd blocks", old.len, w.nblocks);
-        goto done;
-    }
-    if (data.len > INT_MAX / 2) {
-        PyErr_SetString(PyExc_ValueError, "a chunk is too large");
         goto done;
     }
     if (keyobj != Py_None) {
@@ -234,47 +237,93 @@ static PyObject *diff_and_seal(PyObject *Py_UNUSED(module), PyObject *args, PyOb
             PyErr_SetString(PyExc_ValueError, "the data key must be 32 bytes");
             goto done;
         }
-        w.data_key = data_key.buf;
     }
-    for (int i = 0; i < 8; i++)
-        w.key[i] = load32((const uint8_t *)hash_key.buf + 4 * i);
-    digests = PyBytes_FromStringAndSize(NULL, w.nblocks * 8);
+    for (; got < n; got++) {
+        Py_buffer *data = &views[2 * got], *old = &views[2 * got + 1];
+        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(chunks, got), data, PyBUF_SIMPLE) < 0)
+            goto done;
+        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(olds, got), old, PyBUF_SIMPLE) < 0) {
+            PyBuffer_Release(data);
+            goto done;
+        }
+        struct work *w = &ws[got];
+        *w = (struct work){.data = data->buf, .len = data->len, .old = old->buf, .id_max = id_max, .level = level,
+                           .raw = raw, .copy = data->readonly, .data_key = data_key.obj ? data_key.buf : NULL};
+        w->nblocks = (data->len + REHOST_BLOCK - 1) / REHOST_BLOCK;
+        for (int k = 0; k < 8; k++)
+            w->key[k] = load32((const uint8_t *)hash_key.buf + 4 * k);
+        if (old->len != w->nblocks * 8) {
+            PyErr_Format(PyExc_ValueError, "old digests: %zd bytes for %zd blocks", old->len, w->nblocks);
+            got++;
+            goto done;
+        }
+        if (data->len > INT_MAX / 2) {
+            PyErr_SetString(PyExc_ValueError, "a chunk is too large");
+            got++;
+            goto done;
+        }
+        PyObject *d = PyBytes_FromStringAndSize(NULL, w->nblocks * 8);
+        if (d == NULL) {
+            got++;
+            goto done;
+        }
+        PyList_SET_ITEM(digests, got, d);
+        w->digests = (unsigned char *)PyBytes_AS_STRING(d);
+    }
     cctx = take_cctx();
-    if (digests == NULL || cctx == NULL) {
+    if (cctx == NULL) {
         PyErr_NoMemory();
         goto done;
     }
-    w.digests = (unsigned char *)PyBytes_AS_STRING(digests);
-    int rc;
+    const char *failed = NULL;
+    int oom = 0;
     Py_BEGIN_ALLOW_THREADS
-    rc = diff_and_seal_nogil(&w, cctx);
+    for (Py_ssize_t i = 0; i < n && failed == NULL && !oom; i++) {
+        if (diff_and_seal_nogil(&ws[i], cctx) < 0) {
+            failed = ws[i].failed;
+            oom = failed == NULL;
+        }
+    }
     Py_END_ALLOW_THREADS
-    if (rc < 0) {
-        if (w.failed != NULL)
-            PyErr_Format(PyExc_RuntimeError, "sealing failed: %s", w.failed);
+    if (failed != NULL || oom) {
+        if (failed != NULL)
+            PyErr_Format(PyExc_RuntimeError, "sealing failed: %s", failed);
         else
             PyErr_NoMemory();
         goto done;
     }
-    out = results(&w, digests);
+    out = PyList_New(n);
+    for (Py_ssize_t i = 0; out != NULL && i < n; i++) {
+        PyObject *r = results(&ws[i], PyList_GET_ITEM(digests, i));
+        if (r == NULL)
+            Py_CLEAR(out);
+        else
+            PyList_SET_ITEM(out, i, r);
+    }
 done:
     give_cctx(cctx);
-    free_work(&w);
+    for (Py_ssize_t i = 0; ws != NULL && i < n; i++)
+        free_work(&ws[i]);
+    for (Py_ssize_t i = 0; i < 2 * got; i++)
+        if (views[i].obj != NULL)
+            PyBuffer_Release(&views[i]);
+    PyMem_Free(views);
+    PyMem_Free(ws);
     Py_XDECREF(digests);
+    Py_XDECREF(chunks);
+    Py_XDECREF(olds);
     if (data_key.obj != NULL)
         PyBuffer_Release(&data_key);
     PyBuffer_Release(&hash_key);
-    PyBuffer_Release(&old);
-    PyBuffer_Release(&data);
     return out;
 }
 
 static PyMethodDef methods[] = {
-    {"diff_and_seal", (PyCFunction)(void (*)(void))diff_and_seal, METH_VARARGS | METH_KEYWORDS,
-     "diff_and_seal(data, old, hash_key, id_max, level, data_key, raw, copy) -> (digests, runs, blobs): the "
-     "chunk's block digests, its changed runs as (start, end, zero), and per data run (id, sealed, length), "
-     "or None for a run longer than id_max (sealed by the caller). With copy, each data run is copied before "
-     "it is digested again and sealed."},
+    {"diff_and_seal_many", (PyCFunction)(void (*)(void))diff_and_seal_many, METH_VARARGS | METH_KEYWORDS,
+     "diff_and_seal_many(chunks, olds, hash_key, id_max, level, data_key, raw) -> [(digests, runs, blobs)]: per "
+     "chunk its block digests, its changed runs as (start, end, zero), and per data run (id, sealed, length), "
+     "or None for a run longer than id_max (sealed by the caller). The data runs of a read-only chunk (a view "
+     "of pages that may change) are copied before they are digested again and sealed."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -101,7 +101,7 @@ def _diff_chunk(
     block is known unchanged, was not read, and keeps its old digest.
     """
     if data is not None and dirty is None and _DIFF_AND_SEAL is not None:
-        return _diff_native(repo, offset, memoryview(data), old)
+        return _diff_native(repo, [(offset, memoryview(data))], [old])[0]
     if data is None:
         nblocks = block_count(length)
         new = ZERO_DIGEST * nblocks
@@ -130,23 +130,29 @@ def _diff_chunk(
     return _ChunkResult(new, entries, sealed, sum(b - a for a, b, _ in runs))
 
 
-def _native_diff() -> Callable[..., tuple[bytes, list[tuple[int, int, bool]], list[Any]]] | None:
+def _native_diff() -> Callable[..., list[tuple[bytes, list[tuple[int, int, bool]], list[Any]]]] | None:
     try:
         from rehost.replication import _chunkdiff
     except ImportError:  # not built (setup.py): the Python path below, slower, same result
         return None
-    return _chunkdiff.diff_and_seal
+    return _chunkdiff.diff_and_seal_many
 
 
 #: ``_diff_chunk`` of a chunk read whole, in one native call without the GIL (``_chunkdiff.c``)
 _DIFF_AND_SEAL = _native_diff()
 
 
-def _diff_native(repo: Writer, offset: int, view: memoryview, old: bytes) -> _ChunkResult:
-    """``_diff_chunk`` in one call that gives the GIL up once: digests, runs, and the id and
-    sealed bytes of each data run (copied first from a view of pages, as ``_stable_runs``
-    does). Runs too long for its ids (``NATIVE_ID_MAX``) are sealed here, as before."""
-    new, runs, blobs = _DIFF_AND_SEAL(view, old, copy=view.readonly, **repo.seal_args())  # type: ignore[misc]
+def _diff_native(repo: Writer, chunks: list[tuple[int, memoryview]], olds: list[bytes]) -> list[_ChunkResult]:
+    """``_diff_chunk`` of each chunk (a worker's batch) in one call that gives the GIL up once:
+    digests, runs, and the id and sealed bytes of each data run (copied first from a view of
+    pages, as ``_stable_runs`` does). Runs too long for its ids (``NATIVE_ID_MAX``) are sealed
+    here, as before."""
+    done = _DIFF_AND_SEAL([view for _, view in chunks], olds, **repo.seal_args())  # type: ignore[misc]
+    return [_native_result(repo, offset, view, *r) for (offset, view), r in zip(chunks, done, strict=True)]
+
+
+def _native_result(repo: Writer, offset: int, view: memoryview, new: bytes,
+                   runs: list[tuple[int, int, bool]], blobs: list[Any]) -> _ChunkResult:
     if not runs:
         return _ChunkResult(new, [], [], 0)
     if None in blobs:
@@ -305,16 +311,25 @@ def _scan_disk(
                 if resume is not None:
                     resume.journal.record(index, off, r.digests, r.entries, r.changed)
 
+    def old_of(off: int) -> bytes:
+        b0 = off // BLOCK_SIZE * DIGEST_SIZE
+        return bytes(old[b0 : b0 + block_count(min(CHUNK_SIZE, size - off)) * DIGEST_SIZE])
+
     def diff(off: int, data: memoryview | None, nread: int) -> _Done:
         length = min(CHUNK_SIZE, size - off)
         only = wanted[off] if wanted is not None else None
-        b0 = off // BLOCK_SIZE * DIGEST_SIZE
-        old_slice = bytes(old[b0 : b0 + block_count(length) * DIGEST_SIZE])
         blocks = [((a - off) // BLOCK_SIZE, -(-(b - off) // BLOCK_SIZE)) for a, b in only] if only else None
-        return off, data, nread, _diff_chunk(repo, off, data, length, old_slice, blocks)
+        return off, data, nread, _diff_chunk(repo, off, data, length, old_of(off), blocks)
 
     def read_and_diff(batch: list[int]) -> list[_Done]:
-        return [diff(*chunk) for chunk in read_batch(disk, extents, batch, size, wanted, buffers, views)]
+        chunks = read_batch(disk, extents, batch, size, wanted, buffers, views)
+        if wanted is not None or _DIFF_AND_SEAL is None:
+            return [diff(*chunk) for chunk in chunks]
+        # the chunks read whole, diffed in one native call (a hole's chunk has no data)
+        whole = [(off, data) for off, data, _ in chunks if data is not None]
+        done = iter(_diff_native(repo, whole, [old_of(off) for off, _ in whole]))
+        return [(off, data, nread, next(done)) if data is not None else diff(off, data, nread)
+                for off, data, nread in chunks]
 
     offsets = list(range(0, size, CHUNK_SIZE)) if wanted is None else sorted(wanted)
     expected = resume.expected.get(index) if resume is not None else None

@@ -95,7 +95,9 @@ def test_the_native_diff_refuses_digests_of_another_length(tmp_path: Path) -> No
     native = native_module("replication._chunkdiff", "gcc, libxxhash-dev, libzstd-dev and libssl-dev")
     writer = _writer(tmp_path, False, False)
     with pytest.raises(ValueError, match="old digests: 8 bytes for 2 blocks"):
-        native.diff_and_seal(bytes(2 * BLOCK_SIZE), bytes(8), copy=False, **writer.seal_args())
+        native.diff_and_seal_many([bytes(BLOCK_SIZE), bytes(2 * BLOCK_SIZE)], [bytes(8), bytes(8)],
+                                  **writer.seal_args())
+    with pytest.raises(ValueError, match="one old digests per chunk"):
+        native.diff_and_seal_many([bytes(BLOCK_SIZE)], [], **writer.seal_args())
     with pytest.raises(ValueError, match="hash key must be 32 bytes"):
-        args = {**writer.seal_args(), "hash_key": b"k"}
-        native.diff_and_seal(bytes(BLOCK_SIZE), bytes(8), copy=False, **args)
+        native.diff_and_seal_many([bytes(BLOCK_SIZE)], [bytes(8)], **{**writer.seal_args(), "hash_key": b"k"})
