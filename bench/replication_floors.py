@@ -31,6 +31,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -42,7 +43,7 @@ from harness import MiB
 from rehost.disks import DiskImage, FileDisk, QemuNbdServer, open_nbd
 from rehost.disks.file_disk import aligned_buffer
 from rehost.replication.digests import NATIVE_VARIANT, digest_blocks
-from rehost.repository.crypto import NATIVE_SEALING, KeyMaterial, Sealer
+from rehost.repository.crypto import NATIVE_ID_MAX, NATIVE_SEALING, ZSTD_LEVEL, KeyMaterial, Sealer
 from rehost.repository.crypto import blob_ids as crypto_blob_ids
 
 BLOCK = 4096
@@ -175,6 +176,28 @@ def mapped_and_digest(image: Path, threads: int) -> str:
     return f"{len(data)} chunks, {views[0]} mapped, digests {NATIVE_VARIANT or 'in Python'}"
 
 
+@contextmanager
+def python_beside(on: bool) -> Iterator[None]:
+    """Another thread running pure Python meanwhile (when ``on``): what a native call that
+    gives the GIL up meets in a cycle, where it waits a switch interval to take it back."""
+    stop = threading.Event()
+
+    def spin() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+
+    other = threading.Thread(target=spin)
+    if on:
+        other.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        if on:
+            other.join()
+
+
 def seal_blocks(count: int, beside_python: bool, native: bool = False) -> str:
     """A scattered delta's per-blob floor: keyed BLAKE3 id and zstd level 1 of ``count``
     random 4 KiB blocks (what a 10 % delta of the benchmark stores), one call each, alone or
@@ -185,33 +208,18 @@ def seal_blocks(count: int, beside_python: bool, native: bool = False) -> str:
     rng = random.Random(1)
     blocks = [rng.randbytes(BLOCK) for _ in range(count)]
     key, cctx = bytes(32), zstandard.ZstdCompressor(level=1)
-    stop = threading.Event()
-    if native and NATIVE_SEALING:
-        sealer = Sealer(KeyMaterial(hash_key=key))
-        groups = [blocks[i : i + 23] for i in range(0, count, 23)]
-
-    def spin() -> None:
-        n = 0
-        while not stop.is_set():
-            n += 1
-
-    other = threading.Thread(target=spin)
-    if beside_python:
-        other.start()
-    t0 = time.perf_counter()
-    try:
-        if native and NATIVE_SEALING:
+    if native and not NATIVE_SEALING:
+        return "native sealing not built"
+    sealer = Sealer(KeyMaterial(hash_key=key))
+    groups = [blocks[i : i + 23] for i in range(0, count, 23)]
+    with python_beside(beside_python):
+        t0 = time.perf_counter()
+        if native:
             for g in groups:
                 sealer.seal_many(g, [i.encode() for i in crypto_blob_ids(key, g)])
-        elif native:
-            return "native sealing not built"
         for b in blocks if not native else ():
             blake3.blake3(b, key=key).hexdigest()
             cctx.compress(b)
-    finally:
-        stop.set()
-        if beside_python:
-            other.join()
     return f"{(time.perf_counter() - t0) / count * 1e6:.1f} µs per block"
 
 
@@ -231,25 +239,12 @@ def chunk_diffs(data: list[bytes], beside_python: bool) -> str:
         for b in rng.sample(range(len(c) // BLOCK), max(1, len(c) // BLOCK // 100)):
             old[8 * b : 8 * b + 8] = bytes(8)
         olds.append(bytes(old))
-    args = {"hash_key": bytes(32), "id_max": 64 * 1024, "level": 1, "data_key": None, "raw": False}
-    stop = threading.Event()
-
-    def spin() -> None:
-        n = 0
-        while not stop.is_set():
-            n += 1
-
-    other = threading.Thread(target=spin)
-    if beside_python:
-        other.start()
-    t0 = time.perf_counter()
-    try:
+    args = {"hash_key": bytes(32), "id_max": NATIVE_ID_MAX, "level": ZSTD_LEVEL, "data_key": None,
+            "raw": False}
+    with python_beside(beside_python):
+        t0 = time.perf_counter()
         blobs = sum(len(_chunkdiff.diff_and_seal_many([c], [o], **args)[0][2])
                     for c, o in zip(data, olds, strict=True))
-    finally:
-        stop.set()
-        if beside_python:
-            other.join()
     return f"{blobs:,} blobs sealed, {(time.perf_counter() - t0) / len(data) * 1e6:.0f} µs per chunk"
 
 
