@@ -118,13 +118,28 @@ def _diff_chunk(
         return _ChunkResult(new, [], [], 0)
     runs = [(i * BLOCK_SIZE, min(j * BLOCK_SIZE, length), zero)
             for i, j, zero in _changed_runs(new, old, data is None)]
-    view = memoryview(data) if data is not None else None
-    pieces: Sequence[bytes | memoryview] = []
-    if view is not None and view.readonly:
+    if data is None:
+        return _result(offset, new, runs, [])
+    new, sealed = _seal_runs(repo, memoryview(data), new, runs)
+    return _result(offset, new, runs, sealed)
+
+
+def _seal_runs(
+    repo: Writer, view: memoryview, new: bytes, runs: list[tuple[int, int, bool]]
+) -> tuple[bytes, list[tuple[str, bytes | None, int]]]:
+    """The data runs of a chunk sealed in Python, from copies where the chunk is a view of
+    pages (``_stable_runs``, which also gives the digests of the copies)."""
+    pieces: Sequence[bytes | memoryview]
+    if view.readonly:
         new, pieces = _stable_runs(view, new, runs)
-    elif view is not None:
+    else:
         pieces = [view[a:b] for a, b, zero in runs if not zero]
-    sealed = repo.seal_blobs(pieces) if pieces else []
+    return new, repo.seal_blobs(pieces) if pieces else []
+
+
+def _result(offset: int, new: bytes, runs: list[tuple[int, int, bool]],
+            sealed: list[tuple[str, bytes | None, int]]) -> _ChunkResult:
+    """A chunk's map entries: its runs in order, each data run with the next sealed blob."""
     ids = iter(sealed)
     entries = [MapEntry(offset + a, b - a, None if zero else next(ids)[0], 0) for a, b, zero in runs]
     return _ChunkResult(new, entries, sealed, sum(b - a for a, b, _ in runs))
@@ -153,21 +168,13 @@ def _diff_native(repo: Writer, chunks: list[tuple[int, memoryview]], olds: list[
 
 def _native_result(repo: Writer, offset: int, view: memoryview, new: bytes,
                    runs: list[tuple[int, int, bool]], blobs: list[Any]) -> _ChunkResult:
-    if not runs:
-        return _ChunkResult(new, [], [], 0)
-    if None in blobs:
+    if None in blobs:  # runs too long for the native ids
         data_runs = [run for run in runs if not run[2]]
         longer = [run for run, blob in zip(data_runs, blobs, strict=True) if blob is None]
-        pieces: Sequence[bytes | memoryview]
-        if view.readonly:
-            new, pieces = _stable_runs(view, new, longer)
-        else:
-            pieces = [view[a:b] for a, b, _ in longer]
-        sealed = iter(repo.seal_blobs(pieces))
-        blobs = [blob if blob is not None else next(sealed) for blob in blobs]
-    ids = iter(blobs)
-    entries = [MapEntry(offset + a, b - a, None if zero else next(ids)[0], 0) for a, b, zero in runs]
-    return _ChunkResult(new, entries, blobs, sum(b - a for a, b, _ in runs))
+        new, sealed = _seal_runs(repo, view, new, longer)
+        rest = iter(sealed)
+        blobs = [blob if blob is not None else next(rest) for blob in blobs]
+    return _result(offset, new, runs, blobs)
 
 
 def _stable_runs(
