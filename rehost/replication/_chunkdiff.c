@@ -8,8 +8,8 @@
  * a switch interval (docs/benchmarks.md, issue 17: 0.27 s of a 0.45 s cycle). Here a batch of
  * chunks is one wait.
  *
- * What it does is rehost.replication.cycle's Python path, byte for byte (tests/replication/
- * test_chunkdiff.py holds them side by side): XXH3 digests of every 4 KiB block (the loops of
+ * What it does is rehost.replication.chunk_diff's Python path, byte for byte (tests/replication/
+ * test_chunk_diff.py holds them side by side): XXH3 digests of every 4 KiB block (the loops of
  * _blockhash_default.c and _blockhash_avx2.c), changed blocks cut into runs that are all zeros
  * or all data, each data run copied first when the chunk is a view of pages that may change
  * (and digested again from the copy), its id (keyed BLAKE3, _blake3.c) and its sealed bytes

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from rehost.replication import cycle
+from rehost.replication import chunk_diff
 from rehost.replication.digests import digest_blocks
 from rehost.repository.crypto import NATIVE_ID_MAX
 from rehost.repository.repository import BLOCK_SIZE, CHUNK_SIZE, Repository
@@ -46,7 +46,7 @@ def _writer(tmp_path: Path, encrypted: bool, raw: bool) -> Writer:
     return writer
 
 
-def _contents(writer: Writer, result: cycle._ChunkResult) -> list[tuple[str, int, bytes]]:
+def _contents(writer: Writer, result: chunk_diff.ChunkResult) -> list[tuple[str, int, bytes]]:
     opened = writer.repo.sealer.open
     return [(bid, length, opened(sealed, bid.encode())) for bid, sealed, length in result.sealed if sealed]
 
@@ -67,9 +67,9 @@ def test_the_native_diff_equals_the_python_one(
         kinds: dict[str, bytes | memoryview] = {
             "bytes": after, "bytearray": memoryview(bytearray(after)), "mmap": memoryview(pages)}
         data = kinds[kind]
-        native = cycle._diff_chunk(writer, 7 * CHUNK_SIZE, data, length, old)
-        monkeypatch.setattr(cycle, "_DIFF_AND_SEAL", None)
-        python = cycle._diff_chunk(writer, 7 * CHUNK_SIZE, data, length, old)
+        native = chunk_diff.diff_chunk(writer, 7 * CHUNK_SIZE, data, length, old)
+        monkeypatch.setattr(chunk_diff, "_DIFF_AND_SEAL", None)
+        python = chunk_diff.diff_chunk(writer, 7 * CHUNK_SIZE, data, length, old)
         del data, kinds
 
     assert native.digests == python.digests == digest_blocks(after)
@@ -87,7 +87,7 @@ def test_the_native_diff_equals_the_python_one(
 def test_an_unchanged_chunk_seals_nothing(tmp_path: Path) -> None:
     native_module("replication._chunkdiff", "gcc, libxxhash-dev, libzstd-dev and libssl-dev")
     _, after = _chunks(CHUNK_SIZE, seed=3)
-    result = cycle._diff_chunk(_writer(tmp_path, False, False), 0, after, CHUNK_SIZE, digest_blocks(after))
+    result = chunk_diff.diff_chunk(_writer(tmp_path, False, False), 0, after, CHUNK_SIZE, digest_blocks(after))
     assert (result.entries, result.sealed, result.changed) == ([], [], 0)
 
 
