@@ -87,7 +87,8 @@ def test_the_native_diff_equals_the_python_one(
 def test_an_unchanged_chunk_seals_nothing(tmp_path: Path) -> None:
     native_module("replication._chunkdiff", "gcc, libxxhash-dev, libzstd-dev and libssl-dev")
     _, after = _chunks(CHUNK_SIZE, seed=3)
-    result = chunk_diff.diff_chunk(_writer(tmp_path, False, False), 0, after, CHUNK_SIZE, digest_blocks(after))
+    writer = _writer(tmp_path, False, False)
+    result = chunk_diff.diff_chunk(writer, 0, after, CHUNK_SIZE, digest_blocks(after))
     assert (result.entries, result.sealed, result.changed) == ([], [], 0)
 
 
