@@ -198,7 +198,7 @@ class Repository:
         with self._lock:
             self.index.add_file(index_id, [IndexedPack(pack_id, columns_of(entries), deferred)])
 
-    def save_addressed(self, storage: Storage, kind: Kind, name: str, data: bytes) -> None:
+    def save_addressed(self, storage: Storage, kind: Kind, name: str, data: bytes | memoryview) -> None:
         """Save a content-addressed object. If it exists already, it holds these very bytes
         (its name is their hash): a cycle resumed after a kill -9 between a pack and its
         index, or two writers storing the same blobs, rebuild the same object, and that is

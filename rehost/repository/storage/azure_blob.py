@@ -129,7 +129,7 @@ class AzureBlobStorage:
 
     # -- the Storage protocol -------------------------------------------------------------
 
-    def save(self, kind: Kind, name: str, data: bytes) -> None:
+    def save(self, kind: Kind, name: str, data: bytes | memoryview) -> None:
         blob = self._client.get_blob_client(self.layout.key(kind, name))
         body = data if isinstance(data, bytes) else bytes(data)
         try:

@@ -43,7 +43,7 @@ class Storage(Protocol):
     #: A URL-like description for messages ("local:/path", "memory:").
     location: str
 
-    def save(self, kind: Kind, name: str, data: bytes) -> None:
+    def save(self, kind: Kind, name: str, data: bytes | memoryview) -> None:
         """Store an object atomically; ``AlreadyExists`` if it is there already."""
         ...
 

@@ -70,7 +70,7 @@ class FaultyStorage:
         self.corrupted = 0
         self._lock = threading.Lock()
 
-    def save(self, kind: Kind, name: str, data: bytes) -> None:
+    def save(self, kind: Kind, name: str, data: bytes | memoryview) -> None:
         fault = self._fault("save", kind, name)
         if fault is not None and not self.store_before_failing:
             raise fault

@@ -114,7 +114,7 @@ class LocalStorage:
 
     # -- the Storage protocol -------------------------------------------------------------
 
-    def save(self, kind: Kind, name: str, data: bytes) -> None:
+    def save(self, kind: Kind, name: str, data: bytes | memoryview) -> None:
         path = self._path(kind, name)
         what = describe(kind, name)
         if os.path.lexists(path):  # cheap early answer; the link below is the real check
@@ -297,10 +297,11 @@ def _scandir(folder: Path) -> builtins.list[os.DirEntry[str]]:
 _direct_buffers = threading.local()
 
 
-def _write_direct(fd: int, data: bytes) -> bool:
-    """Write ``data`` at the start of the empty file ``fd`` with O_DIRECT, through an aligned
-    buffer of this thread's (kept for the next pack: mapping fresh pages costs more than the
-    copy). False where the file system refuses O_DIRECT (tmpfs), having written nothing."""
+def _write_direct(fd: int, data: bytes | memoryview) -> bool:
+    """Write ``data`` at the start of the empty file ``fd`` with O_DIRECT: from where it lies if
+    it was laid out for it (``_laid_out``: a pack), else through an aligned buffer of this
+    thread's (kept for the next object: mapping fresh pages costs more than the copy). False
+    where the file system refuses O_DIRECT (tmpfs), having written nothing."""
     flags = fcntl.fcntl(fd, fcntl.F_GETFL)
     try:
         fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_DIRECT)
@@ -310,13 +311,17 @@ def _write_direct(fd: int, data: bytes) -> bool:
         raise
     try:
         size = -(-len(data) // DIRECT_ALIGN) * DIRECT_ALIGN
-        buf: mmap.mmap | None = getattr(_direct_buffers, "buf", None)
-        if buf is None or len(buf) < size:
-            buf = _direct_buffers.buf = mmap.mmap(-1, size)  # page-aligned
-        view = memoryview(buf)
+        view = _laid_out(data, size)
+        if view is None:
+            buf: mmap.mmap | None = getattr(_direct_buffers, "buf", None)
+            if buf is None or len(buf) < size:
+                buf = _direct_buffers.buf = mmap.mmap(-1, size)  # page-aligned
+            view = memoryview(buf)[:size]
+            if isinstance(data, bytes):  # ctypes.memmove gives the GIL up (a slice assignment keeps it)
+                ctypes.memmove(_address(view), data, len(data))
+            else:
+                view[: len(data)] = data
         try:
-            # ctypes.memmove gives the GIL up (a slice assignment keeps it for 16 MiB)
-            ctypes.memmove(ctypes.addressof(ctypes.c_char.from_buffer(view)), data, len(data))
             view[len(data) : size] = bytes(size - len(data))
             done = 0
             while done < size:
@@ -336,6 +341,25 @@ def _write_direct(fd: int, data: bytes) -> bool:
     fcntl.fcntl(fd, fcntl.F_SETFL, flags)
     os.ftruncate(fd, len(data))
     return True
+
+
+def _laid_out(data: bytes | memoryview, size: int) -> memoryview | None:
+    """``data`` and the ``size - len(data)`` bytes after it, if ``data`` is a view at the start
+    of a (page-aligned) anonymous mapping that long: what ``PackWriter.finish`` gives, whose
+    bytes past the pack are the writer's scratch space. None for anything else."""
+    if not isinstance(data, memoryview) or not isinstance(data.obj, mmap.mmap) or len(data.obj) < size:
+        return None
+    if data.readonly or not data.c_contiguous or data.nbytes != len(data):
+        return None
+    whole = memoryview(data.obj)
+    if _address(data) != _address(whole):
+        whole.release()
+        return None
+    return whole[:size]
+
+
+def _address(view: memoryview) -> int:
+    return ctypes.addressof(ctypes.c_char.from_buffer(view))
 
 
 def _fsync_dir(folder: Path) -> None:

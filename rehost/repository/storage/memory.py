@@ -24,7 +24,7 @@ class MemoryStorage:
         self._objects: dict[tuple[Kind, str], bytes] = {}
         self._lock = threading.Lock()
 
-    def save(self, kind: Kind, name: str, data: bytes) -> None:
+    def save(self, kind: Kind, name: str, data: bytes | memoryview) -> None:
         check_name(kind, name)
         # Copy: the caller may reuse a bytearray/memoryview buffer after we return.
         stored = bytes(data)

@@ -21,7 +21,7 @@ class ReadOnlyStorage:
         self.inner = inner
         self.location = inner.location
 
-    def save(self, kind: Kind, name: str, data: bytes) -> None:
+    def save(self, kind: Kind, name: str, data: bytes | memoryview) -> None:
         raise UsageError(READ_ONLY_MESSAGE)
 
     def load(self, kind: Kind, name: str, offset: int = 0, length: int | None = None) -> bytes:

@@ -63,7 +63,7 @@ class RetryingStorage:
         self._sleep = sleep
         self._jitter = jitter
 
-    def save(self, kind: Kind, name: str, data: bytes) -> None:
+    def save(self, kind: Kind, name: str, data: bytes | memoryview) -> None:
         tried = False
 
         def save_once() -> None:
@@ -108,7 +108,7 @@ class RetryingStorage:
         ceiling = min(self.max_delay, self.base_delay * 2.0 ** (attempt - 1))
         return ceiling * (0.5 + self._jitter() / 2)
 
-    def _holds(self, kind: Kind, name: str, data: bytes) -> bool:
+    def _holds(self, kind: Kind, name: str, data: bytes | memoryview) -> bool:
         """True if the stored object has exactly ``data`` (size first: it is cheaper)."""
         if self.stat(kind, name).size != len(data):
             return False

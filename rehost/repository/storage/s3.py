@@ -217,7 +217,7 @@ class S3Storage:
 
     # -- the Storage protocol -------------------------------------------------------------
 
-    def save(self, kind: Kind, name: str, data: bytes) -> None:
+    def save(self, kind: Kind, name: str, data: bytes | memoryview) -> None:
         key = self.layout.key(kind, name)
         body = data if isinstance(data, bytes) else bytes(data)
         try:

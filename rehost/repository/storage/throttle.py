@@ -77,7 +77,7 @@ class ThrottledStorage:
         self.location = inner.location
         self.bucket = TokenBucket(bytes_per_second, burst, clock=clock, sleep=sleep)
 
-    def save(self, kind: Kind, name: str, data: bytes) -> None:
+    def save(self, kind: Kind, name: str, data: bytes | memoryview) -> None:
         self.bucket.take(len(data))
         self.inner.save(kind, name, data)
 

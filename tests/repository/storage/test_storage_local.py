@@ -219,3 +219,43 @@ def test_packs_are_written_directly_or_through_the_cache_with_the_same_bytes(
         assert stat.S_IMODE((repo.root / "data" / name[:2] / name).stat().st_mode) == 0o444
     assert used == [direct] * (len(sizes) - 1)  # the first is below the threshold: not tried
     assert temp_files(repo.root) == []
+
+
+def test_a_pack_laid_out_by_its_writer_is_written_from_where_it_lies(
+    repo: LocalStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``PackWriter.finish`` lays a pack out in a page-aligned buffer with room to the
+    alignment, and the local backend writes it with O_DIRECT from there, without a copy; a view
+    that does not start the buffer (or any other object) is copied first. Both hold exactly
+    their bytes, and a second pack laid out in the same buffer does not change the first."""
+    from rehost.repository import pack as pack_module
+    from rehost.repository.crypto import KeyMaterial, Sealer
+    from rehost.repository.storage import local
+
+    seen: list[bool] = []
+    real_laid_out = local._laid_out
+
+    def spy(data: bytes | memoryview, size: int) -> memoryview | None:
+        view = real_laid_out(data, size)
+        seen.append(view is not None)
+        return view
+
+    monkeypatch.setattr(local, "_laid_out", spy)
+    rng = random.Random(5)
+    stored = {}
+    for sizes in ([4096] * 300 + [1 << 20] * 2 + [4097], [(1 << 20) + 3, 65536, 511]):
+        writer = pack_module.PackWriter()
+        for i, n in enumerate(sizes):
+            writer.add(f"{i:064x}", rng.randbytes(n), n)
+        name, data = writer.finish(Sealer(KeyMaterial.generate(encrypted=False)))
+        expected = bytes(data)
+        assert pack_module.names_pack(name, expected)
+        repo.save(Kind.DATA, name, data)
+        stored[name] = expected
+        offset = data[1:]  # not at the start of the buffer: copied
+        repo.save(Kind.DATA, hashlib.sha256(offset).hexdigest(), offset)
+        stored[hashlib.sha256(offset).hexdigest()] = bytes(offset)
+    assert seen == [True, False, True, False]
+    for name, expected in stored.items():
+        assert repo.load(Kind.DATA, name) == expected
+    assert temp_files(repo.root) == []
