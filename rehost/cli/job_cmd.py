@@ -4,27 +4,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TaskProgressColumn,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 
-from rehost.cli.context import WIDTH, emit_json, err, open_vault, out, wrapped
+from rehost.cli.context import WIDTH, emit_json, err, open_vault, out, real_console, wrapped
 from rehost.errors import UsageError
 from rehost.jobs import dispatch
 from rehost.jobs.models import JobRow, StepRow
 from rehost.jobs.runner import cancel_job, get_job, list_jobs
 from rehost.jobs.views import MARK, first_line, job_lines, job_row
 from rehost.jobs.views import job_dict as job_dict  # re-exported: failover_cmd's --json still takes it here
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 WATCH_S = 1.0
 _COLOR = {"succeeded": "green", "failed": "red", "warning": "yellow", "skipped": "dim", "running": "cyan"}
@@ -50,9 +43,19 @@ class ConsoleObserver:
         if not step.total:
             return
         if self._bar is None:
+            from rich.progress import (  # rich on first use: context._LazyConsole
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TaskProgressColumn,
+                TextColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
+
             self._bar = Progress(TextColumn("    {task.description}"), BarColumn(), TaskProgressColumn(),
                                  DownloadColumn(binary_units=True), TransferSpeedColumn(),
-                                 TimeRemainingColumn(), console=err, transient=True)
+                                 TimeRemainingColumn(), console=real_console(err), transient=True)
             self._bar.start()
             self._task = self._bar.add_task(step.title, total=step.total)
         assert self._task is not None
