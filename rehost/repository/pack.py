@@ -5,7 +5,6 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import json
-import mmap
 import struct
 import threading
 from collections.abc import Sequence
@@ -14,14 +13,13 @@ from typing import NamedTuple
 import blake3
 
 from rehost.errors import IntegrityError
+from rehost.repository.aligned import thread_buffer
 from rehost.repository.crypto import Sealer
 
 #: Close a pack at about this size: object stores prefer tens of MiB to millions of objects.
 PACK_TARGET = 16 * 1024 * 1024
 TRAILER_AAD = b"rehost-pack-trailer"
 _LEN = struct.Struct("<I")
-#: a pack is laid out in a buffer with room up to this multiple (what O_DIRECT needs)
-LAYOUT_ALIGN = 4096
 #: blobs at least this long are copied into a pack's buffer without the GIL
 _COPY_FREE = 64 * 1024
 
@@ -95,7 +93,7 @@ class PackWriter:
 
     def finish(self, sealer: Sealer) -> tuple[str, memoryview]:
         """The pack's bytes and its id (``pack_id_of``). The bytes are laid out once, in a
-        page-aligned buffer of this thread's with room to the next ``LAYOUT_ALIGN`` multiple, so
+        page-aligned buffer of this thread's with room to the next ``aligned.ALIGN`` multiple, so
         a local repository writes them with ``O_DIRECT`` as they are (``storage.local``); they
         are valid until this thread's next ``finish``. One copy without the GIL, where a
         ``b"".join`` and a copy into an aligned buffer held it 2-3 ms a pack (issue 17)."""
@@ -103,7 +101,7 @@ class PackWriter:
         trailer = sealer.seal(self.entries_text.encode(), TRAILER_AAD)
         parts, self._parts = [*self._parts, trailer, _LEN.pack(len(trailer))], []
         size = self.size + len(trailer) + _LEN.size
-        buf = _layout_buffer(size)
+        buf = thread_buffer(_layouts, size, least=PACK_TARGET + (2 << 20))
         view = memoryview(buf)
         base = ctypes.addressof(ctypes.c_char.from_buffer(buf))
         at = 0
@@ -118,17 +116,7 @@ class PackWriter:
         return pack_id_of(data), data
 
 
-_layouts = threading.local()
-
-
-def _layout_buffer(size: int) -> mmap.mmap:
-    """This thread's buffer for a pack of ``size`` bytes, kept for its next pack: mapping and
-    faulting in fresh pages cost more than the copy."""
-    need = -(-size // LAYOUT_ALIGN) * LAYOUT_ALIGN
-    buf: mmap.mmap | None = getattr(_layouts, "buf", None)
-    if buf is None or len(buf) < need:
-        buf = _layouts.buf = mmap.mmap(-1, max(need, PACK_TARGET + (2 << 20)))  # page-aligned
-    return buf
+_layouts = threading.local()  # the packs laid out by each thread (aligned.thread_buffer)
 
 
 def read_trailer(pack: bytes, sealer: Sealer, pack_id: str) -> list[BlobEntry]:

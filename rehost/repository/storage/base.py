@@ -44,7 +44,8 @@ class Storage(Protocol):
     location: str
 
     def save(self, kind: Kind, name: str, data: bytes | memoryview) -> None:
-        """Store an object atomically; ``AlreadyExists`` if it is there already."""
+        """Store an object atomically; ``AlreadyExists`` if it is there already. ``data`` may
+        be a view of a buffer its caller reuses after the call (a pack): copy what is kept."""
         ...
 
     def load(self, kind: Kind, name: str, offset: int = 0, length: int | None = None) -> bytes:

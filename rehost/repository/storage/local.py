@@ -47,6 +47,7 @@ from rehost.errors import (
     ObjectNotFound,
     UsageError,
 )
+from rehost.repository.aligned import ALIGN, aligned_length, thread_buffer
 from rehost.repository.storage.base import Kind, ObjectInfo
 from rehost.repository.storage.contract import (
     CONFIG_NAME,
@@ -69,8 +70,6 @@ RETRYABLE_ERRNOS = frozenset({errno.EAGAIN, errno.EBUSY, errno.EINTR, errno.ETIM
 NO_LINK_ERRNOS = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS})
 #: objects at least this large are written with O_DIRECT (packs; not index files or points)
 DIRECT_MIN = 1 << 20
-#: O_DIRECT alignment of the buffer and the length (covers 512 and 4096 byte sectors)
-DIRECT_ALIGN = 4096
 
 
 class LocalStorage:
@@ -294,7 +293,7 @@ def _scandir(folder: Path) -> builtins.list[os.DirEntry[str]]:
         raise _backend_error(e, f"cannot list {folder}") from e
 
 
-_direct_buffers = threading.local()
+_direct_buffers = threading.local()  # other objects copied for O_DIRECT (aligned.thread_buffer)
 
 
 def _write_direct(fd: int, data: bytes | memoryview) -> bool:
@@ -310,13 +309,10 @@ def _write_direct(fd: int, data: bytes | memoryview) -> bool:
             return False
         raise
     try:
-        size = -(-len(data) // DIRECT_ALIGN) * DIRECT_ALIGN
+        size = aligned_length(len(data))
         view = _laid_out(data, size)
         if view is None:
-            buf: mmap.mmap | None = getattr(_direct_buffers, "buf", None)
-            if buf is None or len(buf) < size:
-                buf = _direct_buffers.buf = mmap.mmap(-1, size)  # page-aligned
-            view = memoryview(buf)[:size]
+            view = memoryview(thread_buffer(_direct_buffers, size))[:size]
             if isinstance(data, bytes):  # ctypes.memmove gives the GIL up (a slice assignment keeps it)
                 ctypes.memmove(_address(view), data, len(data))
             else:
@@ -326,7 +322,7 @@ def _write_direct(fd: int, data: bytes | memoryview) -> bool:
             done = 0
             while done < size:
                 n = os.write(fd, view[done:size])
-                if n % DIRECT_ALIGN:  # a short write the next O_DIRECT write cannot follow
+                if n % ALIGN:  # a short write the next O_DIRECT write cannot follow
                     raise OSError(errno.EIO, "short O_DIRECT write")
                 done += n
         finally:
