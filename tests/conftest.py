@@ -13,6 +13,11 @@ without naming a database — ``Vault.init`` in the test's process, ``rehost ini
 PostgreSQL instead of ``vault.db``, dropped when the test ends. ``scripts/test`` runs the
 fast tests of the vault, jobs and API that way after the main run (SQLite); a test that
 cannot run there by its nature says why with ``@pytest.mark.main_run_only("reason")``.
+
+``--part boots`` / ``--part rest``: ``scripts/test`` runs the main run as two pytest processes
+side by side on a two-core machine (a TCG boot keeps one core busy, the fast tests the other):
+``boots`` is the slow tests that boot guests or launch appliances (every user of the Debian guest
+among them, so it is built once), ``rest`` everything else. Without ``--part``, all of them.
 """
 
 from __future__ import annotations
@@ -59,7 +64,30 @@ def pytest_configure(config: pytest.Config) -> None:
             raise pytest.UsageError(f"REHOST_TEST_DATABASE=postgresql, but {reason}")
 
 
+#: slow tests that go with the fast ones in ``--part rest`` (demos, worker kills, browsers,
+#: fuzzers): what keeps the two parts of about the same length
+REST_SLOW = ("tests/cli/", "tests/jobs/", "tests/web/", "tests/api/", "tests/fuzz/")
+PARTS = ("boots", "rest")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--part", choices=PARTS, default=None,
+                     help="run one part of the main run (scripts/test runs both side by side)")
+
+
+def part_of(item: pytest.Item, root: Path) -> str:
+    """Which part of the main run a test belongs to."""
+    where = Path(str(item.path)).relative_to(root).as_posix()
+    slow = item.get_closest_marker("slow") is not None
+    return "boots" if slow and not where.startswith(REST_SLOW) else "rest"
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    part = config.getoption("--part")
+    if part is not None:
+        keep = [i for i in items if part_of(i, config.rootpath) == part]
+        config.hook.pytest_deselected(items=[i for i in items if part_of(i, config.rootpath) != part])
+        items[:] = keep
     if TEST_DATABASE != "postgresql":
         return
     for item in items:
