@@ -10,7 +10,7 @@ import json
 import secrets
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 from rehost.errors import AlreadyExists, IntegrityError, NotFound, ObjectNotFound, UsageError
 from rehost.repository.crypto import KeyMaterial, Sealer, blob_id, unwrap_keys, wrap_keys
@@ -192,11 +192,12 @@ class Repository:
     def save_point(self, point: RecoveryPoint) -> RecoveryPoint:
         return self._default.save_point(point)
 
-    def _index_pack(self, index_id: str, pack_id: str, entries: list[BlobEntry], *,
-                    deferred: bool = False) -> None:
-        """A writer stored a pack and its index file: its blobs are known from now on."""
+    def _index_packs(self, index_id: str, packs: Sequence[tuple[str, list[BlobEntry], bool]]) -> None:
+        """A writer stored packs and their index file: their blobs are known from now on.
+        ``packs``: (pack id, entries, deferred) of each."""
         with self._lock:
-            self.index.add_file(index_id, [IndexedPack(pack_id, columns_of(entries), deferred)])
+            self.index.add_file(index_id, [IndexedPack(pid, columns_of(entries), deferred)
+                                           for pid, entries, deferred in packs])
 
     def save_addressed(self, storage: Storage, kind: Kind, name: str, data: bytes | memoryview) -> None:
         """Save a content-addressed object. If it exists already, it holds these very bytes
