@@ -52,3 +52,10 @@ def qemu_img_compare(a: Path, b: Path, fmt_a: str = "raw", fmt_b: str | None = N
     if p.returncode not in (0, 1):
         raise AssertionError(f"qemu-img compare failed: {p.stderr}")
     return p.returncode == 0
+
+
+def index_files(vault: Path) -> int:
+    """Index files in a vault's local repository (temp files, dot-named, left out): what a
+    cycle killed half way leaves for its rerun of the packs it stored (design §3: packs, then
+    their index, one file for every four packs while a cycle runs)."""
+    return sum(1 for p in (vault / "repo" / "index").glob("*") if p.is_file() and not p.name.startswith("."))

@@ -85,8 +85,11 @@ def part_of(item: pytest.Item, root: Path) -> str:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     part = config.getoption("--part")
     if part is not None:
-        keep = [i for i in items if part_of(i, config.rootpath) == part]
-        config.hook.pytest_deselected(items=[i for i in items if part_of(i, config.rootpath) != part])
+        keep: list[pytest.Item] = []
+        drop: list[pytest.Item] = []
+        for item in items:
+            (keep if part_of(item, config.rootpath) == part else drop).append(item)
+        config.hook.pytest_deselected(items=drop)
         items[:] = keep
     if TEST_DATABASE != "postgresql":
         return

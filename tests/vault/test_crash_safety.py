@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli_helpers import REHOST, REPO, qemu_img_compare, rehost
+from tests.cli_helpers import REHOST, REPO, index_files, qemu_img_compare, rehost
 
 MiB = 1 << 20
 SIZE = 256 * MiB  # 8 packs of random data in the first copy; an index file every 4
@@ -37,13 +37,6 @@ def _start(vault: Path, name: str) -> subprocess.Popen[bytes]:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def _index_files(vault: Path) -> int:
-    """Index files: what a rerun finds of the packs stored (design §3: packs, then their index).
-    Pack files alone are not: an index file is written for every four packs (and three pack
-    writers store side by side), so a kill leaves up to several packs unindexed, for prune."""
-    return sum(1 for p in (vault / "repo" / "index").glob("*") if p.is_file() and not p.name.startswith("."))
-
-
 @pytest.mark.slow
 def test_kill9_during_cycles_leaves_a_consistent_resumable_repository(tmp_path: Path) -> None:
     rng = random.Random(9)
@@ -56,7 +49,7 @@ def test_kill9_during_cycles_leaves_a_consistent_resumable_repository(tmp_path: 
     # 1. kill the initial copy once a few packs are stored; the rerun must not store them again
     proc = _start(vault, "app")
     deadline = time.monotonic() + 120
-    while _index_files(vault) < 1 and proc.poll() is None and time.monotonic() < deadline:
+    while index_files(vault) < 1 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     assert proc.poll() is None, "the cycle finished before it could be killed; make the disk bigger"
     proc.send_signal(signal.SIGKILL)

@@ -27,7 +27,7 @@ from rehost.process import free_port
 from rehost.testkit.tinylinux import set_marker
 from rehost.vault import agents
 from rehost.vault.vault import Vault
-from tests.cli_helpers import REHOST, REPO, qemu_img_compare, rehost
+from tests.cli_helpers import REHOST, REPO, index_files, qemu_img_compare, rehost
 
 AGENT = [sys.executable, "-m", "rehost.agent"]
 
@@ -214,12 +214,6 @@ def test_physical_machine_migrates_end_to_end(lab: Lab, tmp_path: Path) -> None:
         assert passphrase[1] not in log and "PRIVATE KEY" not in log
 
 
-def _index_files(vault: Path) -> int:
-    """Index files: each lists packs stored before it (design §3), four per file while a cycle
-    runs."""
-    return sum(1 for p in (vault / "repo" / "index").rglob("*") if p.is_file() and "tmp" not in p.name)
-
-
 @pytest.mark.slow
 def test_a_server_killed_mid_cycle_resumes_without_fetching_again(lab: Lab, tmp_path: Path) -> None:
     """kill -9 of ``rehost replicate`` once four packs are indexed: no point, the vault checks
@@ -235,7 +229,7 @@ def test_a_server_killed_mid_cycle_resumes_without_fetching_again(lab: Lab, tmp_
     cycle = subprocess.Popen([*REHOST, "--vault", str(lab.vault), "replicate", "srv1"], cwd=REPO,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
-    while _index_files(lab.vault) < 1 and cycle.poll() is None and time.monotonic() < deadline:
+    while index_files(lab.vault) < 1 and cycle.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert cycle.poll() is None, "the cycle ended before it could be killed: make the disk bigger"
     cycle.kill()
