@@ -431,6 +431,9 @@ def test_stop_with_clients_connected_and_stale_sockets(served: Served, sockdir: 
     with pytest.raises(DiskError, match="another server is listening"):
         NbdExportServer(reader, path).start()
     disk = open_nbd(server.uri)
+    deadline = time.monotonic() + 10  # the refused server's probe closes on the server's own time
+    while server.connections != 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert server.connections == 1
     t0 = time.monotonic()
     server.stop()
