@@ -61,7 +61,8 @@ def test_parsers_survive_the_fuzzer(tmp_path: Path) -> None:
          str(corpus), str(seeds)],
         capture_output=True, text=True, timeout=SECONDS + 120, cwd=REPO)
     found = sorted(tmp_path.glob("crash-*")) + sorted(tmp_path.glob("timeout-*"))
-    assert p.returncode == 0 and not found, (
-        f"the fuzzer found an input the parsers do not refuse cleanly ({found}):\n{p.stderr[-4000:]}")
+    seed = next((line for line in p.stderr.splitlines() if "Seed:" in line), "no seed printed")
+    assert p.returncode == 0 and not found, (  # the seed replays the run (-seed=N), not its last input only
+        f"the fuzzer found an input the parsers do not refuse cleanly ({found}; {seed}):\n{p.stderr[-4000:]}")
     runs = re.search(r"stat::number_of_executed_units:\s*(\d+)", p.stderr)
     assert runs and int(runs[1]) > 1000, p.stderr[-2000:]
